@@ -1,0 +1,476 @@
+//! The engine: the registry of entities, the bridge thread, the runtime for store I/O and
+//! timers, passivation, and the public entry points the bindings call.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::bridge::{Job, Queue};
+use crate::clock::monotonic_millis;
+use crate::entity::{self, DispatchError, Dispatched, Entity, Msg, Phase};
+use crate::error::{Error, Result};
+use crate::host::{Fail, Host, Kind};
+use crate::ids::{shard_of, validate_id};
+use crate::options::{EngineConfig, EntityOptions};
+use crate::poll::poll_once;
+use crate::registry::Registry;
+use crate::store::{BoxFuture, Stores};
+
+/// A registered entity type: entities whose id starts with `prefix` activate on their first
+/// message with a behaviour made by `factory`.
+pub struct EntityType<H: Host> {
+    prefix: String,
+    factory: H::Factory,
+    options: Arc<EntityOptions>,
+}
+
+/// State shared by the engine, its bridge thread and its runtime tasks.
+pub struct Shared<H: Host> {
+    pub(crate) host: H,
+    pub(crate) config: EngineConfig,
+    pub(crate) stores: Stores,
+    pub(crate) registry: Registry<Entity<H>>,
+    types: RwLock<Vec<Arc<EntityType<H>>>>,
+    pub(crate) queue: Queue<H>,
+    pub(crate) runtime: tokio::runtime::Handle,
+    running: AtomicBool,
+    /// Shortest passivation delay of any entity, in ms (u64::MAX: none).
+    shortest_passivation: AtomicU64,
+}
+
+impl<H: Host> Shared<H> {
+    /// The host.
+    pub fn host(&self) -> &H {
+        &self.host
+    }
+
+    /// Polls a store future once, inside the runtime's context (so it may create timers or
+    /// sockets): `Ok` when it finished, `Err(future)` when it has to be awaited.
+    pub(crate) fn poll_now<T>(&self, fut: BoxFuture<'static, T>) -> std::result::Result<T, BoxFuture<'static, T>> {
+        let _guard = self.runtime.enter();
+        poll_once(fut)
+    }
+}
+
+/// Outcome of [`Engine::stop_entity`].
+pub enum Stopped<H: Host> {
+    /// The entity was dormant and is now forgotten.
+    Forgotten,
+    /// The stop was queued behind the entity's earlier messages (or ran inline).
+    Dispatched(Dispatched<H>),
+}
+
+/// An engine. See the crate docs.
+pub struct Engine<H: Host> {
+    shared: Arc<Shared<H>>,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    bridge: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl<H: Host> Engine<H> {
+    /// Starts an engine: its runtime, its bridge thread and its passivation sweeper.
+    pub fn start(host: H, config: EngineConfig, stores: Stores) -> Result<Self> {
+        if config.shards == 0 {
+            return Err(Error::invalid("shards must be at least 1"));
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.worker_threads.max(1))
+            .thread_name(format!("ego-io-{}", config.name))
+            .enable_all()
+            .build()
+            .map_err(Error::storage)?;
+        let shared = Arc::new(Shared {
+            host,
+            config,
+            stores,
+            registry: Registry::default(),
+            types: RwLock::new(Vec::new()),
+            queue: Queue::default(),
+            runtime: runtime.handle().clone(),
+            running: AtomicBool::new(true),
+            shortest_passivation: AtomicU64::new(u64::MAX),
+        });
+        let bridge = {
+            let sh = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("ego-bridge-{}", sh.config.name))
+                .spawn(move || bridge_main(sh))
+                .map_err(Error::storage)?
+        };
+        runtime.spawn(sweeper(Arc::downgrade(&shared)));
+        Ok(Engine { shared, runtime: Mutex::new(Some(runtime)), bridge: Mutex::new(Some(bridge)) })
+    }
+
+    /// The shared state (for hosts that need the runtime or the host).
+    pub fn shared(&self) -> &Arc<Shared<H>> {
+        &self.shared
+    }
+
+    /// The engine's configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.shared.config
+    }
+
+    /// The stores.
+    pub fn stores(&self) -> &Stores {
+        &self.shared.stores
+    }
+
+    /// The runtime for store I/O (for blocking on store futures from outside).
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.shared.runtime
+    }
+
+    /// Whether the engine accepts messages.
+    pub fn is_running(&self) -> bool {
+        self.shared.running.load(Ordering::Acquire)
+    }
+
+    fn check_running(&self) -> Result<()> {
+        if self.is_running() {
+            Ok(())
+        } else {
+            Err(Error::EngineClosed)
+        }
+    }
+
+    fn check_kind(&self, kind: Kind) -> Result<()> {
+        match kind {
+            Kind::EventSourced if self.shared.stores.events.is_none() => Err(Error::Configuration("event-sourced entities need an events store".into())),
+            Kind::DurableState if self.shared.stores.states.is_none() => Err(Error::Configuration("durable-state entities need a state store".into())),
+            _ => Ok(()),
+        }
+    }
+
+    fn note_passivation(&self, options: &EntityOptions) {
+        if let Some(after) = options.passivate_after {
+            self.shared.shortest_passivation.fetch_min(after.as_millis() as u64, Ordering::AcqRel);
+        }
+    }
+
+    /// Registers an entity type (see [`EntityType`]). A later registration with the same prefix
+    /// replaces the earlier one.
+    pub fn register(&self, prefix: String, factory: H::Factory, options: EntityOptions) -> Result<()> {
+        self.check_running()?;
+        if prefix.chars().any(char::is_control) {
+            return Err(Error::invalid("an entity type prefix cannot contain control characters"));
+        }
+        self.note_passivation(&options);
+        let mut types = self.shared.types.write();
+        types.retain(|t| t.prefix != prefix);
+        types.push(Arc::new(EntityType { prefix, factory, options: Arc::new(options) }));
+        // Longest prefix first, so the most specific type wins.
+        types.sort_by_key(|t| std::cmp::Reverse(t.prefix.len()));
+        Ok(())
+    }
+
+    /// Spawns an entity with an explicit behaviour, recovering it. The reply gets the recovered
+    /// state. Idempotent: an existing entity with the id is kept.
+    pub fn spawn(&self, cx: H::Cx<'_>, id: &str, behavior: H::Behavior, kind: Kind, options: EntityOptions, reply: H::Reply) -> Result<Dispatched<H>, Fail<H::Failure>> {
+        validate_id(id)?;
+        self.check_running()?;
+        self.check_kind(kind)?;
+        self.note_passivation(&options);
+        let id: Arc<str> = id.into();
+        let shard = shard_of(&id, self.shared.config.shards);
+        let fresh = Arc::new(Entity::new(id.clone(), shard, kind, behavior, Arc::new(options), false));
+        let (e, _) = self.shared.registry.insert_if_absent(id, fresh);
+        self.dispatch(cx, e, Msg::Query(reply))
+    }
+
+    /// Forgets a dormant entity (after a failed spawn). Live entities are left alone.
+    pub fn forget(&self, id: &str) -> bool {
+        let Some(e) = self.shared.registry.get(id) else { return false };
+        let mut cell = e.cell.lock();
+        if cell.phase == Phase::Dormant && cell.mailbox.is_empty() {
+            cell.phase = Phase::Removed;
+            drop(cell);
+            self.shared.registry.remove_if(id, &e)
+        } else {
+            false
+        }
+    }
+
+    /// Sends a command.
+    pub fn send(&self, cx: H::Cx<'_>, id: &str, command: H::Command, reply: H::Reply) -> Result<Dispatched<H>, Fail<H::Failure>> {
+        self.route(cx, id, Msg::Command(command, reply))
+    }
+
+    /// Asks for the confirmed state and revision (read-only; in order with earlier commands).
+    pub fn query(&self, cx: H::Cx<'_>, id: &str, reply: H::Reply) -> Result<Dispatched<H>, Fail<H::Failure>> {
+        self.route(cx, id, Msg::Query(reply))
+    }
+
+    /// Stops an entity after the messages already queued for it.
+    pub fn stop_entity(&self, cx: H::Cx<'_>, id: &str, reply: H::Reply) -> Result<Stopped<H>, Fail<H::Failure>> {
+        validate_id(id)?;
+        self.check_running()?;
+        loop {
+            let e = self.shared.registry.get(id).ok_or_else(|| Error::EntityNotFound(id.into()))?;
+            {
+                let mut cell = e.cell.lock();
+                if cell.phase == Phase::Dormant && cell.mailbox.is_empty() {
+                    cell.phase = Phase::Removed;
+                    drop(cell);
+                    self.shared.registry.remove_if(id, &e);
+                    return Ok(Stopped::Forgotten);
+                }
+            }
+            return match entity::dispatch(&self.shared, cx, &e, Msg::Stop(reply)) {
+                Ok(d) => Ok(Stopped::Dispatched(d)),
+                Err(DispatchError::Removed(Msg::Stop(r))) => {
+                    // Gone meanwhile; a factory entity may be reactivated by a later command,
+                    // but there is nothing to stop now.
+                    let _ = r;
+                    Err(Error::EntityNotFound(id.into()).into())
+                }
+                Err(DispatchError::Removed(_)) => unreachable!("a stop comes back as a stop"),
+                Err(DispatchError::Full(_, err)) => Err(err.into()),
+            };
+        }
+    }
+
+    fn route(&self, cx: H::Cx<'_>, id: &str, msg: Msg<H>) -> Result<Dispatched<H>, Fail<H::Failure>> {
+        validate_id(id)?;
+        self.check_running()?;
+        let mut msg = msg;
+        loop {
+            let e = match self.shared.registry.get(id) {
+                Some(e) => e,
+                None => self.activate(cx, id)?,
+            };
+            match entity::dispatch(&self.shared, cx, &e, msg) {
+                Ok(d) => return Ok(d),
+                Err(DispatchError::Removed(m)) => msg = m,
+                Err(DispatchError::Full(_, err)) => return Err(err.into()),
+            }
+        }
+    }
+
+    fn dispatch(&self, cx: H::Cx<'_>, e: Arc<Entity<H>>, msg: Msg<H>) -> Result<Dispatched<H>, Fail<H::Failure>> {
+        let id = e.id.clone();
+        match entity::dispatch(&self.shared, cx, &e, msg) {
+            Ok(d) => Ok(d),
+            Err(DispatchError::Removed(m)) => self.route(cx, &id, m),
+            Err(DispatchError::Full(_, err)) => Err(err.into()),
+        }
+    }
+
+    /// Creates a dormant entity for `id` from the registered type with the longest matching
+    /// prefix.
+    fn activate(&self, cx: H::Cx<'_>, id: &str) -> Result<Arc<Entity<H>>, Fail<H::Failure>> {
+        let ty = {
+            let types = self.shared.types.read();
+            types.iter().find(|t| id.starts_with(&t.prefix)).cloned()
+        };
+        let ty = ty.ok_or_else(|| Error::EntityNotFound(id.into()))?;
+        // The factory runs outside any lock; if another caller activated the id meanwhile,
+        // its entity wins and this behaviour is dropped.
+        let (behavior, kind) = self.shared.host.create(cx, &ty.factory, id)?;
+        self.check_kind(kind)?;
+        let id: Arc<str> = id.into();
+        let shard = shard_of(&id, self.shared.config.shards);
+        let fresh = Arc::new(Entity::new(id.clone(), shard, kind, behavior, ty.options.clone(), true));
+        Ok(self.shared.registry.insert_if_absent(id, fresh).0)
+    }
+
+    /// Whether an entity with this id is in memory (not dormant).
+    pub fn is_live(&self, id: &str) -> bool {
+        self.shared.registry.get(id).is_some_and(|e| !matches!(e.phase(), Phase::Dormant | Phase::Removed))
+    }
+
+    /// Number of entities in memory.
+    pub fn live_count(&self) -> usize {
+        let mut n = 0;
+        self.shared.registry.for_each(|e| {
+            if !matches!(e.phase(), Phase::Dormant | Phase::Removed) {
+                n += 1;
+            }
+        });
+        n
+    }
+
+    /// Number of known entities (live and dormant).
+    pub fn entity_count(&self) -> usize {
+        self.shared.registry.len()
+    }
+
+    /// Whether every entity is quiet (nothing queued, running, batched or in flight).
+    pub fn is_quiet(&self) -> bool {
+        let mut quiet = true;
+        self.shared.registry.for_each(|e| quiet &= e.is_quiet());
+        quiet && self.shared.queue.len() == 0
+    }
+
+    /// Stops the engine: refuses new messages, waits up to `timeout` for queued work to finish,
+    /// fails what is left with [`Error::EngineClosed`], then stops the bridge and the runtime.
+    /// Must not be called from the bridge thread or with the context held. Idempotent.
+    pub fn shutdown(&self, timeout: Duration) -> Result<()> {
+        let was_running = self.shared.running.swap(false, Ordering::AcqRel);
+        let Some(bridge) = self.bridge.lock().take() else { return Ok(()) };
+        let deadline = Instant::now() + timeout;
+        let mut drained = true;
+        if was_running {
+            while !self.is_quiet() {
+                if Instant::now() >= deadline {
+                    drained = false;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let sh = self.shared.clone();
+        self.shared.queue.push(Job::Call(Box::new(move |cx| {
+            for e in sh.registry.drain() {
+                let (work, waiting) = {
+                    let mut cell = e.cell.lock();
+                    cell.phase = Phase::Removed;
+                    (cell.work.take(), cell.mailbox.drain(..).collect::<Vec<_>>())
+                };
+                drop(work);
+                for msg in waiting {
+                    sh.host.reply(cx, msg.into_reply(), Err(Fail::Engine(Error::EngineClosed)));
+                }
+            }
+        })));
+        self.shared.queue.push(Job::Exit);
+        let _ = bridge.join();
+        if let Some(rt) = self.runtime.lock().take() {
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+        if drained {
+            Ok(())
+        } else {
+            Err(Error::Storage("the engine stopped before every queued command finished".into()))
+        }
+    }
+}
+
+impl<H: Host> Drop for Engine<H> {
+    fn drop(&mut self) {
+        let _ = self.shutdown(Duration::from_secs(5));
+    }
+}
+
+/// Longest time the bridge keeps the context while jobs keep coming.
+const BRIDGE_SLICE: Duration = Duration::from_millis(2);
+
+fn bridge_main<H: Host>(sh: Arc<Shared<H>>) {
+    let mut jobs = VecDeque::new();
+    loop {
+        sh.queue.take_all(&mut jobs);
+        let exit = sh.host.enter(|cx| {
+            let started = Instant::now();
+            let mut exit = false;
+            loop {
+                while let Some(job) = jobs.pop_front() {
+                    if matches!(job, Job::Exit) {
+                        exit = true;
+                        continue;
+                    }
+                    if catch_unwind(AssertUnwindSafe(|| run_job(&sh, cx, job))).is_err() {
+                        sh.host.log_warning("internal error (panic) while running a job on the bridge; the entity involved reloads");
+                    }
+                }
+                sh.host.end_batch(cx);
+                if exit || started.elapsed() > BRIDGE_SLICE || !sh.queue.try_take_all(&mut jobs) {
+                    break;
+                }
+            }
+            exit
+        });
+        if exit {
+            return;
+        }
+    }
+}
+
+fn run_job<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, job: Job<H>) {
+    match job {
+        Job::Run(e) => entity::run(sh, cx, &e),
+        Job::Written(e, result) => entity::written(sh, cx, &e, result),
+        Job::Recover(e, rec, fetched) => crate::recovery::step(sh, cx, &e, rec, Some(fetched)),
+        Job::Flush(e) => entity::flush_due(sh, cx, &e),
+        Job::Call(f) => f(cx),
+        Job::Exit => {}
+    }
+}
+
+/// Passivation: every so often, entities idle for longer than their `passivate_after` leave
+/// memory. Their states are dropped on the bridge (in the context).
+async fn sweeper<H: Host>(sh: Weak<Shared<H>>) {
+    loop {
+        let wait = match sh.upgrade() {
+            Some(sh) => match sh.shortest_passivation.load(Ordering::Acquire) {
+                u64::MAX => 1000,
+                ms => (ms / 2).clamp(10, 1000),
+            },
+            None => return,
+        };
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let Some(sh) = sh.upgrade() else { return };
+        if !sh.running.load(Ordering::Acquire) {
+            return;
+        }
+        let now = monotonic_millis();
+        let mut released = Vec::new();
+        let mut removed = Vec::new();
+        sh.registry.for_each(|e| {
+            let Some(after) = e.options.passivate_after else { return };
+            let mut cell = e.cell.lock();
+            let idle = cell.phase == Phase::Idle
+                && cell.mailbox.is_empty()
+                && now.saturating_sub(cell.last_used) >= after.as_millis() as u64
+                && cell.work.as_ref().is_some_and(|w| w.is_settled());
+            if idle {
+                released.push(cell.work.take());
+                cell.phase = if e.from_factory { Phase::Removed } else { Phase::Dormant };
+                if e.from_factory {
+                    removed.push(e.clone());
+                }
+            }
+        });
+        for e in &removed {
+            sh.registry.remove_if(&e.id, e);
+        }
+        if !released.is_empty() {
+            sh.queue.push(Job::Call(Box::new(move |_cx| {
+                drop(released);
+                drop(removed);
+            })));
+        }
+    }
+}
+
+/// Runs a write nobody waits for (snapshots, retention): inline when the store finishes at
+/// once, otherwise on the runtime, with up to 3 retries and backoff; failures are logged.
+pub(crate) fn background_write<H: Host>(sh: &Arc<Shared<H>>, what: String, make: impl Fn() -> BoxFuture<'static, Result<()>> + Send + 'static) {
+    let first = match sh.poll_now(make()) {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => Err(e),
+        Err(fut) => Ok(fut),
+    };
+    let sh2 = sh.clone();
+    sh.runtime.spawn(async move {
+        let mut last = match first {
+            Ok(fut) => match fut.await {
+                Ok(()) => return,
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        for attempt in 0..3u32 {
+            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            match make().await {
+                Ok(()) => return,
+                Err(e) => last = e,
+            }
+        }
+        sh2.host.log_warning(&format!("{what} failed after retries: {last}"));
+    });
+}

@@ -1,0 +1,84 @@
+//! The error type of the core. Cheap to clone: one failed batch write fails every command of
+//! that batch with the same error.
+
+use std::sync::Arc;
+
+/// Result with the core [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything the engine and its stores can fail with. The Python bindings map each variant to
+/// one class of `ego.errors` (rust/py/src/errors.rs is the only place that does it).
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum Error {
+    /// The engine is not started, or stopping.
+    #[error("the engine is not running")]
+    EngineClosed,
+    /// No live entity, no dormant one and no registered entity type for this id.
+    #[error("no entity with id {0:?} (spawn it with engine.entity() or register an entity type)")]
+    EntityNotFound(Arc<str>),
+    /// The entity was stopped while the command waited.
+    #[error("entity {0:?} was stopped before the command ran")]
+    EntityStopped(Arc<str>),
+    /// An entity id that is empty, too long or has control characters.
+    #[error("invalid entity id {id:?}: {reason}")]
+    InvalidEntityId { id: String, reason: &'static str },
+    /// A message over the configured size limit.
+    #[error("{what} of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { what: &'static str, size: usize, limit: usize },
+    /// An argument the API cannot accept.
+    #[error("{0}")]
+    InvalidArgument(Arc<str>),
+    /// A write lost an optimistic-concurrency race: the stored sequence number or version is not
+    /// the one the writer expected.
+    #[error("concurrency conflict on {persistence_id:?}: expected {expected}, found {actual}")]
+    Concurrency { persistence_id: Arc<str>, expected: u64, actual: u64 },
+    /// Bytes in a store that cannot be decoded, or a gap in a stream.
+    #[error("corrupt data for entity {persistence_id:?} at sequence number {sequence_number}: {detail}")]
+    Corrupt { persistence_id: Arc<str>, sequence_number: u64, detail: Arc<str> },
+    /// A persisted event whose type the host cannot resolve.
+    #[error("entity {persistence_id:?}, sequence number {sequence_number}: unknown event type {type_url:?}")]
+    UnknownEventType { persistence_id: Arc<str>, sequence_number: u64, type_url: Arc<str> },
+    /// The store ran out of space.
+    #[error("storage full: {0}")]
+    StorageFull(Arc<str>),
+    /// The store failed; the write was not applied.
+    #[error("storage error: {0}")]
+    Storage(Arc<str>),
+    /// The write may or may not have been applied (connection lost after commit was sent).
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(Arc<str>),
+    /// The entity's mailbox is full; the command was not accepted.
+    #[error("mailbox of entity {id:?} is full ({capacity} commands waiting)")]
+    MailboxFull { id: Arc<str>, capacity: usize },
+    /// The caller stopped waiting. `started` tells whether the command may have run.
+    #[error("timed out after {seconds:.3}s waiting for entity {id:?} (outcome {})", if *.started { "unknown" } else { "not started" })]
+    Timeout { id: Arc<str>, seconds: f64, started: bool },
+    /// The store is not configured for this kind of entity.
+    #[error("{0}")]
+    Configuration(Arc<str>),
+    /// A handler broke its contract (wrong return type, state type changed, ...).
+    #[error("{0}")]
+    Contract(Arc<str>),
+    /// An entity could not recover its state; the entity is not started.
+    #[error("entity {id:?} failed to recover: {detail}")]
+    Recovery { id: Arc<str>, detail: Arc<str> },
+}
+
+impl Error {
+    /// A storage error from any displayable cause.
+    pub fn storage(cause: impl std::fmt::Display) -> Self {
+        Error::Storage(cause.to_string().into())
+    }
+    /// An invalid-argument error.
+    pub fn invalid(msg: impl std::fmt::Display) -> Self {
+        Error::InvalidArgument(msg.to_string().into())
+    }
+    /// A contract error.
+    pub fn contract(msg: impl std::fmt::Display) -> Self {
+        Error::Contract(msg.to_string().into())
+    }
+    /// Whether the failure left the stored data unchanged for sure.
+    pub fn is_definite(&self) -> bool {
+        !matches!(self, Error::OutcomeUnknown(_) | Error::Timeout { started: true, .. })
+    }
+}

@@ -1,0 +1,132 @@
+//! The seam between the core and the language that runs behaviours.
+//!
+//! The core never looks inside user messages. Commands, states and replies are opaque host
+//! values; events cross as encoded bytes ([`Any`]). Everything that runs behaviour code takes a
+//! context `Cx` (for Python: the GIL token), which the core only obtains through
+//! [`Host::enter`] on its bridge thread, or receives from a caller that already holds it.
+
+use crate::envelope::{Any, Event};
+use crate::error::Error;
+
+/// The two kinds of behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Commands produce events; state is the fold of the events.
+    EventSourced,
+    /// Commands produce the next state; only the latest state is stored.
+    DurableState,
+}
+
+/// Why a command or a recovery failed: the behaviour's own error (handed back to the caller
+/// unchanged) or an engine error.
+#[derive(Debug)]
+pub enum Fail<F> {
+    /// Raised by user code.
+    Handler(F),
+    /// Raised by the engine or a store.
+    Engine(Error),
+}
+
+impl<F> From<Error> for Fail<F> {
+    fn from(e: Error) -> Self {
+        Fail::Engine(e)
+    }
+}
+
+/// What a host provides. See the module docs.
+pub trait Host: Send + Sync + Sized + 'static {
+    /// The context behaviour code runs in (the GIL token for Python).
+    type Cx<'a>: Copy;
+    /// One entity's behaviour.
+    type Behavior: Send + Sync + 'static;
+    /// Creates behaviours for entities that activate on their first command.
+    type Factory: Send + Sync + 'static;
+    /// The live state of an entity.
+    type State: Send + 'static;
+    /// A command (or nothing, for a state query).
+    type Command: Send + 'static;
+    /// The events a command handler returned, before they are checked and encoded.
+    type Events<'a>;
+    /// An error raised by user code.
+    type Failure: Send + 'static;
+    /// Where a queued command's outcome goes (a waiting thread, an asyncio future, ...).
+    type Reply: Send + 'static;
+    /// A successful outcome: the state and revision as handed to the caller.
+    type Output: Send + 'static;
+
+    /// Runs `f` with a context. Called on the bridge thread once per batch of jobs.
+    fn enter<R>(&self, f: impl for<'a> FnOnce(Self::Cx<'a>) -> R) -> R;
+
+    /// Called after each batch of work done in a context, to deliver replies in bulk.
+    fn end_batch(&self, cx: Self::Cx<'_>);
+
+    /// The behaviour for entity `id`, made by `factory`, and its kind.
+    fn create(&self, cx: Self::Cx<'_>, factory: &Self::Factory, id: &str) -> Result<(Self::Behavior, Kind), Fail<Self::Failure>>;
+
+    /// The state of an entity that has no stored history.
+    fn initial_state(&self, cx: Self::Cx<'_>, behavior: &Self::Behavior) -> Result<Self::State, Fail<Self::Failure>>;
+
+    /// Runs an event-sourced command handler.
+    fn handle_command<'a>(
+        &self,
+        cx: Self::Cx<'a>,
+        behavior: &Self::Behavior,
+        command: &Self::Command,
+        state: &Self::State,
+    ) -> Result<Self::Events<'a>, Fail<Self::Failure>>
+    where
+        Self: 'a;
+
+    /// Checks and encodes the events of one command, appending one [`Any`] per event.
+    /// `max_bytes` is the per-event size limit.
+    fn encode_events(&self, cx: Self::Cx<'_>, events: &Self::Events<'_>, max_bytes: usize, out: &mut Vec<Any>) -> Result<(), Fail<Self::Failure>>;
+
+    /// Applies freshly produced events to the state, in order.
+    fn apply_events(
+        &self,
+        cx: Self::Cx<'_>,
+        behavior: &Self::Behavior,
+        events: Self::Events<'_>,
+        state: Self::State,
+    ) -> Result<Self::State, Fail<Self::Failure>>;
+
+    /// Applies one stored event during recovery.
+    fn apply_stored(&self, cx: Self::Cx<'_>, behavior: &Self::Behavior, event: &Event, state: Self::State) -> Result<Self::State, Fail<Self::Failure>>;
+
+    /// Runs a durable-state command handler: `Some(new state)`, or `None` for no change.
+    fn handle_durable(
+        &self,
+        cx: Self::Cx<'_>,
+        behavior: &Self::Behavior,
+        command: &Self::Command,
+        state: &Self::State,
+    ) -> Result<Option<Self::State>, Fail<Self::Failure>>;
+
+    /// Encodes a state (for snapshots and durable state).
+    fn encode_state(&self, cx: Self::Cx<'_>, state: &Self::State, max_bytes: usize) -> Result<Any, Fail<Self::Failure>>;
+
+    /// Decodes a stored state.
+    fn decode_state(&self, cx: Self::Cx<'_>, behavior: &Self::Behavior, state: &Any) -> Result<Self::State, Fail<Self::Failure>>;
+
+    /// The caller's view of a state at a revision.
+    fn output(&self, cx: Self::Cx<'_>, state: &Self::State, revision: u64) -> Self::Output;
+
+    /// Called right before a queued command runs: `false` when its caller gave up waiting (then
+    /// the command is dropped without running).
+    fn begin(&self, cx: Self::Cx<'_>, reply: &Self::Reply) -> bool;
+
+    /// Delivers an outcome.
+    fn reply(&self, cx: Self::Cx<'_>, reply: Self::Reply, outcome: Result<Self::Output, Fail<Self::Failure>>);
+
+    /// A copy of a user error, to hand the same failure to several callers.
+    fn clone_failure(&self, cx: Self::Cx<'_>, failure: &Self::Failure) -> Self::Failure;
+
+    /// Wraps a user error raised while an entity recovered (so callers can tell it from an
+    /// error of their own command).
+    fn recovery_failure(&self, cx: Self::Cx<'_>, id: &str, failure: Self::Failure) -> Self::Failure;
+
+    /// Reports something that went wrong off any caller's path (a failed snapshot write, ...).
+    fn log_warning(&self, message: &str) {
+        eprintln!("ego: {message}");
+    }
+}

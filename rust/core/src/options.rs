@@ -1,0 +1,60 @@
+//! Engine and entity settings.
+
+use std::time::Duration;
+
+/// Settings of one entity (the Go library's spawn options).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntityOptions {
+    /// Take a snapshot whenever the revision crosses a multiple of this (0: never).
+    pub snapshot_interval: u64,
+    /// Stop the entity after this long without commands; the next command re-activates it.
+    pub passivate_after: Option<Duration>,
+    /// Events to accumulate before one write (0: every command is its own write).
+    pub batch_threshold: usize,
+    /// Longest wait for more commands before a partial batch is written.
+    pub batch_flush_window: Duration,
+    /// Most commands that may wait in the mailbox; more is a `MailboxFull` error.
+    pub mailbox_capacity: usize,
+}
+
+impl Default for EntityOptions {
+    fn default() -> Self {
+        EntityOptions {
+            snapshot_interval: 0,
+            passivate_after: None,
+            batch_threshold: 0,
+            batch_flush_window: Duration::from_millis(5),
+            mailbox_capacity: 10_000,
+        }
+    }
+}
+
+/// Settings of an engine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// Engine name (logs, metrics).
+    pub name: String,
+    /// Number of shards events are spread over (fixed for the life of the data).
+    pub shards: u32,
+    /// Largest encoded event or state, in bytes.
+    pub max_message_bytes: usize,
+    /// Events read per page during recovery.
+    pub replay_page_size: u64,
+    /// Tokio worker threads (store I/O, timers).
+    pub worker_threads: usize,
+    /// Commands the bridge runs per entity before moving on to the next one.
+    pub fairness_budget: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            name: "ego".into(),
+            shards: 8,
+            max_message_bytes: 1 << 20,
+            replay_page_size: 1024,
+            worker_threads: 2,
+            fairness_budget: 64,
+        }
+    }
+}

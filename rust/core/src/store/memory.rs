@@ -1,0 +1,210 @@
+//! In-memory stores: events, snapshots and durable state in one object. Nothing survives the
+//! process; for tests, examples and benchmarks of the engine itself.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::{check_batch, BoxFuture, EventsStore, IdPage, ShardHead, SnapshotCriteria, SnapshotStore, StateStore};
+use crate::envelope::{DurableState, Event, Snapshot};
+use crate::error::{Error, Result};
+use crate::poll::ready;
+
+/// Default largest encoded event a store accepts (the engine's own per-event limit is lower).
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 8 << 20;
+
+/// The in-memory store. Cloning gives another handle on the same data.
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Data>>,
+    max_event_bytes: Option<usize>,
+}
+
+#[derive(Default)]
+struct Data {
+    journals: HashMap<String, Journal>,
+    logs: HashMap<u32, Vec<Option<Arc<Event>>>>,
+    snapshots: HashMap<String, BTreeMap<u64, Snapshot>>,
+    states: HashMap<String, DurableState>,
+}
+
+#[derive(Default)]
+struct Journal {
+    highest: u64,
+    events: VecDeque<Arc<Event>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty store that rejects events whose payload is over `max_event_bytes`.
+    pub fn with_max_event_bytes(max_event_bytes: usize) -> Self {
+        MemoryStore { max_event_bytes: Some(max_event_bytes), ..Self::default() }
+    }
+
+    /// The largest event payload this store accepts.
+    pub fn max_event_bytes(&self) -> usize {
+        self.max_event_bytes.unwrap_or(DEFAULT_MAX_EVENT_BYTES)
+    }
+
+    fn append(&self, events: Vec<Event>) -> Result<()> {
+        let (pid, first) = check_batch(&events)?;
+        let limit = self.max_event_bytes();
+        for e in &events {
+            let size = e.event.as_ref().map_or(0, |a| a.value.len());
+            if size > limit {
+                return Err(Error::TooLarge { what: "event", size, limit });
+            }
+        }
+        let pid = pid.to_string();
+        let mut data = self.inner.lock();
+        let highest = data.journals.get(&pid).map_or(0, |j| j.highest);
+        if first != highest + 1 {
+            return Err(Error::Concurrency { persistence_id: pid.into(), expected: first - 1, actual: highest });
+        }
+        let mut stored = Vec::with_capacity(events.len());
+        for mut e in events {
+            let log = data.logs.entry(e.shard).or_default();
+            e.position = log.len() as u64 + 1;
+            let e = Arc::new(e);
+            log.push(Some(e.clone()));
+            stored.push(e);
+        }
+        let journal = data.journals.entry(pid).or_default();
+        journal.highest = stored.last().map_or(highest, |e| e.sequence_number);
+        journal.events.extend(stored);
+        Ok(())
+    }
+}
+
+impl EventsStore for MemoryStore {
+    fn write_events(&self, events: Vec<Event>) -> BoxFuture<'static, Result<()>> {
+        ready(self.append(events))
+    }
+
+    fn replay_events(&self, persistence_id: &str, from: u64, to: u64, max: u64) -> BoxFuture<'static, Result<Vec<Event>>> {
+        let data = self.inner.lock();
+        let Some(journal) = data.journals.get(persistence_id) else { return ready(Ok(Vec::new())) };
+        let Some(first) = journal.events.front().map(|e| e.sequence_number) else { return ready(Ok(Vec::new())) };
+        let start = from.max(first);
+        if start > to || max == 0 {
+            return ready(Ok(Vec::new()));
+        }
+        let out = journal
+            .events
+            .iter()
+            .skip((start - first) as usize)
+            .take_while(|e| e.sequence_number <= to)
+            .take(max.min(usize::MAX as u64) as usize)
+            .map(|e| Event::clone(e))
+            .collect();
+        ready(Ok(out))
+    }
+
+    fn highest_sequence_number(&self, persistence_id: &str) -> BoxFuture<'static, Result<u64>> {
+        ready(Ok(self.inner.lock().journals.get(persistence_id).map_or(0, |j| j.highest)))
+    }
+
+    fn delete_events(&self, persistence_id: &str, to: u64) -> BoxFuture<'static, Result<()>> {
+        let mut data = self.inner.lock();
+        let Data { journals, logs, .. } = &mut *data;
+        if let Some(journal) = journals.get_mut(persistence_id) {
+            while journal.events.front().is_some_and(|e| e.sequence_number <= to) {
+                let e = journal.events.pop_front().expect("front exists");
+                if let Some(slot) = logs.get_mut(&e.shard).and_then(|l| l.get_mut(e.position as usize - 1)) {
+                    *slot = None;
+                }
+            }
+        }
+        ready(Ok(()))
+    }
+
+    fn persistence_ids(&self, page_size: usize, after: Option<String>) -> BoxFuture<'static, Result<IdPage>> {
+        let data = self.inner.lock();
+        let mut ids: Vec<&String> = data.journals.keys().filter(|id| after.as_ref().is_none_or(|a| id.as_str() > a.as_str())).collect();
+        ids.sort_unstable();
+        let more = ids.len() > page_size;
+        let ids: Vec<String> = ids.into_iter().take(page_size).cloned().collect();
+        let next = if more { ids.last().cloned() } else { None };
+        ready(Ok(IdPage { ids, next }))
+    }
+
+    fn shard_events(&self, shard: u32, after: u64, max: usize) -> BoxFuture<'static, Result<Vec<Event>>> {
+        let data = self.inner.lock();
+        let Some(log) = data.logs.get(&shard) else { return ready(Ok(Vec::new())) };
+        let out = log.iter().skip(after as usize).flatten().take(max).map(|e| Event::clone(e)).collect();
+        ready(Ok(out))
+    }
+
+    fn shard_heads(&self) -> BoxFuture<'static, Result<Vec<ShardHead>>> {
+        let data = self.inner.lock();
+        let mut heads: Vec<ShardHead> = data
+            .logs
+            .iter()
+            .filter(|(_, log)| !log.is_empty())
+            .map(|(&shard, log)| ShardHead {
+                shard,
+                position: log.len() as u64,
+                timestamp: log.iter().rev().flatten().next().map_or(0, |e| e.timestamp),
+            })
+            .collect();
+        heads.sort_by_key(|h| h.shard);
+        ready(Ok(heads))
+    }
+}
+
+impl SnapshotStore for MemoryStore {
+    fn write_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'static, Result<()>> {
+        if let Err(e) = crate::ids::validate_id(&snapshot.persistence_id) {
+            return ready(Err(e));
+        }
+        let mut data = self.inner.lock();
+        data.snapshots.entry(snapshot.persistence_id.clone()).or_default().insert(snapshot.sequence_number, snapshot);
+        ready(Ok(()))
+    }
+
+    fn latest_snapshot(&self, persistence_id: &str, criteria: SnapshotCriteria) -> BoxFuture<'static, Result<Option<Snapshot>>> {
+        let data = self.inner.lock();
+        let found = data
+            .snapshots
+            .get(persistence_id)
+            .and_then(|m| m.range(..=criteria.max_sequence_number).rev().map(|(_, s)| s).find(|s| criteria.matches(s)).cloned());
+        ready(Ok(found))
+    }
+
+    fn delete_snapshots(&self, persistence_id: &str, criteria: SnapshotCriteria) -> BoxFuture<'static, Result<()>> {
+        let mut data = self.inner.lock();
+        if let Some(m) = data.snapshots.get_mut(persistence_id) {
+            m.retain(|_, s| !criteria.matches(s));
+        }
+        ready(Ok(()))
+    }
+}
+
+impl StateStore for MemoryStore {
+    fn write_state(&self, state: DurableState, expected_version: u64) -> BoxFuture<'static, Result<()>> {
+        if let Err(e) = crate::ids::validate_id(&state.persistence_id) {
+            return ready(Err(e));
+        }
+        let mut data = self.inner.lock();
+        let actual = data.states.get(&state.persistence_id).map_or(0, |s| s.version_number);
+        if actual != expected_version {
+            return ready(Err(Error::Concurrency { persistence_id: state.persistence_id.into(), expected: expected_version, actual }));
+        }
+        data.states.insert(state.persistence_id.clone(), state);
+        ready(Ok(()))
+    }
+
+    fn read_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<Option<DurableState>>> {
+        ready(Ok(self.inner.lock().states.get(persistence_id).cloned()))
+    }
+
+    fn delete_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<()>> {
+        self.inner.lock().states.remove(persistence_id);
+        ready(Ok(()))
+    }
+}

@@ -1,0 +1,154 @@
+//! Store contracts and the built-in stores.
+//!
+//! Contracts (pinned by the conformance suite, `python/ego/testkit/conformance.py`):
+//! - "Not found" is a value (`None`, `0`, an empty list), never an error.
+//! - `write_events` takes the events of one persistence id; they must be contiguous and start
+//!   right after the stored highest sequence number, otherwise nothing is written and the
+//!   result is [`Error::Concurrency`]. The write is atomic.
+//! - Deleting events never lowers the highest sequence number.
+//! - Each event gets a store-assigned position in its shard, strictly increasing in commit
+//!   order; `shard_events` reads after a position and never skips a committed event.
+//! - Durable state writes are compare-and-set on the stored version.
+//!
+//! Operations return futures so that network stores can be asynchronous; embedded stores
+//! return futures that are already finished (except synced writes), which the engine polls
+//! inline without a thread hop (see [`crate::poll`]).
+
+pub mod memory;
+pub mod rocks;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::envelope::{DurableState, Event, Snapshot};
+use crate::error::{Error, Result};
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One page of persistence ids, sorted, and the cursor for the next page (the last id of this
+/// page, exclusive) when there may be more.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdPage {
+    pub ids: Vec<String>,
+    pub next: Option<String>,
+}
+
+/// The newest position and timestamp of one shard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardHead {
+    pub shard: u32,
+    pub position: u64,
+    pub timestamp: i64,
+}
+
+/// The journal of event-sourced entities.
+pub trait EventsStore: Send + Sync + 'static {
+    /// Appends the events of one persistence id atomically (see the module contract).
+    fn write_events(&self, events: Vec<Event>) -> BoxFuture<'static, Result<()>>;
+    /// Events with `from <= seq <= to`, ascending, at most `max`.
+    fn replay_events(&self, persistence_id: &str, from: u64, to: u64, max: u64) -> BoxFuture<'static, Result<Vec<Event>>>;
+    /// The highest sequence number ever written (kept after deletion), 0 if none.
+    fn highest_sequence_number(&self, persistence_id: &str) -> BoxFuture<'static, Result<u64>>;
+    /// Deletes events with `seq <= to`.
+    fn delete_events(&self, persistence_id: &str, to: u64) -> BoxFuture<'static, Result<()>>;
+    /// Persistence ids in ascending byte order, after `after` (exclusive).
+    fn persistence_ids(&self, page_size: usize, after: Option<String>) -> BoxFuture<'static, Result<IdPage>>;
+    /// Events of `shard` with position > `after`, ascending by position, at most `max`.
+    fn shard_events(&self, shard: u32, after: u64, max: usize) -> BoxFuture<'static, Result<Vec<Event>>>;
+    /// The newest position of every shard that has events.
+    fn shard_heads(&self) -> BoxFuture<'static, Result<Vec<ShardHead>>>;
+    /// Makes everything acknowledged so far durable and releases resources. Idempotent.
+    fn close(&self) -> BoxFuture<'static, Result<()>> {
+        crate::poll::ready(Ok(()))
+    }
+}
+
+/// Which snapshots an operation selects (all bounds inclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotCriteria {
+    pub min_sequence_number: u64,
+    pub max_sequence_number: u64,
+    pub min_timestamp: i64,
+    pub max_timestamp: i64,
+}
+
+impl Default for SnapshotCriteria {
+    fn default() -> Self {
+        SnapshotCriteria { min_sequence_number: 0, max_sequence_number: u64::MAX, min_timestamp: i64::MIN, max_timestamp: i64::MAX }
+    }
+}
+
+impl SnapshotCriteria {
+    /// Snapshots with a sequence number up to `max` (inclusive).
+    pub fn up_to(max: u64) -> Self {
+        SnapshotCriteria { max_sequence_number: max, ..Self::default() }
+    }
+    /// Whether `s` matches.
+    pub fn matches(&self, s: &Snapshot) -> bool {
+        (self.min_sequence_number..=self.max_sequence_number).contains(&s.sequence_number)
+            && (self.min_timestamp..=self.max_timestamp).contains(&s.timestamp)
+    }
+}
+
+/// Snapshots of event-sourced entities.
+pub trait SnapshotStore: Send + Sync + 'static {
+    /// Saves a snapshot; a second save at the same sequence number replaces the first.
+    fn write_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'static, Result<()>>;
+    /// The matching snapshot with the highest sequence number.
+    fn latest_snapshot(&self, persistence_id: &str, criteria: SnapshotCriteria) -> BoxFuture<'static, Result<Option<Snapshot>>>;
+    /// Deletes every matching snapshot.
+    fn delete_snapshots(&self, persistence_id: &str, criteria: SnapshotCriteria) -> BoxFuture<'static, Result<()>>;
+    /// See [`EventsStore::close`].
+    fn close(&self) -> BoxFuture<'static, Result<()>> {
+        crate::poll::ready(Ok(()))
+    }
+}
+
+/// The latest state of durable-state entities.
+pub trait StateStore: Send + Sync + 'static {
+    /// Writes `state` if the stored version is `expected_version` (0: nothing stored);
+    /// otherwise [`Error::Concurrency`] and nothing changes.
+    fn write_state(&self, state: DurableState, expected_version: u64) -> BoxFuture<'static, Result<()>>;
+    /// The stored state, if any.
+    fn read_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<Option<DurableState>>>;
+    /// Deletes the stored state (a later read gives none).
+    fn delete_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<()>>;
+    /// See [`EventsStore::close`].
+    fn close(&self) -> BoxFuture<'static, Result<()>> {
+        crate::poll::ready(Ok(()))
+    }
+}
+
+/// The stores an engine runs on. Any of them may be missing when the engine does not need it.
+#[derive(Clone, Default)]
+pub struct Stores {
+    pub events: Option<Arc<dyn EventsStore>>,
+    pub snapshots: Option<Arc<dyn SnapshotStore>>,
+    pub states: Option<Arc<dyn StateStore>>,
+}
+
+/// Checks a batch given to `write_events`: non-empty, one persistence id, contiguous.
+/// Returns the persistence id and the first sequence number.
+pub fn check_batch(events: &[Event]) -> Result<(&str, u64)> {
+    let first = events.first().ok_or_else(|| Error::invalid("write_events needs at least one event"))?;
+    let pid = first.persistence_id.as_str();
+    crate::ids::validate_id(pid)?;
+    for (i, e) in events.iter().enumerate() {
+        if e.persistence_id != pid {
+            return Err(Error::invalid("write_events takes the events of one persistence id"));
+        }
+        if e.sequence_number != first.sequence_number + i as u64 {
+            return Err(Error::invalid(format!(
+                "sequence numbers of {pid:?} must be contiguous: expected {}, got {}",
+                first.sequence_number + i as u64,
+                e.sequence_number
+            )));
+        }
+    }
+    if first.sequence_number == 0 {
+        return Err(Error::invalid("sequence numbers start at 1"));
+    }
+    Ok((pid, first.sequence_number))
+}

@@ -1,0 +1,706 @@
+//! The embedded store: RocksDB, one directory for events, snapshots and durable state.
+//!
+//! Layout (column families):
+//! - `events`    `pid \0 seq(be64)`      -> `Event` (encoded envelope)
+//! - `log`       `shard(be32) pos(be64)` -> `Event` (the same envelope: per-shard log for readers)
+//! - `heads`     `pid`                   -> highest sequence number (be64; survives deletion)
+//! - `snapshots` `pid \0 seq(be64)`      -> `Snapshot`
+//! - `states`    `pid`                   -> version(be64) ++ `DurableState`
+//! - `meta`      `pos` shard(be32)       -> last position of the shard (be64)
+//!
+//! Entity ids cannot contain control characters, so `\0` separates the id from the sequence
+//! number and the keys of one id form one contiguous range.
+//!
+//! Writes go through one writer thread that does group commit: every request that arrives while
+//! the previous batch is being synced is checked and written in the next single `WriteBatch`
+//! with one WAL sync. Being the only writer also makes the concurrency checks and the per-shard
+//! positions race-free, and makes positions visible in commit order. Reads go straight to
+//! RocksDB from the calling thread.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::Mutex;
+use prost::Message;
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
+use tokio::sync::oneshot;
+
+use super::{check_batch, BoxFuture, EventsStore, IdPage, ShardHead, SnapshotCriteria, SnapshotStore, StateStore};
+use crate::envelope::{DurableState, Event, Snapshot};
+use crate::error::{Error, Result};
+use crate::poll::ready;
+
+const CF_EVENTS: &str = "events";
+const CF_LOG: &str = "log";
+const CF_HEADS: &str = "heads";
+const CF_SNAPSHOTS: &str = "snapshots";
+const CF_STATES: &str = "states";
+const CF_META: &str = "meta";
+const FAMILIES: [&str; 6] = [CF_EVENTS, CF_LOG, CF_HEADS, CF_SNAPSHOTS, CF_STATES, CF_META];
+const POS_PREFIX: &[u8] = b"pos";
+/// Most requests merged into one group commit.
+const MAX_GROUP: usize = 8192;
+
+/// Settings of a [`RocksStore`].
+#[derive(Debug, Clone)]
+pub struct RocksOptions {
+    /// Sync the write-ahead log before acknowledging a write (default). Without it, an
+    /// acknowledged write survives a crash of the process but not of the machine.
+    pub sync: bool,
+    /// Largest event payload accepted.
+    pub max_event_bytes: usize,
+    /// Block cache size in bytes.
+    pub cache_bytes: usize,
+}
+
+impl Default for RocksOptions {
+    fn default() -> Self {
+        RocksOptions { sync: true, max_event_bytes: super::memory::DEFAULT_MAX_EVENT_BYTES, cache_bytes: 64 << 20 }
+    }
+}
+
+/// The RocksDB store. Cloning gives another handle on the same database.
+#[derive(Clone)]
+pub struct RocksStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<DB>,
+    path: PathBuf,
+    options: RocksOptions,
+    tx: Mutex<Option<mpsc::Sender<Request>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    closed: AtomicBool,
+}
+
+enum Op {
+    Append(Vec<Event>),
+    PutSnapshot(Snapshot),
+    DeleteSnapshots(String, SnapshotCriteria),
+    PutState(DurableState, u64),
+    DeleteState(String),
+    DeleteEvents(String, u64),
+    Close,
+}
+
+impl Op {
+    /// Operations that read what earlier operations wrote: the group is committed before them.
+    fn is_barrier(&self) -> bool {
+        matches!(self, Op::DeleteSnapshots(..) | Op::DeleteEvents(..) | Op::Close)
+    }
+}
+
+struct Request {
+    op: Op,
+    done: oneshot::Sender<Result<()>>,
+}
+
+fn map_err(e: rocksdb::Error) -> Error {
+    let text = e.to_string();
+    if text.contains("No space left") {
+        Error::StorageFull(text.into())
+    } else {
+        Error::Storage(text.into())
+    }
+}
+
+fn journal_key(pid: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(pid.len() + 9);
+    k.extend_from_slice(pid.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The first key after every key of `pid`.
+fn journal_end(pid: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(pid.len() + 1);
+    k.extend_from_slice(pid.as_bytes());
+    k.push(1);
+    k
+}
+
+fn log_key(shard: u32, pos: u64) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&shard.to_be_bytes());
+    k[4..].copy_from_slice(&pos.to_be_bytes());
+    k
+}
+
+fn pos_key(shard: u32) -> Vec<u8> {
+    let mut k = POS_PREFIX.to_vec();
+    k.extend_from_slice(&shard.to_be_bytes());
+    k
+}
+
+fn be64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?))
+}
+
+fn seq_of_key(key: &[u8]) -> u64 {
+    key.len().checked_sub(8).and_then(|i| be64(&key[i..])).unwrap_or(0)
+}
+
+impl RocksStore {
+    /// Opens (creating if needed) the store in directory `path`.
+    pub fn open(path: impl AsRef<Path>, options: RocksOptions) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_keep_log_file_num(4);
+        db_opts.set_max_total_wal_size(256 << 20);
+        let cache = Cache::new_lru_cache(options.cache_bytes);
+        let descriptors = FAMILIES.iter().map(|name| {
+            let mut cf = Options::default();
+            cf.set_compression_type(DBCompressionType::Lz4);
+            cf.set_write_buffer_size(32 << 20);
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            table.set_bloom_filter(10.0, false);
+            table.set_cache_index_and_filter_blocks(true);
+            cf.set_block_based_table_factory(&table);
+            ColumnFamilyDescriptor::new(*name, cf)
+        });
+        let db = DB::open_cf_descriptors(&db_opts, &path, descriptors).map_err(|e| {
+            if e.to_string().contains("lock") {
+                Error::Storage(format!("cannot open {}: it is open elsewhere ({e})", path.display()).into())
+            } else {
+                map_err(e)
+            }
+        })?;
+        let db = Arc::new(db);
+        let positions = load_positions(&db)?;
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer { db: db.clone(), positions, sync: options.sync, max_event_bytes: options.max_event_bytes };
+        let handle = std::thread::Builder::new()
+            .name("ego-rocksdb-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(Error::storage)?;
+        Ok(RocksStore {
+            inner: Arc::new(Inner {
+                db,
+                path,
+                options,
+                tx: Mutex::new(Some(tx)),
+                writer: Mutex::new(Some(handle)),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The directory of the database.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The largest event payload this store accepts.
+    pub fn max_event_bytes(&self) -> usize {
+        self.inner.options.max_event_bytes
+    }
+
+    fn submit(&self, op: Op) -> BoxFuture<'static, Result<()>> {
+        let (done, rx) = oneshot::channel();
+        let sent = match self.inner.tx.lock().as_ref() {
+            Some(tx) => tx.send(Request { op, done }).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return ready(Err(Error::Storage("the RocksDB store is closed".into())));
+        }
+        Box::pin(async move { rx.await.unwrap_or_else(|_| Err(Error::Storage("the RocksDB writer stopped".into()))) })
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.inner.db.cf_handle(name).expect("column family exists")
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(Error::Storage("the RocksDB store is closed".into()))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn replay(&self, pid: &str, from: u64, to: u64, max: u64) -> Result<Vec<Event>> {
+        self.check_open()?;
+        if from > to || max == 0 {
+            return Ok(Vec::new());
+        }
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(if to == u64::MAX { journal_end(pid) } else { journal_key(pid, to + 1) });
+        let start = journal_key(pid, from.max(1));
+        let mut it = self.inner.db.raw_iterator_cf_opt(self.cf(CF_EVENTS), ro);
+        it.seek(&start);
+        let mut out = Vec::new();
+        let mut expected = from.max(1);
+        while it.valid() && (out.len() as u64) < max {
+            let key = it.key().unwrap_or_default();
+            let seq = seq_of_key(key);
+            let value = it.value().unwrap_or_default();
+            let event = decode_event(pid, seq, value)?;
+            expected = seq + 1;
+            out.push(event);
+            it.next();
+        }
+        it.status().map_err(|e| corrupt_or_storage(pid, expected, e))?;
+        Ok(out)
+    }
+
+    fn highest(&self, pid: &str) -> Result<u64> {
+        self.check_open()?;
+        let value = self.inner.db.get_pinned_cf(self.cf(CF_HEADS), pid.as_bytes()).map_err(map_err)?;
+        Ok(value.and_then(|v| be64(&v)).unwrap_or(0))
+    }
+
+    fn ids(&self, page_size: usize, after: Option<String>) -> Result<IdPage> {
+        self.check_open()?;
+        let mut it = self.inner.db.raw_iterator_cf(self.cf(CF_HEADS));
+        match &after {
+            Some(a) => {
+                it.seek(a.as_bytes());
+                if it.valid() && it.key() == Some(a.as_bytes()) {
+                    it.next();
+                }
+            }
+            None => it.seek_to_first(),
+        }
+        let mut ids = Vec::new();
+        while it.valid() && ids.len() <= page_size {
+            ids.push(String::from_utf8_lossy(it.key().unwrap_or_default()).into_owned());
+            it.next();
+        }
+        it.status().map_err(map_err)?;
+        let more = ids.len() > page_size;
+        ids.truncate(page_size);
+        let next = if more { ids.last().cloned() } else { None };
+        Ok(IdPage { ids, next })
+    }
+
+    fn shard_read(&self, shard: u32, after: u64, max: usize) -> Result<Vec<Event>> {
+        self.check_open()?;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(log_key(shard, u64::MAX).to_vec());
+        let mut it = self.inner.db.raw_iterator_cf_opt(self.cf(CF_LOG), ro);
+        it.seek(log_key(shard, after.saturating_add(1)));
+        let mut out = Vec::with_capacity(max.min(4096));
+        while it.valid() && out.len() < max {
+            let value = it.value().unwrap_or_default();
+            let event = Event::decode(value).map_err(|e| Error::Corrupt {
+                persistence_id: format!("<shard {shard} position {}>", seq_of_key(it.key().unwrap_or_default())).into(),
+                sequence_number: 0,
+                detail: e.to_string().into(),
+            })?;
+            out.push(event);
+            it.next();
+        }
+        it.status().map_err(map_err)?;
+        Ok(out)
+    }
+
+    fn heads(&self) -> Result<Vec<ShardHead>> {
+        self.check_open()?;
+        let positions = load_positions(&self.inner.db)?;
+        let mut heads = Vec::with_capacity(positions.len());
+        for (shard, position) in positions {
+            let value = self.inner.db.get_pinned_cf(self.cf(CF_LOG), log_key(shard, position)).map_err(map_err)?;
+            let timestamp = value.and_then(|v| Event::decode(&*v).ok()).map_or(0, |e| e.timestamp);
+            heads.push(ShardHead { shard, position, timestamp });
+        }
+        heads.sort_by_key(|h| h.shard);
+        Ok(heads)
+    }
+
+    fn latest(&self, pid: &str, criteria: SnapshotCriteria) -> Result<Option<Snapshot>> {
+        self.check_open()?;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(journal_key(pid, criteria.min_sequence_number));
+        let mut it = self.inner.db.raw_iterator_cf_opt(self.cf(CF_SNAPSHOTS), ro);
+        if criteria.max_sequence_number == u64::MAX {
+            it.seek_for_prev(journal_end(pid));
+        } else {
+            it.seek_for_prev(journal_key(pid, criteria.max_sequence_number));
+        }
+        while it.valid() {
+            let key = it.key().unwrap_or_default();
+            if !key.starts_with(pid.as_bytes()) || key.len() != pid.len() + 9 {
+                break;
+            }
+            let seq = seq_of_key(key);
+            let snapshot = Snapshot::decode(it.value().unwrap_or_default()).map_err(|e| Error::Corrupt {
+                persistence_id: pid.into(),
+                sequence_number: seq,
+                detail: format!("undecodable snapshot: {e}").into(),
+            })?;
+            if criteria.matches(&snapshot) {
+                return Ok(Some(snapshot));
+            }
+            it.prev();
+        }
+        it.status().map_err(|e| corrupt_or_storage(pid, 0, e))?;
+        Ok(None)
+    }
+
+    fn state(&self, pid: &str) -> Result<Option<DurableState>> {
+        self.check_open()?;
+        let Some(value) = self.inner.db.get_pinned_cf(self.cf(CF_STATES), pid.as_bytes()).map_err(map_err)? else {
+            return Ok(None);
+        };
+        let state = value.get(8..).and_then(|b| DurableState::decode(b).ok()).ok_or_else(|| Error::Corrupt {
+            persistence_id: pid.into(),
+            sequence_number: be64(&value).unwrap_or(0),
+            detail: "undecodable durable state".into(),
+        })?;
+        Ok(Some(state))
+    }
+
+    /// Syncs, flushes memtables and stops the writer. Later calls fail with a storage error.
+    pub fn shutdown(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let result = crate::poll::block_on(self.submit(Op::Close));
+        self.inner.tx.lock().take();
+        if let Some(handle) = self.inner.writer.lock().take() {
+            let _ = handle.join();
+        }
+        result
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tx.lock().take();
+        if let Some(handle) = self.writer.lock().take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn decode_event(pid: &str, seq: u64, value: &[u8]) -> Result<Event> {
+    let event = Event::decode(value).map_err(|e| Error::Corrupt {
+        persistence_id: pid.into(),
+        sequence_number: seq,
+        detail: format!("undecodable event: {e}").into(),
+    })?;
+    if event.sequence_number != seq || event.persistence_id != pid {
+        return Err(Error::Corrupt {
+            persistence_id: pid.into(),
+            sequence_number: seq,
+            detail: format!("envelope says {:?} #{}", event.persistence_id, event.sequence_number).into(),
+        });
+    }
+    Ok(event)
+}
+
+fn corrupt_or_storage(pid: &str, seq: u64, e: rocksdb::Error) -> Error {
+    if e.kind() == rocksdb::ErrorKind::Corruption {
+        Error::Corrupt { persistence_id: pid.into(), sequence_number: seq, detail: e.to_string().into() }
+    } else {
+        map_err(e)
+    }
+}
+
+fn load_positions(db: &DB) -> Result<HashMap<u32, u64>> {
+    let cf = db.cf_handle(CF_META).expect("meta family");
+    let mut positions = HashMap::new();
+    for item in db.iterator_cf(cf, IteratorMode::From(POS_PREFIX, rocksdb::Direction::Forward)) {
+        let (key, value) = item.map_err(map_err)?;
+        if !key.starts_with(POS_PREFIX) {
+            break;
+        }
+        let shard = u32::from_be_bytes(key[POS_PREFIX.len()..].try_into().map_err(|_| Error::storage("bad position key"))?);
+        positions.insert(shard, be64(&value).unwrap_or(0));
+    }
+    Ok(positions)
+}
+
+/// The single writer thread.
+struct Writer {
+    db: Arc<DB>,
+    positions: HashMap<u32, u64>,
+    sync: bool,
+    max_event_bytes: usize,
+}
+
+/// A group being assembled.
+struct Group {
+    batch: WriteBatch,
+    heads: HashMap<String, u64>,
+    versions: HashMap<String, u64>,
+    positions: HashMap<u32, u64>,
+    waiting: Vec<oneshot::Sender<Result<()>>>,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Request>) {
+        let mut carry: Option<Request> = None;
+        loop {
+            let first = match carry.take() {
+                Some(r) => r,
+                None => match rx.recv() {
+                    Ok(r) => r,
+                    Err(_) => return,
+                },
+            };
+            if first.op.is_barrier() {
+                let closing = matches!(first.op, Op::Close);
+                let result = self.barrier(first.op);
+                let _ = first.done.send(result);
+                if closing {
+                    // Anything still queued is refused; the store is closed.
+                    while let Ok(r) = rx.try_recv() {
+                        let _ = r.done.send(Err(Error::Storage("the RocksDB store is closed".into())));
+                    }
+                    return;
+                }
+                continue;
+            }
+            let mut group = Group {
+                batch: WriteBatch::default(),
+                heads: HashMap::new(),
+                versions: HashMap::new(),
+                positions: HashMap::new(),
+                waiting: Vec::new(),
+            };
+            self.add(&mut group, first);
+            while group.waiting.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(r) if r.op.is_barrier() => {
+                        carry = Some(r);
+                        break;
+                    }
+                    Ok(r) => self.add(&mut group, r),
+                    Err(_) => break,
+                }
+            }
+            self.commit(group);
+        }
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("column family exists")
+    }
+
+    fn add(&self, group: &mut Group, req: Request) {
+        let result = match req.op {
+            Op::Append(events) => self.add_events(group, events),
+            Op::PutSnapshot(s) => {
+                group.batch.put_cf(self.cf(CF_SNAPSHOTS), journal_key(&s.persistence_id, s.sequence_number), s.encode_to_vec());
+                Ok(())
+            }
+            Op::PutState(state, expected) => self.add_state(group, state, expected),
+            Op::DeleteState(pid) => {
+                group.batch.delete_cf(self.cf(CF_STATES), pid.as_bytes());
+                group.versions.insert(pid, 0);
+                Ok(())
+            }
+            Op::DeleteSnapshots(..) | Op::DeleteEvents(..) | Op::Close => unreachable!("barriers are not grouped"),
+        };
+        match result {
+            Ok(()) => group.waiting.push(req.done),
+            Err(e) => {
+                let _ = req.done.send(Err(e));
+            }
+        }
+    }
+
+    fn add_events(&self, group: &mut Group, mut events: Vec<Event>) -> Result<()> {
+        let (pid, first) = check_batch(&events)?;
+        let pid = pid.to_string();
+        for e in &events {
+            let size = e.event.as_ref().map_or(0, |a| a.value.len());
+            if size > self.max_event_bytes {
+                return Err(Error::TooLarge { what: "event", size, limit: self.max_event_bytes });
+            }
+        }
+        let highest = match group.heads.get(&pid) {
+            Some(h) => *h,
+            None => {
+                let v = self.db.get_pinned_cf(self.cf(CF_HEADS), pid.as_bytes()).map_err(map_err)?;
+                v.and_then(|v| be64(&v)).unwrap_or(0)
+            }
+        };
+        if first != highest + 1 {
+            return Err(Error::Concurrency { persistence_id: pid.into(), expected: first - 1, actual: highest });
+        }
+        let (events_cf, log_cf) = (self.cf(CF_EVENTS), self.cf(CF_LOG));
+        let mut last = highest;
+        for e in events.iter_mut() {
+            let next = group.positions.get(&e.shard).or_else(|| self.positions.get(&e.shard)).copied().unwrap_or(0) + 1;
+            group.positions.insert(e.shard, next);
+            e.position = next;
+            let bytes = e.encode_to_vec();
+            group.batch.put_cf(events_cf, journal_key(&pid, e.sequence_number), &bytes);
+            group.batch.put_cf(log_cf, log_key(e.shard, next), &bytes);
+            last = e.sequence_number;
+        }
+        group.batch.put_cf(self.cf(CF_HEADS), pid.as_bytes(), last.to_be_bytes());
+        group.heads.insert(pid, last);
+        Ok(())
+    }
+
+    fn add_state(&self, group: &mut Group, state: DurableState, expected: u64) -> Result<()> {
+        crate::ids::validate_id(&state.persistence_id)?;
+        let actual = match group.versions.get(&state.persistence_id) {
+            Some(v) => *v,
+            None => {
+                let v = self.db.get_pinned_cf(self.cf(CF_STATES), state.persistence_id.as_bytes()).map_err(map_err)?;
+                v.and_then(|v| be64(&v)).unwrap_or(0)
+            }
+        };
+        if actual != expected {
+            return Err(Error::Concurrency { persistence_id: state.persistence_id.into(), expected, actual });
+        }
+        let mut value = Vec::with_capacity(8 + state.encoded_len());
+        value.extend_from_slice(&state.version_number.to_be_bytes());
+        state.encode(&mut value).expect("vec grows");
+        group.batch.put_cf(self.cf(CF_STATES), state.persistence_id.as_bytes(), value);
+        group.versions.insert(state.persistence_id, state.version_number);
+        Ok(())
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync);
+        self.db.write_opt(batch, &wo).map_err(map_err)
+    }
+
+    fn commit(&mut self, mut group: Group) {
+        if group.waiting.is_empty() {
+            return;
+        }
+        let meta = self.cf(CF_META);
+        for (shard, pos) in &group.positions {
+            group.batch.put_cf(meta, pos_key(*shard), pos.to_be_bytes());
+        }
+        let result = self.write(group.batch);
+        if result.is_ok() {
+            self.positions.extend(group.positions);
+        }
+        for done in group.waiting {
+            let _ = done.send(result.clone());
+        }
+    }
+
+    fn barrier(&mut self, op: Op) -> Result<()> {
+        match op {
+            Op::DeleteEvents(pid, to) => self.delete_events(&pid, to),
+            Op::DeleteSnapshots(pid, criteria) => {
+                let mut batch = WriteBatch::default();
+                let cf = self.cf(CF_SNAPSHOTS);
+                let mut ro = ReadOptions::default();
+                ro.set_iterate_upper_bound(journal_end(&pid));
+                let mut it = self.db.raw_iterator_cf_opt(cf, ro);
+                it.seek(journal_key(&pid, criteria.min_sequence_number));
+                while it.valid() {
+                    let key = it.key().unwrap_or_default().to_vec();
+                    if seq_of_key(&key) > criteria.max_sequence_number {
+                        break;
+                    }
+                    if let Ok(s) = Snapshot::decode(it.value().unwrap_or_default()) {
+                        if criteria.matches(&s) {
+                            batch.delete_cf(cf, key);
+                        }
+                    }
+                    it.next();
+                }
+                it.status().map_err(map_err)?;
+                drop(it);
+                self.write(batch)
+            }
+            Op::Close => {
+                self.db.flush_wal(true).map_err(map_err)?;
+                self.db.flush().map_err(map_err)
+            }
+            _ => unreachable!("not a barrier"),
+        }
+    }
+
+    fn delete_events(&self, pid: &str, to: u64) -> Result<()> {
+        let (events_cf, log_cf) = (self.cf(CF_EVENTS), self.cf(CF_LOG));
+        let mut batch = WriteBatch::default();
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(if to == u64::MAX { journal_end(pid) } else { journal_key(pid, to + 1) });
+        let mut it = self.db.raw_iterator_cf_opt(events_cf, ro);
+        it.seek(journal_key(pid, 0));
+        while it.valid() {
+            let key = it.key().unwrap_or_default();
+            if let Ok(e) = Event::decode(it.value().unwrap_or_default()) {
+                batch.delete_cf(log_cf, log_key(e.shard, e.position));
+            }
+            batch.delete_cf(events_cf, key);
+            it.next();
+        }
+        it.status().map_err(|e| corrupt_or_storage(pid, 0, e))?;
+        drop(it);
+        self.write(batch)
+    }
+}
+
+impl EventsStore for RocksStore {
+    fn write_events(&self, events: Vec<Event>) -> BoxFuture<'static, Result<()>> {
+        self.submit(Op::Append(events))
+    }
+    fn replay_events(&self, persistence_id: &str, from: u64, to: u64, max: u64) -> BoxFuture<'static, Result<Vec<Event>>> {
+        ready(self.replay(persistence_id, from, to, max))
+    }
+    fn highest_sequence_number(&self, persistence_id: &str) -> BoxFuture<'static, Result<u64>> {
+        ready(self.highest(persistence_id))
+    }
+    fn delete_events(&self, persistence_id: &str, to: u64) -> BoxFuture<'static, Result<()>> {
+        self.submit(Op::DeleteEvents(persistence_id.to_string(), to))
+    }
+    fn persistence_ids(&self, page_size: usize, after: Option<String>) -> BoxFuture<'static, Result<IdPage>> {
+        ready(self.ids(page_size, after))
+    }
+    fn shard_events(&self, shard: u32, after: u64, max: usize) -> BoxFuture<'static, Result<Vec<Event>>> {
+        ready(self.shard_read(shard, after, max))
+    }
+    fn shard_heads(&self) -> BoxFuture<'static, Result<Vec<ShardHead>>> {
+        ready(self.heads())
+    }
+    fn close(&self) -> BoxFuture<'static, Result<()>> {
+        ready(self.shutdown())
+    }
+}
+
+impl SnapshotStore for RocksStore {
+    fn write_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'static, Result<()>> {
+        if let Err(e) = crate::ids::validate_id(&snapshot.persistence_id) {
+            return ready(Err(e));
+        }
+        self.submit(Op::PutSnapshot(snapshot))
+    }
+    fn latest_snapshot(&self, persistence_id: &str, criteria: SnapshotCriteria) -> BoxFuture<'static, Result<Option<Snapshot>>> {
+        ready(self.latest(persistence_id, criteria))
+    }
+    fn delete_snapshots(&self, persistence_id: &str, criteria: SnapshotCriteria) -> BoxFuture<'static, Result<()>> {
+        self.submit(Op::DeleteSnapshots(persistence_id.to_string(), criteria))
+    }
+    fn close(&self) -> BoxFuture<'static, Result<()>> {
+        ready(self.shutdown())
+    }
+}
+
+impl StateStore for RocksStore {
+    fn write_state(&self, state: DurableState, expected_version: u64) -> BoxFuture<'static, Result<()>> {
+        self.submit(Op::PutState(state, expected_version))
+    }
+    fn read_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<Option<DurableState>>> {
+        ready(self.state(persistence_id))
+    }
+    fn delete_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<()>> {
+        self.submit(Op::DeleteState(persistence_id.to_string()))
+    }
+    fn close(&self) -> BoxFuture<'static, Result<()>> {
+        ready(self.shutdown())
+    }
+}
