@@ -1,1 +1,25 @@
+//! ego-py: the thin Python bindings of ego-core (the `ego._ego` extension module).
+//!
+//! - [`host`]: runs Python behaviours for the core (the `Host` implementation).
+//! - [`reply`]: where outcomes go (blocked threads, asyncio futures resolved in bulk).
+//! - [`engine`], [`store`]: the classes Python sees.
+//! - [`errors`]: the one mapping from core errors to `ego.errors` exceptions.
+//! - [`types`]: protobuf message type caches.
 
+mod engine;
+mod errors;
+mod host;
+mod reply;
+mod store;
+mod types;
+
+use pyo3::prelude::*;
+
+/// The Rust core of ego.
+#[pymodule]
+fn _ego(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<engine::EngineCore>()?;
+    m.add_class::<store::NativeStore>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

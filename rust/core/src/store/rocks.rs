@@ -70,7 +70,8 @@ pub struct RocksStore {
 }
 
 struct Inner {
-    db: Arc<DB>,
+    /// `None` once closed: dropping the last handle closes the database and frees its lock.
+    db: parking_lot::RwLock<Option<Arc<DB>>>,
     path: PathBuf,
     options: RocksOptions,
     tx: Mutex<Option<mpsc::Sender<Request>>>,
@@ -185,7 +186,7 @@ impl RocksStore {
             .map_err(Error::storage)?;
         Ok(RocksStore {
             inner: Arc::new(Inner {
-                db,
+                db: parking_lot::RwLock::new(Some(db)),
                 path,
                 options,
                 tx: Mutex::new(Some(tx)),
@@ -217,27 +218,20 @@ impl RocksStore {
         Box::pin(async move { rx.await.unwrap_or_else(|_| Err(Error::Storage("the RocksDB writer stopped".into()))) })
     }
 
-    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.inner.db.cf_handle(name).expect("column family exists")
-    }
-
-    fn check_open(&self) -> Result<()> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            Err(Error::Storage("the RocksDB store is closed".into()))
-        } else {
-            Ok(())
-        }
+    /// The open database.
+    fn db(&self) -> Result<Arc<DB>> {
+        self.inner.db.read().clone().ok_or_else(|| Error::Storage("the RocksDB store is closed".into()))
     }
 
     fn replay(&self, pid: &str, from: u64, to: u64, max: u64) -> Result<Vec<Event>> {
-        self.check_open()?;
+        let db = self.db()?;
         if from > to || max == 0 {
             return Ok(Vec::new());
         }
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(if to == u64::MAX { journal_end(pid) } else { journal_key(pid, to + 1) });
         let start = journal_key(pid, from.max(1));
-        let mut it = self.inner.db.raw_iterator_cf_opt(self.cf(CF_EVENTS), ro);
+        let mut it = db.raw_iterator_cf_opt(cf(&db, CF_EVENTS), ro);
         it.seek(&start);
         let mut out = Vec::new();
         let mut expected = from.max(1);
@@ -255,14 +249,14 @@ impl RocksStore {
     }
 
     fn highest(&self, pid: &str) -> Result<u64> {
-        self.check_open()?;
-        let value = self.inner.db.get_pinned_cf(self.cf(CF_HEADS), pid.as_bytes()).map_err(map_err)?;
+        let db = self.db()?;
+        let value = db.get_pinned_cf(cf(&db, CF_HEADS), pid.as_bytes()).map_err(map_err)?;
         Ok(value.and_then(|v| be64(&v)).unwrap_or(0))
     }
 
     fn ids(&self, page_size: usize, after: Option<String>) -> Result<IdPage> {
-        self.check_open()?;
-        let mut it = self.inner.db.raw_iterator_cf(self.cf(CF_HEADS));
+        let db = self.db()?;
+        let mut it = db.raw_iterator_cf(cf(&db, CF_HEADS));
         match &after {
             Some(a) => {
                 it.seek(a.as_bytes());
@@ -285,10 +279,10 @@ impl RocksStore {
     }
 
     fn shard_read(&self, shard: u32, after: u64, max: usize) -> Result<Vec<Event>> {
-        self.check_open()?;
+        let db = self.db()?;
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(log_key(shard, u64::MAX).to_vec());
-        let mut it = self.inner.db.raw_iterator_cf_opt(self.cf(CF_LOG), ro);
+        let mut it = db.raw_iterator_cf_opt(cf(&db, CF_LOG), ro);
         it.seek(log_key(shard, after.saturating_add(1)));
         let mut out = Vec::with_capacity(max.min(4096));
         while it.valid() && out.len() < max {
@@ -306,11 +300,11 @@ impl RocksStore {
     }
 
     fn heads(&self) -> Result<Vec<ShardHead>> {
-        self.check_open()?;
-        let positions = load_positions(&self.inner.db)?;
+        let db = self.db()?;
+        let positions = load_positions(&db)?;
         let mut heads = Vec::with_capacity(positions.len());
         for (shard, position) in positions {
-            let value = self.inner.db.get_pinned_cf(self.cf(CF_LOG), log_key(shard, position)).map_err(map_err)?;
+            let value = db.get_pinned_cf(cf(&db, CF_LOG), log_key(shard, position)).map_err(map_err)?;
             let timestamp = value.and_then(|v| Event::decode(&*v).ok()).map_or(0, |e| e.timestamp);
             heads.push(ShardHead { shard, position, timestamp });
         }
@@ -319,10 +313,10 @@ impl RocksStore {
     }
 
     fn latest(&self, pid: &str, criteria: SnapshotCriteria) -> Result<Option<Snapshot>> {
-        self.check_open()?;
+        let db = self.db()?;
         let mut ro = ReadOptions::default();
         ro.set_iterate_lower_bound(journal_key(pid, criteria.min_sequence_number));
-        let mut it = self.inner.db.raw_iterator_cf_opt(self.cf(CF_SNAPSHOTS), ro);
+        let mut it = db.raw_iterator_cf_opt(cf(&db, CF_SNAPSHOTS), ro);
         if criteria.max_sequence_number == u64::MAX {
             it.seek_for_prev(journal_end(pid));
         } else {
@@ -349,8 +343,8 @@ impl RocksStore {
     }
 
     fn state(&self, pid: &str) -> Result<Option<DurableState>> {
-        self.check_open()?;
-        let Some(value) = self.inner.db.get_pinned_cf(self.cf(CF_STATES), pid.as_bytes()).map_err(map_err)? else {
+        let db = self.db()?;
+        let Some(value) = db.get_pinned_cf(cf(&db, CF_STATES), pid.as_bytes()).map_err(map_err)? else {
             return Ok(None);
         };
         let state = value.get(8..).and_then(|b| DurableState::decode(b).ok()).ok_or_else(|| Error::Corrupt {
@@ -371,6 +365,8 @@ impl RocksStore {
         if let Some(handle) = self.inner.writer.lock().take() {
             let _ = handle.join();
         }
+        // Readers still holding the database finish first; then it closes.
+        self.inner.db.write().take();
         result
     }
 }
@@ -382,6 +378,10 @@ impl Drop for Inner {
             let _ = handle.join();
         }
     }
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    db.cf_handle(name).expect("column family exists")
 }
 
 fn decode_event(pid: &str, seq: u64, value: &[u8]) -> Result<Event> {
@@ -618,7 +618,10 @@ impl Writer {
             }
             Op::Close => {
                 self.db.flush_wal(true).map_err(map_err)?;
-                self.db.flush().map_err(map_err)
+                for name in FAMILIES {
+                    self.db.flush_cf(self.cf(name)).map_err(map_err)?;
+                }
+                Ok(())
             }
             _ => unreachable!("not a barrier"),
         }

@@ -1,0 +1,48 @@
+# The single entry point for people and CI. `make demo` and `make test` do all the set-up.
+#
+# Rust builds go to one target directory outside the checkout (override CARGO_TARGET_DIR),
+# so clones, CI runs and later builds reuse the compiled RocksDB.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/ego/target
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+
+.PHONY: demo test setup build test-rust test-python lint fmt bench protos clean
+
+demo: build
+	cd examples/bank && ../../$(PY) demo.py
+
+test: build lint test-rust test-python
+
+setup:
+	@scripts/bootstrap.sh
+
+build: setup
+	$(BIN)/maturin develop --release --quiet
+
+test-rust: setup
+	cargo test --release --workspace --exclude ego-py
+
+test-python: build
+	$(PY) -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check python tests examples benches scripts
+	$(BIN)/ruff format --check python tests examples benches scripts
+	$(BIN)/mypy
+	cargo fmt --all --check
+	cargo clippy --release --workspace --all-targets -- -D warnings
+
+fmt: setup
+	$(BIN)/ruff format python tests examples benches scripts
+	$(BIN)/ruff check --fix python tests examples benches scripts
+	cargo fmt --all
+
+bench: build
+	$(PY) benches/compare.py
+
+protos: setup
+	$(PY) scripts/gen_protos.py
+
+clean:
+	rm -rf $(VENV) dist build

@@ -1,0 +1,29 @@
+"""ego: event-sourced and durable-state entities for Python, with a Rust core.
+
+Quick start::
+
+    import ego
+
+    with ego.Engine("bank", store=ego.RocksDBStore("data/bank")) as engine:
+        engine.register_entity_type(AccountBehavior, prefix="account-")
+        state, revision = engine.send_command("account-1", OpenAccount(initial_balance=100))
+"""
+
+from ego import errors
+from ego._ego import __version__
+from ego.behaviors import DurableStateBehavior, EventSourcedBehavior
+from ego.engine import Engine
+from ego.errors import EgoError
+from ego.stores import MemoryStore, RocksDBStore, SnapshotCriteria
+
+__all__ = [
+    "__version__",
+    "Engine",
+    "EventSourcedBehavior",
+    "DurableStateBehavior",
+    "MemoryStore",
+    "RocksDBStore",
+    "SnapshotCriteria",
+    "EgoError",
+    "errors",
+]

@@ -1,0 +1,124 @@
+"""The built-in stores, and the protocol a store must follow.
+
+- :class:`MemoryStore`: everything in memory; for tests and examples.
+- :class:`RocksDBStore`: the embedded default; one directory holds events, snapshots and
+  durable state. Writes are synced to disk before they are acknowledged (``sync=True``).
+
+A store object can serve as events store, snapshot store and state store at once; pass it as
+``Engine(..., store=...)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from ego import _ego
+from ego.v1.envelopes_pb2 import DurableState, Event, Snapshot
+
+__all__ = ["MemoryStore", "RocksDBStore", "NativeStore", "SnapshotCriteria"]
+
+U64_MAX = 2**64 - 1
+I64_MIN = -(2**63)
+I64_MAX = 2**63 - 1
+
+
+class SnapshotCriteria:
+    """Which snapshots an operation selects (all bounds inclusive)."""
+
+    __slots__ = ("min_sequence_number", "max_sequence_number", "min_timestamp", "max_timestamp")
+
+    def __init__(
+        self,
+        *,
+        min_sequence_number: int = 0,
+        max_sequence_number: int = U64_MAX,
+        min_timestamp: int = I64_MIN,
+        max_timestamp: int = I64_MAX,
+    ) -> None:
+        self.min_sequence_number = min_sequence_number
+        self.max_sequence_number = max_sequence_number
+        self.min_timestamp = min_timestamp
+        self.max_timestamp = max_timestamp
+
+    def _args(self) -> tuple[int, int, int, int]:
+        return (self.min_sequence_number, self.max_sequence_number, self.min_timestamp, self.max_timestamp)
+
+
+class NativeStore(_ego.NativeStore):
+    """Methods shared by the stores implemented in Rust. They take and return envelope messages
+    (:mod:`ego.v1`) and block with the GIL released. The engine itself never calls them: it
+    talks to the store in Rust."""
+
+    def write_events(self, events: Sequence[Event]) -> None:
+        """Appends the events of one persistence id atomically. They must be contiguous and
+        follow the stored highest sequence number; otherwise ``ConcurrencyError``."""
+        self._write_events([e.SerializeToString() for e in events])
+
+    def replay_events(
+        self, persistence_id: str, from_sequence_number: int = 1, to_sequence_number: int = U64_MAX, max_count: int = U64_MAX
+    ) -> list[Event]:
+        """Events with ``from <= sequence_number <= to``, ascending, at most ``max_count``."""
+        raw = self._replay_events(persistence_id, from_sequence_number, to_sequence_number, max_count)
+        return [Event.FromString(b) for b in raw]
+
+    def shard_events(self, shard: int, after_position: int = 0, max_count: int = 1000) -> list[Event]:
+        """Events of ``shard`` after ``after_position``, in position order."""
+        return [Event.FromString(b) for b in self._shard_events(shard, after_position, max_count)]
+
+    def write_snapshot(self, snapshot: Snapshot) -> None:
+        """Saves a snapshot (replacing one at the same sequence number)."""
+        self._write_snapshot(snapshot.SerializeToString())
+
+    def latest_snapshot(self, persistence_id: str, criteria: SnapshotCriteria | None = None) -> Snapshot | None:
+        """The matching snapshot with the highest sequence number, or ``None``."""
+        raw = self._latest_snapshot(persistence_id, *(criteria or SnapshotCriteria())._args())
+        return None if raw is None else Snapshot.FromString(raw)
+
+    def delete_snapshots(self, persistence_id: str, criteria: SnapshotCriteria | None = None) -> None:
+        """Deletes every matching snapshot."""
+        self._delete_snapshots(persistence_id, *(criteria or SnapshotCriteria())._args())
+
+    def write_state(self, state: DurableState, expected_version: int) -> None:
+        """Writes the state if the stored version is ``expected_version`` (0: none stored);
+        otherwise ``ConcurrencyError`` and nothing changes."""
+        self._write_state(state.SerializeToString(), expected_version)
+
+    def read_state(self, persistence_id: str) -> DurableState | None:
+        """The stored durable state, or ``None``."""
+        raw = self._read_state(persistence_id)
+        return None if raw is None else DurableState.FromString(raw)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class MemoryStore(NativeStore):
+    """Events, snapshots and durable state in memory. Nothing survives the process."""
+
+    def __new__(cls, *, max_event_bytes: int | None = None) -> MemoryStore:
+        return super().__new__(cls, "memory", None, True, max_event_bytes)
+
+
+class RocksDBStore(NativeStore):
+    """The embedded store: RocksDB in directory ``path`` (created if missing).
+
+    ``sync=True`` (the default) syncs the write-ahead log to disk before a write is
+    acknowledged, so an acknowledged command survives a power loss. With ``sync=False`` it
+    survives a crash of the process but not of the machine or the operating system; writes
+    are then much faster for sequential callers. Writes from many entities that arrive together
+    share one sync (group commit) either way.
+
+    Only one store object can have a directory open at a time; ``close()`` it (or use it as a
+    context manager) before opening the directory again.
+    """
+
+    def __new__(cls, path: str | os.PathLike[str], *, sync: bool = True, max_event_bytes: int | None = None) -> RocksDBStore:
+        return super().__new__(cls, "rocksdb", os.fspath(path), sync, max_event_bytes)
+
+    def __init__(self, path: str | os.PathLike[str], *, sync: bool = True, max_event_bytes: int | None = None) -> None:
+        self.path = os.fspath(path)

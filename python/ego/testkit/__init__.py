@@ -1,0 +1,1 @@
+"""Testing helpers for ego users: the store conformance suite (:mod:`ego.testkit.conformance`)."""

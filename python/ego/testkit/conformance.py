@@ -1,0 +1,436 @@
+"""The store conformance suite: every store must pass it (CONFORMANCE.md of the project).
+
+Subclass the suites in a test module, give the subclass a name pytest collects (``Test...``)
+and implement :meth:`make_store`::
+
+    from ego.testkit.conformance import EventsStoreConformance
+
+    class TestMyEventsStore(EventsStoreConformance):
+        def make_store(self):
+            return MyStore(...)
+
+        def reopen(self, store):          # optional: close and open the same data again
+            store.close()
+            return MyStore(...)
+
+A store follows the protocol of :class:`ego.stores.NativeStore`: the methods take and return
+the envelope messages of :mod:`ego.v1`, and fail with the exceptions of :mod:`ego.errors`.
+The case numbers in the test names are those of the conformance table.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ego.errors import ConcurrencyError, MessageTooLargeError
+from ego.stores import SnapshotCriteria
+from ego.v1 import DurableState, Event, Snapshot
+
+__all__ = ["EventsStoreConformance", "SnapshotStoreConformance", "StateStoreConformance", "make_event"]
+
+TYPE_URL = "type.googleapis.com/egotest.Note"
+
+
+def make_event(pid: str, seq: int, *, payload: bytes | None = None, timestamp: int | None = None, shard: int = 0) -> Event:
+    """An event envelope for tests."""
+    e = Event(persistence_id=pid, sequence_number=seq, timestamp=timestamp if timestamp is not None else time.time_ns(), shard=shard)
+    e.event.type_url = TYPE_URL
+    e.event.value = payload if payload is not None else f"{pid}#{seq}".encode()
+    return e
+
+
+def _seqs(events: list[Event]) -> list[int]:
+    return [e.sequence_number for e in events]
+
+
+def _close(store: Any) -> None:
+    close = getattr(store, "close", None)
+    if callable(close):
+        close()
+
+
+class _Base:
+    def make_store(self) -> Any:
+        """A fresh store (or one shared by the class: every test uses fresh ids)."""
+        raise NotImplementedError
+
+    def reopen(self, store: Any) -> Any | None:
+        """Closes `store` and opens the same data again; None when the store cannot."""
+        return None
+
+    @pytest.fixture
+    def store(self) -> Iterator[Any]:
+        s = self.make_store()
+        holder = {"store": s}
+        self._holder = holder
+        yield s
+        _close(holder["store"])
+
+    @pytest.fixture
+    def pid(self) -> str:
+        return f"pid-{uuid.uuid4().hex[:16]}"
+
+
+class EventsStoreConformance(_Base):
+    """Cases for the events store (journal)."""
+
+    @pytest.fixture
+    def written(self, store: Any, pid: str) -> str:
+        """Events 1..5 of `pid`: 1-3 as single writes, 4 and 5 as one two-event write."""
+        for seq in (1, 2, 3):
+            store.write_events([make_event(pid, seq)])
+        store.write_events([make_event(pid, 4), make_event(pid, 5)])
+        return pid
+
+    def test_01_replay_all(self, store: Any, written: str) -> None:
+        assert _seqs(store.replay_events(written, 1)) == [1, 2, 3, 4, 5]
+        assert store.highest_sequence_number(written) == 5
+
+    def test_02_lower_bound(self, store: Any, written: str) -> None:
+        assert _seqs(store.replay_events(written, 3)) == [3, 4, 5]
+
+    def test_03_upper_bound(self, store: Any, written: str) -> None:
+        assert _seqs(store.replay_events(written, 1, 3)) == [1, 2, 3]
+        assert store.highest_sequence_number(written) == 5
+
+    def test_04_count_limit(self, store: Any, written: str) -> None:
+        assert _seqs(store.replay_events(written, 1, max_count=3)) == [1, 2, 3]
+
+    def test_05_lower_and_upper(self, store: Any, written: str) -> None:
+        assert _seqs(store.replay_events(written, 2, 3)) == [2, 3]
+
+    def test_06_lower_upper_and_limit(self, store: Any, written: str) -> None:
+        assert _seqs(store.replay_events(written, 2, 5, 2)) == [2, 3]
+
+    def test_07_lower_equals_upper(self, store: Any, written: str) -> None:
+        assert _seqs(store.replay_events(written, 2, 2)) == [2]
+
+    def test_08_limit_one(self, store: Any, written: str) -> None:
+        assert _seqs(store.replay_events(written, 2, 4, 1)) == [2]
+
+    def test_09_limit_zero(self, store: Any, written: str) -> None:
+        assert store.replay_events(written, 1, max_count=0) == []
+        assert store.highest_sequence_number(written) == 5
+
+    def test_10_lower_above_upper(self, store: Any, written: str) -> None:
+        assert store.replay_events(written, 3, 2) == []
+
+    def test_11_unknown_id(self, store: Any, pid: str) -> None:
+        assert store.replay_events(pid, 1) == []
+        assert store.highest_sequence_number(pid) == 0
+
+    def test_12_highest_without_replay(self, store: Any, written: str) -> None:
+        assert store.highest_sequence_number(written) == 5
+
+    def test_13_delete_to(self, store: Any, written: str) -> None:
+        store.delete_events(written, 3)
+        assert _seqs(store.replay_events(written, 1)) == [4, 5]
+
+    def test_14_delete_keeps_highest(self, store: Any, written: str) -> None:
+        store.delete_events(written, 3)
+        assert store.highest_sequence_number(written) == 5
+
+    def test_15_delete_everything(self, store: Any, written: str) -> None:
+        store.delete_events(written, 2**64 - 1)
+        assert store.replay_events(written, 1) == []
+        assert store.highest_sequence_number(written) == 5
+        # Sequence numbers never repeat: the next write continues after 5.
+        with pytest.raises(ConcurrencyError):
+            store.write_events([make_event(written, 1)])
+        store.write_events([make_event(written, 6)])
+        assert _seqs(store.replay_events(written, 1)) == [6]
+
+    def test_16_multi_event_write_is_atomic(self, store: Any, written: str) -> None:
+        limit = store.max_event_bytes
+        too_big = make_event(written, 7, payload=b"x" * (limit + 1))
+        with pytest.raises(MessageTooLargeError):
+            store.write_events([make_event(written, 6), too_big])
+        assert _seqs(store.replay_events(written, 1)) == [1, 2, 3, 4, 5]
+        with pytest.raises(ConcurrencyError):
+            # 6 is fine, 5 is a duplicate: nothing of the batch is written.
+            store.write_events([make_event(written, 5), make_event(written, 6)])
+        assert store.highest_sequence_number(written) == 5
+        store.write_events([make_event(written, 6), make_event(written, 7)])
+        assert _seqs(store.replay_events(written, 6)) == [6, 7]
+
+    def test_17_duplicate_is_a_concurrency_error(self, store: Any, written: str) -> None:
+        before = store.replay_events(written, 1)
+        with pytest.raises(ConcurrencyError) as info:
+            store.write_events([make_event(written, 3, payload=b"other")])
+        assert info.value.persistence_id == written
+        assert store.replay_events(written, 1) == before
+
+    def test_17b_gap_is_a_concurrency_error(self, store: Any, written: str) -> None:
+        with pytest.raises(ConcurrencyError):
+            store.write_events([make_event(written, 7)])
+        assert store.highest_sequence_number(written) == 5
+
+    def test_18_concurrent_writers_on_one_id(self, store: Any, pid: str) -> None:
+        writers, rounds = 8, 25
+        wins = [0] * writers
+        barrier = threading.Barrier(writers)
+
+        def race(w: int) -> None:
+            barrier.wait()
+            for _ in range(rounds):
+                seq = store.highest_sequence_number(pid) + 1
+                try:
+                    store.write_events([make_event(pid, seq, payload=f"w{w}".encode())])
+                    wins[w] += 1
+                except ConcurrencyError:
+                    pass
+
+        threads = [threading.Thread(target=race, args=(w,)) for w in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        events = store.replay_events(pid, 1)
+        assert _seqs(events) == list(range(1, sum(wins) + 1))
+        # Every success took exactly one sequence number: no two writers won the same one.
+        assert sum(wins) >= 1
+
+    def test_19_persistence_ids_paging(self, store: Any) -> None:
+        prefix = f"page-{uuid.uuid4().hex[:8]}-"
+        ids = sorted(f"{prefix}{i:03d}" for i in range(23))
+        for i in ids:
+            store.write_events([make_event(i, 1)])
+        seen: list[str] = []
+        after: str | None = None
+        while True:
+            page, after = store.persistence_ids(5, after)
+            seen.extend(i for i in page if i.startswith(prefix))
+            if after is None:
+                break
+        assert seen == ids
+
+    def test_20_payload_round_trip(self, store: Any, pid: str) -> None:
+        e = make_event(pid, 1, payload=bytes(range(256)), timestamp=1_234_567_890_123_456_789, shard=3)
+        e.encryption_key_id = "key-1"
+        e.is_encrypted = True
+        e.metadata["correlation_id"] = "c-1"
+        store.write_events([e])
+        (back,) = store.replay_events(pid, 1)
+        assert back.position > 0
+        back.position = 0
+        assert back == e
+        assert back.SerializeToString(deterministic=True) == e.SerializeToString(deterministic=True)
+
+    def test_21_large_payloads(self, store: Any, pid: str) -> None:
+        big = make_event(pid, 1, payload=b"\x01" * (1 << 20))
+        store.write_events([big])
+        assert store.replay_events(pid, 1)[0].event.value == big.event.value
+        with pytest.raises(MessageTooLargeError):
+            store.write_events([make_event(pid, 2, payload=b"x" * (store.max_event_bytes + 1))])
+        assert store.highest_sequence_number(pid) == 1
+
+    def _shard(self) -> int:
+        return 1000 + uuid.uuid4().int % 1_000_000
+
+    def test_22_shard_positions_and_equal_timestamps(self, store: Any) -> None:
+        shard = self._shard()
+        ts = time.time_ns()
+        pids = [f"shard-{uuid.uuid4().hex[:8]}-{i}" for i in range(4)]
+        written = []
+        for round_ in range(3):
+            for p in pids:
+                written.append((p, round_ + 1))
+                store.write_events([make_event(p, round_ + 1, timestamp=ts, shard=shard)])
+        seen: list[Event] = []
+        after = 0
+        while True:
+            page = store.shard_events(shard, after, 5)
+            if not page:
+                break
+            seen.extend(page)
+            after = page[-1].position
+        assert [(e.persistence_id, e.sequence_number) for e in seen] == written
+        positions = [e.position for e in seen]
+        assert positions == sorted(positions) and len(set(positions)) == len(positions)
+        heads = {h[0]: h for h in store.shard_heads()}
+        assert heads[shard][1] == positions[-1]
+
+    def test_23_concurrent_commits_and_a_tailing_reader(self, store: Any) -> None:
+        shard = self._shard()
+        writers, per_writer, batch = 4, 30, 3
+        done = threading.Event()
+        seen: list[Event] = []
+
+        def tail() -> None:
+            after = 0
+            while True:
+                finished = done.is_set()
+                page = store.shard_events(shard, after, 7)
+                seen.extend(page)
+                if page:
+                    after = page[-1].position
+                elif finished:
+                    return
+
+        def write(w: int) -> None:
+            p = f"tail-{uuid.uuid4().hex[:8]}-{w}"
+            for i in range(per_writer):
+                first = i * batch + 1
+                store.write_events([make_event(p, first + k, shard=shard) for k in range(batch)])
+
+        reader = threading.Thread(target=tail)
+        reader.start()
+        threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        done.set()
+        reader.join()
+        keys = [(e.persistence_id, e.sequence_number) for e in seen]
+        assert len(keys) == len(set(keys)) == writers * per_writer * batch
+        positions = [e.position for e in seen]
+        assert positions == sorted(positions)
+        # The events of one write are never interleaved with another write's.
+        by_position = sorted(seen, key=lambda e: e.position)
+        for i in range(0, len(by_position), batch):
+            group = by_position[i : i + batch]
+            assert len({e.persistence_id for e in group}) == 1
+
+    def test_24_reopen_keeps_every_write(self, store: Any, written: str) -> None:
+        before = [e.SerializeToString(deterministic=True) for e in store.replay_events(written, 1)]
+        reopened = self.reopen(store)
+        if reopened is None:
+            pytest.skip("this store cannot be reopened")
+        self._holder["store"] = reopened
+        after = [e.SerializeToString(deterministic=True) for e in reopened.replay_events(written, 1)]
+        assert after == before
+        assert reopened.highest_sequence_number(written) == 5
+
+
+def _snapshot(pid: str, seq: int, timestamp: int, state: bytes | None = None) -> Snapshot:
+    s = Snapshot(persistence_id=pid, sequence_number=seq, timestamp=timestamp)
+    s.state.type_url = "type.googleapis.com/egotest.Counter"
+    s.state.value = state if state is not None else f"s{seq}".encode()
+    return s
+
+
+class SnapshotStoreConformance(_Base):
+    """Cases for the snapshot store."""
+
+    @pytest.fixture
+    def snaps(self, store: Any, pid: str) -> tuple[str, list[Snapshot]]:
+        """Snapshots s1..s5 at sequence numbers 11..15, timestamps 1000..5000."""
+        made = [_snapshot(pid, 10 + i, 1000 * i) for i in range(1, 6)]
+        for s in made:
+            store.write_snapshot(s)
+        return pid, made
+
+    def test_01_unknown_id(self, store: Any, pid: str) -> None:
+        assert store.latest_snapshot(pid) is None
+
+    def test_02_timestamp_matches_nothing(self, store: Any, snaps: tuple[str, list[Snapshot]]) -> None:
+        pid, _ = snaps
+        assert store.latest_snapshot(pid, SnapshotCriteria(max_timestamp=999)) is None
+
+    def test_03_sequence_matches_nothing(self, store: Any, snaps: tuple[str, list[Snapshot]]) -> None:
+        pid, _ = snaps
+        assert store.latest_snapshot(pid, SnapshotCriteria(max_sequence_number=7)) is None
+
+    def test_04_latest(self, store: Any, snaps: tuple[str, list[Snapshot]]) -> None:
+        pid, made = snaps
+        assert store.latest_snapshot(pid) == made[4]
+
+    def test_05_latest_with_upper_bound(self, store: Any, snaps: tuple[str, list[Snapshot]]) -> None:
+        pid, made = snaps
+        assert store.latest_snapshot(pid, SnapshotCriteria(max_sequence_number=13)) == made[2]
+
+    def test_06_latest_with_sequence_and_timestamp(self, store: Any, snaps: tuple[str, list[Snapshot]]) -> None:
+        pid, made = snaps
+        assert store.latest_snapshot(pid, SnapshotCriteria(max_sequence_number=14, max_timestamp=2000)) == made[1]
+
+    def test_07_delete_one(self, store: Any, snaps: tuple[str, list[Snapshot]]) -> None:
+        pid, made = snaps
+        store.delete_snapshots(pid, SnapshotCriteria(min_sequence_number=15, max_sequence_number=15))
+        assert store.latest_snapshot(pid) == made[3]
+
+    def test_08_delete_matching(self, store: Any, snaps: tuple[str, list[Snapshot]]) -> None:
+        pid, made = snaps
+        store.delete_snapshots(pid, SnapshotCriteria(max_sequence_number=14))
+        assert store.latest_snapshot(pid, SnapshotCriteria(max_sequence_number=14)) is None
+        assert store.latest_snapshot(pid) == made[4]
+
+    def test_09_delete_with_non_matching_timestamp(self, store: Any, snaps: tuple[str, list[Snapshot]]) -> None:
+        pid, made = snaps
+        store.delete_snapshots(pid, SnapshotCriteria(max_sequence_number=15, max_timestamp=500))
+        assert store.latest_snapshot(pid) == made[4]
+        assert store.latest_snapshot(pid, SnapshotCriteria(max_sequence_number=11)) == made[0]
+
+    def test_10_save_twice_last_wins(self, store: Any, pid: str) -> None:
+        store.write_snapshot(_snapshot(pid, 3, 1, b"first"))
+        store.write_snapshot(_snapshot(pid, 3, 2, b"second"))
+        found = store.latest_snapshot(pid)
+        assert found is not None and found.state.value == b"second"
+
+    @pytest.mark.parametrize("size", [10_000, 1 << 20])
+    def test_11_large_snapshot(self, store: Any, pid: str, size: int) -> None:
+        s = _snapshot(pid, 1, 1, bytes(i % 251 for i in range(size)))
+        store.write_snapshot(s)
+        assert store.latest_snapshot(pid) == s
+
+
+def _state(pid: str, version: int, value: bytes) -> DurableState:
+    s = DurableState(persistence_id=pid, version_number=version, timestamp=time.time_ns(), shard=2)
+    s.resulting_state.type_url = "type.googleapis.com/egotest.Counter"
+    s.resulting_state.value = value
+    return s
+
+
+class StateStoreConformance(_Base):
+    """Cases for the durable state store."""
+
+    def test_01_write_then_read(self, store: Any, pid: str) -> None:
+        s = _state(pid, 1, b"one")
+        store.write_state(s, 0)
+        assert store.read_state(pid) == s
+
+    def test_02_unknown_id(self, store: Any, pid: str) -> None:
+        assert store.read_state(pid) is None
+
+    def test_03_stale_expected_version(self, store: Any, pid: str) -> None:
+        store.write_state(_state(pid, 1, b"one"), 0)
+        store.write_state(_state(pid, 2, b"two"), 1)
+        with pytest.raises(ConcurrencyError) as info:
+            store.write_state(_state(pid, 2, b"stale"), 1)
+        assert (info.value.expected, info.value.actual) == (1, 2)
+        found = store.read_state(pid)
+        assert found is not None and found.resulting_state.value == b"two"
+
+    def test_04_concurrent_writers(self, store: Any, pid: str) -> None:
+        store.write_state(_state(pid, 1, b"base"), 0)
+        writers = 8
+        barrier = threading.Barrier(writers)
+        wins: list[int] = []
+
+        def race(w: int) -> None:
+            barrier.wait()
+            try:
+                store.write_state(_state(pid, 2, f"w{w}".encode()), 1)
+                wins.append(w)
+            except ConcurrencyError:
+                pass
+
+        threads = [threading.Thread(target=race, args=(w,)) for w in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(wins) == 1
+        found = store.read_state(pid)
+        assert found is not None and found.resulting_state.value == f"w{wins[0]}".encode()
+
+    def test_05_delete(self, store: Any, pid: str) -> None:
+        store.write_state(_state(pid, 1, b"one"), 0)
+        store.delete_state(pid)
+        assert store.read_state(pid) is None

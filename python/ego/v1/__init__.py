@@ -1,0 +1,5 @@
+"""The persisted envelopes (``protos/ego/v1/envelopes.proto``)."""
+
+from ego.v1.envelopes_pb2 import DurableState, Event, Offset, Snapshot
+
+__all__ = ["Event", "Snapshot", "DurableState", "Offset"]

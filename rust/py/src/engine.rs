@@ -1,0 +1,303 @@
+//! `ego._ego.EngineCore`: the engine as Python sees it. `ego.Engine` (Python) subclasses it, so
+//! the hot methods (`send_command`, `send_command_async`, `get_state`) are called with no Python
+//! frame in between.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ego_core::entity::Dispatched;
+use ego_core::engine::Stopped;
+use ego_core::error::Error;
+use ego_core::host::Kind;
+use ego_core::options::{EngineConfig, EntityOptions};
+use ego_core::store::Stores;
+use ego_core::Engine;
+use parking_lot::RwLock;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+
+use crate::errors::{fail_to_pyerr, invalid_message, to_pyerr};
+use crate::host::PyHost;
+use crate::reply::{outcome_into_result, settle_now, AsyncReply, Reply, SyncSlot};
+use crate::store::NativeStore;
+use crate::types::describe;
+
+type Core = Engine<PyHost>;
+
+/// The Rust side of `ego.Engine`.
+#[pyclass(subclass, module = "ego._ego")]
+pub struct EngineCore {
+    config: EngineConfig,
+    stores: Stores,
+    core: RwLock<Option<Arc<Core>>>,
+}
+
+static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn store_of<'py>(obj: Option<&Bound<'py, PyAny>>) -> PyResult<Option<PyRef<'py, NativeStore>>> {
+    match obj {
+        None => Ok(None),
+        Some(o) if o.is_none() => Ok(None),
+        Some(o) => Ok(Some(o.cast::<NativeStore>().map_err(|_| {
+            pyo3::exceptions::PyTypeError::new_err(format!("a store must be an ego store (MemoryStore, RocksDBStore), got {}", describe(o)))
+        })?.borrow())),
+    }
+}
+
+fn options(
+    snapshot_interval: u64,
+    passivate_after: Option<f64>,
+    batch_threshold: usize,
+    batch_flush_window: f64,
+    mailbox_capacity: usize,
+) -> PyResult<EntityOptions> {
+    let seconds = |name: &str, v: f64| {
+        if v.is_finite() && v >= 0.0 {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            Err(pyo3::exceptions::PyValueError::new_err(format!("{name} must be a non-negative number of seconds, got {v}")))
+        }
+    };
+    if mailbox_capacity == 0 {
+        return Err(pyo3::exceptions::PyValueError::new_err("mailbox_capacity must be at least 1"));
+    }
+    Ok(EntityOptions {
+        snapshot_interval,
+        passivate_after: passivate_after.map(|v| seconds("passivate_after", v)).transpose()?,
+        batch_threshold,
+        batch_flush_window: seconds("batch_flush_window", batch_flush_window)?,
+        mailbox_capacity,
+    })
+}
+
+impl EngineCore {
+    fn core(&self, py: Python<'_>) -> PyResult<Arc<Core>> {
+        self.core.read().clone().ok_or_else(|| to_pyerr(py, &Error::EngineClosed))
+    }
+
+    fn host_flush(&self, py: Python<'_>, core: &Core) {
+        let host = core.shared().host();
+        if !host.pending.is_empty() {
+            ego_core::host::Host::end_batch(host, py);
+        }
+    }
+
+    fn check_message(core: &Core, py: Python<'_>, what: &str, obj: &Bound<'_, PyAny>) -> PyResult<()> {
+        if core.shared().host().types.info(obj)?.is_none() {
+            return Err(invalid_message(py, format!("{what} must be a protobuf message, got {}", describe(obj))));
+        }
+        Ok(())
+    }
+
+    /// Runs `send` with a fresh sync reply and waits for the outcome.
+    fn blocking(
+        &self,
+        py: Python<'_>,
+        entity_id: &str,
+        timeout: Option<f64>,
+        send: impl FnOnce(&Core, Reply) -> Result<Dispatched<PyHost>, ego_core::host::Fail<PyErr>>,
+    ) -> PyResult<Py<PyAny>> {
+        let core = self.core(py)?;
+        let (slot, reply) = SyncSlot::pair();
+        let dispatched = send(&core, reply);
+        self.host_flush(py, &core);
+        match dispatched {
+            Ok(Dispatched::Done(outcome)) => outcome_into_result(py, outcome),
+            Ok(Dispatched::Queued) => slot.wait(py, timeout, entity_id),
+            Err(fail) => Err(fail_to_pyerr(py, fail)),
+        }
+    }
+
+    /// Runs `send` with a new future of the running loop.
+    fn non_blocking(
+        &self,
+        py: Python<'_>,
+        send: impl FnOnce(&Core, Reply) -> Result<Dispatched<PyHost>, ego_core::host::Fail<PyErr>>,
+    ) -> PyResult<Py<PyAny>> {
+        let get_loop = GET_RUNNING_LOOP.get_or_try_init(py, || py.import("asyncio")?.getattr("get_running_loop").map(Bound::unbind))?;
+        let event_loop = get_loop.bind(py).call0()?;
+        let future = event_loop.call_method0(pyo3::intern!(py, "create_future"))?;
+        let core = match self.core(py) {
+            Ok(core) => core,
+            Err(e) => {
+                future.call_method1(pyo3::intern!(py, "set_exception"), (e.into_value(py),))?;
+                return Ok(future.unbind());
+            }
+        };
+        let reply = Reply::Async(AsyncReply::new(future.clone().unbind(), event_loop.unbind()));
+        let dispatched = send(&core, reply);
+        match dispatched {
+            Ok(Dispatched::Done(outcome)) => settle_now(py, &future, outcome)?,
+            Ok(Dispatched::Queued) => {}
+            Err(fail) => {
+                future.call_method1(pyo3::intern!(py, "set_exception"), (fail_to_pyerr(py, fail).into_value(py),))?;
+            }
+        }
+        self.host_flush(py, &core);
+        Ok(future.unbind())
+    }
+}
+
+#[pymethods]
+impl EngineCore {
+    #[new]
+    #[pyo3(signature = (name, events_store=None, snapshot_store=None, state_store=None, shards=8, max_message_bytes=1<<20, replay_page_size=1024, io_threads=2))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        name: String,
+        events_store: Option<&Bound<'_, PyAny>>,
+        snapshot_store: Option<&Bound<'_, PyAny>>,
+        state_store: Option<&Bound<'_, PyAny>>,
+        shards: u32,
+        max_message_bytes: usize,
+        replay_page_size: u64,
+        io_threads: usize,
+    ) -> PyResult<Self> {
+        if shards == 0 || replay_page_size == 0 || max_message_bytes == 0 || io_threads == 0 {
+            return Err(pyo3::exceptions::PyValueError::new_err("shards, max_message_bytes, replay_page_size and io_threads must be positive"));
+        }
+        let stores = Stores {
+            events: store_of(events_store)?.map(|s| s.events()),
+            snapshots: store_of(snapshot_store)?.map(|s| s.snapshots()),
+            states: store_of(state_store)?.map(|s| s.states()),
+        };
+        let config = EngineConfig { name, shards, max_message_bytes, replay_page_size, worker_threads: io_threads, ..EngineConfig::default() };
+        Ok(EngineCore { config, stores, core: RwLock::new(None) })
+    }
+
+    /// The engine's name.
+    #[getter]
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Whether the engine is started and accepts commands.
+    #[getter]
+    fn running(&self) -> bool {
+        self.core.read().as_ref().is_some_and(|c| c.is_running())
+    }
+
+    /// Starts the engine (its bridge thread and I/O runtime). Idempotent.
+    fn start(&self, py: Python<'_>) -> PyResult<()> {
+        let mut core = self.core.write();
+        if core.as_ref().is_some_and(|c| c.is_running()) {
+            return Ok(());
+        }
+        let engine = Engine::start(PyHost::default(), self.config.clone(), self.stores.clone()).map_err(|e| to_pyerr(py, &e))?;
+        *core = Some(Arc::new(engine));
+        Ok(())
+    }
+
+    /// Stops the engine: refuses new commands, lets queued ones finish (up to `timeout`
+    /// seconds), then stops its threads. Idempotent.
+    #[pyo3(signature = (timeout=30.0))]
+    fn stop(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
+        let Some(core) = self.core.write().take() else { return Ok(()) };
+        if std::thread::current().name().is_some_and(|n| n.starts_with("ego-bridge")) {
+            *self.core.write() = Some(core);
+            return Err(pyo3::exceptions::PyRuntimeError::new_err("stop() cannot be called from inside a behaviour"));
+        }
+        let timeout = Duration::from_secs_f64(timeout.max(0.0));
+        let result = py.detach(|| core.shutdown(timeout));
+        result.map_err(|e| to_pyerr(py, &e))
+    }
+
+    /// Sends a command and waits for `(state, revision)`. A rejection raises the exception
+    /// the behaviour raised. `timeout` is in seconds (None: wait as long as it takes).
+    #[pyo3(signature = (entity_id, command, timeout=None))]
+    fn send_command(&self, py: Python<'_>, entity_id: &str, command: &Bound<'_, PyAny>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
+        let core = self.core(py)?;
+        Self::check_message(&core, py, "a command", command)?;
+        let command = command.clone().unbind();
+        self.blocking(py, entity_id, timeout, |core, reply| core.send(py, entity_id, command, reply))
+    }
+
+    /// Sends a command; returns an asyncio future of `(state, revision)`.
+    fn send_command_async(&self, py: Python<'_>, entity_id: &str, command: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        if let Ok(core) = self.core(py) {
+            Self::check_message(&core, py, "a command", command)?;
+        }
+        let command = command.clone().unbind();
+        self.non_blocking(py, |core, reply| core.send(py, entity_id, command, reply))
+    }
+
+    /// The confirmed `(state, revision)` of an entity, after the commands sent before.
+    #[pyo3(signature = (entity_id, timeout=None))]
+    fn get_state(&self, py: Python<'_>, entity_id: &str, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
+        self.blocking(py, entity_id, timeout, |core, reply| core.query(py, entity_id, reply))
+    }
+
+    /// Async twin of `get_state`.
+    fn get_state_async(&self, py: Python<'_>, entity_id: &str) -> PyResult<Py<PyAny>> {
+        self.non_blocking(py, |core, reply| core.query(py, entity_id, reply))
+    }
+
+    /// Spawns (and recovers) an entity; returns its `(state, revision)`.
+    #[pyo3(signature = (entity_id, behavior, snapshot_interval, passivate_after, batch_threshold, batch_flush_window, mailbox_capacity, timeout=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn _spawn(
+        &self,
+        py: Python<'_>,
+        entity_id: &str,
+        behavior: &Bound<'_, PyAny>,
+        snapshot_interval: u64,
+        passivate_after: Option<f64>,
+        batch_threshold: usize,
+        batch_flush_window: f64,
+        mailbox_capacity: usize,
+        timeout: Option<f64>,
+    ) -> PyResult<Py<PyAny>> {
+        let opts = options(snapshot_interval, passivate_after, batch_threshold, batch_flush_window, mailbox_capacity)?;
+        let core = self.core(py)?;
+        let b = core.shared().host().behavior(behavior).map_err(|f| fail_to_pyerr(py, f))?;
+        let kind: Kind = b.kind();
+        let result = self.blocking(py, entity_id, timeout, |core, reply| core.spawn(py, entity_id, b, kind, opts, reply));
+        if result.is_err() {
+            core.forget(entity_id);
+        }
+        result
+    }
+
+    /// Registers a factory for entities whose id starts with `prefix`.
+    #[pyo3(signature = (prefix, factory, snapshot_interval, passivate_after, batch_threshold, batch_flush_window, mailbox_capacity))]
+    #[allow(clippy::too_many_arguments)]
+    fn _register(
+        &self,
+        py: Python<'_>,
+        prefix: String,
+        factory: Py<PyAny>,
+        snapshot_interval: u64,
+        passivate_after: Option<f64>,
+        batch_threshold: usize,
+        batch_flush_window: f64,
+        mailbox_capacity: usize,
+    ) -> PyResult<()> {
+        let opts = options(snapshot_interval, passivate_after, batch_threshold, batch_flush_window, mailbox_capacity)?;
+        self.core(py)?.register(prefix, factory, opts).map_err(|e| to_pyerr(py, &e))
+    }
+
+    /// Stops an entity after the commands already sent to it. A later command re-activates it
+    /// only through a registered entity type.
+    #[pyo3(signature = (entity_id, timeout=None))]
+    fn stop_entity(&self, py: Python<'_>, entity_id: &str, timeout: Option<f64>) -> PyResult<()> {
+        let core = self.core(py)?;
+        let (slot, reply) = SyncSlot::pair();
+        let stopped = core.stop_entity(py, entity_id, reply);
+        self.host_flush(py, &core);
+        match stopped.map_err(|f| fail_to_pyerr(py, f))? {
+            Stopped::Forgotten | Stopped::Dispatched(Dispatched::Done(Ok(_))) => Ok(()),
+            Stopped::Dispatched(Dispatched::Done(Err(f))) => Err(fail_to_pyerr(py, f)),
+            Stopped::Dispatched(Dispatched::Queued) => slot.wait(py, timeout, entity_id).map(|_| ()),
+        }
+    }
+
+    /// Whether the entity is in memory (spawned or activated, and not passivated).
+    fn is_live(&self, entity_id: &str) -> bool {
+        self.core.read().as_ref().is_some_and(|c| c.is_live(entity_id))
+    }
+
+    /// Number of entities in memory.
+    fn live_count(&self) -> usize {
+        self.core.read().as_ref().map_or(0, |c| c.live_count())
+    }
+}

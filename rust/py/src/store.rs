@@ -1,0 +1,176 @@
+//! `ego._ego.NativeStore`: the stores written in Rust (in-memory, RocksDB) as Python objects.
+//! `ego.MemoryStore` and `ego.RocksDBStore` subclass it. Its methods take and return encoded
+//! envelopes; the Python subclasses decode them (they exist for tests, tools and the
+//! conformance suite, not for the engine's hot path, which never leaves Rust).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use ego_core::envelope::{DurableState, Event, Snapshot};
+use ego_core::error::Error;
+use ego_core::store::memory::{MemoryStore, DEFAULT_MAX_EVENT_BYTES};
+use ego_core::store::rocks::{RocksOptions, RocksStore};
+use ego_core::store::{EventsStore, SnapshotCriteria, SnapshotStore, StateStore};
+use prost::Message;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::errors::IntoPy;
+
+/// A runtime for store calls made directly from Python (outside any engine).
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("ego-store-io").enable_all().build().expect("store runtime")
+    })
+}
+
+/// Runs a store future to completion with the GIL released.
+pub fn wait<T: Send>(py: Python<'_>, fut: impl Future<Output = ego_core::Result<T>> + Send) -> PyResult<T> {
+    py.detach(|| runtime().block_on(fut)).py(py)
+}
+
+enum Backend {
+    Memory(MemoryStore),
+    Rocks(RocksStore),
+}
+
+/// A store implemented in Rust.
+#[pyclass(subclass, module = "ego._ego")]
+pub struct NativeStore {
+    backend: Backend,
+}
+
+impl NativeStore {
+    pub fn events(&self) -> Arc<dyn EventsStore> {
+        match &self.backend {
+            Backend::Memory(s) => Arc::new(s.clone()),
+            Backend::Rocks(s) => Arc::new(s.clone()),
+        }
+    }
+    pub fn snapshots(&self) -> Arc<dyn SnapshotStore> {
+        match &self.backend {
+            Backend::Memory(s) => Arc::new(s.clone()),
+            Backend::Rocks(s) => Arc::new(s.clone()),
+        }
+    }
+    pub fn states(&self) -> Arc<dyn StateStore> {
+        match &self.backend {
+            Backend::Memory(s) => Arc::new(s.clone()),
+            Backend::Rocks(s) => Arc::new(s.clone()),
+        }
+    }
+}
+
+fn decode<M: Message + Default>(py: Python<'_>, what: &str, bytes: &[u8]) -> PyResult<M> {
+    M::decode(bytes).map_err(|e| Error::invalid(format!("not an encoded {what}: {e}"))).py(py)
+}
+
+fn criteria(min_seq: u64, max_seq: u64, min_ts: i64, max_ts: i64) -> SnapshotCriteria {
+    SnapshotCriteria { min_sequence_number: min_seq, max_sequence_number: max_seq, min_timestamp: min_ts, max_timestamp: max_ts }
+}
+
+#[pymethods]
+impl NativeStore {
+    #[new]
+    #[pyo3(signature = (kind, path=None, sync=true, max_event_bytes=None))]
+    fn new(py: Python<'_>, kind: &str, path: Option<PathBuf>, sync: bool, max_event_bytes: Option<usize>) -> PyResult<Self> {
+        let max = max_event_bytes.unwrap_or(DEFAULT_MAX_EVENT_BYTES);
+        let backend = match (kind, path) {
+            ("memory", _) => Backend::Memory(MemoryStore::with_max_event_bytes(max)),
+            ("rocksdb", Some(path)) => {
+                let opts = RocksOptions { sync, max_event_bytes: max, ..RocksOptions::default() };
+                Backend::Rocks(py.detach(|| RocksStore::open(&path, opts)).py(py)?)
+            }
+            ("rocksdb", None) => return Err(pyo3::exceptions::PyValueError::new_err("a RocksDB store needs a path")),
+            (other, _) => return Err(pyo3::exceptions::PyValueError::new_err(format!("unknown store kind {other:?}"))),
+        };
+        Ok(NativeStore { backend })
+    }
+
+    /// The largest event payload, in bytes, this store accepts.
+    #[getter]
+    fn max_event_bytes(&self) -> usize {
+        match &self.backend {
+            Backend::Memory(s) => s.max_event_bytes(),
+            Backend::Rocks(s) => s.max_event_bytes(),
+        }
+    }
+
+    /// Flushes and closes the store (RocksDB: syncs the log, flushes memtables, releases the
+    /// directory lock). Later calls fail. Idempotent.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        match &self.backend {
+            Backend::Memory(_) => Ok(()),
+            Backend::Rocks(s) => py.detach(|| s.shutdown()).py(py),
+        }
+    }
+
+    fn _write_events(&self, py: Python<'_>, events: Vec<Vec<u8>>) -> PyResult<()> {
+        let events = events.iter().map(|b| decode::<Event>(py, "Event", b)).collect::<PyResult<Vec<_>>>()?;
+        wait(py, self.events().write_events(events))
+    }
+
+    fn _replay_events<'py>(&self, py: Python<'py>, persistence_id: &str, from_sequence_number: u64, to_sequence_number: u64, max_count: u64) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let events = wait(py, self.events().replay_events(persistence_id, from_sequence_number, to_sequence_number, max_count))?;
+        Ok(events.iter().map(|e| PyBytes::new(py, &e.encode_to_vec())).collect())
+    }
+
+    /// The highest sequence number ever written for the id (kept after deletion); 0 if none.
+    fn highest_sequence_number(&self, py: Python<'_>, persistence_id: &str) -> PyResult<u64> {
+        wait(py, self.events().highest_sequence_number(persistence_id))
+    }
+
+    /// Deletes the events of the id up to `to_sequence_number` (inclusive).
+    fn delete_events(&self, py: Python<'_>, persistence_id: &str, to_sequence_number: u64) -> PyResult<()> {
+        wait(py, self.events().delete_events(persistence_id, to_sequence_number))
+    }
+
+    /// One page of persistence ids after `after`: `(ids, next cursor or None)`.
+    #[pyo3(signature = (page_size, after=None))]
+    fn persistence_ids(&self, py: Python<'_>, page_size: usize, after: Option<String>) -> PyResult<(Vec<String>, Option<String>)> {
+        let page = wait(py, self.events().persistence_ids(page_size, after))?;
+        Ok((page.ids, page.next))
+    }
+
+    fn _shard_events<'py>(&self, py: Python<'py>, shard: u32, after_position: u64, max_count: usize) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let events = wait(py, self.events().shard_events(shard, after_position, max_count))?;
+        Ok(events.iter().map(|e| PyBytes::new(py, &e.encode_to_vec())).collect())
+    }
+
+    /// `(shard, position, timestamp)` of the newest event of every shard.
+    fn shard_heads(&self, py: Python<'_>) -> PyResult<Vec<(u32, u64, i64)>> {
+        let heads = wait(py, self.events().shard_heads())?;
+        Ok(heads.into_iter().map(|h| (h.shard, h.position, h.timestamp)).collect())
+    }
+
+    fn _write_snapshot(&self, py: Python<'_>, snapshot: Vec<u8>) -> PyResult<()> {
+        let snapshot = decode::<Snapshot>(py, "Snapshot", &snapshot)?;
+        wait(py, self.snapshots().write_snapshot(snapshot))
+    }
+
+    fn _latest_snapshot<'py>(&self, py: Python<'py>, persistence_id: &str, min_seq: u64, max_seq: u64, min_ts: i64, max_ts: i64) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let found = wait(py, self.snapshots().latest_snapshot(persistence_id, criteria(min_seq, max_seq, min_ts, max_ts)))?;
+        Ok(found.map(|s| PyBytes::new(py, &s.encode_to_vec())))
+    }
+
+    fn _delete_snapshots(&self, py: Python<'_>, persistence_id: &str, min_seq: u64, max_seq: u64, min_ts: i64, max_ts: i64) -> PyResult<()> {
+        wait(py, self.snapshots().delete_snapshots(persistence_id, criteria(min_seq, max_seq, min_ts, max_ts)))
+    }
+
+    fn _write_state(&self, py: Python<'_>, state: Vec<u8>, expected_version: u64) -> PyResult<()> {
+        let state = decode::<DurableState>(py, "DurableState", &state)?;
+        wait(py, self.states().write_state(state, expected_version))
+    }
+
+    fn _read_state<'py>(&self, py: Python<'py>, persistence_id: &str) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let found = wait(py, self.states().read_state(persistence_id))?;
+        Ok(found.map(|s| PyBytes::new(py, &s.encode_to_vec())))
+    }
+
+    /// Deletes the durable state of the id.
+    fn delete_state(&self, py: Python<'_>, persistence_id: &str) -> PyResult<()> {
+        wait(py, self.states().delete_state(persistence_id))
+    }
+}

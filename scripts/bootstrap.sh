@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Prepares a fresh Debian machine (with Rust and Python 3.10+) to build and test ego:
+# the C library RocksDB's bindings need, and a virtual environment with the build and test
+# tools. Idempotent; `make` calls it before everything else.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null && ! ldconfig -p 2>/dev/null | grep -q 'libclang\.so'; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing libclang-dev (needed to build RocksDB's bindings)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev >/dev/null
+  else
+    echo "error: libclang is missing; install it (Debian: apt-get install libclang-dev)" >&2
+    exit 1
+  fi
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.ego-deps
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q "maturin>=1.7,<2" "protobuf>=4.21" "pytest>=8" "pytest-asyncio>=0.23" "hypothesis>=6" \
+    pytest-benchmark grpcio-tools ruff mypy eventsourcing
+  touch "$stamp"
+fi

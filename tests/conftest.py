@@ -1,0 +1,54 @@
+"""Shared fixtures. The bank domain lives in examples/bank; test-only messages in egotest/."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+for path in (ROOT / "examples" / "bank", Path(__file__).resolve().parent):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+import ego  # noqa: E402
+
+
+@pytest.fixture
+def engine() -> Iterator[ego.Engine]:
+    """A started engine on a fresh in-memory store."""
+    with ego.Engine("test") as e:
+        yield e
+
+
+@pytest.fixture(params=["memory", "rocksdb"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make_store(store_kind: str, tmp_path: Path) -> Iterator[object]:
+    """A factory of stores of the parametrized kind; RocksDB stores share one directory
+    (close the previous one before making the next)."""
+    made: list[ego.stores.NativeStore] = []
+
+    def make() -> ego.stores.NativeStore:
+        s: ego.stores.NativeStore = ego.MemoryStore() if store_kind == "memory" else ego.RocksDBStore(tmp_path / "db")
+        made.append(s)
+        return s
+
+    shared_memory: list[ego.stores.NativeStore] = []
+
+    def make_shared() -> ego.stores.NativeStore:
+        # Memory stores must be the same object across "restarts" to keep their data.
+        if store_kind == "memory":
+            if not shared_memory:
+                shared_memory.append(make())
+            return shared_memory[0]
+        return make()
+
+    yield make_shared
+    for s in made:
+        s.close()
