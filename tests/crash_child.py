@@ -12,9 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from egotest.messages_pb2 import Counter, Note  # noqa: E402
+import ego
 
-import ego  # noqa: E402
+from egotest.messages_pb2 import Counter, Note
 
 
 class Journaled(ego.EventSourcedBehavior):

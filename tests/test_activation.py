@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 
 import pytest
+from test_durable_state import CounterBehavior
+
+import ego
+
 from bank_pb2 import Credit, OpenAccount
 from domain import AccountBehavior
 from egotest.messages_pb2 import Counter, Increment
-
-import ego
-from test_durable_state import CounterBehavior
 
 
 def wait_until(predicate, timeout: float = 5.0) -> None:

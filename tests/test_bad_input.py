@@ -6,12 +6,13 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from bank_pb2 import Account, AccountCredited, Credit, OpenAccount
-from domain import AccountBehavior
-from egotest.messages_pb2 import Note, Other
 
 import ego
 from ego import errors
+
+from bank_pb2 import Account, AccountCredited, Credit, OpenAccount
+from domain import AccountBehavior
+from egotest.messages_pb2 import Note, Other
 
 
 def still_serves(engine: ego.Engine, entity_id: str = "healthy") -> None:

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import threading
-
-from bank_pb2 import Account, AccountCredited, Credit
+from typing import ClassVar
 
 import ego
+
+from bank_pb2 import Account, AccountCredited, Credit
 
 
 class Recording(ego.EventSourcedBehavior):
     """Records the order it handles commands in and detects overlapping calls."""
 
-    seen: list[tuple[int, int]] = []
-    overlapped = False
-    _busy = False
+    seen: ClassVar[list[tuple[int, int]]] = []
+    overlapped: ClassVar[bool] = False
+    _busy: ClassVar[bool] = False
 
     def __init__(self, entity_id: str) -> None:
         self.entity_id = entity_id

@@ -13,9 +13,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from egotest.messages_pb2 import Note
-
 import ego
+
+from egotest.messages_pb2 import Note
 
 HERE = Path(__file__).resolve().parent
 ENTITIES = 4
@@ -39,7 +39,9 @@ def verify(db: Path, acked: dict[str, tuple[int, int]]) -> dict[str, list[bytes]
                 groups[note.n].append(note)
             for k, group in groups.items():
                 count = 1 + k % 3
-                assert [n.text for n in group] == [f"{name}:{k}:{j}:{count}" for j in range(count)], f"{name} command {k} half-persisted"
+                assert [n.text for n in group] == [f"{name}:{k}:{j}:{count}" for j in range(count)], (
+                    f"{name} command {k} half-persisted"
+                )
             assert sorted(groups) == list(range(1, len(groups) + 1)), f"{name}: a command is missing"
             # Every acknowledged command is present.
             if name in acked:

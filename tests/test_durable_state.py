@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from egotest.messages_pb2 import Counter, Increment, Other
 
 import ego
+
+from egotest.messages_pb2 import Counter, Increment, Other
 
 
 class CounterBehavior(ego.DurableStateBehavior):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from bank_pb2 import Account, AccountCredited, Credit, Debit, OpenAccount
-from domain import AccountBehavior, AccountNotOpen, InsufficientFunds
 
 import ego
+
+from bank_pb2 import Account, AccountCredited, Credit, Debit, OpenAccount
+from domain import AccountBehavior, AccountNotOpen, InsufficientFunds
 
 
 def test_commands_produce_events_and_advance_the_revision(engine: ego.Engine) -> None:

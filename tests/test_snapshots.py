@@ -3,10 +3,11 @@ one); recovery = latest snapshot + the events after it."""
 
 from __future__ import annotations
 
-from bank_pb2 import Account, Credit
+from test_event_sourced import Multi
 
 import ego
-from test_event_sourced import Multi
+
+from bank_pb2 import Account, Credit
 
 
 def snapshot_seqs(store: ego.stores.NativeStore, pid: str) -> list[int]:

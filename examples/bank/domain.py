@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bank_pb2 import Account, AccountCredited, AccountDebited, AccountOpened, Credit, Debit, OpenAccount
 from google.protobuf.message import Message
 
 import ego
 
-__all__ = ["AccountBehavior", "InsufficientFunds", "AccountNotOpen"]
+from bank_pb2 import Account, AccountCredited, AccountDebited, AccountOpened, Credit, Debit, OpenAccount
+
+__all__ = ["AccountBehavior", "AccountNotOpen", "InsufficientFunds"]
 
 
 class InsufficientFunds(Exception):

@@ -17,13 +17,13 @@ from ego.errors import EgoError
 from ego.stores import MemoryStore, RocksDBStore, SnapshotCriteria
 
 __all__ = [
-    "__version__",
+    "DurableStateBehavior",
+    "EgoError",
     "Engine",
     "EventSourcedBehavior",
-    "DurableStateBehavior",
     "MemoryStore",
     "RocksDBStore",
     "SnapshotCriteria",
-    "EgoError",
+    "__version__",
     "errors",
 ]

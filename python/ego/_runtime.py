@@ -15,7 +15,8 @@ def message_class(full_name: str) -> type[Message] | None:
         descriptor = descriptor_pool.Default().FindMessageTypeByName(full_name)
     except KeyError:
         return None
-    return message_factory.GetMessageClass(descriptor)
+    cls: type[Message] = message_factory.GetMessageClass(descriptor)
+    return cls
 
 
 def resolve_many(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:

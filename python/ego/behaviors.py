@@ -19,7 +19,7 @@ from typing import Generic, TypeVar
 
 from google.protobuf.message import Message
 
-__all__ = ["EventSourcedBehavior", "DurableStateBehavior"]
+__all__ = ["DurableStateBehavior", "EventSourcedBehavior"]
 
 C = TypeVar("C", bound=Message)
 E = TypeVar("E", bound=Message)

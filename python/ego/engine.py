@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -26,10 +27,8 @@ _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 @atexit.register
 def _stop_all() -> None:  # pragma: no cover - runs at interpreter exit
     for engine in list(_engines):
-        try:
+        with contextlib.suppress(Exception):
             engine.stop(timeout=5.0)
-        except Exception:  # noqa: BLE001 - best effort at exit
-            pass
 
 
 def _entity_options(
@@ -76,6 +75,9 @@ class Engine(_ego.EngineCore):
     - ``stop_entity(entity_id)``, ``is_live(entity_id)``, ``live_count()``.
     """
 
+    #: The stores the engine runs on (each once).
+    stores: tuple[NativeStore, ...]
+
     def __new__(
         cls,
         name: str = "ego",
@@ -101,8 +103,7 @@ class Engine(_ego.EngineCore):
         for s in (events_store, snapshot_store, state_store):
             if s is not None and all(s is not d for d in distinct):
                 distinct.append(s)
-        #: The stores the engine runs on (each once).
-        self.stores: tuple[NativeStore, ...] = tuple(distinct)
+        self.stores = tuple(distinct)
         _engines.add(self)
         return self
 

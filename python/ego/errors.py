@@ -8,25 +8,25 @@ the caller of ``send_command`` with its own type and message.
 from __future__ import annotations
 
 __all__ = [
+    "CommandTimeoutError",
+    "ConcurrencyError",
+    "ConfigurationError",
+    "CorruptDataError",
     "EgoError",
     "EngineClosedError",
     "EntityNotFoundError",
     "EntityStoppedError",
-    "ValidationError",
+    "HandlerContractError",
     "InvalidEntityIdError",
     "InvalidMessageError",
-    "MessageTooLargeError",
-    "ConfigurationError",
-    "HandlerContractError",
-    "RecoveryError",
-    "UnknownEventTypeError",
-    "StoreError",
-    "ConcurrencyError",
-    "CorruptDataError",
-    "StorageFullError",
-    "OutcomeUnknownError",
     "MailboxFullError",
-    "CommandTimeoutError",
+    "MessageTooLargeError",
+    "OutcomeUnknownError",
+    "RecoveryError",
+    "StorageFullError",
+    "StoreError",
+    "UnknownEventTypeError",
+    "ValidationError",
 ]
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from ego import _ego
 from ego.v1.envelopes_pb2 import DurableState, Event, Snapshot
 
-__all__ = ["MemoryStore", "RocksDBStore", "NativeStore", "SnapshotCriteria"]
+__all__ = ["MemoryStore", "NativeStore", "RocksDBStore", "SnapshotCriteria"]
 
 U64_MAX = 2**64 - 1
 I64_MIN = -(2**63)
@@ -27,7 +27,7 @@ I64_MAX = 2**63 - 1
 class SnapshotCriteria:
     """Which snapshots an operation selects (all bounds inclusive)."""
 
-    __slots__ = ("min_sequence_number", "max_sequence_number", "min_timestamp", "max_timestamp")
+    __slots__ = ("max_sequence_number", "max_timestamp", "min_sequence_number", "min_timestamp")
 
     def __init__(
         self,

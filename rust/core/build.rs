@@ -11,7 +11,5 @@ fn main() {
     let mut config = prost_build::Config::new();
     config.bytes(["."]);
     config.extern_path(".google.protobuf.Any", "crate::envelope::Any");
-    config
-        .compile_protos(&[proto], &[root, protoc_bin_vendored::include_path().expect("include")])
-        .expect("compile protos");
+    config.compile_protos(&[proto], &[root, protoc_bin_vendored::include_path().expect("include")]).expect("compile protos");
 }

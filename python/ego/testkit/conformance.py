@@ -39,7 +39,9 @@ TYPE_URL = "type.googleapis.com/egotest.Note"
 
 def make_event(pid: str, seq: int, *, payload: bytes | None = None, timestamp: int | None = None, shard: int = 0) -> Event:
     """An event envelope for tests."""
-    e = Event(persistence_id=pid, sequence_number=seq, timestamp=timestamp if timestamp is not None else time.time_ns(), shard=shard)
+    e = Event(
+        persistence_id=pid, sequence_number=seq, timestamp=timestamp if timestamp is not None else time.time_ns(), shard=shard
+    )
     e.event.type_url = TYPE_URL
     e.event.value = payload if payload is not None else f"{pid}#{seq}".encode()
     return e

@@ -2,4 +2,4 @@
 
 from ego.v1.envelopes_pb2 import DurableState, Event, Offset, Snapshot
 
-__all__ = ["Event", "Snapshot", "DurableState", "Offset"]
+__all__ = ["DurableState", "Event", "Offset", "Snapshot"]

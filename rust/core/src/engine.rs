@@ -141,8 +141,12 @@ impl<H: Host> Engine<H> {
 
     fn check_kind(&self, kind: Kind) -> Result<()> {
         match kind {
-            Kind::EventSourced if self.shared.stores.events.is_none() => Err(Error::Configuration("event-sourced entities need an events store".into())),
-            Kind::DurableState if self.shared.stores.states.is_none() => Err(Error::Configuration("durable-state entities need a state store".into())),
+            Kind::EventSourced if self.shared.stores.events.is_none() => {
+                Err(Error::Configuration("event-sourced entities need an events store".into()))
+            }
+            Kind::DurableState if self.shared.stores.states.is_none() => {
+                Err(Error::Configuration("durable-state entities need a state store".into()))
+            }
             _ => Ok(()),
         }
     }
@@ -171,7 +175,15 @@ impl<H: Host> Engine<H> {
 
     /// Spawns an entity with an explicit behaviour, recovering it. The reply gets the recovered
     /// state. Idempotent: an existing entity with the id is kept.
-    pub fn spawn(&self, cx: H::Cx<'_>, id: &str, behavior: H::Behavior, kind: Kind, options: EntityOptions, reply: H::Reply) -> Result<Dispatched<H>, Fail<H::Failure>> {
+    pub fn spawn(
+        &self,
+        cx: H::Cx<'_>,
+        id: &str,
+        behavior: H::Behavior,
+        kind: Kind,
+        options: EntityOptions,
+        reply: H::Reply,
+    ) -> Result<Dispatched<H>, Fail<H::Failure>> {
         validate_id(id)?;
         self.check_running()?;
         self.check_kind(kind)?;
@@ -210,28 +222,21 @@ impl<H: Host> Engine<H> {
     pub fn stop_entity(&self, cx: H::Cx<'_>, id: &str, reply: H::Reply) -> Result<Stopped<H>, Fail<H::Failure>> {
         validate_id(id)?;
         self.check_running()?;
-        loop {
-            let e = self.shared.registry.get(id).ok_or_else(|| Error::EntityNotFound(id.into()))?;
-            {
-                let mut cell = e.cell.lock();
-                if cell.phase == Phase::Dormant && cell.mailbox.is_empty() {
-                    cell.phase = Phase::Removed;
-                    drop(cell);
-                    self.shared.registry.remove_if(id, &e);
-                    return Ok(Stopped::Forgotten);
-                }
+        let e = self.shared.registry.get(id).ok_or_else(|| Error::EntityNotFound(id.into()))?;
+        {
+            let mut cell = e.cell.lock();
+            if cell.phase == Phase::Dormant && cell.mailbox.is_empty() {
+                cell.phase = Phase::Removed;
+                drop(cell);
+                self.shared.registry.remove_if(id, &e);
+                return Ok(Stopped::Forgotten);
             }
-            return match entity::dispatch(&self.shared, cx, &e, Msg::Stop(reply)) {
-                Ok(d) => Ok(Stopped::Dispatched(d)),
-                Err(DispatchError::Removed(Msg::Stop(r))) => {
-                    // Gone meanwhile; a factory entity may be reactivated by a later command,
-                    // but there is nothing to stop now.
-                    let _ = r;
-                    Err(Error::EntityNotFound(id.into()).into())
-                }
-                Err(DispatchError::Removed(_)) => unreachable!("a stop comes back as a stop"),
-                Err(DispatchError::Full(_, err)) => Err(err.into()),
-            };
+        }
+        match entity::dispatch(&self.shared, cx, &e, Msg::Stop(reply)) {
+            Ok(d) => Ok(Stopped::Dispatched(d)),
+            // Stopped or passivated meanwhile: there is nothing left to stop.
+            Err(DispatchError::Removed(_)) => Err(Error::EntityNotFound(id.into()).into()),
+            Err(DispatchError::Full(_, err)) => Err(err.into()),
         }
     }
 
@@ -449,7 +454,11 @@ async fn sweeper<H: Host>(sh: Weak<Shared<H>>) {
 
 /// Runs a write nobody waits for (snapshots, retention): inline when the store finishes at
 /// once, otherwise on the runtime, with up to 3 retries and backoff; failures are logged.
-pub(crate) fn background_write<H: Host>(sh: &Arc<Shared<H>>, what: String, make: impl Fn() -> BoxFuture<'static, Result<()>> + Send + 'static) {
+pub(crate) fn background_write<H: Host>(
+    sh: &Arc<Shared<H>>,
+    what: String,
+    make: impl Fn() -> BoxFuture<'static, Result<()>> + Send + 'static,
+) {
     let first = match sh.poll_now(make()) {
         Ok(Ok(())) => return,
         Ok(Err(e)) => Err(e),

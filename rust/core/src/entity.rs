@@ -153,7 +153,14 @@ pub struct Entity<H: Host> {
 }
 
 impl<H: Host> Entity<H> {
-    pub(crate) fn new(id: Arc<str>, shard: u32, kind: Kind, behavior: H::Behavior, options: Arc<EntityOptions>, from_factory: bool) -> Self {
+    pub(crate) fn new(
+        id: Arc<str>,
+        shard: u32,
+        kind: Kind,
+        behavior: H::Behavior,
+        options: Arc<EntityOptions>,
+        from_factory: bool,
+    ) -> Self {
         Entity {
             id,
             shard,
@@ -161,7 +168,13 @@ impl<H: Host> Entity<H> {
             behavior,
             options,
             from_factory,
-            cell: Mutex::new(Cell { phase: Phase::Dormant, mailbox: VecDeque::new(), work: None, last_used: monotonic_millis(), timer_armed: false }),
+            cell: Mutex::new(Cell {
+                phase: Phase::Dormant,
+                mailbox: VecDeque::new(),
+                work: None,
+                last_used: monotonic_millis(),
+                timer_armed: false,
+            }),
         }
     }
 
@@ -193,7 +206,12 @@ enum Step<H: Host> {
 
 /// Hands `msg` to `e`: runs it inline when the entity is idle (the caller holds the context),
 /// queues it otherwise. `Err(msg)` when the entity was removed meanwhile (look it up again).
-pub(crate) fn dispatch<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>, msg: Msg<H>) -> Result<Dispatched<H>, DispatchError<H>> {
+pub(crate) fn dispatch<H: Host>(
+    sh: &Arc<Shared<H>>,
+    cx: H::Cx<'_>,
+    e: &Arc<Entity<H>>,
+    msg: Msg<H>,
+) -> Result<Dispatched<H>, DispatchError<H>> {
     let mut cell = e.cell.lock();
     if e.options.passivate_after.is_some() {
         cell.last_used = monotonic_millis();
@@ -312,7 +330,13 @@ pub(crate) fn clone_fail<H: Host>(sh: &Shared<H>, cx: H::Cx<'_>, fail: &Fail<H::
 /// Processes the caller's own message (if any), then, on the bridge, the mailbox, until the
 /// budget is spent, a write goes in flight, or the mailbox is empty. Returns the own message's
 /// outcome when it is known before returning.
-fn drive<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>, mut work: Work<H>, own: Option<Msg<H>>) -> Option<Result<H::Output, Fail<H::Failure>>> {
+fn drive<H: Host>(
+    sh: &Arc<Shared<H>>,
+    cx: H::Cx<'_>,
+    e: &Arc<Entity<H>>,
+    mut work: Work<H>,
+    own: Option<Msg<H>>,
+) -> Option<Result<H::Output, Fail<H::Failure>>> {
     let inline = own.is_some();
     let mut own = own;
     let mut own_result = None;
@@ -464,7 +488,13 @@ fn should_flush<H: Host>(e: &Entity<H>, work: &Work<H>) -> bool {
 
 /// Writes the batch. Completes at once when the store finished the write synchronously;
 /// otherwise the write goes in flight and its completion comes back through the bridge.
-fn flush<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>, work: &mut Work<H>, own: &mut Option<Result<H::Output, Fail<H::Failure>>>) {
+fn flush<H: Host>(
+    sh: &Arc<Shared<H>>,
+    cx: H::Cx<'_>,
+    e: &Arc<Entity<H>>,
+    work: &mut Work<H>,
+    own: &mut Option<Result<H::Output, Fail<H::Failure>>>,
+) {
     if work.batch.is_empty() {
         return;
     }
@@ -550,7 +580,13 @@ fn maybe_snapshot<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>
             return;
         }
     };
-    let snapshot = Snapshot { persistence_id: e.id.to_string(), sequence_number: work.revision, state: Some(state), timestamp: now_nanos(), ..Default::default() };
+    let snapshot = Snapshot {
+        persistence_id: e.id.to_string(),
+        sequence_number: work.revision,
+        state: Some(state),
+        timestamp: now_nanos(),
+        ..Default::default()
+    };
     crate::engine::background_write(sh, format!("snapshot of {:?} at {}", e.id, work.revision), {
         let store = store.clone();
         move || store.write_snapshot(snapshot.clone())
@@ -601,7 +637,15 @@ fn release<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>, mut 
 }
 
 /// Stops the entity: replies to the stop, fails what queued after it, leaves the registry.
-fn stop<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>, work: Work<H>, reply: H::Reply, is_own: bool, own: &mut Option<Result<H::Output, Fail<H::Failure>>>) {
+fn stop<H: Host>(
+    sh: &Arc<Shared<H>>,
+    cx: H::Cx<'_>,
+    e: &Arc<Entity<H>>,
+    work: Work<H>,
+    reply: H::Reply,
+    is_own: bool,
+    own: &mut Option<Result<H::Output, Fail<H::Failure>>>,
+) {
     let outcome = Ok(sh.host.output(cx, work.state.as_ref().expect("state"), work.revision));
     let rest: Vec<Msg<H>> = {
         let mut cell = e.cell.lock();

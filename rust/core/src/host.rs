@@ -79,7 +79,13 @@ pub trait Host: Send + Sync + Sized + 'static {
 
     /// Checks and encodes the events of one command, appending one [`Any`] per event.
     /// `max_bytes` is the per-event size limit.
-    fn encode_events(&self, cx: Self::Cx<'_>, events: &Self::Events<'_>, max_bytes: usize, out: &mut Vec<Any>) -> Result<(), Fail<Self::Failure>>;
+    fn encode_events(
+        &self,
+        cx: Self::Cx<'_>,
+        events: &Self::Events<'_>,
+        max_bytes: usize,
+        out: &mut Vec<Any>,
+    ) -> Result<(), Fail<Self::Failure>>;
 
     /// Applies freshly produced events to the state, in order.
     fn apply_events(
@@ -91,7 +97,13 @@ pub trait Host: Send + Sync + Sized + 'static {
     ) -> Result<Self::State, Fail<Self::Failure>>;
 
     /// Applies one stored event during recovery.
-    fn apply_stored(&self, cx: Self::Cx<'_>, behavior: &Self::Behavior, event: &Event, state: Self::State) -> Result<Self::State, Fail<Self::Failure>>;
+    fn apply_stored(
+        &self,
+        cx: Self::Cx<'_>,
+        behavior: &Self::Behavior,
+        event: &Event,
+        state: Self::State,
+    ) -> Result<Self::State, Fail<Self::Failure>>;
 
     /// Runs a durable-state command handler: `Some(new state)`, or `None` for no change.
     fn handle_durable(

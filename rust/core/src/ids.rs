@@ -57,13 +57,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_ids() {
-        for (id, why) in [
-            ("", "empty"),
-            (&"x".repeat(256) as &str, "longer"),
-            ("a\0b", "control"),
-            ("a\nb", "control"),
-            ("tab\there", "control"),
-        ] {
+        for (id, why) in
+            [("", "empty"), (&"x".repeat(256) as &str, "longer"), ("a\0b", "control"), ("a\nb", "control"), ("tab\there", "control")]
+        {
             let err = validate_id(id).unwrap_err();
             assert!(err.to_string().contains(why), "{err}");
         }

@@ -48,7 +48,13 @@ pub(crate) fn start<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<
 }
 
 /// Applies `input` (if any) and continues until done, failed, or waiting for a read.
-pub(crate) fn step<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>, mut rec: Box<Recovery<H>>, input: Option<Result<Fetched>>) {
+pub(crate) fn step<H: Host>(
+    sh: &Arc<Shared<H>>,
+    cx: H::Cx<'_>,
+    e: &Arc<Entity<H>>,
+    mut rec: Box<Recovery<H>>,
+    input: Option<Result<Fetched>>,
+) {
     let mut input = input;
     loop {
         if let Some(fetched) = input.take() {
@@ -92,11 +98,13 @@ fn next_read<H: Host>(sh: &Shared<H>, e: &Entity<H>, rec: &mut Recovery<H>) -> R
     let fut: BoxFuture<'static, Result<Fetched>> = match (e.kind, rec.stage) {
         (Kind::DurableState, Stage::Start) => {
             rec.stage = Stage::Durable;
-            let store = sh.stores.states.as_ref().ok_or_else(|| Error::Configuration("durable-state entities need a state store".into()))?;
+            let store =
+                sh.stores.states.as_ref().ok_or_else(|| Error::Configuration("durable-state entities need a state store".into()))?;
             map(store.read_state(id), Fetched::Durable)
         }
         (Kind::EventSourced, Stage::Start) => {
-            let events = sh.stores.events.as_ref().ok_or_else(|| Error::Configuration("event-sourced entities need an events store".into()))?;
+            let events =
+                sh.stores.events.as_ref().ok_or_else(|| Error::Configuration("event-sourced entities need an events store".into()))?;
             match &sh.stores.snapshots {
                 Some(snapshots) => {
                     rec.stage = Stage::Snapshot;
@@ -128,7 +136,13 @@ fn map<T: Send + 'static>(fut: BoxFuture<'static, Result<T>>, f: fn(T) -> Fetche
     Box::pin(async move { fut.await.map(f) })
 }
 
-fn absorb<H: Host>(sh: &Shared<H>, cx: H::Cx<'_>, e: &Entity<H>, rec: &mut Recovery<H>, fetched: Result<Fetched>) -> Result<(), Fail<H::Failure>> {
+fn absorb<H: Host>(
+    sh: &Shared<H>,
+    cx: H::Cx<'_>,
+    e: &Entity<H>,
+    rec: &mut Recovery<H>,
+    fetched: Result<Fetched>,
+) -> Result<(), Fail<H::Failure>> {
     let host = &sh.host;
     match fetched? {
         Fetched::Snapshot(snapshot) => {

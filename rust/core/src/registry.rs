@@ -1,16 +1,18 @@
 //! The map of live and dormant entities, sharded to keep lock hold times and contention low.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 const SHARDS: usize = 64;
 
+type Shard<V> = Mutex<HashMap<Arc<str>, Arc<V>>>;
+
 /// A concurrent map from entity id to `Arc<V>`.
 pub struct Registry<V> {
-    shards: Box<[Mutex<HashMap<Arc<str>, Arc<V>>>]>,
+    shards: Box<[Shard<V>]>,
     hasher: std::collections::hash_map::RandomState,
 }
 
@@ -21,10 +23,8 @@ impl<V> Default for Registry<V> {
 }
 
 impl<V> Registry<V> {
-    fn shard(&self, id: &str) -> &Mutex<HashMap<Arc<str>, Arc<V>>> {
-        let mut h = self.hasher.build_hasher();
-        id.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+    fn shard(&self, id: &str) -> &Shard<V> {
+        &self.shards[(self.hasher.hash_one(id) as usize) % SHARDS]
     }
 
     /// The entry for `id`.

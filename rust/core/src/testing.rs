@@ -65,10 +65,13 @@ pub struct BankRef {
     pub kind: Kind,
 }
 
+/// The outcome of a command of the test host.
+pub type Outcome = Result<(Account, u64), Fail<String>>;
+
 /// Reply slot a test thread waits on.
 #[derive(Default)]
 pub struct Slot {
-    value: Mutex<Option<Result<(Account, u64), Fail<String>>>>,
+    value: Mutex<Option<Outcome>>,
     ready: Condvar,
 }
 

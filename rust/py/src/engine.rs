@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ego_core::entity::Dispatched;
 use ego_core::engine::Stopped;
+use ego_core::entity::Dispatched;
 use ego_core::error::Error;
 use ego_core::host::Kind;
 use ego_core::options::{EngineConfig, EntityOptions};
@@ -38,9 +38,16 @@ fn store_of<'py>(obj: Option<&Bound<'py, PyAny>>) -> PyResult<Option<PyRef<'py, 
     match obj {
         None => Ok(None),
         Some(o) if o.is_none() => Ok(None),
-        Some(o) => Ok(Some(o.cast::<NativeStore>().map_err(|_| {
-            pyo3::exceptions::PyTypeError::new_err(format!("a store must be an ego store (MemoryStore, RocksDBStore), got {}", describe(o)))
-        })?.borrow())),
+        Some(o) => Ok(Some(
+            o.cast::<NativeStore>()
+                .map_err(|_| {
+                    pyo3::exceptions::PyTypeError::new_err(format!(
+                        "a store must be an ego store (MemoryStore, RocksDBStore), got {}",
+                        describe(o)
+                    ))
+                })?
+                .borrow(),
+        )),
     }
 }
 
@@ -154,14 +161,17 @@ impl EngineCore {
         io_threads: usize,
     ) -> PyResult<Self> {
         if shards == 0 || replay_page_size == 0 || max_message_bytes == 0 || io_threads == 0 {
-            return Err(pyo3::exceptions::PyValueError::new_err("shards, max_message_bytes, replay_page_size and io_threads must be positive"));
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "shards, max_message_bytes, replay_page_size and io_threads must be positive",
+            ));
         }
         let stores = Stores {
             events: store_of(events_store)?.map(|s| s.events()),
             snapshots: store_of(snapshot_store)?.map(|s| s.snapshots()),
             states: store_of(state_store)?.map(|s| s.states()),
         };
-        let config = EngineConfig { name, shards, max_message_bytes, replay_page_size, worker_threads: io_threads, ..EngineConfig::default() };
+        let config =
+            EngineConfig { name, shards, max_message_bytes, replay_page_size, worker_threads: io_threads, ..EngineConfig::default() };
         Ok(EngineCore { config, stores, core: RwLock::new(None) })
     }
 

@@ -112,7 +112,7 @@ impl PyHost {
 
     fn check_state<'py>(&self, what: &str, value: &Bound<'py, PyAny>, previous: Option<&Bound<'py, PyAny>>) -> Result<(), PyFail> {
         match previous {
-            Some(prev) if prev.get_type().is(&value.get_type()) => Ok(()),
+            Some(prev) if prev.get_type().is(value.get_type()) => Ok(()),
             Some(prev) => Err(contract(format!("{what} must return the state (a {}), got {}", describe(prev), describe(value)))),
             None => match internal(self.types.info(value))? {
                 Some(_) => Ok(()),
@@ -123,7 +123,8 @@ impl PyHost {
 
     fn serialize(&self, what: &'static str, value: &Bound<'_, PyAny>, max_bytes: usize) -> Result<Any, PyFail> {
         let py = value.py();
-        let info = internal(self.types.info(value))?.ok_or_else(|| contract(format!("{what} must be a protobuf message, got {}", describe(value))))?;
+        let info = internal(self.types.info(value))?
+            .ok_or_else(|| contract(format!("{what} must be a protobuf message, got {}", describe(value))))?;
         let bytes = handler(value.call_method0(pyo3::intern!(py, "SerializeToString")))?;
         let bytes = bytes.cast::<PyBytes>().map_err(|e| Fail::Handler(e.into()))?.as_bytes();
         if bytes.len() > max_bytes {
@@ -134,7 +135,11 @@ impl PyHost {
 
     fn parse<'py>(&self, py: Python<'py>, any: &Any, id: &str, seq: u64) -> Result<Bound<'py, PyAny>, PyFail> {
         let info = internal(self.types.by_url(py, &any.type_url))?.ok_or_else(|| {
-            Fail::Engine(Error::UnknownEventType { persistence_id: id.into(), sequence_number: seq, type_url: any.type_url.as_str().into() })
+            Fail::Engine(Error::UnknownEventType {
+                persistence_id: id.into(),
+                sequence_number: seq,
+                type_url: any.type_url.as_str().into(),
+            })
         })?;
         let class = info.class.bind(py);
         class.call_method1(pyo3::intern!(py, "FromString"), (PyBytes::new(py, &any.value),)).map_err(|e| {
@@ -221,7 +226,11 @@ impl Host for PyHost {
 
     fn apply_stored(&self, py: Python<'_>, b: &PyBehavior, event: &Event, state: Py<PyAny>) -> Result<Py<PyAny>, PyFail> {
         let any = event.event.as_ref().ok_or_else(|| {
-            Fail::Engine(Error::Corrupt { persistence_id: event.persistence_id.as_str().into(), sequence_number: event.sequence_number, detail: "event without payload".into() })
+            Fail::Engine(Error::Corrupt {
+                persistence_id: event.persistence_id.as_str().into(),
+                sequence_number: event.sequence_number,
+                detail: "event without payload".into(),
+            })
         })?;
         let message = self.parse(py, any, &event.persistence_id, event.sequence_number)?;
         let handle_event = b.class.handle_event.as_ref().expect("event-sourced").bind(py);

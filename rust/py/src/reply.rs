@@ -109,7 +109,9 @@ impl SyncSlot {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return match self.abandon() {
                     Err(outcome) => outcome_into_result(py, outcome),
-                    Ok(started) => Err(to_pyerr(py, &Error::Timeout { id: id.into(), seconds: started_at.elapsed().as_secs_f64(), started })),
+                    Ok(started) => {
+                        Err(to_pyerr(py, &Error::Timeout { id: id.into(), seconds: started_at.elapsed().as_secs_f64(), started }))
+                    }
                 };
             }
         }
@@ -144,7 +146,8 @@ impl Drop for SyncReply {
     fn drop(&mut self) {
         let mut state = self.0.state.lock();
         if matches!(*state, SlotState::Waiting | SlotState::Started) {
-            *state = SlotState::Done(Err(Fail::Engine(Error::Storage("internal error: the command was dropped without an outcome".into()))));
+            *state =
+                SlotState::Done(Err(Fail::Engine(Error::Storage("internal error: the command was dropped without an outcome".into()))));
             self.0.ready.notify_all();
         }
     }
@@ -184,10 +187,13 @@ impl Drop for AsyncReply {
     }
 }
 
+/// One future to settle: (loop, future, success, value or exception).
+type Resolution = (Py<PyAny>, Py<PyAny>, bool, Py<PyAny>);
+
 /// Resolutions waiting for the end of the batch.
 #[derive(Default)]
 pub struct Pending {
-    items: Mutex<Vec<(Py<PyAny>, Py<PyAny>, bool, Py<PyAny>)>>,
+    items: Mutex<Vec<Resolution>>,
 }
 
 static RESOLVE_MANY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -250,7 +256,8 @@ impl Pending {
             return;
         }
         let result = (|| -> PyResult<()> {
-            let resolve = RESOLVE_MANY.get_or_try_init(py, || py.import("ego._runtime")?.getattr("resolve_many").map(Bound::unbind))?.bind(py);
+            let resolve =
+                RESOLVE_MANY.get_or_try_init(py, || py.import("ego._runtime")?.getattr("resolve_many").map(Bound::unbind))?.bind(py);
             let current = running_loop(py)?;
             // Group by loop, keeping order within each loop.
             let mut groups: Vec<(Py<PyAny>, Bound<'_, PyList>)> = Vec::new();

@@ -22,7 +22,12 @@ use crate::errors::IntoPy;
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("ego-store-io").enable_all().build().expect("store runtime")
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ego-store-io")
+            .enable_all()
+            .build()
+            .expect("store runtime")
     })
 }
 
@@ -112,7 +117,14 @@ impl NativeStore {
         wait(py, self.events().write_events(events))
     }
 
-    fn _replay_events<'py>(&self, py: Python<'py>, persistence_id: &str, from_sequence_number: u64, to_sequence_number: u64, max_count: u64) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    fn _replay_events<'py>(
+        &self,
+        py: Python<'py>,
+        persistence_id: &str,
+        from_sequence_number: u64,
+        to_sequence_number: u64,
+        max_count: u64,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
         let events = wait(py, self.events().replay_events(persistence_id, from_sequence_number, to_sequence_number, max_count))?;
         Ok(events.iter().map(|e| PyBytes::new(py, &e.encode_to_vec())).collect())
     }
@@ -150,12 +162,28 @@ impl NativeStore {
         wait(py, self.snapshots().write_snapshot(snapshot))
     }
 
-    fn _latest_snapshot<'py>(&self, py: Python<'py>, persistence_id: &str, min_seq: u64, max_seq: u64, min_ts: i64, max_ts: i64) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    fn _latest_snapshot<'py>(
+        &self,
+        py: Python<'py>,
+        persistence_id: &str,
+        min_seq: u64,
+        max_seq: u64,
+        min_ts: i64,
+        max_ts: i64,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let found = wait(py, self.snapshots().latest_snapshot(persistence_id, criteria(min_seq, max_seq, min_ts, max_ts)))?;
         Ok(found.map(|s| PyBytes::new(py, &s.encode_to_vec())))
     }
 
-    fn _delete_snapshots(&self, py: Python<'_>, persistence_id: &str, min_seq: u64, max_seq: u64, min_ts: i64, max_ts: i64) -> PyResult<()> {
+    fn _delete_snapshots(
+        &self,
+        py: Python<'_>,
+        persistence_id: &str,
+        min_seq: u64,
+        max_seq: u64,
+        min_ts: i64,
+        max_ts: i64,
+    ) -> PyResult<()> {
         wait(py, self.snapshots().delete_snapshots(persistence_id, criteria(min_seq, max_seq, min_ts, max_ts)))
     }
 

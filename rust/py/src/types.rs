@@ -46,7 +46,8 @@ impl Types {
             return Ok(None);
         }
         let full_name: String = ty.getattr("DESCRIPTOR")?.getattr("full_name")?.extract()?;
-        let info = Arc::new(TypeInfo { class: ty.unbind(), type_url: format!("{}{full_name}", ego_core::envelope::TYPE_URL_PREFIX).into() });
+        let info =
+            Arc::new(TypeInfo { class: ty.unbind(), type_url: format!("{}{full_name}", ego_core::envelope::TYPE_URL_PREFIX).into() });
         self.by_class.lock().insert(key, info.clone());
         self.by_url.lock().entry(info.type_url.clone()).or_insert_with(|| info.clone());
         Ok(Some(info))

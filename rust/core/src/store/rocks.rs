@@ -26,7 +26,9 @@ use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
 use prost::Message;
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB,
+};
 use tokio::sync::oneshot;
 
 use super::{check_batch, BoxFuture, EventsStore, IdPage, ShardHead, SnapshotCriteria, SnapshotStore, StateStore};
@@ -180,10 +182,7 @@ impl RocksStore {
         let positions = load_positions(&db)?;
         let (tx, rx) = mpsc::channel();
         let writer = Writer { db: db.clone(), positions, sync: options.sync, max_event_bytes: options.max_event_bytes };
-        let handle = std::thread::Builder::new()
-            .name("ego-rocksdb-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(Error::storage)?;
+        let handle = std::thread::Builder::new().name("ego-rocksdb-writer".into()).spawn(move || writer.run(rx)).map_err(Error::storage)?;
         Ok(RocksStore {
             inner: Arc::new(Inner {
                 db: parking_lot::RwLock::new(Some(db)),
