@@ -157,6 +157,28 @@ class Engine(_ego.EngineCore):
         options = _entity_options(snapshot_interval, passivate_after, batch_threshold, batch_flush_window, mailbox_capacity)
         return self._spawn(_entity_id(behavior), behavior, *options)
 
+    def durable_state_entity(
+        self,
+        behavior: DurableStateBehavior[Any, Any],
+        *,
+        passivate_after: float | None = None,
+        batch_threshold: int = 0,
+        batch_flush_window: float = 0.005,
+        mailbox_capacity: int = 10_000,
+    ) -> tuple[Any, int]:
+        """Spawns a durable-state entity (the Go library's ``DurableStateEntity``): like
+        :meth:`entity`, but only for :class:`~ego.DurableStateBehavior` (snapshots do not
+        apply: the whole state is stored on every change)."""
+        if not isinstance(behavior, DurableStateBehavior):
+            raise ConfigurationError(f"durable_state_entity() needs an ego.DurableStateBehavior, got {type(behavior).__name__}")
+        return self.entity(
+            behavior,
+            passivate_after=passivate_after,
+            batch_threshold=batch_threshold,
+            batch_flush_window=batch_flush_window,
+            mailbox_capacity=mailbox_capacity,
+        )
+
     def register_entity_type(
         self,
         factory: Callable[[str], Behavior],

@@ -595,6 +595,11 @@ fn maybe_snapshot<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>
 
 /// Gives the entity back: parks the work and decides what happens next.
 fn release<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>, mut work: Work<H>) {
+    // The driver is returning: an inline caller whose command is still batched waits on its
+    // reply like everybody else.
+    for p in &mut work.batch.replies {
+        p.own = false;
+    }
     if work.inflight.is_none() && !work.batch.is_empty() && should_flush(e, &work) {
         let mut own = None;
         flush(sh, cx, e, &mut work, &mut own);

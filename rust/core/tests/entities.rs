@@ -333,3 +333,13 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn a_batched_command_flushed_by_the_window_gets_its_reply() {
+    let engine = engine_on(stores_of(&MemoryStore::new()));
+    let options = EntityOptions { batch_threshold: 16, batch_flush_window: Duration::from_millis(3), ..Default::default() };
+    spawn(&engine, "b", bank(Kind::EventSourced), options).unwrap();
+    for i in 1..=5 {
+        assert_eq!(balance(ask(&engine, "b", Cmd::Credit(1))), (i, i as u64));
+    }
+}

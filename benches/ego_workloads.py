@@ -1,0 +1,128 @@
+"""The workloads of BENCHMARKS.md, run on ego. Each function returns a dict of figures.
+
+Store kinds: "memory", "rocksdb" (durable: the write-ahead log is synced before each reply).
+`batch` is the entity batch threshold (0: off).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "examples" / "bank"))
+
+import ego  # noqa: E402
+
+from bank_pb2 import Credit, OpenAccount  # noqa: E402
+from domain import AccountBehavior  # noqa: E402
+
+
+@contextmanager
+def engine_on(kind: str, batch: int = 0, window: float = 0.002, **engine_opts: object) -> Iterator[ego.Engine]:
+    """A started engine with the account type registered for every id."""
+    tmp = tempfile.mkdtemp(prefix="ego-bench-")
+    store = ego.MemoryStore() if kind == "memory" else ego.RocksDBStore(Path(tmp) / "db")
+    try:
+        with ego.Engine("bench", store=store, **engine_opts) as engine:  # type: ignore[arg-type]
+            engine.register_entity_type(AccountBehavior, batch_threshold=batch, batch_flush_window=window)
+            yield engine
+    finally:
+        store.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def workload_a(kind: str, batch: int = 0, commands: int = 20_000) -> dict[str, float]:
+    """One account, `commands` credits one after another, each reply awaited (sync API)."""
+    if kind != "memory":
+        commands = min(commands, 5_000)
+    with engine_on(kind, batch) as engine:
+        engine.send_command("a", OpenAccount(initial_balance=0))
+        credit = Credit(amount=1)
+        send = engine.send_command
+        started = time.perf_counter()
+        for _ in range(commands):
+            send("a", credit)
+        elapsed = time.perf_counter() - started
+        assert engine.get_state("a")[1] == commands + 1
+    return {"cmds_per_s": commands / elapsed}
+
+
+def workload_b(kind: str, batch: int = 0, accounts: int = 1000, credits: int = 20, latency: bool = False) -> dict[str, float]:
+    """`accounts` accounts x `credits` credits, issued concurrently through the asyncio API:
+    each round sends one credit to every account and gathers the replies."""
+
+    async def run() -> dict[str, float]:
+        with engine_on(kind, batch) as engine:
+            ids = [f"acc-{i}" for i in range(accounts)]
+            await asyncio.gather(*(engine.send_command_async(i, OpenAccount(initial_balance=0)) for i in ids))
+            credit = Credit(amount=1)
+            send = engine.send_command_async
+            lat: list[float] = []
+            gc.collect()
+            started = time.perf_counter()
+            for _ in range(credits):
+                if latency:
+                    t0 = time.perf_counter()
+                    futures = [send(i, credit) for i in ids]
+                    for f in futures:
+                        f.add_done_callback(lambda _f, t0=t0: lat.append(time.perf_counter() - t0))
+                    await asyncio.gather(*futures)
+                else:
+                    await asyncio.gather(*[send(i, credit) for i in ids])
+            elapsed = time.perf_counter() - started
+            state, revision = await engine.get_state_async(ids[-1])
+            assert (state.balance, revision) == (credits, credits + 1)
+            out = {"cmds_per_s": accounts * credits / elapsed}
+            if lat:
+                lat.sort()
+                out["p50_ms"] = statistics.median(lat) * 1e3
+                out["p99_ms"] = lat[int(len(lat) * 0.99)] * 1e3
+            return out
+
+    return asyncio.run(run())
+
+
+def workload_c(kind: str, snapshot_every: int = 0, events: int = 10_000, loads: int = 15) -> dict[str, float]:
+    """Load (recover) an account with `events` events, without snapshots or with one every
+    `snapshot_every` events: milliseconds per load (median)."""
+    tmp = tempfile.mkdtemp(prefix="ego-bench-")
+    store = ego.MemoryStore() if kind == "memory" else ego.RocksDBStore(Path(tmp) / "db", sync=False)
+    try:
+        with ego.Engine("bench", store=store) as engine:
+            engine.register_entity_type(AccountBehavior, snapshot_interval=snapshot_every)
+            engine.send_command("c", OpenAccount(initial_balance=0))
+            futures_engine = engine
+            credit = Credit(amount=1)
+            for _ in range(events - 1):
+                futures_engine.send_command("c", credit)
+            times = []
+            for _ in range(loads):
+                engine.stop_entity("c")
+                started = time.perf_counter()
+                _, revision = engine.get_state("c")
+                times.append(time.perf_counter() - started)
+                assert revision == events
+        return {"ms_per_load": statistics.median(times) * 1e3, "min_ms": min(times) * 1e3}
+    finally:
+        store.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

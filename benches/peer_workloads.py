@@ -1,0 +1,144 @@
+"""The same workloads on the `eventsourcing` library (9.5), the peer of BENCHMARKS.md.
+
+Modes: "cache" (its LRU aggregate cache with default settings) and "best" (the cache trusted
+as the only writer, no deep copy: its fastest setting, closest to an actor holding state).
+Stores: "memory" (POPO), "sqlite" (a file in WAL mode, synchronous=FULL).
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "examples" / "bank"))
+
+from eventsourcing.application import Application  # noqa: E402
+from eventsourcing.domain import Aggregate, event  # noqa: E402
+
+from bank_pb2 import Credit, Debit  # noqa: E402
+
+
+class InsufficientFunds(Exception):
+    pass
+
+
+class BankAccount(Aggregate):
+    @event("Opened")
+    def __init__(self, initial_balance: int) -> None:
+        self.balance = initial_balance
+
+    @event("Credited")
+    def credit(self, amount: int) -> None:
+        self.balance += amount
+
+    def debit(self, amount: int) -> None:
+        if amount > self.balance:
+            raise InsufficientFunds(amount)
+        self._debit(amount)
+
+    @event("Debited")
+    def _debit(self, amount: int) -> None:
+        self.balance -= amount
+
+
+class Bank(Application[UUID]):
+    snapshotting_intervals: dict[type[Aggregate], int] = {}  # noqa: RUF012
+
+    def open_account(self, initial_balance: int) -> UUID:
+        account = BankAccount(initial_balance)
+        self.save(account)
+        return account.id
+
+    def handle(self, account_id: UUID, command: Any) -> tuple[int, int]:
+        account: BankAccount = self.repository.get(account_id)
+        if isinstance(command, Credit):
+            account.credit(command.amount)
+        elif isinstance(command, Debit):
+            account.debit(command.amount)
+        self.save(account)
+        return account.balance, account.version
+
+
+class _Env:
+    def __init__(self, store: str, mode: str, snapshot_every: int = 0) -> None:
+        self.tmp = tempfile.mkdtemp(prefix="es-bench-")
+        env = {"AGGREGATE_CACHE_MAXSIZE": "100000"}
+        if mode == "best":
+            env.update({"AGGREGATE_CACHE_FASTFORWARD": "n", "DEEPCOPY_FROM_AGGREGATE_CACHE": "n"})
+        elif mode == "nocache":
+            env = {}
+        if store == "sqlite":
+            env.update({"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(Path(self.tmp) / "es.db")})
+        if snapshot_every:
+            env["IS_SNAPSHOTTING_ENABLED"] = "y"
+        bank_cls = (
+            type("SnapBank", (Bank,), {"snapshotting_intervals": {BankAccount: snapshot_every}}) if snapshot_every else Bank
+        )
+        self.app = bank_cls(env=env)
+
+    def close(self) -> None:
+        self.app.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def workload_a(store: str, mode: str, commands: int = 20_000) -> dict[str, float]:
+    if store != "memory":
+        commands = min(commands, 2_000)
+    env = _Env(store, mode)
+    try:
+        app = env.app
+        account = app.open_account(0)
+        credit = Credit(amount=1)
+        started = time.perf_counter()
+        for _ in range(commands):
+            app.handle(account, credit)
+        elapsed = time.perf_counter() - started
+        return {"cmds_per_s": commands / elapsed}
+    finally:
+        env.close()
+
+
+def workload_b(store: str, mode: str, accounts: int = 1000, credits: int = 20) -> dict[str, float]:
+    if store != "memory":
+        credits = min(credits, 2)
+    env = _Env(store, mode)
+    try:
+        app = env.app
+        ids = [app.open_account(0) for _ in range(accounts)]
+        credit = Credit(amount=1)
+        started = time.perf_counter()
+        for _ in range(credits):
+            for account in ids:
+                app.handle(account, credit)
+        elapsed = time.perf_counter() - started
+        return {"cmds_per_s": accounts * credits / elapsed}
+    finally:
+        env.close()
+
+
+def workload_c(store: str, snapshot_every: int = 0, events: int = 10_000, loads: int = 5) -> dict[str, float]:
+    env = _Env(store, "nocache", snapshot_every)
+    try:
+        app = env.app
+        # Built in one save (without a cache every command would replay the whole history).
+        created = BankAccount(0)
+        for _ in range(events - 1):
+            created.credit(1)
+        app.save(created)
+        account = created.id
+        times = []
+        for _ in range(loads):
+            started = time.perf_counter()
+            loaded = app.repository.get(account)
+            times.append(time.perf_counter() - started)
+            assert loaded.version == events
+        return {"ms_per_load": statistics.median(times) * 1e3, "min_ms": min(times) * 1e3}
+    finally:
+        env.close()
