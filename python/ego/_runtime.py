@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import weakref
 from typing import Any
 
 from google.protobuf import descriptor_pool, message_factory
@@ -19,12 +22,27 @@ def message_class(full_name: str) -> type[Message] | None:
     return cls
 
 
-def resolve_many(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    """Completes many futures at once (one event-loop wake-up for a batch of replies)."""
-    for future, ok, value in items:
-        if future.done():
-            continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+_wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def loop_waker(loop: asyncio.AbstractEventLoop) -> Any:
+    """The reply channel of `loop`: a pipe whose read end the loop watches. Rust queues the
+    outcomes of futures of this loop and writes one byte; the reader settles them all."""
+    waker = _wakers.get(loop)
+    if waker is None:
+        from ego._ego import LoopDrain
+
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        os.set_blocking(write_fd, False)
+        waker = LoopDrain(read_fd, write_fd)
+        loop.add_reader(read_fd, waker)
+        _wakers[loop] = waker
+        weakref.finalize(loop, _close, read_fd, write_fd)
+    return waker

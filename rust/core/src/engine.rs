@@ -330,7 +330,7 @@ impl<H: Host> Engine<H> {
             }
         }
         let sh = self.shared.clone();
-        self.shared.queue.push(Job::Call(Box::new(move |cx| {
+        self.shared.queue.push(Job::Call(Box::new(move |_cx| {
             for e in sh.registry.drain() {
                 let (work, waiting) = {
                     let mut cell = e.cell.lock();
@@ -339,7 +339,7 @@ impl<H: Host> Engine<H> {
                 };
                 drop(work);
                 for msg in waiting {
-                    sh.host.reply(cx, msg.into_reply(), Err(Fail::Engine(Error::EngineClosed)));
+                    sh.host.reply(msg.into_reply(), Err(Fail::Engine(Error::EngineClosed)));
                 }
             }
         })));

@@ -264,6 +264,36 @@ pub(crate) fn run<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>
     drive(sh, cx, e, work, None);
 }
 
+/// A write finished (on whatever thread awaited it). When nothing but replies is left to do
+/// (the write succeeded, no snapshot is due, nothing waits in the mailbox), commit and reply
+/// right here: no bridge hop, no GIL. Otherwise the bridge takes over.
+pub(crate) fn on_written<H: Host>(sh: &Arc<Shared<H>>, e: &Arc<Entity<H>>, result: crate::error::Result<()>) {
+    let mut cell = e.cell.lock();
+    let fast = result.is_ok()
+        && cell.phase == Phase::Writing
+        && cell.mailbox.is_empty()
+        && cell.work.as_ref().is_some_and(|w| !w.broken && w.batch.is_empty() && !snapshot_due(e, w.revision, w.inflight_revision));
+    if !fast {
+        drop(cell);
+        sh.queue.push(Job::Written(e.clone(), result));
+        return;
+    }
+    let work = cell.work.as_mut().expect("writing entity has work");
+    work.revision = work.inflight_revision;
+    let replies = work.inflight.take().unwrap_or_default();
+    // Replies go out before the entity is idle again, so they stay in order with the next
+    // command's.
+    for p in replies {
+        sh.host.reply(p.reply, Ok(p.output));
+    }
+    cell.phase = Phase::Idle;
+}
+
+fn snapshot_due<H: Host>(e: &Entity<H>, before: u64, after: u64) -> bool {
+    let interval = e.options.snapshot_interval;
+    interval != 0 && e.kind == Kind::EventSourced && before / interval != after / interval
+}
+
 /// Bridge job: a write finished.
 pub(crate) fn written<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>, result: crate::error::Result<()>) {
     let mut work = {
@@ -316,7 +346,7 @@ pub(crate) fn recovery_failed<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &A
     };
     for msg in waiting {
         let f = clone_fail(sh, cx, &fail);
-        sh.host.reply(cx, msg.into_reply(), Err(f));
+        sh.host.reply(msg.into_reply(), Err(f));
     }
 }
 
@@ -371,7 +401,7 @@ fn drive<H: Host>(
                         if is_own {
                             own_result = Some(outcome);
                         } else {
-                            sh.host.reply(cx, reply, outcome);
+                            sh.host.reply(reply, outcome);
                         }
                     }
                     Step::Batched(output) => {
@@ -389,7 +419,7 @@ fn drive<H: Host>(
                 if is_own {
                     own_result = Some(outcome);
                 } else {
-                    sh.host.reply(cx, reply, outcome);
+                    sh.host.reply(reply, outcome);
                 }
             }
             Msg::Stop(reply) => {
@@ -520,10 +550,7 @@ fn flush<H: Host>(
                 p.own = false;
             }
             let (sh2, e2) = (sh.clone(), e.clone());
-            sh.runtime.spawn(async move {
-                let result = write.await;
-                sh2.queue.push(Job::Written(e2, result));
-            });
+            crate::waiter::Waiter::start(sh.runtime.clone(), write, move |result| on_written(&sh2, &e2, result));
         }
     }
 }
@@ -547,7 +574,7 @@ fn complete<H: Host>(
                 if p.own {
                     *own = Some(Ok(p.output));
                 } else {
-                    sh.host.reply(cx, p.reply, Ok(p.output));
+                    sh.host.reply(p.reply, Ok(p.output));
                 }
             }
         }
@@ -559,7 +586,7 @@ fn complete<H: Host>(
                 if p.own {
                     *own = Some(outcome);
                 } else {
-                    sh.host.reply(cx, p.reply, outcome);
+                    sh.host.reply(p.reply, outcome);
                 }
             }
         }
@@ -568,8 +595,7 @@ fn complete<H: Host>(
 
 /// Takes a snapshot when the revision crossed a multiple of the interval since `before`.
 fn maybe_snapshot<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>, work: &Work<H>, before: u64) {
-    let interval = e.options.snapshot_interval;
-    if interval == 0 || e.kind != Kind::EventSourced || before / interval == work.revision / interval {
+    if !snapshot_due(e, before, work.revision) {
         return;
     }
     let Some(store) = &sh.stores.snapshots else { return };
@@ -662,9 +688,9 @@ fn stop<H: Host>(
     if is_own {
         *own = Some(outcome);
     } else {
-        sh.host.reply(cx, reply, outcome);
+        sh.host.reply(reply, outcome);
     }
     for msg in rest {
-        sh.host.reply(cx, msg.into_reply(), Err(Fail::Engine(Error::EntityStopped(e.id.clone()))));
+        sh.host.reply(msg.into_reply(), Err(Fail::Engine(Error::EntityStopped(e.id.clone()))));
     }
 }

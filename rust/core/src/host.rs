@@ -127,8 +127,10 @@ pub trait Host: Send + Sync + Sized + 'static {
     /// the command is dropped without running).
     fn begin(&self, cx: Self::Cx<'_>, reply: &Self::Reply) -> bool;
 
-    /// Delivers an outcome.
-    fn reply(&self, cx: Self::Cx<'_>, reply: Self::Reply, outcome: Result<Self::Output, Fail<Self::Failure>>);
+    /// Delivers an outcome. Must not need the context: completions of writes deliver replies
+    /// from whatever thread finished the write (a blocked caller's slot, an event loop's
+    /// wake-up queue), so no thread hop is needed just to reply.
+    fn reply(&self, reply: Self::Reply, outcome: Result<Self::Output, Fail<Self::Failure>>);
 
     /// A copy of a user error, to hand the same failure to several callers.
     fn clone_failure(&self, cx: Self::Cx<'_>, failure: &Self::Failure) -> Self::Failure;

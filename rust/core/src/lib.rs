@@ -26,6 +26,7 @@ pub mod recovery;
 pub mod registry;
 pub mod store;
 pub mod testing;
+mod waiter;
 
 pub use engine::Engine;
 pub use error::{Error, Result};

@@ -221,7 +221,7 @@ impl Host for TestHost {
         true
     }
 
-    fn reply(&self, _cx: (), reply: Arc<Slot>, outcome: Result<(Account, u64), Fail<String>>) {
+    fn reply(&self, reply: Arc<Slot>, outcome: Result<(Account, u64), Fail<String>>) {
         *reply.value.lock() = Some(outcome);
         reply.ready.notify_all();
     }

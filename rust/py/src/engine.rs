@@ -18,7 +18,7 @@ use pyo3::sync::PyOnceLock;
 
 use crate::errors::{fail_to_pyerr, invalid_message, to_pyerr};
 use crate::host::PyHost;
-use crate::reply::{outcome_into_result, settle_now, AsyncReply, Reply, SyncSlot};
+use crate::reply::{outcome_into_result, settle_now, waker_for, AsyncReply, Reply, SyncSlot};
 use crate::store::NativeStore;
 use crate::types::describe;
 
@@ -82,13 +82,6 @@ impl EngineCore {
         self.core.read().clone().ok_or_else(|| to_pyerr(py, &Error::EngineClosed))
     }
 
-    fn host_flush(&self, py: Python<'_>, core: &Core) {
-        let host = core.shared().host();
-        if !host.pending.is_empty() {
-            ego_core::host::Host::end_batch(host, py);
-        }
-    }
-
     fn check_message(core: &Core, py: Python<'_>, what: &str, obj: &Bound<'_, PyAny>) -> PyResult<()> {
         if core.shared().host().types.info(obj)?.is_none() {
             return Err(invalid_message(py, format!("{what} must be a protobuf message, got {}", describe(obj))));
@@ -107,7 +100,6 @@ impl EngineCore {
         let core = self.core(py)?;
         let (slot, reply) = SyncSlot::pair();
         let dispatched = send(&core, reply);
-        self.host_flush(py, &core);
         match dispatched {
             Ok(Dispatched::Done(outcome)) => outcome_into_result(py, outcome),
             Ok(Dispatched::Queued) => slot.wait(py, timeout, entity_id),
@@ -131,7 +123,7 @@ impl EngineCore {
                 return Ok(future.unbind());
             }
         };
-        let reply = Reply::Async(AsyncReply::new(future.clone().unbind(), event_loop.unbind()));
+        let reply = Reply::Async(AsyncReply::new(future.clone().unbind(), waker_for(&event_loop)?));
         let dispatched = send(&core, reply);
         match dispatched {
             Ok(Dispatched::Done(outcome)) => settle_now(py, &future, outcome)?,
@@ -140,7 +132,6 @@ impl EngineCore {
                 future.call_method1(pyo3::intern!(py, "set_exception"), (fail_to_pyerr(py, fail).into_value(py),))?;
             }
         }
-        self.host_flush(py, &core);
         Ok(future.unbind())
     }
 }
@@ -293,7 +284,6 @@ impl EngineCore {
         let core = self.core(py)?;
         let (slot, reply) = SyncSlot::pair();
         let stopped = core.stop_entity(py, entity_id, reply);
-        self.host_flush(py, &core);
         match stopped.map_err(|f| fail_to_pyerr(py, f))? {
             Stopped::Forgotten | Stopped::Dispatched(Dispatched::Done(Ok(_))) => Ok(()),
             Stopped::Dispatched(Dispatched::Done(Err(f))) => Err(fail_to_pyerr(py, f)),

@@ -13,7 +13,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList, PyTuple, PyType};
 
 use crate::errors::{contract, recovery_error};
-use crate::reply::{Output, Pending, Reply};
+use crate::reply::{Output, Reply};
 use crate::types::{describe, Types};
 
 /// The behaviour methods of one class, looked up once.
@@ -43,7 +43,6 @@ impl PyBehavior {
 #[derive(Default)]
 pub struct PyHost {
     pub types: Types,
-    pub pending: Pending,
     classes: Mutex<HashMap<usize, Arc<BehaviorClass>>>,
 }
 
@@ -179,7 +178,6 @@ impl Host for PyHost {
     }
 
     fn end_batch(&self, py: Python<'_>) {
-        self.pending.flush(py);
         if !LOG_QUEUE.lock().is_empty() {
             flush_logs(py);
         }
@@ -269,10 +267,10 @@ impl Host for PyHost {
         }
     }
 
-    fn reply(&self, py: Python<'_>, reply: Reply, outcome: Result<Output, PyFail>) {
+    fn reply(&self, reply: Reply, outcome: Result<Output, PyFail>) {
         match reply {
             Reply::Sync(r) => r.fill(outcome),
-            Reply::Async(r) => self.pending.push(py, r, outcome),
+            Reply::Async(r) => r.fill(outcome),
         }
     }
 

@@ -20,6 +20,7 @@ use pyo3::prelude::*;
 fn _ego(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::EngineCore>()?;
     m.add_class::<store::NativeStore>()?;
+    m.add_class::<reply::LoopDrain>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

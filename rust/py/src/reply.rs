@@ -1,6 +1,11 @@
 //! Where outcomes go: a thread blocked in `send_command` (a slot it waits on with the GIL
-//! released), or an asyncio future (resolved in bulk: one event-loop wake-up per batch).
+//! released), or an asyncio future (queued for its loop, which one wake-up settles in bulk).
+//! Neither needs the GIL to deliver, so a finished write replies from the thread it finished on.
 
+use std::io::{Read, Write};
+use std::mem::ManuallyDrop;
+use std::os::fd::{FromRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,7 +14,7 @@ use ego_core::host::Fail;
 use parking_lot::{Condvar, Mutex};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyList, PyTuple};
+use pyo3::types::PyTuple;
 
 use crate::errors::{fail_to_pyerr, to_pyerr};
 
@@ -153,19 +158,94 @@ impl Drop for SyncReply {
     }
 }
 
-/// An asyncio future and its loop.
-pub struct AsyncReply {
-    inner: Option<(Py<PyAny>, Py<PyAny>)>,
+/// The wake-up channel of one asyncio event loop: outcomes are queued from any thread without
+/// the GIL, and one byte written to a pipe wakes the loop, whose reader callback (`drain`)
+/// settles every queued future in one go. One wake-up per batch of replies, not per reply.
+pub struct LoopWaker {
+    queue: Mutex<Vec<(Py<PyAny>, Outcome)>>,
+    armed: AtomicBool,
+    write_fd: RawFd,
+    read_fd: RawFd,
 }
 
-/// Futures whose reply was dropped without an outcome (an internal error); failed at the next
-/// batch end.
-static ORPHANS: Mutex<Vec<(Py<PyAny>, Py<PyAny>)>> = Mutex::new(Vec::new());
+impl LoopWaker {
+    fn push(&self, future: Py<PyAny>, outcome: Outcome) {
+        self.queue.lock().push((future, outcome));
+        if !self.armed.swap(true, Ordering::AcqRel) {
+            // The pipe is non-blocking: a full pipe means the loop is already woken.
+            let file = ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(self.write_fd) });
+            let _ = (&*file).write(&[1]);
+        }
+    }
+
+    /// Settles everything queued (on the loop's thread, with the GIL).
+    fn drain(&self, py: Python<'_>) {
+        let file = ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(self.read_fd) });
+        let mut buf = [0u8; 256];
+        while matches!((&*file).read(&mut buf), Ok(n) if n > 0) {}
+        self.armed.store(false, Ordering::Release);
+        let items = std::mem::take(&mut *self.queue.lock());
+        for (future, outcome) in items {
+            let future = future.bind(py);
+            if future.call_method0(pyo3::intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(true) {
+                continue;
+            }
+            if let Err(e) = settle_now(py, future, outcome) {
+                crate::host::log(py, "error", &format!("failed to deliver a reply: {e}"));
+            }
+        }
+    }
+}
+
+/// The reader callback registered with the loop (`loop.add_reader(fd, drain)`).
+#[pyclass(module = "ego._ego", frozen)]
+pub struct LoopDrain {
+    waker: Arc<LoopWaker>,
+}
+
+#[pymethods]
+impl LoopDrain {
+    #[new]
+    fn new(read_fd: i32, write_fd: i32) -> Self {
+        LoopDrain { waker: Arc::new(LoopWaker { queue: Mutex::new(Vec::new()), armed: AtomicBool::new(false), write_fd, read_fd }) }
+    }
+
+    fn __call__(&self, py: Python<'_>) {
+        self.waker.drain(py);
+    }
+}
+
+static LOOP_WAKER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+thread_local! {
+    /// The last loop seen on this thread and its waker (the strong reference keeps the loop's
+    /// address from being reused while it is cached).
+    static LAST_LOOP: std::cell::RefCell<Option<(Py<PyAny>, Arc<LoopWaker>)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The waker of `event_loop` (created and registered with the loop on first use).
+pub fn waker_for(event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<LoopWaker>> {
+    let cached = LAST_LOOP.with(|last| last.borrow().as_ref().filter(|(l, _)| l.is(event_loop)).map(|(_, w)| w.clone()));
+    if let Some(w) = cached {
+        return Ok(w);
+    }
+    let py = event_loop.py();
+    let get = LOOP_WAKER.get_or_try_init(py, || py.import("ego._runtime")?.getattr("loop_waker").map(Bound::unbind))?;
+    let drain = get.bind(py).call1((event_loop,))?;
+    let waker = drain.cast::<LoopDrain>().map_err(PyErr::from)?.get().waker.clone();
+    LAST_LOOP.with(|last| *last.borrow_mut() = Some((event_loop.clone().unbind(), waker.clone())));
+    Ok(waker)
+}
+
+/// An asyncio future and the waker of its loop.
+pub struct AsyncReply {
+    inner: Option<(Py<PyAny>, Arc<LoopWaker>)>,
+}
 
 impl AsyncReply {
-    /// A reply for `future` of `event_loop`.
-    pub fn new(future: Py<PyAny>, event_loop: Py<PyAny>) -> Self {
-        AsyncReply { inner: Some((future, event_loop)) }
+    /// A reply for `future`, woken through `waker`.
+    pub fn new(future: Py<PyAny>, waker: Arc<LoopWaker>) -> Self {
+        AsyncReply { inner: Some((future, waker)) }
     }
 
     /// The future.
@@ -173,35 +253,20 @@ impl AsyncReply {
         &self.inner.as_ref().expect("unsettled reply").0
     }
 
-    fn settle(mut self) -> (Py<PyAny>, Py<PyAny>) {
-        self.inner.take().expect("unsettled reply")
+    /// Queues the outcome and wakes the loop (no GIL needed).
+    pub fn fill(mut self, outcome: Outcome) {
+        let (future, waker) = self.inner.take().expect("unsettled reply");
+        waker.push(future, outcome);
     }
 }
 
 impl Drop for AsyncReply {
     fn drop(&mut self) {
-        // Moving the references needs no GIL; they are failed at the next batch end.
-        if let Some((future, event_loop)) = self.inner.take() {
-            ORPHANS.lock().push((event_loop, future));
+        // Dropped without an outcome (an internal error): the caller must not wait forever.
+        if let Some((future, waker)) = self.inner.take() {
+            waker.push(future, Err(Fail::Engine(Error::Storage("internal error: the command was dropped without an outcome".into()))));
         }
     }
-}
-
-/// One future to settle: (loop, future, success, value or exception).
-type Resolution = (Py<PyAny>, Py<PyAny>, bool, Py<PyAny>);
-
-/// Resolutions waiting for the end of the batch.
-#[derive(Default)]
-pub struct Pending {
-    items: Mutex<Vec<Resolution>>,
-}
-
-static RESOLVE_MANY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-/// `asyncio._get_running_loop` (None when no loop runs in this thread).
-pub fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    GET_RUNNING_LOOP.get_or_try_init(py, || py.import("asyncio")?.getattr("_get_running_loop").map(Bound::unbind))?.bind(py).call0()
 }
 
 /// The success value or the exception instance of an outcome.
@@ -229,62 +294,4 @@ pub fn settle_now(py: Python<'_>, future: &Bound<'_, PyAny>, outcome: Outcome) -
     let method = if ok { pyo3::intern!(py, "set_result") } else { pyo3::intern!(py, "set_exception") };
     future.call_method1(method, (value,))?;
     Ok(())
-}
-
-impl Pending {
-    /// Queues the outcome of an async reply.
-    pub fn push(&self, py: Python<'_>, reply: AsyncReply, outcome: Outcome) {
-        let (future, event_loop) = reply.settle();
-        let (ok, value) = outcome_value(py, outcome);
-        self.items.lock().push((event_loop, future, ok, value));
-    }
-
-    /// Whether anything waits.
-    pub fn is_empty(&self) -> bool {
-        self.items.lock().is_empty() && ORPHANS.lock().is_empty()
-    }
-
-    /// Resolves everything queued: directly for futures of the loop running in this thread,
-    /// with one `call_soon_threadsafe` per other loop.
-    pub fn flush(&self, py: Python<'_>) {
-        let mut items = std::mem::take(&mut *self.items.lock());
-        for (event_loop, future) in std::mem::take(&mut *ORPHANS.lock()) {
-            let err = to_pyerr(py, &Error::Storage("internal error: the command was dropped without an outcome".into()));
-            items.push((event_loop, future, false, err.into_value(py).into_any()));
-        }
-        if items.is_empty() {
-            return;
-        }
-        let result = (|| -> PyResult<()> {
-            let resolve =
-                RESOLVE_MANY.get_or_try_init(py, || py.import("ego._runtime")?.getattr("resolve_many").map(Bound::unbind))?.bind(py);
-            let current = running_loop(py)?;
-            // Group by loop, keeping order within each loop.
-            let mut groups: Vec<(Py<PyAny>, Bound<'_, PyList>)> = Vec::new();
-            for (event_loop, future, ok, value) in items {
-                let entry = PyTuple::new(py, [future, pyo3::types::PyBool::new(py, ok).to_owned().into_any().unbind(), value])?;
-                match groups.iter().find(|(l, _)| l.is(&event_loop)) {
-                    Some((_, list)) => list.append(entry)?,
-                    None => {
-                        let list = PyList::empty(py);
-                        list.append(entry)?;
-                        groups.push((event_loop, list));
-                    }
-                }
-            }
-            for (event_loop, list) in groups {
-                let event_loop = event_loop.bind(py);
-                if event_loop.is(&current) {
-                    resolve.call1((list,))?;
-                } else if let Err(e) = event_loop.call_method1(pyo3::intern!(py, "call_soon_threadsafe"), (resolve, list)) {
-                    // The loop is closed: nobody can await these futures any more.
-                    crate::host::log(py, "warning", &format!("could not deliver replies to a closed event loop: {e}"));
-                }
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            crate::host::log(py, "error", &format!("failed to deliver replies: {e}"));
-        }
-    }
 }
