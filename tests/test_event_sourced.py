@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 import ego
@@ -104,3 +106,20 @@ def test_events_are_in_the_store(engine: ego.Engine) -> None:
     assert AccountCredited.FromString(events[1].event.value).amount == 2
     assert all(e.persistence_id == "acc-1" and e.timestamp > 0 for e in events)
     assert events[0].shard == events[1].shard < 8
+
+
+def test_a_state_handed_out_never_changes_even_when_handlers_update_in_place(engine: ego.Engine) -> None:
+    # AccountBehavior.handle_event updates the state in place.
+    engine.entity(AccountBehavior("acc-1"))
+    opened, _ = engine.send_command("acc-1", OpenAccount(initial_balance=5))
+    first, _ = engine.send_command("acc-1", Credit(amount=1))
+    second, _ = engine.send_command("acc-1", Credit(amount=1))
+    assert (opened.balance, first.balance, second.balance) == (5, 6, 7)
+
+    async def main() -> None:
+        a = await engine.send_command_async("acc-1", Credit(amount=1))
+        b = await engine.send_command_async("acc-1", Credit(amount=1))
+        assert (a[0].balance, b[0].balance) == (8, 9)
+
+    asyncio.run(main())
+    assert engine.get_state("acc-1")[0].balance == 9

@@ -41,6 +41,7 @@ pub struct Shared<H: Host> {
     running: AtomicBool,
     /// Shortest passivation delay of any entity, in ms (u64::MAX: none).
     shortest_passivation: AtomicU64,
+    pub(crate) stats: crate::stats::Stats,
 }
 
 impl<H: Host> Shared<H> {
@@ -94,6 +95,7 @@ impl<H: Host> Engine<H> {
             runtime: runtime.handle().clone(),
             running: AtomicBool::new(true),
             shortest_passivation: AtomicU64::new(u64::MAX),
+            stats: Default::default(),
         });
         let bridge = {
             let sh = shared.clone();
@@ -124,6 +126,11 @@ impl<H: Host> Engine<H> {
     /// The runtime for store I/O (for blocking on store futures from outside).
     pub fn runtime(&self) -> &tokio::runtime::Handle {
         &self.shared.runtime
+    }
+
+    /// What the engine did so far.
+    pub fn stats(&self) -> &crate::stats::Stats {
+        &self.shared.stats
     }
 
     /// Whether the engine accepts messages.
@@ -443,6 +450,7 @@ async fn sweeper<H: Host>(sh: Weak<Shared<H>>) {
         for e in &removed {
             sh.registry.remove_if(&e.id, e);
         }
+        crate::stats::Stats::add(&sh.stats.passivations, released.len() as u64);
         if !released.is_empty() {
             sh.queue.push(Job::Call(Box::new(move |_cx| {
                 drop(released);

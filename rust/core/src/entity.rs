@@ -25,6 +25,7 @@ use crate::envelope::{Any, DurableState, Event, Snapshot};
 use crate::error::Error;
 use crate::host::{Fail, Host, Kind};
 use crate::options::EntityOptions;
+use crate::stats::Stats;
 use crate::store::BoxFuture;
 
 /// Where an entity is in its life.
@@ -279,6 +280,7 @@ pub(crate) fn on_written<H: Host>(sh: &Arc<Shared<H>>, e: &Arc<Entity<H>>, resul
         return;
     }
     let work = cell.work.as_mut().expect("writing entity has work");
+    count_write(sh, e, work.inflight_revision - work.revision);
     work.revision = work.inflight_revision;
     let replies = work.inflight.take().unwrap_or_default();
     // Replies go out before the entity is idle again, so they stay in order with the next
@@ -287,6 +289,11 @@ pub(crate) fn on_written<H: Host>(sh: &Arc<Shared<H>>, e: &Arc<Entity<H>>, resul
         sh.host.reply(p.reply, Ok(p.output));
     }
     cell.phase = Phase::Idle;
+}
+
+fn count_write<H: Host>(sh: &Shared<H>, e: &Entity<H>, revisions: u64) {
+    Stats::add(&sh.stats.writes, 1);
+    Stats::add(&sh.stats.events, if e.kind == Kind::EventSourced { revisions } else { 1 });
 }
 
 fn snapshot_due<H: Host>(e: &Entity<H>, before: u64, after: u64) -> bool {
@@ -325,6 +332,7 @@ pub(crate) fn flush_due<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Ent
 
 /// Recovery finished: park the work and schedule the mailbox.
 pub(crate) fn recovered<H: Host>(sh: &Arc<Shared<H>>, e: &Arc<Entity<H>>, work: Work<H>) {
+    Stats::add(&sh.stats.recoveries, 1);
     let mut cell = e.cell.lock();
     cell.work = Some(work);
     if cell.mailbox.is_empty() {
@@ -396,8 +404,12 @@ fn drive<H: Host>(
                 if !is_own && !sh.host.begin(cx, &reply) {
                     continue;
                 }
+                Stats::add(&sh.stats.commands, 1);
                 match process(sh, cx, e, &mut work, &command) {
                     Step::Done(outcome) => {
+                        if outcome.is_err() {
+                            Stats::add(&sh.stats.rejected, 1);
+                        }
                         if is_own {
                             own_result = Some(outcome);
                         } else {
@@ -450,7 +462,14 @@ fn process<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>, work
             if encoded.is_empty() {
                 return Step::Done(Ok(host.output(cx, state, work.pending)));
             }
-            let state = work.state.take().expect("state");
+            // Handlers may update the state in place: never the object a caller holds.
+            let state = match host.exclusive_state(cx, work.state.take().expect("state")) {
+                Ok(state) => state,
+                Err(f) => {
+                    work.broken = true;
+                    return Step::Done(Err(f));
+                }
+            };
             match host.apply_events(cx, &e.behavior, events, state) {
                 Ok(next) => work.state = Some(next),
                 Err(f) => {
@@ -475,6 +494,13 @@ fn process<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>, work
             Step::Batched(host.output(cx, work.state.as_ref().expect("state"), work.pending))
         }
         Kind::DurableState => {
+            let state = match host.exclusive_state(cx, work.state.take().expect("state")) {
+                Ok(state) => &*work.state.insert(state),
+                Err(f) => {
+                    work.broken = true;
+                    return Step::Done(Err(f));
+                }
+            };
             let next = match host.handle_durable(cx, &e.behavior, command, state) {
                 Ok(Some(next)) => next,
                 Ok(None) => return Step::Done(Ok(host.output(cx, state, work.pending))),
@@ -568,6 +594,7 @@ fn complete<H: Host>(
     match result {
         Ok(()) => {
             let before = work.revision;
+            count_write(sh, e, work.inflight_revision - before);
             work.revision = work.inflight_revision;
             maybe_snapshot(sh, cx, e, work, before);
             for p in replies {
@@ -579,6 +606,7 @@ fn complete<H: Host>(
             }
         }
         Err(err) => {
+            Stats::add(&sh.stats.write_failures, 1);
             work.broken = true;
             work.pending = work.revision;
             for p in replies {

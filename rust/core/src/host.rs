@@ -114,6 +114,11 @@ pub trait Host: Send + Sync + Sized + 'static {
         state: &Self::State,
     ) -> Result<Option<Self::State>, Fail<Self::Failure>>;
 
+    /// The state, or a copy of it when anybody but the entity still holds it (a caller kept an
+    /// earlier reply, a reply of the batch is not delivered yet). Called right before a handler
+    /// that may update the state in place, so a state handed out never changes afterwards.
+    fn exclusive_state(&self, cx: Self::Cx<'_>, state: Self::State) -> Result<Self::State, Fail<Self::Failure>>;
+
     /// Encodes a state (for snapshots and durable state).
     fn encode_state(&self, cx: Self::Cx<'_>, state: &Self::State, max_bytes: usize) -> Result<Any, Fail<Self::Failure>>;
 

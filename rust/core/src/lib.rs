@@ -24,6 +24,7 @@ pub mod options;
 pub mod poll;
 pub mod recovery;
 pub mod registry;
+pub mod stats;
 pub mod store;
 pub mod testing;
 mod waiter;

@@ -205,6 +205,10 @@ impl Host for TestHost {
         }
     }
 
+    fn exclusive_state(&self, _cx: (), state: Account) -> Result<Account, Fail<String>> {
+        Ok(state)
+    }
+
     fn encode_state(&self, _cx: (), state: &Account, _max: usize) -> Result<Any, Fail<String>> {
         Ok(Any::new("type.googleapis.com/test.Account", Bytes::from(state.balance.to_le_bytes().to_vec())))
     }

@@ -296,6 +296,12 @@ impl EngineCore {
         self.core.read().as_ref().is_some_and(|c| c.is_live(entity_id))
     }
 
+    /// Counters of what the engine did since it started: commands, rejected, events, writes,
+    /// write_failures, snapshots, recoveries, passivations.
+    fn stats(&self) -> std::collections::HashMap<&'static str, u64> {
+        self.core.read().as_ref().map(|c| c.stats().snapshot().into_iter().collect()).unwrap_or_default()
+    }
+
     /// Number of entities in memory.
     fn live_count(&self) -> usize {
         self.core.read().as_ref().map_or(0, |c| c.live_count())

@@ -248,6 +248,18 @@ impl Host for PyHost {
         Ok(Some(next.unbind()))
     }
 
+    fn exclusive_state(&self, py: Python<'_>, state: Py<PyAny>) -> Result<Py<PyAny>, PyFail> {
+        // One reference is the entity's own; any other is a caller's or a pending reply's.
+        // SAFETY: reading the reference count of a live object while attached.
+        if unsafe { pyo3::ffi::Py_REFCNT(state.as_ptr()) } <= 1 {
+            return Ok(state);
+        }
+        let state = state.into_bound(py);
+        let copy = handler(state.get_type().call0())?;
+        handler(copy.call_method1(pyo3::intern!(py, "CopyFrom"), (&state,)))?;
+        Ok(copy.unbind())
+    }
+
     fn encode_state(&self, py: Python<'_>, state: &Py<PyAny>, max_bytes: usize) -> Result<Any, PyFail> {
         self.serialize("state", state.bind(py), max_bytes)
     }
