@@ -30,8 +30,8 @@ class Case:
     workload: str
     ego_label: str
     ego_call: str
-    peer_label: str
-    peer_call: str
+    peer_label: str = ""
+    peer_call: str | None = None
     metric: str = "cmds_per_s"
 
     @property
@@ -39,30 +39,61 @@ class Case:
         return self.metric == "cmds_per_s"
 
 
-CASES = [
-    Case("A", "memory", "ego.workload_a('memory')", "POPO, best", "peer.workload_a('memory', 'best')"),
-    Case("A", "RocksDB durable", "ego.workload_a('rocksdb')", "SQLite, best", "peer.workload_a('sqlite', 'best')"),
-    Case("B", "memory", "ego.workload_b('memory')", "POPO, best", "peer.workload_b('memory', 'best')"),
-    Case("B", "memory, batching 16", "ego.workload_b('memory', batch=16)", "POPO, best", "peer.workload_b('memory', 'best')"),
-    Case("B", "RocksDB durable", "ego.workload_b('rocksdb')", "SQLite, best", "peer.workload_b('sqlite', 'best')"),
-    Case(
-        "B",
-        "RocksDB durable, batching 16",
-        "ego.workload_b('rocksdb', batch=16)",
-        "SQLite, best",
-        "peer.workload_b('sqlite', 'best')",
-    ),
-    Case("C", "memory, no snapshot", "ego.workload_c('memory')", "POPO", "peer.workload_c('memory')", "ms_per_load"),
-    Case("C", "RocksDB, no snapshot", "ego.workload_c('rocksdb')", "SQLite", "peer.workload_c('sqlite')", "ms_per_load"),
-    Case(
-        "C",
-        "RocksDB, snapshot every 100",
-        "ego.workload_c('rocksdb', 100)",
-        "SQLite, snapshot every 100",
-        "peer.workload_c('sqlite', 100)",
-        "ms_per_load",
-    ),
-]
+def _cases(big: int) -> list[Case]:
+    cases = [
+        Case("A", "memory", "ego.workload_a('memory')", "POPO, best", "peer.workload_a('memory', 'best')"),
+        Case("A", "RocksDB durable", "ego.workload_a('rocksdb')", "SQLite, best", "peer.workload_a('sqlite', 'best')"),
+        Case("B", "memory", "ego.workload_b('memory')", "POPO, best", "peer.workload_b('memory', 'best')"),
+        Case("B", "memory, batching 16", "ego.workload_b('memory', batch=16)", "POPO, best", "peer.workload_b('memory', 'best')"),
+        Case("B", "RocksDB durable", "ego.workload_b('rocksdb')", "SQLite, best", "peer.workload_b('sqlite', 'best')"),
+        Case(
+            "B",
+            "RocksDB durable, batching 16",
+            "ego.workload_b('rocksdb', batch=16)",
+            "SQLite, best",
+            "peer.workload_b('sqlite', 'best')",
+        ),
+        Case("B burst", "memory", "ego.workload_b('memory', burst=True)", "POPO, best", "peer.workload_b('memory', 'best')"),
+        Case(
+            "B burst",
+            "RocksDB durable",
+            "ego.workload_b('rocksdb', burst=True)",
+            "SQLite, best",
+            "peer.workload_b('sqlite', 'best')",
+        ),
+        Case(
+            "B burst",
+            "RocksDB durable, batching 20",
+            "ego.workload_b('rocksdb', batch=20, burst=True)",
+            "SQLite, best",
+            "peer.workload_b('sqlite', 'best')",
+        ),
+        Case("C", "memory, no snapshot", "ego.workload_c('memory')", "POPO", "peer.workload_c('memory')", "ms_per_load"),
+        Case("C", "RocksDB, no snapshot", "ego.workload_c('rocksdb')", "SQLite", "peer.workload_c('sqlite')", "ms_per_load"),
+        Case(
+            "C",
+            "RocksDB, snapshot every 100",
+            "ego.workload_c('rocksdb', 100)",
+            "SQLite, snapshot every 100",
+            "peer.workload_c('sqlite', 100)",
+            "ms_per_load",
+        ),
+        Case(
+            "E",
+            "100,000 accounts",
+            "ego.workload_e(100_000)",
+            "100,000 in its cache",
+            "peer.workload_e(100_000)",
+            "bytes_per_entity",
+        ),
+    ]
+    if big >= 1_000_000:
+        cases.append(Case("E", "1,000,000 accounts", "ego.workload_e(1_000_000)", metric="bytes_per_entity"))
+    for n in (1_000, 10_000, 100_000, 1_000_000):
+        if n <= big:
+            peer = f"peer.workload_f({n})" if n <= 100_000 else None
+            cases.append(Case("F", f"{n:,} accounts", f"ego.workload_f({n})", f"{n:,} accounts" if peer else "", peer))
+    return cases
 
 
 def measure(call: str) -> dict[str, float]:
@@ -88,11 +119,16 @@ def fdatasync_rate(seconds: float = 1.0) -> float:
         return n / (time.perf_counter() - started)
 
 
+UNITS = {"cmds_per_s": "cmds/s", "ms_per_load": "ms/load", "bytes_per_entity": "B/entity"}
+
+
 def fmt(values: list[float], metric: str) -> str:
+    if not values:
+        return "-"
     med = statistics.median(values)
-    if metric == "cmds_per_s":
-        return f"{med:,.0f} ({min(values):,.0f}-{max(values):,.0f})"
-    return f"{med:.2f} ({min(values):.2f}-{max(values):.2f})"
+    if metric == "ms_per_load":
+        return f"{med:.2f} ({min(values):.2f}-{max(values):.2f})"
+    return f"{med:,.0f} ({min(values):,.0f}-{max(values):,.0f})"
 
 
 def main() -> None:
@@ -100,9 +136,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--only", default="", help="comma-separated workloads (A,B,C)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--big", type=int, default=1_000_000, help="largest account count of E and F")
     args = parser.parse_args()
     only = {w.strip() for w in args.only.split(",") if w.strip()}
-    cases = [c for c in CASES if not only or c.workload in only]
+    cases = [c for c in _cases(args.big) if not only or c.workload.split()[0] in only or c.workload in only]
 
     results: dict[int, dict[str, list[float]]] = {i: {"ego": [], "peer": []} for i in range(len(cases))}
     fsyncs: list[float] = []
@@ -112,9 +149,10 @@ def main() -> None:
         for i, case in enumerate(cases):
             results[i]["ego"].append(measure(case.ego_call)[case.metric])
             # Identical peer calls are measured once per run.
-            if case.peer_call not in peer_cache or len(peer_cache[case.peer_call]) <= run:
-                peer_cache.setdefault(case.peer_call, []).append(measure(case.peer_call)[case.metric])
-            results[i]["peer"].append(peer_cache[case.peer_call][run])
+            if case.peer_call is not None:
+                if case.peer_call not in peer_cache or len(peer_cache[case.peer_call]) <= run:
+                    peer_cache.setdefault(case.peer_call, []).append(measure(case.peer_call)[case.metric])
+                results[i]["peer"].append(peer_cache[case.peer_call][run])
             print(f"run {run + 1}/{args.runs}: {case.workload} {case.ego_label} done", file=sys.stderr)
 
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; {args.runs} runs")
@@ -124,13 +162,14 @@ def main() -> None:
     rows = []
     for i, case in enumerate(cases):
         e, p = results[i]["ego"], results[i]["peer"]
-        ratio = (
-            statistics.median(e) / statistics.median(p) if case.higher_is_better else statistics.median(p) / statistics.median(e)
-        )
-        unit = "cmds/s" if case.higher_is_better else "ms/load"
-        print(
-            f"| {case.workload} | {case.ego_label} | {fmt(e, case.metric)} {unit} | {case.peer_label} | {fmt(p, case.metric)} | {ratio:,.1f}x |"
-        )
+        if p:
+            better = statistics.median(e) / statistics.median(p)
+            ratio = f"{(better if case.higher_is_better else 1 / better):,.1f}x"
+        else:
+            ratio = "-"
+        unit = UNITS[case.metric]
+        peer = case.peer_label or "-"
+        print(f"| {case.workload} | {case.ego_label} | {fmt(e, case.metric)} {unit} | {peer} | {fmt(p, case.metric)} | {ratio} |")
         rows.append(
             {
                 "workload": case.workload,

@@ -58,9 +58,13 @@ def workload_a(kind: str, batch: int = 0, commands: int = 20_000) -> dict[str, f
     return {"cmds_per_s": commands / elapsed}
 
 
-def workload_b(kind: str, batch: int = 0, accounts: int = 1000, credits: int = 20, latency: bool = False) -> dict[str, float]:
+def workload_b(
+    kind: str, batch: int = 0, accounts: int = 1000, credits: int = 20, latency: bool = False, burst: bool = False
+) -> dict[str, float]:
     """`accounts` accounts x `credits` credits, issued concurrently through the asyncio API:
-    each round sends one credit to every account and gathers the replies."""
+    each round sends one credit to every account and gathers the replies (1,000 concurrent
+    callers). With `burst`, all `accounts x credits` commands are sent at once and gathered
+    (every account then has `credits` commands waiting: what batching is for)."""
 
     async def run() -> dict[str, float]:
         with engine_on(kind, batch) as engine:
@@ -71,7 +75,9 @@ def workload_b(kind: str, batch: int = 0, accounts: int = 1000, credits: int = 2
             lat: list[float] = []
             gc.collect()
             started = time.perf_counter()
-            for _ in range(credits):
+            if burst:
+                await asyncio.gather(*[send(i, credit) for _ in range(credits) for i in ids])
+            for _ in range(0 if burst else credits):
                 if latency:
                     t0 = time.perf_counter()
                     futures = [send(i, credit) for i in ids]
@@ -126,3 +132,72 @@ def rss_bytes() -> int:
 
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def workload_e(accounts: int = 100_000) -> dict[str, float]:
+    """Memory per idle activated account beyond its state object: accounts are opened in a
+    first engine, then activated (recovered) in a second one on the same RocksDB directory;
+    the RSS growth minus the size of as many state objects is the engine's own cost."""
+    from bank_pb2 import Account
+
+    tmp = Path(tempfile.mkdtemp(prefix="ego-bench-e-"))
+    ids = [f"acc-{i}" for i in range(accounts)]
+    try:
+        with ego.RocksDBStore(tmp / "db", sync=False) as store, ego.Engine("e", store=store) as engine:
+            engine.register_entity_type(AccountBehavior)
+
+            async def open_all() -> None:
+                for start in range(0, accounts, 10_000):
+                    await asyncio.gather(
+                        *(engine.send_command_async(i, OpenAccount(initial_balance=1000)) for i in ids[start : start + 10_000])
+                    )
+
+            asyncio.run(open_all())
+        with ego.RocksDBStore(tmp / "db", sync=False, cache_bytes=8 << 20) as store, ego.Engine("e", store=store) as engine:
+            engine.register_entity_type(AccountBehavior, passivate_after=3600)
+            engine.get_state(ids[0])  # warm: first activation loads code paths
+            gc.collect()
+            before = rss_bytes()
+            for i in ids:
+                engine.get_state(i)
+            gc.collect()
+            after = rss_bytes()
+            assert engine.live_count() == accounts
+        # The state objects alone, built the same way (one Account per account).
+        gc.collect()
+        base = rss_bytes()
+        states = [Account(account_id=i, balance=1000, open=True) for i in ids]
+        gc.collect()
+        state_bytes = (rss_bytes() - base) / accounts
+        del states
+        per_entity = (after - before) / accounts
+        return {"bytes_per_entity": per_entity - state_bytes, "state_bytes": state_bytes, "total_bytes_per_entity": per_entity}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def workload_f(accounts: int, commands: int | None = None, kind: str = "memory") -> dict[str, float]:
+    """Workload B with `accounts` accounts: rounds of 1,000 concurrent credits that cycle over
+    every account, `max(20_000, accounts)` credits in all, on accounts opened beforehand."""
+    commands = commands or max(20_000, accounts)
+
+    async def run() -> dict[str, float]:
+        with engine_on(kind) as engine:
+            ids = [f"acc-{i}" for i in range(accounts)]
+            for start in range(0, accounts, 10_000):
+                await asyncio.gather(
+                    *(engine.send_command_async(i, OpenAccount(initial_balance=0)) for i in ids[start : start + 10_000])
+                )
+            credit = Credit(amount=1)
+            send = engine.send_command_async
+            gc.collect()
+            started = time.perf_counter()
+            done = 0
+            while done < commands:
+                batch = [ids[(done + k) % accounts] for k in range(1000)]
+                await asyncio.gather(*[send(i, credit) for i in batch])
+                done += 1000
+            elapsed = time.perf_counter() - started
+            return {"cmds_per_s": done / elapsed}
+
+    return asyncio.run(run())

@@ -142,3 +142,39 @@ def workload_c(store: str, snapshot_every: int = 0, events: int = 10_000, loads:
         return {"ms_per_load": statistics.median(times) * 1e3, "min_ms": min(times) * 1e3}
     finally:
         env.close()
+
+
+def workload_e(accounts: int = 100_000) -> dict[str, float]:
+    """Memory per aggregate held in the peer's cache (its equivalent of an activated entity)."""
+    import gc
+
+    from ego_workloads import rss_bytes
+
+    env = _Env("memory", "best")
+    try:
+        app = env.app
+        gc.collect()
+        before = rss_bytes()
+        ids = [app.open_account(1000) for _ in range(accounts)]
+        gc.collect()
+        after = rss_bytes()
+        del ids
+        return {"bytes_per_entity": (after - before) / accounts}
+    finally:
+        env.close()
+
+
+def workload_f(accounts: int, commands: int | None = None) -> dict[str, float]:
+    """Workload B with `accounts` accounts (its aggregate cache holds them all)."""
+    commands = commands or max(20_000, accounts)
+    env = _Env("memory", "best")
+    try:
+        app = env.app
+        ids = [app.open_account(0) for _ in range(accounts)]
+        credit = Credit(amount=1)
+        started = time.perf_counter()
+        for k in range(commands):
+            app.handle(ids[k % accounts], credit)
+        return {"cmds_per_s": commands / (time.perf_counter() - started)}
+    finally:
+        env.close()

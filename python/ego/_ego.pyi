@@ -59,7 +59,12 @@ class EngineCore:
 
 class NativeStore:
     def __new__(
-        cls, kind: str, path: str | PathLike[str] | None = None, sync: bool = True, max_event_bytes: int | None = None
+        cls,
+        kind: str,
+        path: str | PathLike[str] | None = None,
+        sync: bool = True,
+        max_event_bytes: int | None = None,
+        cache_bytes: int | None = None,
     ) -> Self: ...
     @property
     def max_event_bytes(self) -> int: ...

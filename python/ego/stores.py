@@ -113,12 +113,18 @@ class RocksDBStore(NativeStore):
     are then much faster for sequential callers. Writes from many entities that arrive together
     share one sync (group commit) either way.
 
+    ``cache_bytes`` sizes RocksDB's block cache (64 MiB by default).
+
     Only one store object can have a directory open at a time; ``close()`` it (or use it as a
     context manager) before opening the directory again.
     """
 
-    def __new__(cls, path: str | os.PathLike[str], *, sync: bool = True, max_event_bytes: int | None = None) -> RocksDBStore:
-        return super().__new__(cls, "rocksdb", os.fspath(path), sync, max_event_bytes)
+    def __new__(
+        cls, path: str | os.PathLike[str], *, sync: bool = True, max_event_bytes: int | None = None, cache_bytes: int | None = None
+    ) -> RocksDBStore:
+        return super().__new__(cls, "rocksdb", os.fspath(path), sync, max_event_bytes, cache_bytes)
 
-    def __init__(self, path: str | os.PathLike[str], *, sync: bool = True, max_event_bytes: int | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, sync: bool = True, max_event_bytes: int | None = None, cache_bytes: int | None = None
+    ) -> None:
         self.path = os.fspath(path)

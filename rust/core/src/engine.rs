@@ -429,6 +429,10 @@ async fn sweeper<H: Host>(sh: Weak<Shared<H>>) {
         if !sh.running.load(Ordering::Acquire) {
             return;
         }
+        if sh.shortest_passivation.load(Ordering::Acquire) == u64::MAX {
+            // No entity passivates: do not walk the registry (it may hold millions).
+            continue;
+        }
         let now = monotonic_millis();
         let mut released = Vec::new();
         let mut removed = Vec::new();

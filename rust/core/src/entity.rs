@@ -83,7 +83,8 @@ pub(crate) struct Pending<H: Host> {
 /// Processed but not yet written.
 pub(crate) struct Batch<H: Host> {
     events: Vec<Event>,
-    durable: Option<DurableState>,
+    /// Boxed: it is rarely used and every entity carries a batch.
+    durable: Option<Box<DurableState>>,
     replies: Vec<Pending<H>>,
     opened: Option<Instant>,
 }
@@ -511,14 +512,14 @@ fn process<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>, work
                 Err(f) => return Step::Done(Err(f)),
             };
             work.pending += 1;
-            work.batch.durable = Some(DurableState {
+            work.batch.durable = Some(Box::new(DurableState {
                 persistence_id: e.id.to_string(),
                 version_number: work.pending,
                 resulting_state: Some(encoded),
                 timestamp: now_nanos(),
                 shard: e.shard,
                 ..Default::default()
-            });
+            }));
             let output = host.output(cx, &next, work.pending);
             // The previous state is dropped here, in the context.
             work.state = Some(next);
@@ -561,7 +562,7 @@ fn flush<H: Host>(
             None => crate::poll::ready(Err(Error::Configuration("no events store configured".into()))),
         },
         Kind::DurableState => match (&sh.stores.states, batch.durable) {
-            (Some(store), Some(state)) => store.write_state(state, work.revision),
+            (Some(store), Some(state)) => store.write_state(*state, work.revision),
             (None, _) => crate::poll::ready(Err(Error::Configuration("no state store configured".into()))),
             (_, None) => crate::poll::ready(Ok(())),
         },
@@ -722,3 +723,4 @@ fn stop<H: Host>(
         sh.host.reply(msg.into_reply(), Err(Fail::Engine(Error::EntityStopped(e.id.clone()))));
     }
 }
+

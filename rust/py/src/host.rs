@@ -43,7 +43,7 @@ impl PyBehavior {
 #[derive(Default)]
 pub struct PyHost {
     pub types: Types,
-    classes: Mutex<HashMap<usize, Arc<BehaviorClass>>>,
+    classes: Mutex<HashMap<usize, Arc<BehaviorClass>, foldhash::fast::FixedState>>,
 }
 
 static EVENT_SOURCED: PyOnceLock<Py<PyType>> = PyOnceLock::new();

@@ -79,13 +79,14 @@ fn criteria(min_seq: u64, max_seq: u64, min_ts: i64, max_ts: i64) -> SnapshotCri
 #[pymethods]
 impl NativeStore {
     #[new]
-    #[pyo3(signature = (kind, path=None, sync=true, max_event_bytes=None))]
-    fn new(py: Python<'_>, kind: &str, path: Option<PathBuf>, sync: bool, max_event_bytes: Option<usize>) -> PyResult<Self> {
+    #[pyo3(signature = (kind, path=None, sync=true, max_event_bytes=None, cache_bytes=None))]
+    fn new(py: Python<'_>, kind: &str, path: Option<PathBuf>, sync: bool, max_event_bytes: Option<usize>, cache_bytes: Option<usize>) -> PyResult<Self> {
         let max = max_event_bytes.unwrap_or(DEFAULT_MAX_EVENT_BYTES);
         let backend = match (kind, path) {
             ("memory", _) => Backend::Memory(MemoryStore::with_max_event_bytes(max)),
             ("rocksdb", Some(path)) => {
-                let opts = RocksOptions { sync, max_event_bytes: max, ..RocksOptions::default() };
+                let defaults = RocksOptions::default();
+                let opts = RocksOptions { sync, max_event_bytes: max, cache_bytes: cache_bytes.unwrap_or(defaults.cache_bytes) };
                 Backend::Rocks(py.detach(|| RocksStore::open(&path, opts)).py(py)?)
             }
             ("rocksdb", None) => return Err(pyo3::exceptions::PyValueError::new_err("a RocksDB store needs a path")),

@@ -18,11 +18,13 @@ pub struct TypeInfo {
     pub type_url: Arc<str>,
 }
 
+type Map<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+
 /// Caches of message classes.
 #[derive(Default)]
 pub struct Types {
-    by_class: Mutex<HashMap<usize, Arc<TypeInfo>>>,
-    by_url: Mutex<HashMap<Arc<str>, Arc<TypeInfo>>>,
+    by_class: Mutex<Map<usize, Arc<TypeInfo>>>,
+    by_url: Mutex<Map<Arc<str>, Arc<TypeInfo>>>,
 }
 
 static MESSAGE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
