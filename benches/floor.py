@@ -21,6 +21,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "examples" / "bank"))
 
 import ego_workloads  # noqa: E402
+
 from bank_pb2 import Credit, OpenAccount  # noqa: E402
 from domain import AccountBehavior  # noqa: E402
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,3 +53,18 @@ def make_store(store_kind: str, tmp_path: Path) -> Iterator[object]:
     yield make_shared
     for s in made:
         s.close()
+
+
+PG_URL = os.environ.get("EGO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """The PostgreSQL server of the tests. Unreachable: skipped locally, a failure in CI."""
+    try:
+        ego.PostgresStore(PG_URL, table_prefix="probe_", retry_for=2.0).drop_tables()
+    except ego.errors.StoreError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI and unreachable at {PG_URL}: {e}")
+        pytest.skip(f"PostgreSQL unreachable at {PG_URL}: {e}")
+    return PG_URL

@@ -3,27 +3,42 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import ego
-from ego.testkit.conformance import EventsStoreConformance, SnapshotStoreConformance, StateStoreConformance
+from ego.testkit.conformance import (
+    EventsStoreConformance,
+    OffsetStoreConformance,
+    SnapshotStoreConformance,
+    StateStoreConformance,
+)
+
+SUITES = (EventsStoreConformance, SnapshotStoreConformance, StateStoreConformance, OffsetStoreConformance)
 
 
-class TestMemoryEvents(EventsStoreConformance):
+class _Memory:
     def make_store(self) -> ego.MemoryStore:
         return ego.MemoryStore()
 
 
-class TestMemorySnapshots(SnapshotStoreConformance):
-    def make_store(self) -> ego.MemoryStore:
-        return ego.MemoryStore()
+class TestMemoryEvents(_Memory, EventsStoreConformance):
+    pass
 
 
-class TestMemoryStates(StateStoreConformance):
-    def make_store(self) -> ego.MemoryStore:
-        return ego.MemoryStore()
+class TestMemorySnapshots(_Memory, SnapshotStoreConformance):
+    pass
+
+
+class TestMemoryStates(_Memory, StateStoreConformance):
+    pass
+
+
+class TestMemoryOffsets(_Memory, OffsetStoreConformance):
+    pass
 
 
 class _Rocks:
@@ -48,4 +63,46 @@ class TestRocksDBSnapshots(_Rocks, SnapshotStoreConformance):
 
 
 class TestRocksDBStates(_Rocks, StateStoreConformance):
+    pass
+
+
+class TestRocksDBOffsets(_Rocks, OffsetStoreConformance):
+    pass
+
+
+class _Postgres:
+    """One set of tables per test class (a fresh table prefix), dropped afterwards."""
+
+    url: str
+    prefix: str
+
+    @pytest.fixture(autouse=True, scope="class")
+    @classmethod
+    def _tables(cls, pg_url: str) -> Iterator[None]:
+        cls.url = pg_url
+        cls.prefix = f"t{uuid.uuid4().hex[:10]}_"
+        yield
+        ego.PostgresStore(pg_url, table_prefix=cls.prefix).drop_tables()
+
+    def make_store(self) -> Any:
+        return ego.PostgresStore(self.url, table_prefix=self.prefix)
+
+    def reopen(self, store: Any) -> Any:
+        store.close()
+        return ego.PostgresStore(self.url, table_prefix=self.prefix)
+
+
+class TestPostgresEvents(_Postgres, EventsStoreConformance):
+    pass
+
+
+class TestPostgresSnapshots(_Postgres, SnapshotStoreConformance):
+    pass
+
+
+class TestPostgresStates(_Postgres, StateStoreConformance):
+    pass
+
+
+class TestPostgresOffsets(_Postgres, OffsetStoreConformance):
     pass

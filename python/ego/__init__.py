@@ -14,7 +14,7 @@ from ego._ego import __version__
 from ego.behaviors import DurableStateBehavior, EventSourcedBehavior
 from ego.engine import Engine
 from ego.errors import EgoError
-from ego.stores import MemoryStore, RocksDBStore, SnapshotCriteria
+from ego.stores import MemoryStore, PostgresStore, RocksDBStore, SnapshotCriteria
 
 __all__ = [
     "DurableStateBehavior",
@@ -22,6 +22,7 @@ __all__ = [
     "Engine",
     "EventSourcedBehavior",
     "MemoryStore",
+    "PostgresStore",
     "RocksDBStore",
     "SnapshotCriteria",
     "__version__",

@@ -120,11 +120,51 @@ class RocksDBStore(NativeStore):
     """
 
     def __new__(
-        cls, path: str | os.PathLike[str], *, sync: bool = True, max_event_bytes: int | None = None, cache_bytes: int | None = None
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        sync: bool = True,
+        max_event_bytes: int | None = None,
+        cache_bytes: int | None = None,
     ) -> RocksDBStore:
         return super().__new__(cls, "rocksdb", os.fspath(path), sync, max_event_bytes, cache_bytes)
 
     def __init__(
-        self, path: str | os.PathLike[str], *, sync: bool = True, max_event_bytes: int | None = None, cache_bytes: int | None = None
+        self,
+        path: str | os.PathLike[str],
+        *,
+        sync: bool = True,
+        max_event_bytes: int | None = None,
+        cache_bytes: int | None = None,
     ) -> None:
         self.path = os.fspath(path)
+
+
+class PostgresStore(NativeStore):
+    """PostgreSQL: one database shared by many processes and machines.
+
+    ``url`` is a libpq-style URL (``postgresql://user:password@host:5432/db``) or key=value
+    string. The tables (``<schema>.<table_prefix>events``, ``heads``, ``shards``,
+    ``snapshots``, ``states``, ``offsets``, ``migrations``) are created or migrated on first
+    use; ``schema`` and ``table_prefix`` must be plain identifiers.
+
+    Writes from every entity of the process that arrive together share one transaction
+    (group commit). Positions in each shard become visible in commit order, so projections
+    never skip an event. While the server cannot be reached, writes are retried with backoff
+    for up to ``retry_for`` seconds; a write whose connection was lost while committing fails
+    with :class:`~ego.errors.OutcomeUnknownError`.
+    """
+
+    def __new__(
+        cls,
+        url: str,
+        *,
+        schema: str = "public",
+        table_prefix: str = "ego_",
+        pool_size: int = 8,
+        max_event_bytes: int | None = None,
+        retry_for: float = 30.0,
+    ) -> PostgresStore:
+        return super().__new__(
+            cls, "postgres", None, True, max_event_bytes, None, url, schema, table_prefix, pool_size, retry_for
+        )

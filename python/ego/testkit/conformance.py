@@ -32,7 +32,7 @@ from ego.errors import ConcurrencyError, MessageTooLargeError
 from ego.stores import SnapshotCriteria
 from ego.v1 import DurableState, Event, Snapshot
 
-__all__ = ["EventsStoreConformance", "SnapshotStoreConformance", "StateStoreConformance", "make_event"]
+__all__ = ["EventsStoreConformance", "OffsetStoreConformance", "SnapshotStoreConformance", "StateStoreConformance", "make_event"]
 
 TYPE_URL = "type.googleapis.com/egotest.Note"
 
@@ -436,3 +436,35 @@ class StateStoreConformance(_Base):
         store.write_state(_state(pid, 1, b"one"), 0)
         store.delete_state(pid)
         assert store.read_state(pid) is None
+
+
+class OffsetStoreConformance(_Base):
+    """Cases for the offset store (projection positions)."""
+
+    @pytest.fixture
+    def projection(self) -> str:
+        return f"projection-{uuid.uuid4().hex[:12]}"
+
+    def test_01_unknown_projection(self, store: Any, projection: str) -> None:
+        assert store.read_offsets(projection) == []
+
+    def test_02_write_then_read(self, store: Any, projection: str) -> None:
+        store.write_offsets(projection, [(0, 5), (3, 7)])
+        assert store.read_offsets(projection) == [(0, 5), (3, 7)]
+        store.write_offsets(projection, [(3, 9)])
+        assert store.read_offsets(projection) == [(0, 5), (3, 9)]
+
+    def test_03_reset_one_projection(self, store: Any, projection: str) -> None:
+        other = projection + "-other"
+        store.write_offsets(projection, [(0, 5), (1, 6)])
+        store.write_offsets(other, [(0, 8)])
+        store.reset_offsets(projection)
+        assert store.read_offsets(projection) == []
+        assert store.read_offsets(other) == [(0, 8)]
+
+    def test_03b_names_that_are_prefixes_of_each_other(self, store: Any, projection: str) -> None:
+        store.write_offsets(projection, [(0, 1)])
+        store.write_offsets(projection + "x", [(0, 2)])
+        assert store.read_offsets(projection) == [(0, 1)]
+        store.reset_offsets(projection)
+        assert store.read_offsets(projection + "x") == [(0, 2)]

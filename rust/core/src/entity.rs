@@ -528,6 +528,10 @@ fn process<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>, work
     }
 }
 
+/// Whether the batch is full (or batching is off). The flush window is checked when the
+/// entity runs out of queued commands (in `release`): commands already waiting are worth
+/// adding to the batch whatever the clock says, so a window of 0 means "write as soon as the
+/// mailbox is empty".
 fn should_flush<H: Host>(e: &Entity<H>, work: &Work<H>) -> bool {
     if work.batch.is_empty() {
         return false;
@@ -540,7 +544,11 @@ fn should_flush<H: Host>(e: &Entity<H>, work: &Work<H>) -> bool {
         Kind::EventSourced => work.batch.events.len(),
         Kind::DurableState => work.batch.replies.len(),
     };
-    size >= threshold || work.batch.opened.is_some_and(|t| t.elapsed() >= e.options.batch_flush_window)
+    size >= threshold
+}
+
+fn window_expired<H: Host>(e: &Entity<H>, work: &Work<H>) -> bool {
+    work.batch.opened.is_some_and(|t| t.elapsed() >= e.options.batch_flush_window)
 }
 
 /// Writes the batch. Completes at once when the store finished the write synchronously;
@@ -655,7 +663,7 @@ fn release<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>, mut 
     for p in &mut work.batch.replies {
         p.own = false;
     }
-    if work.inflight.is_none() && !work.batch.is_empty() && should_flush(e, &work) {
+    if work.inflight.is_none() && !work.batch.is_empty() && (should_flush(e, &work) || window_expired(e, &work)) {
         let mut own = None;
         flush(sh, cx, e, &mut work, &mut own);
     }
@@ -723,4 +731,3 @@ fn stop<H: Host>(
         sh.host.reply(msg.into_reply(), Err(Fail::Engine(Error::EntityStopped(e.id.clone()))));
     }
 }
-

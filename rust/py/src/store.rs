@@ -10,8 +10,9 @@ use std::sync::{Arc, OnceLock};
 use ego_core::envelope::{DurableState, Event, Snapshot};
 use ego_core::error::Error;
 use ego_core::store::memory::{MemoryStore, DEFAULT_MAX_EVENT_BYTES};
+use ego_core::store::postgres::{PgOptions, PgStore};
 use ego_core::store::rocks::{RocksOptions, RocksStore};
-use ego_core::store::{EventsStore, SnapshotCriteria, SnapshotStore, StateStore};
+use ego_core::store::{EventsStore, OffsetStore, SnapshotCriteria, SnapshotStore, StateStore};
 use prost::Message;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -39,6 +40,17 @@ pub fn wait<T: Send>(py: Python<'_>, fut: impl Future<Output = ego_core::Result<
 enum Backend {
     Memory(MemoryStore),
     Rocks(RocksStore),
+    Postgres(PgStore),
+}
+
+macro_rules! as_dyn {
+    ($backend:expr, $trait:ident) => {
+        match $backend {
+            Backend::Memory(s) => Arc::new(s.clone()) as Arc<dyn $trait>,
+            Backend::Rocks(s) => Arc::new(s.clone()) as Arc<dyn $trait>,
+            Backend::Postgres(s) => Arc::new(s.clone()) as Arc<dyn $trait>,
+        }
+    };
 }
 
 /// A store implemented in Rust.
@@ -49,22 +61,16 @@ pub struct NativeStore {
 
 impl NativeStore {
     pub fn events(&self) -> Arc<dyn EventsStore> {
-        match &self.backend {
-            Backend::Memory(s) => Arc::new(s.clone()),
-            Backend::Rocks(s) => Arc::new(s.clone()),
-        }
+        as_dyn!(&self.backend, EventsStore)
     }
     pub fn snapshots(&self) -> Arc<dyn SnapshotStore> {
-        match &self.backend {
-            Backend::Memory(s) => Arc::new(s.clone()),
-            Backend::Rocks(s) => Arc::new(s.clone()),
-        }
+        as_dyn!(&self.backend, SnapshotStore)
     }
     pub fn states(&self) -> Arc<dyn StateStore> {
-        match &self.backend {
-            Backend::Memory(s) => Arc::new(s.clone()),
-            Backend::Rocks(s) => Arc::new(s.clone()),
-        }
+        as_dyn!(&self.backend, StateStore)
+    }
+    pub fn offsets(&self) -> Arc<dyn OffsetStore> {
+        as_dyn!(&self.backend, OffsetStore)
     }
 }
 
@@ -79,9 +85,38 @@ fn criteria(min_seq: u64, max_seq: u64, min_ts: i64, max_ts: i64) -> SnapshotCri
 #[pymethods]
 impl NativeStore {
     #[new]
-    #[pyo3(signature = (kind, path=None, sync=true, max_event_bytes=None, cache_bytes=None))]
-    fn new(py: Python<'_>, kind: &str, path: Option<PathBuf>, sync: bool, max_event_bytes: Option<usize>, cache_bytes: Option<usize>) -> PyResult<Self> {
+    #[pyo3(signature = (kind, path=None, sync=true, max_event_bytes=None, cache_bytes=None, url=None, schema="public", table_prefix="ego_", pool_size=8, retry_for=30.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        kind: &str,
+        path: Option<PathBuf>,
+        sync: bool,
+        max_event_bytes: Option<usize>,
+        cache_bytes: Option<usize>,
+        url: Option<String>,
+        schema: &str,
+        table_prefix: &str,
+        pool_size: usize,
+        retry_for: f64,
+    ) -> PyResult<Self> {
         let max = max_event_bytes.unwrap_or(DEFAULT_MAX_EVENT_BYTES);
+        if kind == "postgres" {
+            let Some(url) = url else { return Err(pyo3::exceptions::PyValueError::new_err("a PostgreSQL store needs a url")) };
+            if !(retry_for.is_finite() && retry_for >= 0.0) {
+                return Err(pyo3::exceptions::PyValueError::new_err("retry_for must be a non-negative number of seconds"));
+            }
+            let options = PgOptions {
+                url,
+                schema: schema.to_string(),
+                table_prefix: table_prefix.to_string(),
+                pool_size,
+                max_event_bytes: max,
+                retry_for: std::time::Duration::from_secs_f64(retry_for),
+            };
+            let store = wait(py, PgStore::connect(options, runtime().handle().clone()))?;
+            return Ok(NativeStore { backend: Backend::Postgres(store) });
+        }
         let backend = match (kind, path) {
             ("memory", _) => Backend::Memory(MemoryStore::with_max_event_bytes(max)),
             ("rocksdb", Some(path)) => {
@@ -101,6 +136,7 @@ impl NativeStore {
         match &self.backend {
             Backend::Memory(s) => s.max_event_bytes(),
             Backend::Rocks(s) => s.max_event_bytes(),
+            Backend::Postgres(s) => s.max_event_bytes(),
         }
     }
 
@@ -108,9 +144,32 @@ impl NativeStore {
     /// directory lock). Later calls fail. Idempotent.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         match &self.backend {
-            Backend::Memory(_) => Ok(()),
+            Backend::Memory(_) | Backend::Postgres(_) => Ok(()),
             Backend::Rocks(s) => py.detach(|| s.shutdown()).py(py),
         }
+    }
+
+    /// Drops every table of a PostgreSQL store (for tests and tools). Other stores: no-op.
+    fn drop_tables(&self, py: Python<'_>) -> PyResult<()> {
+        match &self.backend {
+            Backend::Postgres(s) => wait(py, s.drop_tables()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Saves positions of a projection: `[(shard, position), ...]`.
+    fn write_offsets(&self, py: Python<'_>, projection: &str, offsets: Vec<(u32, u64)>) -> PyResult<()> {
+        wait(py, self.offsets().write_offsets(projection, offsets))
+    }
+
+    /// Every saved `(shard, position)` of a projection, by shard.
+    fn read_offsets(&self, py: Python<'_>, projection: &str) -> PyResult<Vec<(u32, u64)>> {
+        wait(py, self.offsets().read_offsets(projection))
+    }
+
+    /// Forgets every offset of a projection.
+    fn reset_offsets(&self, py: Python<'_>, projection: &str) -> PyResult<()> {
+        wait(py, self.offsets().reset_offsets(projection))
     }
 
     fn _write_events(&self, py: Python<'_>, events: Vec<Vec<u8>>) -> PyResult<()> {

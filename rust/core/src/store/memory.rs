@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{check_batch, BoxFuture, EventsStore, IdPage, ShardHead, SnapshotCriteria, SnapshotStore, StateStore};
+use super::{check_batch, BoxFuture, EventsStore, IdPage, OffsetStore, ShardHead, SnapshotCriteria, SnapshotStore, StateStore};
 use crate::envelope::{DurableState, Event, Snapshot};
 use crate::error::{Error, Result};
 use crate::poll::ready;
@@ -31,6 +31,7 @@ struct Data {
     type_urls: Map<Arc<str>, ()>,
     snapshots: Map<String, BTreeMap<u64, Snapshot>>,
     states: Map<String, DurableState>,
+    offsets: Map<String, BTreeMap<u32, u64>>,
 }
 
 struct Journal {
@@ -128,7 +129,12 @@ impl MemoryStore {
                 }
             };
             let extra = (e.is_deleted || e.is_encrypted || !e.encryption_key_id.is_empty() || !e.metadata.is_empty()).then(|| {
-                Box::new(Extra { is_deleted: e.is_deleted, encryption_key_id: e.encryption_key_id, is_encrypted: e.is_encrypted, metadata: e.metadata })
+                Box::new(Extra {
+                    is_deleted: e.is_deleted,
+                    encryption_key_id: e.encryption_key_id,
+                    is_encrypted: e.is_encrypted,
+                    metadata: e.metadata,
+                })
             });
             let stored = Arc::new(Stored {
                 pid: journal.pid.clone(),
@@ -272,6 +278,23 @@ impl StateStore for MemoryStore {
 
     fn delete_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<()>> {
         self.inner.lock().states.remove(persistence_id);
+        ready(Ok(()))
+    }
+}
+
+impl OffsetStore for MemoryStore {
+    fn write_offsets(&self, projection: &str, offsets: Vec<(u32, u64)>) -> BoxFuture<'static, Result<()>> {
+        self.inner.lock().offsets.entry(projection.to_string()).or_default().extend(offsets);
+        ready(Ok(()))
+    }
+
+    fn read_offsets(&self, projection: &str) -> BoxFuture<'static, Result<Vec<(u32, u64)>>> {
+        let data = self.inner.lock();
+        ready(Ok(data.offsets.get(projection).map(|m| m.iter().map(|(s, p)| (*s, *p)).collect()).unwrap_or_default()))
+    }
+
+    fn reset_offsets(&self, projection: &str) -> BoxFuture<'static, Result<()>> {
+        self.inner.lock().offsets.remove(projection);
         ready(Ok(()))
     }
 }

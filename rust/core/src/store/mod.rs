@@ -15,6 +15,7 @@
 //! inline without a thread hop (see [`crate::poll`]).
 
 pub mod memory;
+pub mod postgres;
 pub mod rocks;
 
 use std::future::Future;
@@ -119,6 +120,16 @@ pub trait StateStore: Send + Sync + 'static {
     fn close(&self) -> BoxFuture<'static, Result<()>> {
         crate::poll::ready(Ok(()))
     }
+}
+
+/// Positions of projections, per shard.
+pub trait OffsetStore: Send + Sync + 'static {
+    /// Saves the positions of `projection` in the given shards.
+    fn write_offsets(&self, projection: &str, offsets: Vec<(u32, u64)>) -> BoxFuture<'static, Result<()>>;
+    /// Every saved `(shard, position)` of `projection`, by shard; empty when none.
+    fn read_offsets(&self, projection: &str) -> BoxFuture<'static, Result<Vec<(u32, u64)>>>;
+    /// Forgets every offset of `projection` (it starts from the beginning again).
+    fn reset_offsets(&self, projection: &str) -> BoxFuture<'static, Result<()>>;
 }
 
 /// The stores an engine runs on. Any of them may be missing when the engine does not need it.

@@ -7,6 +7,7 @@
 //! - `snapshots` `pid \0 seq(be64)`      -> `Snapshot`
 //! - `states`    `pid`                   -> version(be64) ++ `DurableState`
 //! - `meta`      `pos` shard(be32)       -> last position of the shard (be64)
+//! - `offsets`   `projection \0 shard(be32)` -> position (be64)
 //!
 //! Entity ids cannot contain control characters, so `\0` separates the id from the sequence
 //! number and the keys of one id form one contiguous range.
@@ -31,7 +32,7 @@ use rocksdb::{
 };
 use tokio::sync::oneshot;
 
-use super::{check_batch, BoxFuture, EventsStore, IdPage, ShardHead, SnapshotCriteria, SnapshotStore, StateStore};
+use super::{check_batch, BoxFuture, EventsStore, IdPage, OffsetStore, ShardHead, SnapshotCriteria, SnapshotStore, StateStore};
 use crate::envelope::{DurableState, Event, Snapshot};
 use crate::error::{Error, Result};
 use crate::poll::ready;
@@ -42,7 +43,8 @@ const CF_HEADS: &str = "heads";
 const CF_SNAPSHOTS: &str = "snapshots";
 const CF_STATES: &str = "states";
 const CF_META: &str = "meta";
-const FAMILIES: [&str; 6] = [CF_EVENTS, CF_LOG, CF_HEADS, CF_SNAPSHOTS, CF_STATES, CF_META];
+const CF_OFFSETS: &str = "offsets";
+const FAMILIES: [&str; 7] = [CF_EVENTS, CF_LOG, CF_HEADS, CF_SNAPSHOTS, CF_STATES, CF_META, CF_OFFSETS];
 const POS_PREFIX: &[u8] = b"pos";
 /// Most requests merged into one group commit.
 const MAX_GROUP: usize = 8192;
@@ -88,13 +90,15 @@ enum Op {
     PutState(DurableState, u64),
     DeleteState(String),
     DeleteEvents(String, u64),
+    PutOffsets(String, Vec<(u32, u64)>),
+    ResetOffsets(String),
     Close,
 }
 
 impl Op {
     /// Operations that read what earlier operations wrote: the group is committed before them.
     fn is_barrier(&self) -> bool {
-        matches!(self, Op::DeleteSnapshots(..) | Op::DeleteEvents(..) | Op::Close)
+        matches!(self, Op::DeleteSnapshots(..) | Op::DeleteEvents(..) | Op::ResetOffsets(..) | Op::Close)
     }
 }
 
@@ -137,6 +141,14 @@ fn log_key(shard: u32, pos: u64) -> [u8; 12] {
 
 fn pos_key(shard: u32) -> Vec<u8> {
     let mut k = POS_PREFIX.to_vec();
+    k.extend_from_slice(&shard.to_be_bytes());
+    k
+}
+
+fn offset_key(projection: &str, shard: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(projection.len() + 5);
+    k.extend_from_slice(projection.as_bytes());
+    k.push(0);
     k.extend_from_slice(&shard.to_be_bytes());
     k
 }
@@ -354,6 +366,25 @@ impl RocksStore {
         Ok(Some(state))
     }
 
+    fn offsets(&self, projection: &str) -> Result<Vec<(u32, u64)>> {
+        let db = self.db()?;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(journal_end(projection));
+        let mut it = db.raw_iterator_cf_opt(cf(&db, CF_OFFSETS), ro);
+        let mut start = projection.as_bytes().to_vec();
+        start.push(0);
+        it.seek(start);
+        let mut out = Vec::new();
+        while it.valid() {
+            let key = it.key().unwrap_or_default();
+            let shard = key.get(projection.len() + 1..).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes).unwrap_or(0);
+            out.push((shard, be64(it.value().unwrap_or_default()).unwrap_or(0)));
+            it.next();
+        }
+        it.status().map_err(map_err)?;
+        Ok(out)
+    }
+
     /// Syncs, flushes memtables and stops the writer. Later calls fail with a storage error.
     pub fn shutdown(&self) -> Result<()> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
@@ -501,7 +532,13 @@ impl Writer {
                 group.versions.insert(pid, 0);
                 Ok(())
             }
-            Op::DeleteSnapshots(..) | Op::DeleteEvents(..) | Op::Close => unreachable!("barriers are not grouped"),
+            Op::PutOffsets(projection, offsets) => {
+                for (shard, position) in offsets {
+                    group.batch.put_cf(self.cf(CF_OFFSETS), offset_key(&projection, shard), position.to_be_bytes());
+                }
+                Ok(())
+            }
+            Op::DeleteSnapshots(..) | Op::DeleteEvents(..) | Op::ResetOffsets(..) | Op::Close => unreachable!("barriers are not grouped"),
         };
         match result {
             Ok(()) => group.waiting.push(req.done),
@@ -615,6 +652,13 @@ impl Writer {
                 drop(it);
                 self.write(batch)
             }
+            Op::ResetOffsets(projection) => {
+                let mut batch = WriteBatch::default();
+                let mut start = projection.clone().into_bytes();
+                start.push(0);
+                batch.delete_range_cf(self.cf(CF_OFFSETS), start, journal_end(&projection));
+                self.write(batch)
+            }
             Op::Close => {
                 self.db.flush_wal(true).map_err(map_err)?;
                 for name in FAMILIES {
@@ -704,5 +748,22 @@ impl StateStore for RocksStore {
     }
     fn close(&self) -> BoxFuture<'static, Result<()>> {
         ready(self.shutdown())
+    }
+}
+
+impl OffsetStore for RocksStore {
+    fn write_offsets(&self, projection: &str, offsets: Vec<(u32, u64)>) -> BoxFuture<'static, Result<()>> {
+        if projection.contains('\0') {
+            return ready(Err(Error::invalid("a projection name cannot contain NUL")));
+        }
+        self.submit(Op::PutOffsets(projection.to_string(), offsets))
+    }
+
+    fn read_offsets(&self, projection: &str) -> BoxFuture<'static, Result<Vec<(u32, u64)>>> {
+        ready(self.offsets(projection))
+    }
+
+    fn reset_offsets(&self, projection: &str) -> BoxFuture<'static, Result<()>> {
+        self.submit(Op::ResetOffsets(projection.to_string()))
     }
 }

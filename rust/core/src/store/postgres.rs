@@ -1,0 +1,863 @@
+//! PostgreSQL stores: events, snapshots, durable state and projection offsets, shared by many
+//! processes and machines.
+//!
+//! - Optimistic concurrency: `heads` keeps each persistence id's highest sequence number; a
+//!   write locks the head (or claims it for a new id) and is refused unless it continues right
+//!   after it. Durable states are compare-and-set on their version the same way. Events also
+//!   have a unique (persistence id, sequence number).
+//! - Positions: each shard has a counter row in `shards`; a write takes the counter's row lock
+//!   to number its events, and holds it until it commits. A later writer to the shard waits for
+//!   the earlier one, so positions become visible in commit order and a reader that reads
+//!   "after position p" never skips a committed event (no gaps from in-flight transactions).
+//! - Group commit: one writer task per store takes every write queued while the previous
+//!   transaction ran and writes them in one transaction (a few pipelined statements with
+//!   array parameters), one WAL flush for all.
+//! - Losing the server: a transaction that fails before COMMIT is sent rolled back, so it is
+//!   retried with backoff (up to `retry_for`) on a new connection; one whose connection breaks
+//!   while COMMIT is in flight fails with [`Error::OutcomeUnknown`].
+//! - Names: the schema and table prefix are checked to be plain identifiers and are quoted;
+//!   every value is a bound parameter.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use prost::Message;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row};
+
+use super::{check_batch, BoxFuture, EventsStore, IdPage, OffsetStore, ShardHead, SnapshotCriteria, SnapshotStore, StateStore};
+use crate::envelope::{Any, DurableState, Event, Snapshot};
+use crate::error::{Error, Result};
+
+/// Most requests merged into one transaction.
+const MAX_GROUP: usize = 2048;
+/// Schema version this code writes.
+const SCHEMA_VERSION: i32 = 1;
+
+/// Settings of a [`PgStore`].
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// A libpq-style URL or key=value string (`postgresql://user@host:5432/db`).
+    pub url: String,
+    /// Schema of the tables (created if missing).
+    pub schema: String,
+    /// Prefix of the table names.
+    pub table_prefix: String,
+    /// Connections for reads.
+    pub pool_size: usize,
+    /// Largest event payload accepted.
+    pub max_event_bytes: usize,
+    /// How long a write keeps retrying while the server cannot be reached.
+    pub retry_for: Duration,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            url: "postgresql://postgres@127.0.0.1:5432/postgres".into(),
+            schema: "public".into(),
+            table_prefix: "ego_".into(),
+            pool_size: 8,
+            max_event_bytes: super::memory::DEFAULT_MAX_EVENT_BYTES,
+            retry_for: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Checks that `name` is a plain SQL identifier.
+pub fn check_identifier(what: &str, name: &str, allow_empty: bool) -> Result<()> {
+    let ok = (allow_empty && name.is_empty())
+        || (name.len() <= 40
+            && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Configuration(
+            format!("{what} {name:?} must be letters, digits and underscores (at most 40), not starting with a digit").into(),
+        ))
+    }
+}
+
+/// Quoted table names.
+#[derive(Clone)]
+struct Names {
+    schema: String,
+    events: String,
+    heads: String,
+    shards: String,
+    snapshots: String,
+    states: String,
+    offsets: String,
+    migrations: String,
+}
+
+impl Names {
+    fn new(schema: &str, prefix: &str) -> Self {
+        let t = |name: &str| format!("\"{schema}\".\"{prefix}{name}\"");
+        Names {
+            schema: format!("\"{schema}\""),
+            events: t("events"),
+            heads: t("heads"),
+            shards: t("shards"),
+            snapshots: t("snapshots"),
+            states: t("states"),
+            offsets: t("offsets"),
+            migrations: t("migrations"),
+        }
+    }
+}
+
+/// The PostgreSQL store. Cloning gives another handle on the same store.
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    names: Names,
+    options: PgOptions,
+    runtime: tokio::runtime::Handle,
+    writer: mpsc::UnboundedSender<Request>,
+}
+
+enum Op {
+    Append(Vec<Event>),
+    PutState(DurableState, u64),
+    PutSnapshot(Snapshot),
+}
+
+struct Request {
+    op: Op,
+    done: oneshot::Sender<Result<()>>,
+}
+
+fn db_error(e: tokio_postgres::Error) -> Error {
+    match e.code() {
+        Some(c) if *c == SqlState::UNIQUE_VIOLATION => Error::Storage(format!("duplicate key: {e}").into()),
+        Some(c) if *c == SqlState::DISK_FULL => Error::StorageFull(e.to_string().into()),
+        _ => Error::Storage(format!("postgres: {}", e.as_db_error().map_or_else(|| e.to_string(), |d| d.to_string())).into()),
+    }
+}
+
+fn is_connection_error(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_none() && e.code().is_none_or(|c| c.code().starts_with("08") || *c == SqlState::ADMIN_SHUTDOWN)
+        || e.code().is_some_and(|c| c.code().starts_with("08") || *c == SqlState::ADMIN_SHUTDOWN || *c == SqlState::CRASH_SHUTDOWN)
+}
+
+fn to_i64(v: u64) -> i64 {
+    v.min(i64::MAX as u64) as i64
+}
+
+impl PgStore {
+    /// Connects, creates or migrates the schema, and starts the writer task on `runtime`.
+    pub async fn connect(options: PgOptions, runtime: tokio::runtime::Handle) -> Result<Self> {
+        check_identifier("schema", &options.schema, false)?;
+        check_identifier("table prefix", &options.table_prefix, true)?;
+        let config: tokio_postgres::Config =
+            options.url.parse().map_err(|e| Error::Configuration(format!("bad PostgreSQL URL: {e}").into()))?;
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager).max_size(options.pool_size.max(1)).build().map_err(Error::storage)?;
+        let names = Names::new(&options.schema, &options.table_prefix);
+        migrate(&pool, &names).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner { pool, names, options, runtime: runtime.clone(), writer: tx });
+        runtime.spawn(writer(inner.clone(), rx));
+        Ok(PgStore { inner })
+    }
+
+    /// The largest event payload this store accepts.
+    pub fn max_event_bytes(&self) -> usize {
+        self.inner.options.max_event_bytes
+    }
+
+    /// Deletes every table of this store (tests and tools).
+    pub async fn drop_tables(&self) -> Result<()> {
+        let n = &self.inner.names;
+        let client = self.inner.pool.get().await.map_err(Error::storage)?;
+        let sql = format!(
+            "DROP TABLE IF EXISTS {}, {}, {}, {}, {}, {}, {}",
+            n.events, n.heads, n.shards, n.snapshots, n.states, n.offsets, n.migrations
+        );
+        client.batch_execute(&sql).await.map_err(db_error)
+    }
+
+    fn submit(&self, op: Op) -> BoxFuture<'static, Result<()>> {
+        let (done, rx) = oneshot::channel();
+        if self.inner.writer.send(Request { op, done }).is_err() {
+            return crate::poll::ready(Err(Error::Storage("the PostgreSQL store is closed".into())));
+        }
+        Box::pin(async move { rx.await.unwrap_or_else(|_| Err(Error::Storage("the PostgreSQL writer stopped".into()))) })
+    }
+
+    /// Runs `f` with a pooled connection on the store's runtime.
+    fn read<T, F, Fut>(&self, f: F) -> BoxFuture<'static, Result<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Inner>, deadpool_postgres::Object) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        let task = self.inner.runtime.spawn(async move {
+            let client = get_client(&inner).await?;
+            f(inner, client).await
+        });
+        Box::pin(async move { task.await.unwrap_or_else(|e| Err(Error::storage(e))) })
+    }
+
+    /// Runs one statement that changes data outside the writer (deletes, offsets).
+    fn exec(&self, sql: String, params: Vec<Box<dyn ToSql + Send + Sync>>) -> BoxFuture<'static, Result<()>> {
+        self.read(move |_, client| async move {
+            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+            client.execute(&sql, &refs).await.map(|_| ()).map_err(db_error)
+        })
+    }
+}
+
+async fn get_client(inner: &Inner) -> Result<deadpool_postgres::Object> {
+    let deadline = Instant::now() + inner.options.retry_for;
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        match inner.pool.get().await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() >= deadline => return Err(Error::Storage(format!("cannot reach PostgreSQL: {e}").into())),
+            Err(_) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+async fn migrate(pool: &Pool, n: &Names) -> Result<()> {
+    let mut client = pool.get().await.map_err(|e| Error::Storage(format!("cannot reach PostgreSQL: {e}").into()))?;
+    let tx = client.transaction().await.map_err(db_error)?;
+    // One migration at a time across processes.
+    tx.execute("SELECT pg_advisory_xact_lock(7417086427381)", &[]).await.map_err(db_error)?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+         CREATE TABLE IF NOT EXISTS {m} (version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());",
+        schema = n.schema,
+        m = n.migrations
+    ))
+    .await
+    .map_err(db_error)?;
+    let current: Option<i32> = tx.query_one(&format!("SELECT max(version) FROM {}", n.migrations), &[]).await.map_err(db_error)?.get(0);
+    let current = current.unwrap_or(0);
+    if current > SCHEMA_VERSION {
+        return Err(Error::Configuration(
+            format!("the database has schema version {current}, newer than this ego (version {SCHEMA_VERSION})").into(),
+        ));
+    }
+    if current < 1 {
+        tx.batch_execute(&format!(
+            "CREATE TABLE {events} (
+                persistence_id text NOT NULL,
+                sequence_number bigint NOT NULL,
+                shard int NOT NULL,
+                position bigint NOT NULL,
+                timestamp bigint NOT NULL,
+                type_url text NOT NULL,
+                payload bytea NOT NULL,
+                encryption_key_id text,
+                is_encrypted boolean NOT NULL DEFAULT false,
+                is_deleted boolean NOT NULL DEFAULT false,
+                metadata bytea,
+                PRIMARY KEY (persistence_id, sequence_number)
+             );
+             CREATE UNIQUE INDEX ON {events} (shard, position);
+             CREATE TABLE {heads} (persistence_id text PRIMARY KEY, highest bigint NOT NULL);
+             CREATE TABLE {shards} (shard int PRIMARY KEY, position bigint NOT NULL);
+             CREATE TABLE {snapshots} (
+                persistence_id text NOT NULL,
+                sequence_number bigint NOT NULL,
+                timestamp bigint NOT NULL,
+                type_url text NOT NULL,
+                payload bytea NOT NULL,
+                encryption_key_id text,
+                is_encrypted boolean NOT NULL DEFAULT false,
+                PRIMARY KEY (persistence_id, sequence_number)
+             );
+             CREATE TABLE {states} (
+                persistence_id text PRIMARY KEY,
+                version bigint NOT NULL,
+                shard int NOT NULL,
+                timestamp bigint NOT NULL,
+                type_url text NOT NULL,
+                payload bytea NOT NULL,
+                encryption_key_id text,
+                is_encrypted boolean NOT NULL DEFAULT false
+             );
+             CREATE TABLE {offsets} (
+                projection text NOT NULL,
+                shard int NOT NULL,
+                position bigint NOT NULL,
+                updated_at bigint NOT NULL,
+                PRIMARY KEY (projection, shard)
+             );
+             INSERT INTO {m} (version) VALUES (1);",
+            events = n.events,
+            heads = n.heads,
+            shards = n.shards,
+            snapshots = n.snapshots,
+            states = n.states,
+            offsets = n.offsets,
+            m = n.migrations,
+        ))
+        .await
+        .map_err(db_error)?;
+    }
+    tx.commit().await.map_err(db_error)
+}
+
+fn event_of(row: &Row) -> Event {
+    let metadata: Option<Vec<u8>> = row.get("metadata");
+    let metadata = metadata.and_then(|m| Event::decode(&*m).ok()).map(|e| e.metadata).unwrap_or_default();
+    let key: Option<String> = row.get("encryption_key_id");
+    Event {
+        persistence_id: row.get("persistence_id"),
+        sequence_number: row.get::<_, i64>("sequence_number") as u64,
+        is_deleted: row.get("is_deleted"),
+        event: Some(Any { type_url: row.get("type_url"), value: row.get::<_, Vec<u8>>("payload").into() }),
+        timestamp: row.get("timestamp"),
+        shard: row.get::<_, i32>("shard") as u32,
+        encryption_key_id: key.unwrap_or_default(),
+        is_encrypted: row.get("is_encrypted"),
+        position: row.get::<_, i64>("position") as u64,
+        metadata,
+    }
+}
+
+const EVENT_COLUMNS: &str =
+    "persistence_id, sequence_number, shard, position, timestamp, type_url, payload, encryption_key_id, is_encrypted, is_deleted, metadata";
+
+fn snapshot_of(row: &Row) -> Snapshot {
+    let key: Option<String> = row.get("encryption_key_id");
+    Snapshot {
+        persistence_id: row.get("persistence_id"),
+        sequence_number: row.get::<_, i64>("sequence_number") as u64,
+        state: Some(Any { type_url: row.get("type_url"), value: row.get::<_, Vec<u8>>("payload").into() }),
+        timestamp: row.get("timestamp"),
+        encryption_key_id: key.unwrap_or_default(),
+        is_encrypted: row.get("is_encrypted"),
+    }
+}
+
+fn state_of(row: &Row) -> DurableState {
+    let key: Option<String> = row.get("encryption_key_id");
+    DurableState {
+        persistence_id: row.get("persistence_id"),
+        version_number: row.get::<_, i64>("version") as u64,
+        resulting_state: Some(Any { type_url: row.get("type_url"), value: row.get::<_, Vec<u8>>("payload").into() }),
+        timestamp: row.get("timestamp"),
+        shard: row.get::<_, i32>("shard") as u32,
+        encryption_key_id: key.unwrap_or_default(),
+        is_encrypted: row.get("is_encrypted"),
+    }
+}
+
+/// Why a group transaction failed.
+enum GroupError {
+    /// Before COMMIT was sent: nothing was written.
+    Before(tokio_postgres::Error),
+    /// While COMMIT was in flight.
+    AtCommit(tokio_postgres::Error),
+}
+
+/// The writer task: group commit.
+async fn writer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Request>) {
+    let mut client: Option<Client> = None;
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        let results = run_group(&inner, &mut client, &group).await;
+        for (req, result) in group.into_iter().zip(results) {
+            let _ = req.done.send(result);
+        }
+    }
+}
+
+async fn connect(inner: &Inner) -> std::result::Result<Client, tokio_postgres::Error> {
+    let config: tokio_postgres::Config = inner.options.url.parse()?;
+    let (client, connection) = config.connect(NoTls).await?;
+    inner.runtime.spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Runs one group, retrying on a fresh connection while nothing can have been written.
+async fn run_group(inner: &Inner, client: &mut Option<Client>, group: &[Request]) -> Vec<Result<()>> {
+    let deadline = Instant::now() + inner.options.retry_for;
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            match connect(inner).await {
+                Ok(c) => *client = Some(c),
+                Err(e) => {
+                    if Instant::now() >= deadline {
+                        return fail_all(group, Error::Storage(format!("cannot reach PostgreSQL: {e}").into()));
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            }
+        }
+        let c = client.as_mut().expect("connected");
+        match write_group(inner, c, group).await {
+            Ok(results) => return results,
+            Err(GroupError::Before(e)) if is_connection_error(&e) && Instant::now() < deadline => {
+                *client = None;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            Err(GroupError::Before(e)) => {
+                if is_connection_error(&e) {
+                    *client = None;
+                }
+                return fail_all(group, db_error(e));
+            }
+            Err(GroupError::AtCommit(e)) => {
+                if e.as_db_error().is_some() {
+                    return fail_all(group, db_error(e));
+                }
+                *client = None;
+                return fail_all(
+                    group,
+                    Error::OutcomeUnknown(format!("the connection to PostgreSQL was lost while committing: {e}").into()),
+                );
+            }
+        }
+    }
+}
+
+fn fail_all(group: &[Request], e: Error) -> Vec<Result<()>> {
+    group.iter().map(|_| Err(e.clone())).collect()
+}
+
+/// Checks every request against the stored heads and versions (locking them), writes the
+/// accepted ones in one transaction, and returns each request's result.
+async fn write_group(inner: &Inner, client: &mut Client, group: &[Request]) -> std::result::Result<Vec<Result<()>>, GroupError> {
+    use GroupError::{AtCommit, Before};
+    let n = &inner.names;
+    let mut results: Vec<Result<()>> = Vec::with_capacity(group.len());
+
+    // Validate shapes and sizes first (no database needed).
+    let mut event_pids: Vec<String> = Vec::new();
+    let mut state_pids: Vec<String> = Vec::new();
+    for req in group {
+        let r = match &req.op {
+            Op::Append(events) => check_batch(events).map(|(pid, _)| pid.to_string()).and_then(|pid| {
+                for e in events {
+                    let size = e.event.as_ref().map_or(0, |a| a.value.len());
+                    if size > inner.options.max_event_bytes {
+                        return Err(Error::TooLarge { what: "event", size, limit: inner.options.max_event_bytes });
+                    }
+                }
+                event_pids.push(pid);
+                Ok(())
+            }),
+            Op::PutState(s, _) => crate::ids::validate_id(&s.persistence_id).map(|_| state_pids.push(s.persistence_id.clone())),
+            Op::PutSnapshot(s) => crate::ids::validate_id(&s.persistence_id),
+        };
+        results.push(r);
+    }
+    event_pids.sort();
+    event_pids.dedup();
+    state_pids.sort();
+    state_pids.dedup();
+
+    let tx = client.transaction().await.map_err(Before)?;
+
+    // Lock the heads and versions that exist (in id order: no deadlocks between writers).
+    let mut heads: HashMap<String, u64> = HashMap::new();
+    if !event_pids.is_empty() {
+        let sql =
+            format!("SELECT persistence_id, highest FROM {} WHERE persistence_id = ANY($1) ORDER BY persistence_id FOR UPDATE", n.heads);
+        for row in tx.query(&sql, &[&event_pids]).await.map_err(Before)? {
+            heads.insert(row.get(0), row.get::<_, i64>(1) as u64);
+        }
+    }
+    let mut versions: HashMap<String, u64> = HashMap::new();
+    if !state_pids.is_empty() {
+        let sql =
+            format!("SELECT persistence_id, version FROM {} WHERE persistence_id = ANY($1) ORDER BY persistence_id FOR UPDATE", n.states);
+        for row in tx.query(&sql, &[&state_pids]).await.map_err(Before)? {
+            versions.insert(row.get(0), row.get::<_, i64>(1) as u64);
+        }
+    }
+
+    // Decide each request in order; a later request of the same id sees the earlier ones.
+    let existing_heads: HashSet<String> = heads.keys().cloned().collect();
+    let existing_states: HashSet<String> = versions.keys().cloned().collect();
+    let mut new_heads: BTreeMap<String, u64> = BTreeMap::new();
+    let mut accepted_events: Vec<(usize, &Vec<Event>)> = Vec::new();
+    let mut final_states: BTreeMap<String, (usize, &DurableState)> = BTreeMap::new();
+    let mut state_requests: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut snapshots: BTreeMap<(String, u64), &Snapshot> = BTreeMap::new();
+    for (i, req) in group.iter().enumerate() {
+        if results[i].is_err() {
+            continue;
+        }
+        match &req.op {
+            Op::Append(events) => {
+                let pid = &events[0].persistence_id;
+                let first = events[0].sequence_number;
+                let highest = *new_heads.get(pid).or(heads.get(pid)).unwrap_or(&0);
+                if first != highest + 1 {
+                    results[i] = Err(Error::Concurrency { persistence_id: pid.as_str().into(), expected: first - 1, actual: highest });
+                    continue;
+                }
+                new_heads.insert(pid.clone(), events.last().expect("non-empty").sequence_number);
+                accepted_events.push((i, events));
+            }
+            Op::PutState(s, expected) => {
+                let actual = final_states
+                    .get(&s.persistence_id)
+                    .map(|(_, s)| s.version_number)
+                    .or(versions.get(&s.persistence_id).copied())
+                    .unwrap_or(0);
+                if actual != *expected {
+                    results[i] = Err(Error::Concurrency { persistence_id: s.persistence_id.as_str().into(), expected: *expected, actual });
+                    continue;
+                }
+                final_states.insert(s.persistence_id.clone(), (i, s));
+                state_requests.entry(s.persistence_id.clone()).or_default().push(i);
+            }
+            Op::PutSnapshot(s) => {
+                snapshots.insert((s.persistence_id.clone(), s.sequence_number), s);
+            }
+        }
+    }
+
+    // Claim the ids that are new; another writer may have claimed them meanwhile.
+    let claim: Vec<String> = new_heads.keys().filter(|p| !existing_heads.contains(*p)).cloned().collect();
+    if !claim.is_empty() {
+        let highs: Vec<i64> = claim.iter().map(|p| to_i64(new_heads[p])).collect();
+        let sql = format!(
+            "INSERT INTO {} (persistence_id, highest) SELECT * FROM unnest($1::text[], $2::int8[]) ON CONFLICT DO NOTHING RETURNING persistence_id",
+            n.heads
+        );
+        let won: HashSet<String> = tx.query(&sql, &[&claim, &highs]).await.map_err(Before)?.iter().map(|r| r.get(0)).collect();
+        for lost in claim.iter().filter(|p| !won.contains(*p)) {
+            new_heads.remove(lost);
+            for (i, events) in accepted_events.iter().filter(|(_, ev)| &ev[0].persistence_id == lost) {
+                results[*i] =
+                    Err(Error::Concurrency { persistence_id: lost.as_str().into(), expected: events[0].sequence_number - 1, actual: 0 });
+            }
+            accepted_events.retain(|(_, ev)| &ev[0].persistence_id != lost);
+        }
+    }
+    let update: Vec<String> = new_heads.keys().filter(|p| existing_heads.contains(*p)).cloned().collect();
+    if !update.is_empty() {
+        let highs: Vec<i64> = update.iter().map(|p| to_i64(new_heads[p])).collect();
+        let sql = format!(
+            "UPDATE {h} AS h SET highest = t.highest FROM unnest($1::text[], $2::int8[]) AS t(persistence_id, highest) WHERE h.persistence_id = t.persistence_id",
+            h = n.heads
+        );
+        tx.execute(&sql, &[&update, &highs]).await.map_err(Before)?;
+    }
+
+    // Number the events: lock each shard's counter (in shard order) until commit.
+    if !accepted_events.is_empty() {
+        let mut per_shard: BTreeMap<u32, i64> = BTreeMap::new();
+        for (_, events) in &accepted_events {
+            for e in events.iter() {
+                *per_shard.entry(e.shard).or_default() += 1;
+            }
+        }
+        let shards: Vec<i32> = per_shard.keys().map(|s| *s as i32).collect();
+        let counts: Vec<i64> = per_shard.values().copied().collect();
+        let sql = format!(
+            "INSERT INTO {s} AS s (shard, position) SELECT * FROM unnest($1::int4[], $2::int8[]) \
+             ON CONFLICT (shard) DO UPDATE SET position = s.position + EXCLUDED.position RETURNING shard, position",
+            s = n.shards
+        );
+        let mut next: HashMap<u32, i64> = HashMap::new();
+        for row in tx.query(&sql, &[&shards, &counts]).await.map_err(Before)? {
+            let shard = row.get::<_, i32>(0) as u32;
+            let last: i64 = row.get(1);
+            next.insert(shard, last - per_shard[&shard] + 1);
+        }
+        let total: usize = accepted_events.iter().map(|(_, e)| e.len()).sum();
+        let mut pids = Vec::with_capacity(total);
+        let mut seqs = Vec::with_capacity(total);
+        let mut shard_col = Vec::with_capacity(total);
+        let mut positions = Vec::with_capacity(total);
+        let mut timestamps = Vec::with_capacity(total);
+        let mut type_urls = Vec::with_capacity(total);
+        let mut payloads: Vec<&[u8]> = Vec::with_capacity(total);
+        let mut keys: Vec<Option<&str>> = Vec::with_capacity(total);
+        let mut encrypted = Vec::with_capacity(total);
+        let mut deleted = Vec::with_capacity(total);
+        let mut metadata: Vec<Option<Vec<u8>>> = Vec::with_capacity(total);
+        for (_, events) in &accepted_events {
+            for e in events.iter() {
+                let pos = next.get_mut(&e.shard).expect("shard numbered");
+                pids.push(e.persistence_id.as_str());
+                seqs.push(to_i64(e.sequence_number));
+                shard_col.push(e.shard as i32);
+                positions.push(*pos);
+                *pos += 1;
+                timestamps.push(e.timestamp);
+                let any = e.event.as_ref();
+                type_urls.push(any.map_or("", |a| a.type_url.as_str()));
+                payloads.push(any.map_or(&[][..], |a| &a.value[..]));
+                keys.push((!e.encryption_key_id.is_empty()).then_some(e.encryption_key_id.as_str()));
+                encrypted.push(e.is_encrypted);
+                deleted.push(e.is_deleted);
+                metadata
+                    .push((!e.metadata.is_empty()).then(|| Event { metadata: e.metadata.clone(), ..Default::default() }.encode_to_vec()));
+            }
+        }
+        let sql = format!(
+            "INSERT INTO {} ({EVENT_COLUMNS}) SELECT * FROM unnest($1::text[], $2::int8[], $3::int4[], $4::int8[], $5::int8[], \
+             $6::text[], $7::bytea[], $8::text[], $9::bool[], $10::bool[], $11::bytea[])",
+            n.events
+        );
+        let params: [&(dyn ToSql + Sync); 11] =
+            [&pids, &seqs, &shard_col, &positions, &timestamps, &type_urls, &payloads, &keys, &encrypted, &deleted, &metadata];
+        tx.execute(&sql, &params).await.map_err(Before)?;
+    }
+
+    // Durable states: insert the new ids (claims), update the locked ones.
+    let (fresh, known): (Vec<_>, Vec<_>) = final_states.values().partition(|(_, s)| !existing_states.contains(&s.persistence_id));
+    for (rows, insert) in [(fresh, true), (known, false)] {
+        if rows.is_empty() {
+            continue;
+        }
+        let pids: Vec<&str> = rows.iter().map(|(_, s)| s.persistence_id.as_str()).collect();
+        let versions_col: Vec<i64> = rows.iter().map(|(_, s)| to_i64(s.version_number)).collect();
+        let shards: Vec<i32> = rows.iter().map(|(_, s)| s.shard as i32).collect();
+        let timestamps: Vec<i64> = rows.iter().map(|(_, s)| s.timestamp).collect();
+        let type_urls: Vec<&str> = rows.iter().map(|(_, s)| s.resulting_state.as_ref().map_or("", |a| a.type_url.as_str())).collect();
+        let payloads: Vec<&[u8]> = rows.iter().map(|(_, s)| s.resulting_state.as_ref().map_or(&[][..], |a| &a.value[..])).collect();
+        let keys: Vec<Option<&str>> =
+            rows.iter().map(|(_, s)| (!s.encryption_key_id.is_empty()).then_some(s.encryption_key_id.as_str())).collect();
+        let encrypted: Vec<bool> = rows.iter().map(|(_, s)| s.is_encrypted).collect();
+        let params: [&(dyn ToSql + Sync); 8] = [&pids, &versions_col, &shards, &timestamps, &type_urls, &payloads, &keys, &encrypted];
+        let unnest = "unnest($1::text[], $2::int8[], $3::int4[], $4::int8[], $5::text[], $6::bytea[], $7::text[], $8::bool[])";
+        if insert {
+            let sql = format!(
+                "INSERT INTO {} (persistence_id, version, shard, timestamp, type_url, payload, encryption_key_id, is_encrypted) \
+                 SELECT * FROM {unnest} ON CONFLICT DO NOTHING RETURNING persistence_id",
+                n.states
+            );
+            let won: HashSet<String> = tx.query(&sql, &params).await.map_err(Before)?.iter().map(|r| r.get(0)).collect();
+            for (_, s) in rows.iter().filter(|(_, s)| !won.contains(&s.persistence_id)) {
+                for i in &state_requests[&s.persistence_id] {
+                    let expected = match &group[*i].op {
+                        Op::PutState(_, e) => *e,
+                        _ => 0,
+                    };
+                    results[*i] = Err(Error::Concurrency { persistence_id: s.persistence_id.as_str().into(), expected, actual: 1 });
+                }
+            }
+        } else {
+            let sql = format!(
+                "UPDATE {st} AS s SET version = t.version, shard = t.shard, timestamp = t.timestamp, type_url = t.type_url, payload = t.payload, \
+                 encryption_key_id = t.encryption_key_id, is_encrypted = t.is_encrypted FROM {unnest} \
+                 AS t(persistence_id, version, shard, timestamp, type_url, payload, encryption_key_id, is_encrypted) \
+                 WHERE s.persistence_id = t.persistence_id",
+                st = n.states
+            );
+            tx.execute(&sql, &params).await.map_err(Before)?;
+        }
+    }
+
+    // Snapshots: last write wins.
+    if !snapshots.is_empty() {
+        let rows: Vec<&&Snapshot> = snapshots.values().collect();
+        let pids: Vec<&str> = rows.iter().map(|s| s.persistence_id.as_str()).collect();
+        let seqs: Vec<i64> = rows.iter().map(|s| to_i64(s.sequence_number)).collect();
+        let timestamps: Vec<i64> = rows.iter().map(|s| s.timestamp).collect();
+        let type_urls: Vec<&str> = rows.iter().map(|s| s.state.as_ref().map_or("", |a| a.type_url.as_str())).collect();
+        let payloads: Vec<&[u8]> = rows.iter().map(|s| s.state.as_ref().map_or(&[][..], |a| &a.value[..])).collect();
+        let keys: Vec<Option<&str>> =
+            rows.iter().map(|s| (!s.encryption_key_id.is_empty()).then_some(s.encryption_key_id.as_str())).collect();
+        let encrypted: Vec<bool> = rows.iter().map(|s| s.is_encrypted).collect();
+        let sql = format!(
+            "INSERT INTO {} (persistence_id, sequence_number, timestamp, type_url, payload, encryption_key_id, is_encrypted) \
+             SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::bytea[], $6::text[], $7::bool[]) \
+             ON CONFLICT (persistence_id, sequence_number) DO UPDATE SET timestamp = EXCLUDED.timestamp, type_url = EXCLUDED.type_url, \
+             payload = EXCLUDED.payload, encryption_key_id = EXCLUDED.encryption_key_id, is_encrypted = EXCLUDED.is_encrypted",
+            n.snapshots
+        );
+        tx.execute(&sql, &[&pids, &seqs, &timestamps, &type_urls, &payloads, &keys, &encrypted]).await.map_err(Before)?;
+    }
+
+    tx.commit().await.map_err(AtCommit)?;
+    Ok(results)
+}
+
+fn criteria_params(c: &SnapshotCriteria) -> (i64, i64, i64, i64) {
+    (to_i64(c.min_sequence_number), to_i64(c.max_sequence_number), c.min_timestamp, c.max_timestamp)
+}
+
+impl EventsStore for PgStore {
+    fn write_events(&self, events: Vec<Event>) -> BoxFuture<'static, Result<()>> {
+        self.submit(Op::Append(events))
+    }
+
+    fn replay_events(&self, persistence_id: &str, from: u64, to: u64, max: u64) -> BoxFuture<'static, Result<Vec<Event>>> {
+        let pid = persistence_id.to_string();
+        self.read(move |inner, client| async move {
+            if from > to || max == 0 {
+                return Ok(Vec::new());
+            }
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM {} WHERE persistence_id = $1 AND sequence_number BETWEEN $2 AND $3 ORDER BY sequence_number LIMIT $4",
+                inner.names.events
+            );
+            let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
+            let rows = client.query(&stmt, &[&pid, &to_i64(from), &to_i64(to), &to_i64(max)]).await.map_err(db_error)?;
+            Ok(rows.iter().map(event_of).collect())
+        })
+    }
+
+    fn highest_sequence_number(&self, persistence_id: &str) -> BoxFuture<'static, Result<u64>> {
+        let pid = persistence_id.to_string();
+        self.read(move |inner, client| async move {
+            let stmt = client
+                .prepare_cached(&format!("SELECT highest FROM {} WHERE persistence_id = $1", inner.names.heads))
+                .await
+                .map_err(db_error)?;
+            let row = client.query_opt(&stmt, &[&pid]).await.map_err(db_error)?;
+            Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
+        })
+    }
+
+    fn delete_events(&self, persistence_id: &str, to: u64) -> BoxFuture<'static, Result<()>> {
+        let sql = format!("DELETE FROM {} WHERE persistence_id = $1 AND sequence_number <= $2", self.inner.names.events);
+        self.exec(sql, vec![Box::new(persistence_id.to_string()), Box::new(to_i64(to))])
+    }
+
+    fn persistence_ids(&self, page_size: usize, after: Option<String>) -> BoxFuture<'static, Result<IdPage>> {
+        self.read(move |inner, client| async move {
+            let sql =
+                format!("SELECT persistence_id FROM {} WHERE persistence_id > $1 ORDER BY persistence_id LIMIT $2", inner.names.heads);
+            let rows = client.query(&sql, &[&after.unwrap_or_default(), &(page_size as i64 + 1)]).await.map_err(db_error)?;
+            let mut ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            let more = ids.len() > page_size;
+            ids.truncate(page_size);
+            let next = if more { ids.last().cloned() } else { None };
+            Ok(IdPage { ids, next })
+        })
+    }
+
+    fn shard_events(&self, shard: u32, after: u64, max: usize) -> BoxFuture<'static, Result<Vec<Event>>> {
+        self.read(move |inner, client| async move {
+            let sql =
+                format!("SELECT {EVENT_COLUMNS} FROM {} WHERE shard = $1 AND position > $2 ORDER BY position LIMIT $3", inner.names.events);
+            let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
+            let rows = client.query(&stmt, &[&(shard as i32), &to_i64(after), &(max as i64)]).await.map_err(db_error)?;
+            Ok(rows.iter().map(event_of).collect())
+        })
+    }
+
+    fn shard_heads(&self) -> BoxFuture<'static, Result<Vec<ShardHead>>> {
+        self.read(move |inner, client| async move {
+            let sql = format!(
+                "SELECT s.shard, s.position, coalesce(e.timestamp, 0) FROM {} s LEFT JOIN {} e ON e.shard = s.shard AND e.position = s.position ORDER BY s.shard",
+                inner.names.shards, inner.names.events
+            );
+            let rows = client.query(&sql, &[]).await.map_err(db_error)?;
+            Ok(rows.iter().map(|r| ShardHead { shard: r.get::<_, i32>(0) as u32, position: r.get::<_, i64>(1) as u64, timestamp: r.get(2) }).collect())
+        })
+    }
+}
+
+impl SnapshotStore for PgStore {
+    fn write_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'static, Result<()>> {
+        self.submit(Op::PutSnapshot(snapshot))
+    }
+
+    fn latest_snapshot(&self, persistence_id: &str, criteria: SnapshotCriteria) -> BoxFuture<'static, Result<Option<Snapshot>>> {
+        let pid = persistence_id.to_string();
+        self.read(move |inner, client| async move {
+            let (a, b, c, d) = criteria_params(&criteria);
+            let sql = format!(
+                "SELECT persistence_id, sequence_number, timestamp, type_url, payload, encryption_key_id, is_encrypted FROM {} \
+                 WHERE persistence_id = $1 AND sequence_number BETWEEN $2 AND $3 AND timestamp BETWEEN $4 AND $5 \
+                 ORDER BY sequence_number DESC LIMIT 1",
+                inner.names.snapshots
+            );
+            let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
+            let row = client.query_opt(&stmt, &[&pid, &a, &b, &c, &d]).await.map_err(db_error)?;
+            Ok(row.as_ref().map(snapshot_of))
+        })
+    }
+
+    fn delete_snapshots(&self, persistence_id: &str, criteria: SnapshotCriteria) -> BoxFuture<'static, Result<()>> {
+        let (a, b, c, d) = criteria_params(&criteria);
+        let sql = format!(
+            "DELETE FROM {} WHERE persistence_id = $1 AND sequence_number BETWEEN $2 AND $3 AND timestamp BETWEEN $4 AND $5",
+            self.inner.names.snapshots
+        );
+        self.exec(sql, vec![Box::new(persistence_id.to_string()), Box::new(a), Box::new(b), Box::new(c), Box::new(d)])
+    }
+}
+
+impl StateStore for PgStore {
+    fn write_state(&self, state: DurableState, expected_version: u64) -> BoxFuture<'static, Result<()>> {
+        self.submit(Op::PutState(state, expected_version))
+    }
+
+    fn read_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<Option<DurableState>>> {
+        let pid = persistence_id.to_string();
+        self.read(move |inner, client| async move {
+            let sql = format!(
+                "SELECT persistence_id, version, shard, timestamp, type_url, payload, encryption_key_id, is_encrypted FROM {} WHERE persistence_id = $1",
+                inner.names.states
+            );
+            let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
+            Ok(client.query_opt(&stmt, &[&pid]).await.map_err(db_error)?.as_ref().map(state_of))
+        })
+    }
+
+    fn delete_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<()>> {
+        let sql = format!("DELETE FROM {} WHERE persistence_id = $1", self.inner.names.states);
+        self.exec(sql, vec![Box::new(persistence_id.to_string())])
+    }
+}
+
+impl OffsetStore for PgStore {
+    fn write_offsets(&self, projection: &str, offsets: Vec<(u32, u64)>) -> BoxFuture<'static, Result<()>> {
+        let projection = projection.to_string();
+        self.read(move |inner, client| async move {
+            let shards: Vec<i32> = offsets.iter().map(|(s, _)| *s as i32).collect();
+            let positions: Vec<i64> = offsets.iter().map(|(_, p)| to_i64(*p)).collect();
+            let sql = format!(
+                "INSERT INTO {} (projection, shard, position, updated_at) SELECT $1, s, p, $4 FROM unnest($2::int4[], $3::int8[]) AS t(s, p) \
+                 ON CONFLICT (projection, shard) DO UPDATE SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at",
+                inner.names.offsets
+            );
+            client.execute(&sql, &[&projection, &shards, &positions, &crate::clock::now_nanos()]).await.map(|_| ()).map_err(db_error)
+        })
+    }
+
+    fn read_offsets(&self, projection: &str) -> BoxFuture<'static, Result<Vec<(u32, u64)>>> {
+        let projection = projection.to_string();
+        self.read(move |inner, client| async move {
+            let sql = format!("SELECT shard, position FROM {} WHERE projection = $1 ORDER BY shard", inner.names.offsets);
+            let rows = client.query(&sql, &[&projection]).await.map_err(db_error)?;
+            Ok(rows.iter().map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, i64>(1) as u64)).collect())
+        })
+    }
+
+    fn reset_offsets(&self, projection: &str) -> BoxFuture<'static, Result<()>> {
+        let sql = format!("DELETE FROM {} WHERE projection = $1", self.inner.names.offsets);
+        self.exec(sql, vec![Box::new(projection.to_string())])
+    }
+}
