@@ -27,17 +27,29 @@ import ego  # noqa: E402
 from bank_pb2 import Credit, OpenAccount  # noqa: E402
 from domain import AccountBehavior  # noqa: E402
 
+PG_URL = os.environ.get("EGO_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def make_store(kind: str, tmp: str, sync: bool = True) -> ego.stores.NativeStore:
+    """A fresh store: "memory", "rocksdb" (in `tmp`) or "postgres" (fresh tables)."""
+    if kind == "memory":
+        return ego.MemoryStore()
+    if kind == "rocksdb":
+        return ego.RocksDBStore(Path(tmp) / "db", sync=sync)
+    return ego.PostgresStore(PG_URL, table_prefix=f"bench{os.getpid()}_")
+
 
 @contextmanager
-def engine_on(kind: str, batch: int = 0, window: float = 0.002, **engine_opts: object) -> Iterator[ego.Engine]:
+def engine_on(kind: str, batch: int = 0, window: float = 0.0, **engine_opts: object) -> Iterator[ego.Engine]:
     """A started engine with the account type registered for every id."""
     tmp = tempfile.mkdtemp(prefix="ego-bench-")
-    store = ego.MemoryStore() if kind == "memory" else ego.RocksDBStore(Path(tmp) / "db")
+    store = make_store(kind, tmp)
     try:
         with ego.Engine("bench", store=store, **engine_opts) as engine:  # type: ignore[arg-type]
             engine.register_entity_type(AccountBehavior, batch_threshold=batch, batch_flush_window=window)
             yield engine
     finally:
+        store.drop_tables()
         store.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -45,7 +57,7 @@ def engine_on(kind: str, batch: int = 0, window: float = 0.002, **engine_opts: o
 def workload_a(kind: str, batch: int = 0, commands: int = 20_000) -> dict[str, float]:
     """One account, `commands` credits one after another, each reply awaited (sync API)."""
     if kind != "memory":
-        commands = min(commands, 5_000)
+        commands = min(commands, 5_000 if kind == "rocksdb" else 2_000)
     with engine_on(kind, batch) as engine:
         engine.send_command("a", OpenAccount(initial_balance=0))
         credit = Credit(amount=1)
@@ -103,7 +115,7 @@ def workload_c(kind: str, snapshot_every: int = 0, events: int = 10_000, loads: 
     """Load (recover) an account with `events` events, without snapshots or with one every
     `snapshot_every` events: milliseconds per load (median)."""
     tmp = tempfile.mkdtemp(prefix="ego-bench-")
-    store = ego.MemoryStore() if kind == "memory" else ego.RocksDBStore(Path(tmp) / "db", sync=False)
+    store = make_store(kind, tmp, sync=False)
     try:
         with ego.Engine("bench", store=store) as engine:
             engine.register_entity_type(AccountBehavior, snapshot_interval=snapshot_every)
@@ -121,6 +133,7 @@ def workload_c(kind: str, snapshot_every: int = 0, events: int = 10_000, loads: 
                 assert revision == events
         return {"ms_per_load": statistics.median(times) * 1e3, "min_ms": min(times) * 1e3}
     finally:
+        store.drop_tables()
         store.close()
         shutil.rmtree(tmp, ignore_errors=True)
 

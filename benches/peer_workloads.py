@@ -2,11 +2,13 @@
 
 Modes: "cache" (its LRU aggregate cache with default settings) and "best" (the cache trusted
 as the only writer, no deep copy: its fastest setting, closest to an actor holding state).
-Stores: "memory" (POPO), "sqlite" (a file in WAL mode, synchronous=FULL).
+Stores: "memory" (POPO), "sqlite" (a file in WAL mode, synchronous=FULL), "postgres"
+(PostgreSQL over TCP on loopback, psycopg 3, fresh tables per run).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import sys
@@ -14,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "examples" / "bank"))
@@ -23,6 +25,14 @@ from eventsourcing.application import Application  # noqa: E402
 from eventsourcing.domain import Aggregate, event  # noqa: E402
 
 from bank_pb2 import Credit, Debit  # noqa: E402
+
+PG = {"host": "127.0.0.1", "port": "5432", "user": "postgres", "dbname": "test"}
+
+
+def psycopg_connect():  # type: ignore[no-untyped-def]
+    import psycopg
+
+    return psycopg.connect(host=PG["host"], port=PG["port"], user=PG["user"], dbname=PG["dbname"], autocommit=True)
 
 
 class InsufficientFunds(Exception):
@@ -76,6 +86,22 @@ class _Env:
             env = {}
         if store == "sqlite":
             env.update({"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(Path(self.tmp) / "es.db")})
+        if store == "postgres":
+            self.schema = f"es{os.getpid()}{uuid4().hex[:6]}"
+            with psycopg_connect() as conn:
+                conn.execute(f"CREATE SCHEMA {self.schema}")
+            env.update(
+                {
+                    "PERSISTENCE_MODULE": "eventsourcing.postgres",
+                    "POSTGRES_DBNAME": PG["dbname"],
+                    "POSTGRES_HOST": PG["host"],
+                    "POSTGRES_PORT": PG["port"],
+                    "POSTGRES_USER": PG["user"],
+                    "POSTGRES_PASSWORD": "",
+                    "POSTGRES_SCHEMA": self.schema,
+                    "CREATE_TABLE": "y",
+                }
+            )
         if snapshot_every:
             env["IS_SNAPSHOTTING_ENABLED"] = "y"
         bank_cls = (
@@ -86,11 +112,14 @@ class _Env:
     def close(self) -> None:
         self.app.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+        if getattr(self, "schema", None):
+            with psycopg_connect() as conn:
+                conn.execute(f"DROP SCHEMA {self.schema} CASCADE")
 
 
 def workload_a(store: str, mode: str, commands: int = 20_000) -> dict[str, float]:
     if store != "memory":
-        commands = min(commands, 2_000)
+        commands = min(commands, 2_000 if store == "sqlite" else 1_000)
     env = _Env(store, mode)
     try:
         app = env.app

@@ -106,3 +106,38 @@ class TestPostgresStates(_Postgres, StateStoreConformance):
 
 class TestPostgresOffsets(_Postgres, OffsetStoreConformance):
     pass
+
+
+class _Sqlite:
+    """The example store written in Python (examples/sqlite_store)."""
+
+    @pytest.fixture(autouse=True)
+    def _file(self, tmp_path: Path) -> None:
+        self.path = str(tmp_path / f"ego-{uuid.uuid4().hex[:8]}.sqlite3")
+
+    def make_store(self) -> Any:
+        from sqlite_store import SqliteStore
+
+        return SqliteStore(self.path)
+
+    def reopen(self, store: Any) -> Any:
+        from sqlite_store import SqliteStore
+
+        store.close()
+        return SqliteStore(self.path)
+
+
+class TestSqliteEvents(_Sqlite, EventsStoreConformance):
+    pass
+
+
+class TestSqliteSnapshots(_Sqlite, SnapshotStoreConformance):
+    pass
+
+
+class TestSqliteStates(_Sqlite, StateStoreConformance):
+    pass
+
+
+class TestSqliteOffsets(_Sqlite, OffsetStoreConformance):
+    pass

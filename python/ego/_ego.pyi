@@ -13,9 +13,9 @@ class EngineCore:
     def __new__(
         cls,
         name: str,
-        events_store: NativeStore | None = None,
-        snapshot_store: NativeStore | None = None,
-        state_store: NativeStore | None = None,
+        events_store: Any = None,
+        snapshot_store: Any = None,
+        state_store: Any = None,
         shards: int = 8,
         max_message_bytes: int = ...,
         replay_page_size: int = 1024,

@@ -14,7 +14,7 @@ from google.protobuf.message import Message
 from ego import _ego
 from ego.behaviors import DurableStateBehavior, EventSourcedBehavior
 from ego.errors import ConfigurationError
-from ego.stores import MemoryStore, NativeStore
+from ego.stores import MemoryStore, Store
 
 __all__ = ["Engine"]
 
@@ -54,7 +54,10 @@ class Engine(_ego.EngineCore):
     """Runs entities on stores.
 
     ``store`` serves as events, snapshot and state store at once; the three can also be given
-    separately. With no store at all the engine runs on a fresh :class:`~ego.MemoryStore`.
+    separately. Each is one of ego's stores (:class:`~ego.RocksDBStore`,
+    :class:`~ego.PostgresStore`, :class:`~ego.MemoryStore`) or a store written in Python
+    (:mod:`ego.stores`). With no store at all the engine runs on a fresh
+    :class:`~ego.MemoryStore`.
 
     Example::
 
@@ -76,16 +79,16 @@ class Engine(_ego.EngineCore):
     """
 
     #: The stores the engine runs on (each once).
-    stores: tuple[NativeStore, ...]
+    stores: tuple[Store, ...]
 
     def __new__(
         cls,
         name: str = "ego",
         *,
-        store: NativeStore | None = None,
-        events_store: NativeStore | None = None,
-        snapshot_store: NativeStore | None = None,
-        state_store: NativeStore | None = None,
+        store: Store | None = None,
+        events_store: Store | None = None,
+        snapshot_store: Store | None = None,
+        state_store: Store | None = None,
         shards: int = 8,
         max_message_bytes: int = 1 << 20,
         replay_page_size: int = 1024,
@@ -99,7 +102,7 @@ class Engine(_ego.EngineCore):
         self = super().__new__(
             cls, name, events_store, snapshot_store, state_store, shards, max_message_bytes, replay_page_size, io_threads
         )
-        distinct: list[NativeStore] = []
+        distinct: list[Store] = []
         for s in (events_store, snapshot_store, state_store):
             if s is not None and all(s is not d for d in distinct):
                 distinct.append(s)

@@ -3,6 +3,11 @@
 - :class:`MemoryStore`: everything in memory; for tests and examples.
 - :class:`RocksDBStore`: the embedded default; one directory holds events, snapshots and
   durable state. Writes are synced to disk before they are acknowledged (``sync=True``).
+- :class:`PostgresStore`: one database shared by many processes and machines.
+- Any object with the methods of :class:`EventsStoreProtocol` (and, for those roles,
+  :class:`SnapshotStoreProtocol`, :class:`StateStoreProtocol`, :class:`OffsetStoreProtocol`),
+  synchronous or ``async def``: a store written in Python. ``examples/sqlite_store`` is one;
+  check yours with :mod:`ego.testkit.conformance`.
 
 A store object can serve as events store, snapshot store and state store at once; pass it as
 ``Engine(..., store=...)``.
@@ -11,8 +16,8 @@ A store object can serve as events store, snapshot store and state store at once
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import Any, Protocol, TypeVar, Union, runtime_checkable
 
 from ego import _ego
 from ego.v1.envelopes_pb2 import DurableState, Event, Snapshot
@@ -44,6 +49,65 @@ class SnapshotCriteria:
 
     def _args(self) -> tuple[int, int, int, int]:
         return (self.min_sequence_number, self.max_sequence_number, self.min_timestamp, self.max_timestamp)
+
+
+T = TypeVar("T")
+#: A store method may return its result or an awaitable of it.
+Maybe = Union[T, Awaitable[T]]  # noqa: UP007 - a generic alias must stay subscriptable
+
+
+@runtime_checkable
+class EventsStoreProtocol(Protocol):
+    """The journal. Contract (checked by the conformance suite):
+
+    - ``write_events`` takes the events of one persistence id, contiguous and starting right
+      after the stored highest sequence number; otherwise it raises
+      :class:`~ego.errors.ConcurrencyError` and writes nothing. It is atomic, and gives each
+      event a position in its shard, increasing in commit order.
+    - "Not found" is a value (``[]``, ``0``), never an exception.
+    - Deleting events never lowers the highest sequence number.
+
+    Raise :mod:`ego.errors` exceptions for failures that have a meaning (a
+    ``ConcurrencyError``, a ``MessageTooLargeError``); any other exception becomes a
+    :class:`~ego.errors.StoreError` for the engine.
+    """
+
+    def write_events(self, events: Sequence[Event]) -> Maybe[None]: ...
+    def replay_events(
+        self, persistence_id: str, from_sequence_number: int, to_sequence_number: int, max_count: int
+    ) -> Maybe[list[Event]]: ...
+    def highest_sequence_number(self, persistence_id: str) -> Maybe[int]: ...
+    def delete_events(self, persistence_id: str, to_sequence_number: int) -> Maybe[None]: ...
+    def persistence_ids(self, page_size: int, after: str | None) -> Maybe[tuple[list[str], str | None]]: ...
+    def shard_events(self, shard: int, after_position: int, max_count: int) -> Maybe[list[Event]]: ...
+    def shard_heads(self) -> Maybe[list[tuple[int, int, int]]]: ...
+
+
+@runtime_checkable
+class SnapshotStoreProtocol(Protocol):
+    """Snapshots: a second save at the same sequence number replaces the first."""
+
+    def write_snapshot(self, snapshot: Snapshot) -> Maybe[None]: ...
+    def latest_snapshot(self, persistence_id: str, criteria: SnapshotCriteria) -> Maybe[Snapshot | None]: ...
+    def delete_snapshots(self, persistence_id: str, criteria: SnapshotCriteria) -> Maybe[None]: ...
+
+
+@runtime_checkable
+class StateStoreProtocol(Protocol):
+    """Durable states: ``write_state`` is compare-and-set on the stored version (0: none)."""
+
+    def write_state(self, state: DurableState, expected_version: int) -> Maybe[None]: ...
+    def read_state(self, persistence_id: str) -> Maybe[DurableState | None]: ...
+    def delete_state(self, persistence_id: str) -> Maybe[None]: ...
+
+
+@runtime_checkable
+class OffsetStoreProtocol(Protocol):
+    """Projection positions per shard."""
+
+    def write_offsets(self, projection: str, offsets: list[tuple[int, int]]) -> Maybe[None]: ...
+    def read_offsets(self, projection: str) -> Maybe[list[tuple[int, int]]]: ...
+    def reset_offsets(self, projection: str) -> Maybe[None]: ...
 
 
 class NativeStore(_ego.NativeStore):
@@ -168,3 +232,7 @@ class PostgresStore(NativeStore):
         return super().__new__(
             cls, "postgres", None, True, max_event_bytes, None, url, schema, table_prefix, pool_size, retry_for
         )
+
+
+#: Anything the engine accepts as a store.
+Store = NativeStore | EventsStoreProtocol | SnapshotStoreProtocol | StateStoreProtocol

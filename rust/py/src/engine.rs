@@ -18,6 +18,7 @@ use pyo3::sync::PyOnceLock;
 
 use crate::errors::{fail_to_pyerr, invalid_message, to_pyerr};
 use crate::host::PyHost;
+use crate::pystore::PyStore;
 use crate::reply::{outcome_into_result, settle_now, waker_for, AsyncReply, Reply, SyncSlot};
 use crate::store::NativeStore;
 use crate::types::describe;
@@ -34,20 +35,20 @@ pub struct EngineCore {
 
 static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
-fn store_of<'py>(obj: Option<&Bound<'py, PyAny>>) -> PyResult<Option<PyRef<'py, NativeStore>>> {
+/// A store argument: one of ego's stores, or an object following the store protocol.
+enum StoreArg<'py> {
+    Native(PyRef<'py, NativeStore>),
+    Python(PyStore),
+}
+
+fn store_of<'py>(obj: Option<&Bound<'py, PyAny>>, roles: &[&[&str]]) -> PyResult<Option<StoreArg<'py>>> {
     match obj {
         None => Ok(None),
         Some(o) if o.is_none() => Ok(None),
-        Some(o) => Ok(Some(
-            o.cast::<NativeStore>()
-                .map_err(|_| {
-                    pyo3::exceptions::PyTypeError::new_err(format!(
-                        "a store must be an ego store (MemoryStore, RocksDBStore), got {}",
-                        describe(o)
-                    ))
-                })?
-                .borrow(),
-        )),
+        Some(o) => match o.cast::<NativeStore>() {
+            Ok(native) => Ok(Some(StoreArg::Native(native.borrow()))),
+            Err(_) => PyStore::new(o, roles).map(|s| Some(StoreArg::Python(s))),
+        },
     }
 }
 
@@ -156,10 +157,20 @@ impl EngineCore {
                 "shards, max_message_bytes, replay_page_size and io_threads must be positive",
             ));
         }
+        use crate::pystore::{EVENTS, SNAPSHOTS, STATES};
         let stores = Stores {
-            events: store_of(events_store)?.map(|s| s.events()),
-            snapshots: store_of(snapshot_store)?.map(|s| s.snapshots()),
-            states: store_of(state_store)?.map(|s| s.states()),
+            events: store_of(events_store, &[EVENTS])?.map(|s| match s {
+                StoreArg::Native(n) => n.events(),
+                StoreArg::Python(p) => Arc::new(p) as _,
+            }),
+            snapshots: store_of(snapshot_store, &[SNAPSHOTS])?.map(|s| match s {
+                StoreArg::Native(n) => n.snapshots(),
+                StoreArg::Python(p) => Arc::new(p) as _,
+            }),
+            states: store_of(state_store, &[STATES])?.map(|s| match s {
+                StoreArg::Native(n) => n.states(),
+                StoreArg::Python(p) => Arc::new(p) as _,
+            }),
         };
         let config =
             EngineConfig { name, shards, max_message_bytes, replay_page_size, worker_threads: io_threads, ..EngineConfig::default() };

@@ -111,3 +111,30 @@ impl<T> IntoPy<T> for Result<T, Error> {
         self.map_err(|e| to_pyerr(py, &e))
     }
 }
+
+/// A Python exception raised by a store written in Python, as a core error: ego's own store
+/// errors keep their meaning (a `ConcurrencyError` stays a concurrency conflict), anything else
+/// is a storage error carrying the exception's text.
+pub fn from_pyerr(py: Python<'_>, err: &PyErr) -> Error {
+    let value = err.value(py);
+    let is = |name: &str| class(py, name).map(|c| value.is_instance(&c).unwrap_or(false)).unwrap_or(false);
+    let text = |attr: &str| value.getattr(attr).ok().and_then(|v| v.extract::<String>().ok()).unwrap_or_default();
+    let num = |attr: &str| value.getattr(attr).ok().and_then(|v| v.extract::<u64>().ok()).unwrap_or(0);
+    let message: std::sync::Arc<str> = value.str().map(|s| s.to_string()).unwrap_or_default().into();
+    if is("ConcurrencyError") {
+        Error::Concurrency { persistence_id: text("persistence_id").into(), expected: num("expected"), actual: num("actual") }
+    } else if is("MessageTooLargeError") {
+        Error::TooLarge { what: "event", size: 0, limit: 0 }
+    } else if is("CorruptDataError") {
+        Error::Corrupt { persistence_id: text("persistence_id").into(), sequence_number: num("sequence_number"), detail: message }
+    } else if is("OutcomeUnknownError") {
+        Error::OutcomeUnknown(message)
+    } else if is("StorageFullError") {
+        Error::StorageFull(message)
+    } else if is("ValidationError") {
+        Error::InvalidArgument(message)
+    } else {
+        let kind = value.get_type().qualname().map(|n| n.to_string()).unwrap_or_default();
+        Error::Storage(format!("{kind}: {message}").into())
+    }
+}

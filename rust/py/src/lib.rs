@@ -9,6 +9,7 @@
 mod engine;
 mod errors;
 mod host;
+mod pystore;
 mod reply;
 mod store;
 mod types;

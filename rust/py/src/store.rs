@@ -144,7 +144,11 @@ impl NativeStore {
     /// directory lock). Later calls fail. Idempotent.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         match &self.backend {
-            Backend::Memory(_) | Backend::Postgres(_) => Ok(()),
+            Backend::Memory(_) => Ok(()),
+            Backend::Postgres(s) => {
+                s.close();
+                Ok(())
+            }
             Backend::Rocks(s) => py.detach(|| s.shutdown()).py(py),
         }
     }

@@ -123,7 +123,8 @@ struct Inner {
     names: Names,
     options: PgOptions,
     runtime: tokio::runtime::Handle,
-    writer: mpsc::UnboundedSender<Request>,
+    /// `None` once closed: the writer task ends and its connection closes.
+    writer: parking_lot::Mutex<Option<mpsc::UnboundedSender<Request>>>,
 }
 
 enum Op {
@@ -141,13 +142,21 @@ fn db_error(e: tokio_postgres::Error) -> Error {
     match e.code() {
         Some(c) if *c == SqlState::UNIQUE_VIOLATION => Error::Storage(format!("duplicate key: {e}").into()),
         Some(c) if *c == SqlState::DISK_FULL => Error::StorageFull(e.to_string().into()),
-        _ => Error::Storage(format!("postgres: {}", e.as_db_error().map_or_else(|| e.to_string(), |d| d.to_string())).into()),
+        _ => Error::Storage(format!("postgres: {}", e.as_db_error().map_or_else(|| chain(&e), |d| d.to_string())).into()),
     }
 }
 
+/// The connection is gone (the server stopped, the network broke): nothing of an uncommitted
+/// transaction was applied, and a new connection may do better.
 fn is_connection_error(e: &tokio_postgres::Error) -> bool {
     e.as_db_error().is_none() && e.code().is_none_or(|c| c.code().starts_with("08") || *c == SqlState::ADMIN_SHUTDOWN)
         || e.code().is_some_and(|c| c.code().starts_with("08") || *c == SqlState::ADMIN_SHUTDOWN || *c == SqlState::CRASH_SHUTDOWN)
+}
+
+/// Worth retrying the whole transaction: a lost connection, or a deadlock or serialization
+/// failure against another process's writer.
+fn is_retryable(e: &tokio_postgres::Error) -> bool {
+    is_connection_error(e) || e.code().is_some_and(|c| *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE)
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -166,7 +175,7 @@ impl PgStore {
         let names = Names::new(&options.schema, &options.table_prefix);
         migrate(&pool, &names).await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let inner = Arc::new(Inner { pool, names, options, runtime: runtime.clone(), writer: tx });
+        let inner = Arc::new(Inner { pool, names, options, runtime: runtime.clone(), writer: parking_lot::Mutex::new(Some(tx)) });
         runtime.spawn(writer(inner.clone(), rx));
         Ok(PgStore { inner })
     }
@@ -187,9 +196,16 @@ impl PgStore {
         client.batch_execute(&sql).await.map_err(db_error)
     }
 
+    /// Closes the connections. Later calls fail. Idempotent.
+    pub fn close(&self) {
+        self.inner.writer.lock().take();
+        self.inner.pool.close();
+    }
+
     fn submit(&self, op: Op) -> BoxFuture<'static, Result<()>> {
         let (done, rx) = oneshot::channel();
-        if self.inner.writer.send(Request { op, done }).is_err() {
+        let sent = self.inner.writer.lock().as_ref().is_some_and(|w| w.send(Request { op, done }).is_ok());
+        if !sent {
             return crate::poll::ready(Err(Error::Storage("the PostgreSQL store is closed".into())));
         }
         Box::pin(async move { rx.await.unwrap_or_else(|_| Err(Error::Storage("the PostgreSQL writer stopped".into()))) })
@@ -219,13 +235,28 @@ impl PgStore {
     }
 }
 
+/// An error and its causes, one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 async fn get_client(inner: &Inner) -> Result<deadpool_postgres::Object> {
     let deadline = Instant::now() + inner.options.retry_for;
     let mut backoff = Duration::from_millis(20);
     loop {
+        if inner.pool.is_closed() {
+            return Err(Error::Storage("the PostgreSQL store is closed".into()));
+        }
         match inner.pool.get().await {
             Ok(c) => return Ok(c),
-            Err(e) if Instant::now() >= deadline => return Err(Error::Storage(format!("cannot reach PostgreSQL: {e}").into())),
+            Err(e) if Instant::now() >= deadline => return Err(Error::Storage(format!("cannot reach PostgreSQL: {}", chain(&e)).into())),
             Err(_) => {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -235,7 +266,7 @@ async fn get_client(inner: &Inner) -> Result<deadpool_postgres::Object> {
 }
 
 async fn migrate(pool: &Pool, n: &Names) -> Result<()> {
-    let mut client = pool.get().await.map_err(|e| Error::Storage(format!("cannot reach PostgreSQL: {e}").into()))?;
+    let mut client = pool.get().await.map_err(|e| Error::Storage(format!("cannot reach PostgreSQL: {}", chain(&e)).into()))?;
     let tx = client.transaction().await.map_err(db_error)?;
     // One migration at a time across processes.
     tx.execute("SELECT pg_advisory_xact_lock(7417086427381)", &[]).await.map_err(db_error)?;
@@ -406,7 +437,7 @@ async fn run_group(inner: &Inner, client: &mut Option<Client>, group: &[Request]
                 Ok(c) => *client = Some(c),
                 Err(e) => {
                     if Instant::now() >= deadline {
-                        return fail_all(group, Error::Storage(format!("cannot reach PostgreSQL: {e}").into()));
+                        return fail_all(group, Error::Storage(format!("cannot reach PostgreSQL: {}", chain(&e)).into()));
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -417,8 +448,10 @@ async fn run_group(inner: &Inner, client: &mut Option<Client>, group: &[Request]
         let c = client.as_mut().expect("connected");
         match write_group(inner, c, group).await {
             Ok(results) => return results,
-            Err(GroupError::Before(e)) if is_connection_error(&e) && Instant::now() < deadline => {
-                *client = None;
+            Err(GroupError::Before(e)) if is_retryable(&e) && Instant::now() < deadline => {
+                if is_connection_error(&e) {
+                    *client = None;
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
@@ -446,133 +479,153 @@ fn fail_all(group: &[Request], e: Error) -> Vec<Result<()>> {
     group.iter().map(|_| Err(e.clone())).collect()
 }
 
-/// Checks every request against the stored heads and versions (locking them), writes the
-/// accepted ones in one transaction, and returns each request's result.
+/// One id's requests of a group that can be applied together: contiguous from `expected`.
+struct Chain {
+    expected: u64,
+    last: u64,
+    requests: Vec<usize>,
+}
+
+/// Splits requests per id into chains: a request continues its id's chain when it starts
+/// right after it; any other request of the same id lost a race within the group.
+fn chains(items: impl Iterator<Item = (usize, String, u64, u64)>, results: &mut [Result<()>]) -> BTreeMap<String, Chain> {
+    let mut out: BTreeMap<String, Chain> = BTreeMap::new();
+    for (i, pid, expected, last) in items {
+        match out.get_mut(&pid) {
+            None => {
+                out.insert(pid, Chain { expected, last, requests: vec![i] });
+            }
+            Some(chain) if chain.last == expected => {
+                chain.last = last;
+                chain.requests.push(i);
+            }
+            Some(chain) => {
+                results[i] = Err(Error::Concurrency { persistence_id: pid.as_str().into(), expected, actual: chain.last });
+            }
+        }
+    }
+    out
+}
+
+/// Applies each chain if the stored value still is its `expected` (compare-and-set, one
+/// statement; the row lock is held until commit), claiming ids that are new. Returns the ids
+/// that lost, with the value found.
+async fn compare_and_set(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    column: &str,
+    chains: &BTreeMap<String, Chain>,
+    update: &str,
+    insert: &str,
+    extra: &[&(dyn ToSql + Sync)],
+) -> std::result::Result<HashMap<String, u64>, tokio_postgres::Error> {
+    let pids: Vec<&str> = chains.keys().map(String::as_str).collect();
+    let expected: Vec<i64> = chains.values().map(|c| to_i64(c.expected)).collect();
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&pids, &expected];
+    params.extend_from_slice(extra);
+    let updated: HashSet<String> = tx.query(update, &params).await?.iter().map(|r| r.get(0)).collect();
+    let fresh: Vec<&str> = chains.iter().filter(|(p, c)| c.expected == 0 && !updated.contains(*p)).map(|(p, _)| p.as_str()).collect();
+    let mut claimed: HashSet<String> = HashSet::new();
+    if !fresh.is_empty() {
+        // The same statement shape, restricted to the new ids.
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&pids, &expected];
+        params.extend_from_slice(extra);
+        claimed = tx.query(insert, &params).await?.iter().map(|r| r.get(0)).collect();
+    }
+    let lost: Vec<&str> = chains.keys().filter(|p| !updated.contains(*p) && !claimed.contains(*p)).map(String::as_str).collect();
+    let mut found = HashMap::new();
+    if !lost.is_empty() {
+        let sql = format!("SELECT persistence_id, {column} FROM {table} WHERE persistence_id = ANY($1)");
+        for row in tx.query(&sql, &[&lost]).await? {
+            found.insert(row.get::<_, String>(0), row.get::<_, i64>(1) as u64);
+        }
+        for p in lost {
+            found.entry(p.to_string()).or_insert(0);
+        }
+    }
+    Ok(found)
+}
+
+/// Checks every request against the stored heads and versions, writes the accepted ones in one
+/// transaction, and returns each request's result.
 async fn write_group(inner: &Inner, client: &mut Client, group: &[Request]) -> std::result::Result<Vec<Result<()>>, GroupError> {
     use GroupError::{AtCommit, Before};
     let n = &inner.names;
     let mut results: Vec<Result<()>> = Vec::with_capacity(group.len());
 
     // Validate shapes and sizes first (no database needed).
-    let mut event_pids: Vec<String> = Vec::new();
-    let mut state_pids: Vec<String> = Vec::new();
     for req in group {
-        let r = match &req.op {
-            Op::Append(events) => check_batch(events).map(|(pid, _)| pid.to_string()).and_then(|pid| {
+        results.push(match &req.op {
+            Op::Append(events) => check_batch(events).map(|_| ()).and_then(|()| {
                 for e in events {
                     let size = e.event.as_ref().map_or(0, |a| a.value.len());
                     if size > inner.options.max_event_bytes {
                         return Err(Error::TooLarge { what: "event", size, limit: inner.options.max_event_bytes });
                     }
                 }
-                event_pids.push(pid);
                 Ok(())
             }),
-            Op::PutState(s, _) => crate::ids::validate_id(&s.persistence_id).map(|_| state_pids.push(s.persistence_id.clone())),
+            Op::PutState(s, _) => crate::ids::validate_id(&s.persistence_id),
             Op::PutSnapshot(s) => crate::ids::validate_id(&s.persistence_id),
-        };
-        results.push(r);
+        });
     }
-    event_pids.sort();
-    event_pids.dedup();
-    state_pids.sort();
-    state_pids.dedup();
+    let appends = group.iter().enumerate().filter(|(i, _)| results[*i].is_ok()).filter_map(|(i, r)| match &r.op {
+        Op::Append(ev) => Some((i, ev[0].persistence_id.clone(), ev[0].sequence_number - 1, ev.last().expect("non-empty").sequence_number)),
+        _ => None,
+    });
+    let appends: Vec<_> = appends.collect();
+    let mut event_chains = chains(appends.into_iter(), &mut results);
+    let puts: Vec<_> = group
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| results[*i].is_ok())
+        .filter_map(|(i, r)| match &r.op {
+            Op::PutState(s, expected) => Some((i, s.persistence_id.clone(), *expected, s.version_number)),
+            _ => None,
+        })
+        .collect();
+    let mut state_chains = chains(puts.into_iter(), &mut results);
 
     let tx = client.transaction().await.map_err(Before)?;
 
-    // Lock the heads and versions that exist (in id order: no deadlocks between writers).
-    let mut heads: HashMap<String, u64> = HashMap::new();
-    if !event_pids.is_empty() {
-        let sql =
-            format!("SELECT persistence_id, highest FROM {} WHERE persistence_id = ANY($1) ORDER BY persistence_id FOR UPDATE", n.heads);
-        for row in tx.query(&sql, &[&event_pids]).await.map_err(Before)? {
-            heads.insert(row.get(0), row.get::<_, i64>(1) as u64);
-        }
-    }
-    let mut versions: HashMap<String, u64> = HashMap::new();
-    if !state_pids.is_empty() {
-        let sql =
-            format!("SELECT persistence_id, version FROM {} WHERE persistence_id = ANY($1) ORDER BY persistence_id FOR UPDATE", n.states);
-        for row in tx.query(&sql, &[&state_pids]).await.map_err(Before)? {
-            versions.insert(row.get(0), row.get::<_, i64>(1) as u64);
-        }
-    }
-
-    // Decide each request in order; a later request of the same id sees the earlier ones.
-    let existing_heads: HashSet<String> = heads.keys().cloned().collect();
-    let existing_states: HashSet<String> = versions.keys().cloned().collect();
-    let mut new_heads: BTreeMap<String, u64> = BTreeMap::new();
-    let mut accepted_events: Vec<(usize, &Vec<Event>)> = Vec::new();
-    let mut final_states: BTreeMap<String, (usize, &DurableState)> = BTreeMap::new();
-    let mut state_requests: HashMap<String, Vec<usize>> = HashMap::new();
-    let mut snapshots: BTreeMap<(String, u64), &Snapshot> = BTreeMap::new();
-    for (i, req) in group.iter().enumerate() {
-        if results[i].is_err() {
-            continue;
-        }
-        match &req.op {
-            Op::Append(events) => {
-                let pid = &events[0].persistence_id;
-                let first = events[0].sequence_number;
-                let highest = *new_heads.get(pid).or(heads.get(pid)).unwrap_or(&0);
-                if first != highest + 1 {
-                    results[i] = Err(Error::Concurrency { persistence_id: pid.as_str().into(), expected: first - 1, actual: highest });
-                    continue;
-                }
-                new_heads.insert(pid.clone(), events.last().expect("non-empty").sequence_number);
-                accepted_events.push((i, events));
-            }
-            Op::PutState(s, expected) => {
-                let actual = final_states
-                    .get(&s.persistence_id)
-                    .map(|(_, s)| s.version_number)
-                    .or(versions.get(&s.persistence_id).copied())
-                    .unwrap_or(0);
-                if actual != *expected {
-                    results[i] = Err(Error::Concurrency { persistence_id: s.persistence_id.as_str().into(), expected: *expected, actual });
-                    continue;
-                }
-                final_states.insert(s.persistence_id.clone(), (i, s));
-                state_requests.entry(s.persistence_id.clone()).or_default().push(i);
-            }
-            Op::PutSnapshot(s) => {
-                snapshots.insert((s.persistence_id.clone(), s.sequence_number), s);
-            }
-        }
-    }
-
-    // Claim the ids that are new; another writer may have claimed them meanwhile.
-    let claim: Vec<String> = new_heads.keys().filter(|p| !existing_heads.contains(*p)).cloned().collect();
-    if !claim.is_empty() {
-        let highs: Vec<i64> = claim.iter().map(|p| to_i64(new_heads[p])).collect();
-        let sql = format!(
-            "INSERT INTO {} (persistence_id, highest) SELECT * FROM unnest($1::text[], $2::int8[]) ON CONFLICT DO NOTHING RETURNING persistence_id",
-            n.heads
-        );
-        let won: HashSet<String> = tx.query(&sql, &[&claim, &highs]).await.map_err(Before)?.iter().map(|r| r.get(0)).collect();
-        for lost in claim.iter().filter(|p| !won.contains(*p)) {
-            new_heads.remove(lost);
-            for (i, events) in accepted_events.iter().filter(|(_, ev)| &ev[0].persistence_id == lost) {
-                results[*i] =
-                    Err(Error::Concurrency { persistence_id: lost.as_str().into(), expected: events[0].sequence_number - 1, actual: 0 });
-            }
-            accepted_events.retain(|(_, ev)| &ev[0].persistence_id != lost);
-        }
-    }
-    let update: Vec<String> = new_heads.keys().filter(|p| existing_heads.contains(*p)).cloned().collect();
-    if !update.is_empty() {
-        let highs: Vec<i64> = update.iter().map(|p| to_i64(new_heads[p])).collect();
-        let sql = format!(
-            "UPDATE {h} AS h SET highest = t.highest FROM unnest($1::text[], $2::int8[]) AS t(persistence_id, highest) WHERE h.persistence_id = t.persistence_id",
+    // Heads: compare-and-set each id's highest sequence number.
+    if !event_chains.is_empty() {
+        let last: Vec<i64> = event_chains.values().map(|c| to_i64(c.last)).collect();
+        let update = format!(
+            "UPDATE {h} AS h SET highest = t.last FROM unnest($1::text[], $2::int8[], $3::int8[]) AS t(persistence_id, expected, last) \
+             WHERE h.persistence_id = t.persistence_id AND h.highest = t.expected RETURNING h.persistence_id",
             h = n.heads
         );
-        tx.execute(&sql, &[&update, &highs]).await.map_err(Before)?;
+        let insert = format!(
+            "INSERT INTO {h} (persistence_id, highest) SELECT t.persistence_id, t.last FROM unnest($1::text[], $2::int8[], $3::int8[]) \
+             AS t(persistence_id, expected, last) WHERE t.expected = 0 ON CONFLICT DO NOTHING RETURNING persistence_id",
+            h = n.heads
+        );
+        let lost = compare_and_set(&tx, &n.heads, "highest", &event_chains, &update, &insert, &[&last]).await.map_err(Before)?;
+        for (pid, actual) in lost {
+            let chain = event_chains.remove(&pid).expect("chain of a lost id");
+            for i in chain.requests {
+                let expected = match &group[i].op {
+                    Op::Append(ev) => ev[0].sequence_number - 1,
+                    _ => 0,
+                };
+                results[i] = Err(Error::Concurrency { persistence_id: pid.as_str().into(), expected, actual });
+            }
+        }
     }
 
     // Number the events: lock each shard's counter (in shard order) until commit.
-    if !accepted_events.is_empty() {
+    let accepted: Vec<&Vec<Event>> = event_chains
+        .values()
+        .flat_map(|c| c.requests.iter())
+        .filter_map(|i| match &group[*i].op {
+            Op::Append(ev) => Some(ev),
+            _ => None,
+        })
+        .collect();
+    if !accepted.is_empty() {
         let mut per_shard: BTreeMap<u32, i64> = BTreeMap::new();
-        for (_, events) in &accepted_events {
+        for events in &accepted {
             for e in events.iter() {
                 *per_shard.entry(e.shard).or_default() += 1;
             }
@@ -590,7 +643,7 @@ async fn write_group(inner: &Inner, client: &mut Client, group: &[Request]) -> s
             let last: i64 = row.get(1);
             next.insert(shard, last - per_shard[&shard] + 1);
         }
-        let total: usize = accepted_events.iter().map(|(_, e)| e.len()).sum();
+        let total: usize = accepted.iter().map(|e| e.len()).sum();
         let mut pids = Vec::with_capacity(total);
         let mut seqs = Vec::with_capacity(total);
         let mut shard_col = Vec::with_capacity(total);
@@ -602,7 +655,7 @@ async fn write_group(inner: &Inner, client: &mut Client, group: &[Request]) -> s
         let mut encrypted = Vec::with_capacity(total);
         let mut deleted = Vec::with_capacity(total);
         let mut metadata: Vec<Option<Vec<u8>>> = Vec::with_capacity(total);
-        for (_, events) in &accepted_events {
+        for events in &accepted {
             for e in events.iter() {
                 let pos = next.get_mut(&e.shard).expect("shard numbered");
                 pids.push(e.persistence_id.as_str());
@@ -631,52 +684,57 @@ async fn write_group(inner: &Inner, client: &mut Client, group: &[Request]) -> s
         tx.execute(&sql, &params).await.map_err(Before)?;
     }
 
-    // Durable states: insert the new ids (claims), update the locked ones.
-    let (fresh, known): (Vec<_>, Vec<_>) = final_states.values().partition(|(_, s)| !existing_states.contains(&s.persistence_id));
-    for (rows, insert) in [(fresh, true), (known, false)] {
-        if rows.is_empty() {
-            continue;
-        }
-        let pids: Vec<&str> = rows.iter().map(|(_, s)| s.persistence_id.as_str()).collect();
-        let versions_col: Vec<i64> = rows.iter().map(|(_, s)| to_i64(s.version_number)).collect();
-        let shards: Vec<i32> = rows.iter().map(|(_, s)| s.shard as i32).collect();
-        let timestamps: Vec<i64> = rows.iter().map(|(_, s)| s.timestamp).collect();
-        let type_urls: Vec<&str> = rows.iter().map(|(_, s)| s.resulting_state.as_ref().map_or("", |a| a.type_url.as_str())).collect();
-        let payloads: Vec<&[u8]> = rows.iter().map(|(_, s)| s.resulting_state.as_ref().map_or(&[][..], |a| &a.value[..])).collect();
+    // Durable states: compare-and-set each id's version, writing the chain's last state.
+    if !state_chains.is_empty() {
+        let last_state = |c: &Chain| match &group[*c.requests.last().expect("non-empty chain")].op {
+            Op::PutState(s, _) => s,
+            _ => unreachable!("a state chain holds state writes"),
+        };
+        let finals: Vec<&DurableState> = state_chains.values().map(last_state).collect();
+        let versions_col: Vec<i64> = finals.iter().map(|s| to_i64(s.version_number)).collect();
+        let shards: Vec<i32> = finals.iter().map(|s| s.shard as i32).collect();
+        let timestamps: Vec<i64> = finals.iter().map(|s| s.timestamp).collect();
+        let type_urls: Vec<&str> = finals.iter().map(|s| s.resulting_state.as_ref().map_or("", |a| a.type_url.as_str())).collect();
+        let payloads: Vec<&[u8]> = finals.iter().map(|s| s.resulting_state.as_ref().map_or(&[][..], |a| &a.value[..])).collect();
         let keys: Vec<Option<&str>> =
-            rows.iter().map(|(_, s)| (!s.encryption_key_id.is_empty()).then_some(s.encryption_key_id.as_str())).collect();
-        let encrypted: Vec<bool> = rows.iter().map(|(_, s)| s.is_encrypted).collect();
-        let params: [&(dyn ToSql + Sync); 8] = [&pids, &versions_col, &shards, &timestamps, &type_urls, &payloads, &keys, &encrypted];
-        let unnest = "unnest($1::text[], $2::int8[], $3::int4[], $4::int8[], $5::text[], $6::bytea[], $7::text[], $8::bool[])";
-        if insert {
-            let sql = format!(
-                "INSERT INTO {} (persistence_id, version, shard, timestamp, type_url, payload, encryption_key_id, is_encrypted) \
-                 SELECT * FROM {unnest} ON CONFLICT DO NOTHING RETURNING persistence_id",
-                n.states
-            );
-            let won: HashSet<String> = tx.query(&sql, &params).await.map_err(Before)?.iter().map(|r| r.get(0)).collect();
-            for (_, s) in rows.iter().filter(|(_, s)| !won.contains(&s.persistence_id)) {
-                for i in &state_requests[&s.persistence_id] {
-                    let expected = match &group[*i].op {
-                        Op::PutState(_, e) => *e,
-                        _ => 0,
-                    };
-                    results[*i] = Err(Error::Concurrency { persistence_id: s.persistence_id.as_str().into(), expected, actual: 1 });
-                }
+            finals.iter().map(|s| (!s.encryption_key_id.is_empty()).then_some(s.encryption_key_id.as_str())).collect();
+        let encrypted: Vec<bool> = finals.iter().map(|s| s.is_encrypted).collect();
+        let columns =
+            "unnest($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::int8[], $6::text[], $7::bytea[], $8::text[], $9::bool[]) \
+                       AS t(persistence_id, expected, version, shard, timestamp, type_url, payload, encryption_key_id, is_encrypted)";
+        let update = format!(
+            "UPDATE {st} AS s SET version = t.version, shard = t.shard, timestamp = t.timestamp, type_url = t.type_url, payload = t.payload, \
+             encryption_key_id = t.encryption_key_id, is_encrypted = t.is_encrypted FROM {columns} \
+             WHERE s.persistence_id = t.persistence_id AND s.version = t.expected RETURNING s.persistence_id",
+            st = n.states
+        );
+        let insert = format!(
+            "INSERT INTO {st} (persistence_id, version, shard, timestamp, type_url, payload, encryption_key_id, is_encrypted) \
+             SELECT t.persistence_id, t.version, t.shard, t.timestamp, t.type_url, t.payload, t.encryption_key_id, t.is_encrypted \
+             FROM {columns} WHERE t.expected = 0 ON CONFLICT DO NOTHING RETURNING persistence_id",
+            st = n.states
+        );
+        let extra: [&(dyn ToSql + Sync); 7] = [&versions_col, &shards, &timestamps, &type_urls, &payloads, &keys, &encrypted];
+        let lost = compare_and_set(&tx, &n.states, "version", &state_chains, &update, &insert, &extra).await.map_err(Before)?;
+        for (pid, actual) in lost {
+            let chain = state_chains.remove(&pid).expect("chain of a lost id");
+            for i in chain.requests {
+                let expected = match &group[i].op {
+                    Op::PutState(_, e) => *e,
+                    _ => 0,
+                };
+                results[i] = Err(Error::Concurrency { persistence_id: pid.as_str().into(), expected, actual });
             }
-        } else {
-            let sql = format!(
-                "UPDATE {st} AS s SET version = t.version, shard = t.shard, timestamp = t.timestamp, type_url = t.type_url, payload = t.payload, \
-                 encryption_key_id = t.encryption_key_id, is_encrypted = t.is_encrypted FROM {unnest} \
-                 AS t(persistence_id, version, shard, timestamp, type_url, payload, encryption_key_id, is_encrypted) \
-                 WHERE s.persistence_id = t.persistence_id",
-                st = n.states
-            );
-            tx.execute(&sql, &params).await.map_err(Before)?;
         }
     }
 
     // Snapshots: last write wins.
+    let mut snapshots: BTreeMap<(String, u64), &Snapshot> = BTreeMap::new();
+    for (i, req) in group.iter().enumerate() {
+        if let (Op::PutSnapshot(s), Ok(())) = (&req.op, &results[i]) {
+            snapshots.insert((s.persistence_id.clone(), s.sequence_number), s);
+        }
+    }
     if !snapshots.is_empty() {
         let rows: Vec<&&Snapshot> = snapshots.values().collect();
         let pids: Vec<&str> = rows.iter().map(|s| s.persistence_id.as_str()).collect();

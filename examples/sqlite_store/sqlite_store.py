@@ -1,0 +1,231 @@
+"""A store written in Python on the standard library's sqlite3: an example of the store
+protocol (ego.stores.StoreProtocol) that passes ego's conformance suite.
+
+    store = SqliteStore("data/ego.sqlite3")
+    engine = ego.Engine("bank", store=store)
+
+One file holds events (with a per-shard position), snapshots, durable states and projection
+offsets. Writes run in `BEGIN IMMEDIATE` transactions, so they are serialized and positions
+become visible in commit order. Methods may be called from several threads.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Sequence
+
+from ego.errors import ConcurrencyError, MessageTooLargeError, ValidationError
+from ego.stores import SnapshotCriteria
+from ego.v1 import DurableState, Event, Snapshot
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    persistence_id TEXT NOT NULL, sequence_number INTEGER NOT NULL,
+    shard INTEGER NOT NULL, position INTEGER NOT NULL, envelope BLOB NOT NULL,
+    PRIMARY KEY (persistence_id, sequence_number));
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_position ON events (shard, position);
+CREATE TABLE IF NOT EXISTS heads (persistence_id TEXT PRIMARY KEY, highest INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS shards (shard INTEGER PRIMARY KEY, position INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshots (
+    persistence_id TEXT NOT NULL, sequence_number INTEGER NOT NULL, timestamp INTEGER NOT NULL,
+    envelope BLOB NOT NULL, PRIMARY KEY (persistence_id, sequence_number));
+CREATE TABLE IF NOT EXISTS states (persistence_id TEXT PRIMARY KEY, version INTEGER NOT NULL, envelope BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS offsets (projection TEXT NOT NULL, shard INTEGER NOT NULL, position INTEGER NOT NULL,
+    PRIMARY KEY (projection, shard));
+"""
+
+I64_MAX = 2**63 - 1
+
+
+def _i64(v: int) -> int:
+    return min(v, I64_MAX)
+
+
+class SqliteStore:
+    """Events, snapshots, durable state and offsets in one SQLite file."""
+
+    def __init__(self, path: str, *, max_event_bytes: int = 8 << 20) -> None:
+        self.max_event_bytes = max_event_bytes
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- events -------------------------------------------------------------------------------
+
+    def write_events(self, events: Sequence[Event]) -> None:
+        if not events:
+            raise ValidationError("write_events needs at least one event")
+        pid = events[0].persistence_id
+        first = events[0].sequence_number
+        for i, e in enumerate(events):
+            if e.persistence_id != pid or e.sequence_number != first + i:
+                raise ValidationError("write_events takes contiguous events of one persistence id")
+            if len(e.event.value) > self.max_event_bytes:
+                raise MessageTooLargeError(
+                    f"event of {len(e.event.value)} bytes exceeds the limit of {self.max_event_bytes} bytes"
+                )
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT highest FROM heads WHERE persistence_id = ?", (pid,)).fetchone()
+                highest = row[0] if row else 0
+                if first != highest + 1:
+                    err = ConcurrencyError(f"concurrency conflict on {pid!r}: expected {first - 1}, found {highest}")
+                    err.persistence_id, err.expected, err.actual = pid, first - 1, highest
+                    raise err
+                db.execute(
+                    "INSERT INTO heads VALUES (?, ?) ON CONFLICT (persistence_id) DO UPDATE SET highest = excluded.highest",
+                    (pid, events[-1].sequence_number),
+                )
+                for e in events:
+                    row = db.execute(
+                        "INSERT INTO shards VALUES (?, 1) ON CONFLICT (shard) DO UPDATE SET position = position + 1 RETURNING position",
+                        (e.shard,),
+                    ).fetchone()
+                    stored = Event()
+                    stored.CopyFrom(e)
+                    stored.position = row[0]
+                    db.execute(
+                        "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+                        (pid, e.sequence_number, e.shard, row[0], stored.SerializeToString()),
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def replay_events(
+        self, persistence_id: str, from_sequence_number: int = 1, to_sequence_number: int = I64_MAX, max_count: int = I64_MAX
+    ) -> list[Event]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT envelope FROM events WHERE persistence_id = ? AND sequence_number BETWEEN ? AND ? ORDER BY sequence_number LIMIT ?",
+                (persistence_id, _i64(from_sequence_number), _i64(to_sequence_number), _i64(max_count)),
+            ).fetchall()
+        return [Event.FromString(r[0]) for r in rows]
+
+    def highest_sequence_number(self, persistence_id: str) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT highest FROM heads WHERE persistence_id = ?", (persistence_id,)).fetchone()
+        return row[0] if row else 0
+
+    def delete_events(self, persistence_id: str, to_sequence_number: int) -> None:
+        with self._lock:
+            self._db.execute(
+                "DELETE FROM events WHERE persistence_id = ? AND sequence_number <= ?", (persistence_id, _i64(to_sequence_number))
+            )
+
+    def persistence_ids(self, page_size: int, after: str | None = None) -> tuple[list[str], str | None]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT persistence_id FROM heads WHERE persistence_id > ? ORDER BY persistence_id LIMIT ?",
+                (after or "", page_size + 1),
+            ).fetchall()
+        ids = [r[0] for r in rows[:page_size]]
+        return ids, (ids[-1] if len(rows) > page_size else None)
+
+    def shard_events(self, shard: int, after_position: int = 0, max_count: int = 1000) -> list[Event]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT envelope FROM events WHERE shard = ? AND position > ? ORDER BY position LIMIT ?",
+                (shard, after_position, max_count),
+            ).fetchall()
+        return [Event.FromString(r[0]) for r in rows]
+
+    def shard_heads(self) -> list[tuple[int, int, int]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT s.shard, s.position, e.envelope FROM shards s LEFT JOIN events e ON e.shard = s.shard AND e.position = s.position ORDER BY s.shard"
+            ).fetchall()
+        return [(shard, position, Event.FromString(env).timestamp if env else 0) for shard, position, env in rows]
+
+    # -- snapshots ----------------------------------------------------------------------------
+
+    def write_snapshot(self, snapshot: Snapshot) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO snapshots VALUES (?, ?, ?, ?) ON CONFLICT (persistence_id, sequence_number) "
+                "DO UPDATE SET timestamp = excluded.timestamp, envelope = excluded.envelope",
+                (snapshot.persistence_id, snapshot.sequence_number, snapshot.timestamp, snapshot.SerializeToString()),
+            )
+
+    def _select(self, criteria: SnapshotCriteria | None) -> tuple[int, int, int, int]:
+        c = criteria or SnapshotCriteria()
+        return (_i64(c.min_sequence_number), _i64(c.max_sequence_number), c.min_timestamp, c.max_timestamp)
+
+    def latest_snapshot(self, persistence_id: str, criteria: SnapshotCriteria | None = None) -> Snapshot | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT envelope FROM snapshots WHERE persistence_id = ? AND sequence_number BETWEEN ? AND ? "
+                "AND timestamp BETWEEN ? AND ? ORDER BY sequence_number DESC LIMIT 1",
+                (persistence_id, *self._select(criteria)),
+            ).fetchone()
+        return Snapshot.FromString(row[0]) if row else None
+
+    def delete_snapshots(self, persistence_id: str, criteria: SnapshotCriteria | None = None) -> None:
+        with self._lock:
+            self._db.execute(
+                "DELETE FROM snapshots WHERE persistence_id = ? AND sequence_number BETWEEN ? AND ? AND timestamp BETWEEN ? AND ?",
+                (persistence_id, *self._select(criteria)),
+            )
+
+    # -- durable state ------------------------------------------------------------------------
+
+    def write_state(self, state: DurableState, expected_version: int) -> None:
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT version FROM states WHERE persistence_id = ?", (state.persistence_id,)).fetchone()
+                actual = row[0] if row else 0
+                if actual != expected_version:
+                    err = ConcurrencyError(
+                        f"concurrency conflict on {state.persistence_id!r}: expected {expected_version}, found {actual}"
+                    )
+                    err.persistence_id, err.expected, err.actual = state.persistence_id, expected_version, actual
+                    raise err
+                db.execute(
+                    "INSERT INTO states VALUES (?, ?, ?) ON CONFLICT (persistence_id) DO UPDATE SET version = excluded.version, envelope = excluded.envelope",
+                    (state.persistence_id, state.version_number, state.SerializeToString()),
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def read_state(self, persistence_id: str) -> DurableState | None:
+        with self._lock:
+            row = self._db.execute("SELECT envelope FROM states WHERE persistence_id = ?", (persistence_id,)).fetchone()
+        return DurableState.FromString(row[0]) if row else None
+
+    def delete_state(self, persistence_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM states WHERE persistence_id = ?", (persistence_id,))
+
+    # -- offsets ------------------------------------------------------------------------------
+
+    def write_offsets(self, projection: str, offsets: list[tuple[int, int]]) -> None:
+        with self._lock:
+            self._db.executemany(
+                "INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT (projection, shard) DO UPDATE SET position = excluded.position",
+                [(projection, shard, position) for shard, position in offsets],
+            )
+
+    def read_offsets(self, projection: str) -> list[tuple[int, int]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT shard, position FROM offsets WHERE projection = ? ORDER BY shard", (projection,)
+            ).fetchall()
+        return [(s, p) for s, p in rows]
+
+    def reset_offsets(self, projection: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM offsets WHERE projection = ?", (projection,))

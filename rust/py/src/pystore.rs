@@ -1,0 +1,255 @@
+//! Stores written in Python: any object with the methods of the store protocol (see
+//! `ego.stores`), synchronous or `async def`. Calls run one at a time on a thread of the
+//! store's own, which takes the GIL per batch of queued calls; an `async def` method runs on
+//! that thread's private event loop. Envelopes cross as the `ego.v1` protobuf messages.
+
+use std::sync::{mpsc, Arc};
+
+use ego_core::envelope::{DurableState, Event, Snapshot};
+use ego_core::error::{Error, Result};
+use ego_core::store::{BoxFuture, EventsStore, IdPage, OffsetStore, ShardHead, SnapshotCriteria, SnapshotStore, StateStore};
+use parking_lot::Mutex;
+use prost::Message;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyList};
+use tokio::sync::oneshot;
+
+use crate::errors::from_pyerr;
+
+type Call = Box<dyn FnOnce(Python<'_>, &Bound<'_, PyAny>, &Bound<'_, PyAny>) + Send>;
+
+/// The methods each role needs.
+pub const EVENTS: &[&str] =
+    &["write_events", "replay_events", "highest_sequence_number", "delete_events", "persistence_ids", "shard_events", "shard_heads"];
+pub const SNAPSHOTS: &[&str] = &["write_snapshot", "latest_snapshot", "delete_snapshots"];
+pub const STATES: &[&str] = &["write_state", "read_state", "delete_state"];
+#[allow(dead_code)] // Projections use it.
+pub const OFFSETS: &[&str] = &["write_offsets", "read_offsets", "reset_offsets"];
+
+/// A store implemented in Python.
+#[derive(Clone)]
+pub struct PyStore {
+    tx: Arc<Mutex<mpsc::Sender<Call>>>,
+}
+
+static ENVELOPES: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static CRITERIA: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static ISAWAITABLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn envelope<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+    ENVELOPES.get_or_try_init(py, || py.import("ego.v1").map(|m| m.into_any().unbind()))?.bind(py).getattr(name)
+}
+
+impl PyStore {
+    /// Wraps `obj`, checking it has the methods of `roles`.
+    pub fn new(obj: &Bound<'_, PyAny>, roles: &[&[&str]]) -> PyResult<Self> {
+        let missing: Vec<&str> = roles.iter().flat_map(|r| r.iter()).filter(|m| !obj.hasattr(**m).unwrap_or(false)).copied().collect();
+        if !missing.is_empty() {
+            return Err(crate::errors::to_pyerr(
+                obj.py(),
+                &Error::Configuration(format!("{} is not a store: it lacks {}", crate::types::describe(obj), missing.join(", ")).into()),
+            ));
+        }
+        let (tx, rx) = mpsc::channel::<Call>();
+        let obj = obj.clone().unbind();
+        std::thread::Builder::new()
+            .name("ego-pystore".into())
+            .spawn(move || {
+                let event_loop: Option<Py<PyAny>> =
+                    Python::attach(|py| py.import("asyncio").and_then(|a| a.call_method0("new_event_loop")).map(Bound::unbind).ok());
+                while let Ok(first) = rx.recv() {
+                    let mut calls = vec![first];
+                    calls.extend(rx.try_iter());
+                    Python::attach(|py| {
+                        let obj = obj.bind(py);
+                        let none = py.None();
+                        let lp = event_loop.as_ref().map_or(none.bind(py), |l| l.bind(py));
+                        for call in calls {
+                            call(py, obj, lp);
+                        }
+                    });
+                }
+                Python::attach(|py| {
+                    if let Some(l) = event_loop {
+                        let _ = l.bind(py).call_method0("close");
+                    }
+                    drop(obj);
+                });
+            })
+            .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+        Ok(PyStore { tx: Arc::new(Mutex::new(tx)) })
+    }
+
+    fn call<T: Send + 'static>(
+        &self,
+        method: &'static str,
+        args: impl for<'py> FnOnce(Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> + Send + 'static,
+        convert: impl for<'py> FnOnce(Python<'py>, Bound<'py, PyAny>) -> PyResult<T> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T>> {
+        let (done, rx) = oneshot::channel();
+        let call: Call = Box::new(move |py, obj, event_loop| {
+            let result = (|| {
+                let args = args(py)?;
+                let args = pyo3::types::PyTuple::new(py, args)?;
+                let mut value = obj.call_method1(method, args)?;
+                let isawaitable = ISAWAITABLE.get_or_try_init(py, || py.import("inspect")?.getattr("isawaitable").map(Bound::unbind))?;
+                if isawaitable.bind(py).call1((&value,))?.is_truthy()? {
+                    value = event_loop.call_method1("run_until_complete", (value,))?;
+                }
+                convert(py, value)
+            })();
+            let _ = done.send(result.map_err(|e| from_pyerr(py, &e)));
+        });
+        if self.tx.lock().send(call).is_err() {
+            return Box::pin(async { Err(Error::Storage("the Python store's thread stopped".into())) });
+        }
+        Box::pin(async move { rx.await.unwrap_or_else(|_| Err(Error::Storage("the Python store dropped a call".into()))) })
+    }
+}
+
+fn to_py<'py, M: Message>(py: Python<'py>, class: &str, m: &M) -> PyResult<Bound<'py, PyAny>> {
+    envelope(py, class)?.call_method1("FromString", (PyBytes::new(py, &m.encode_to_vec()),))
+}
+
+fn from_py<M: Message + Default>(value: &Bound<'_, PyAny>) -> PyResult<M> {
+    let bytes = value.call_method0("SerializeToString")?;
+    M::decode(bytes.cast::<PyBytes>()?.as_bytes()).map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("bad envelope: {e}")))
+}
+
+fn list_of<M: Message + Default>(value: Bound<'_, PyAny>) -> PyResult<Vec<M>> {
+    value.try_iter()?.map(|v| from_py(&v?)).collect()
+}
+
+fn optional<M: Message + Default>(value: Bound<'_, PyAny>) -> PyResult<Option<M>> {
+    if value.is_none() {
+        Ok(None)
+    } else {
+        from_py(&value).map(Some)
+    }
+}
+
+fn criteria<'py>(py: Python<'py>, c: SnapshotCriteria) -> PyResult<Bound<'py, PyAny>> {
+    let class = CRITERIA.get_or_try_init(py, || py.import("ego.stores")?.getattr("SnapshotCriteria").map(Bound::unbind))?.bind(py);
+    let kwargs = pyo3::types::PyDict::new(py);
+    kwargs.set_item("min_sequence_number", c.min_sequence_number)?;
+    kwargs.set_item("max_sequence_number", c.max_sequence_number)?;
+    kwargs.set_item("min_timestamp", c.min_timestamp)?;
+    kwargs.set_item("max_timestamp", c.max_timestamp)?;
+    class.call((), Some(&kwargs))
+}
+
+fn s<'py>(py: Python<'py>, v: &str) -> Bound<'py, PyAny> {
+    pyo3::types::PyString::new(py, v).into_any()
+}
+
+fn int<'py, T: IntoPyObject<'py>>(py: Python<'py>, v: T) -> PyResult<Bound<'py, PyAny>> {
+    use pyo3::IntoPyObjectExt;
+    v.into_bound_py_any(py)
+}
+
+impl EventsStore for PyStore {
+    fn write_events(&self, events: Vec<Event>) -> BoxFuture<'static, Result<()>> {
+        self.call(
+            "write_events",
+            move |py| {
+                let list = PyList::empty(py);
+                for e in &events {
+                    list.append(to_py(py, "Event", e)?)?;
+                }
+                Ok(vec![list.into_any()])
+            },
+            |_, _| Ok(()),
+        )
+    }
+
+    fn replay_events(&self, persistence_id: &str, from: u64, to: u64, max: u64) -> BoxFuture<'static, Result<Vec<Event>>> {
+        let pid = persistence_id.to_string();
+        self.call("replay_events", move |py| Ok(vec![s(py, &pid), int(py, from)?, int(py, to)?, int(py, max)?]), |_, v| list_of(v))
+    }
+
+    fn highest_sequence_number(&self, persistence_id: &str) -> BoxFuture<'static, Result<u64>> {
+        let pid = persistence_id.to_string();
+        self.call("highest_sequence_number", move |py| Ok(vec![s(py, &pid)]), |_, v| v.extract())
+    }
+
+    fn delete_events(&self, persistence_id: &str, to: u64) -> BoxFuture<'static, Result<()>> {
+        let pid = persistence_id.to_string();
+        self.call("delete_events", move |py| Ok(vec![s(py, &pid), int(py, to)?]), |_, _| Ok(()))
+    }
+
+    fn persistence_ids(&self, page_size: usize, after: Option<String>) -> BoxFuture<'static, Result<IdPage>> {
+        self.call(
+            "persistence_ids",
+            move |py| Ok(vec![int(py, page_size)?, after.into_pyobject(py)?.into_any()]),
+            |_, v| {
+                let (ids, next): (Vec<String>, Option<String>) = v.extract()?;
+                Ok(IdPage { ids, next })
+            },
+        )
+    }
+
+    fn shard_events(&self, shard: u32, after: u64, max: usize) -> BoxFuture<'static, Result<Vec<Event>>> {
+        self.call("shard_events", move |py| Ok(vec![int(py, shard)?, int(py, after)?, int(py, max)?]), |_, v| list_of(v))
+    }
+
+    fn shard_heads(&self) -> BoxFuture<'static, Result<Vec<ShardHead>>> {
+        self.call(
+            "shard_heads",
+            |_| Ok(vec![]),
+            |_, v| {
+                let heads: Vec<(u32, u64, i64)> = v.extract()?;
+                Ok(heads.into_iter().map(|(shard, position, timestamp)| ShardHead { shard, position, timestamp }).collect())
+            },
+        )
+    }
+}
+
+impl SnapshotStore for PyStore {
+    fn write_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'static, Result<()>> {
+        self.call("write_snapshot", move |py| Ok(vec![to_py(py, "Snapshot", &snapshot)?]), |_, _| Ok(()))
+    }
+
+    fn latest_snapshot(&self, persistence_id: &str, c: SnapshotCriteria) -> BoxFuture<'static, Result<Option<Snapshot>>> {
+        let pid = persistence_id.to_string();
+        self.call("latest_snapshot", move |py| Ok(vec![s(py, &pid), criteria(py, c)?]), |_, v| optional(v))
+    }
+
+    fn delete_snapshots(&self, persistence_id: &str, c: SnapshotCriteria) -> BoxFuture<'static, Result<()>> {
+        let pid = persistence_id.to_string();
+        self.call("delete_snapshots", move |py| Ok(vec![s(py, &pid), criteria(py, c)?]), |_, _| Ok(()))
+    }
+}
+
+impl StateStore for PyStore {
+    fn write_state(&self, state: DurableState, expected_version: u64) -> BoxFuture<'static, Result<()>> {
+        self.call("write_state", move |py| Ok(vec![to_py(py, "DurableState", &state)?, int(py, expected_version)?]), |_, _| Ok(()))
+    }
+
+    fn read_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<Option<DurableState>>> {
+        let pid = persistence_id.to_string();
+        self.call("read_state", move |py| Ok(vec![s(py, &pid)]), |_, v| optional(v))
+    }
+
+    fn delete_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<()>> {
+        let pid = persistence_id.to_string();
+        self.call("delete_state", move |py| Ok(vec![s(py, &pid)]), |_, _| Ok(()))
+    }
+}
+
+impl OffsetStore for PyStore {
+    fn write_offsets(&self, projection: &str, offsets: Vec<(u32, u64)>) -> BoxFuture<'static, Result<()>> {
+        let p = projection.to_string();
+        self.call("write_offsets", move |py| Ok(vec![s(py, &p), offsets.into_pyobject(py)?.into_any()]), |_, _| Ok(()))
+    }
+
+    fn read_offsets(&self, projection: &str) -> BoxFuture<'static, Result<Vec<(u32, u64)>>> {
+        let p = projection.to_string();
+        self.call("read_offsets", move |py| Ok(vec![s(py, &p)]), |_, v| v.extract())
+    }
+
+    fn reset_offsets(&self, projection: &str) -> BoxFuture<'static, Result<()>> {
+        let p = projection.to_string();
+        self.call("reset_offsets", move |py| Ok(vec![s(py, &p)]), |_, _| Ok(()))
+    }
+}
