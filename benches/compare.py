@@ -43,6 +43,7 @@ def _cases(big: int) -> list[Case]:
     cases = [
         Case("A", "memory", "ego.workload_a('memory')", "POPO, best", "peer.workload_a('memory', 'best')"),
         Case("A", "RocksDB durable", "ego.workload_a('rocksdb')", "SQLite, best", "peer.workload_a('sqlite', 'best')"),
+        Case("A", "PostgreSQL", "ego.workload_a('postgres')", "PostgreSQL, best", "peer.workload_a('postgres', 'best')"),
         Case("B", "memory", "ego.workload_b('memory')", "POPO, best", "peer.workload_b('memory', 'best')"),
         Case("B", "memory, batching 16", "ego.workload_b('memory', batch=16)", "POPO, best", "peer.workload_b('memory', 'best')"),
         Case("B", "RocksDB durable", "ego.workload_b('rocksdb')", "SQLite, best", "peer.workload_b('sqlite', 'best')"),
@@ -52,6 +53,14 @@ def _cases(big: int) -> list[Case]:
             "ego.workload_b('rocksdb', batch=16)",
             "SQLite, best",
             "peer.workload_b('sqlite', 'best')",
+        ),
+        Case("B", "PostgreSQL", "ego.workload_b('postgres')", "PostgreSQL, best", "peer.workload_b('postgres', 'best')"),
+        Case(
+            "B",
+            "PostgreSQL, batching 16",
+            "ego.workload_b('postgres', batch=16)",
+            "PostgreSQL, best",
+            "peer.workload_b('postgres', 'best')",
         ),
         Case("B burst", "memory", "ego.workload_b('memory', burst=True)", "POPO, best", "peer.workload_b('memory', 'best')"),
         Case(
@@ -68,8 +77,23 @@ def _cases(big: int) -> list[Case]:
             "SQLite, best",
             "peer.workload_b('sqlite', 'best')",
         ),
+        Case(
+            "B burst",
+            "PostgreSQL, batching 20",
+            "ego.workload_b('postgres', batch=20, burst=True)",
+            "PostgreSQL, best",
+            "peer.workload_b('postgres', 'best')",
+        ),
         Case("C", "memory, no snapshot", "ego.workload_c('memory')", "POPO", "peer.workload_c('memory')", "ms_per_load"),
         Case("C", "RocksDB, no snapshot", "ego.workload_c('rocksdb')", "SQLite", "peer.workload_c('sqlite')", "ms_per_load"),
+        Case(
+            "C",
+            "PostgreSQL, no snapshot",
+            "ego.workload_c('postgres')",
+            "PostgreSQL",
+            "peer.workload_c('postgres')",
+            "ms_per_load",
+        ),
         Case(
             "C",
             "RocksDB, snapshot every 100",

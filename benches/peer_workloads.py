@@ -136,7 +136,7 @@ def workload_a(store: str, mode: str, commands: int = 20_000) -> dict[str, float
 
 def workload_b(store: str, mode: str, accounts: int = 1000, credits: int = 20) -> dict[str, float]:
     if store != "memory":
-        credits = min(credits, 2)
+        credits = min(credits, 2 if store == "sqlite" else 1)
     env = _Env(store, mode)
     try:
         app = env.app

@@ -5,6 +5,7 @@ stops the engine, starts it again on the same directory, checks that every accou
 its balance, and prints what it measured.
 
     python demo.py [--accounts 1000] [--commands 100000] [--callers 1000] [--data ./data]
+    python demo.py --postgres postgresql://postgres@127.0.0.1:5432/test   # the same on PostgreSQL
 """
 
 from __future__ import annotations
@@ -104,13 +105,25 @@ async def main() -> None:
     parser.add_argument("--sequential", type=int, default=2000, help="commands of the one-caller run")
     parser.add_argument("--data", type=Path, default=Path("data"))
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--postgres", metavar="URL", help="run on PostgreSQL (tables demo_*) instead of RocksDB")
     args = parser.parse_args()
 
-    shutil.rmtree(args.data, ignore_errors=True)
     ids = [f"account-{i}" for i in range(args.accounts)]
-    print(f"ego {ego.__version__} bank demo: RocksDB store in {args.data}/ (every write synced to disk before its reply)")
 
-    store = ego.RocksDBStore(args.data)
+    def open_store() -> ego.stores.NativeStore:
+        # Switching stores is this one line.
+        if args.postgres:
+            return ego.PostgresStore(args.postgres, table_prefix="demo_")
+        return ego.RocksDBStore(args.data)
+
+    if args.postgres:
+        ego.PostgresStore(args.postgres, table_prefix="demo_").drop_tables()
+        print(f"ego {ego.__version__} bank demo: PostgreSQL store (tables demo_*; each commit durable before its reply)")
+    else:
+        shutil.rmtree(args.data, ignore_errors=True)
+        print(f"ego {ego.__version__} bank demo: RocksDB store in {args.data}/ (every write synced to disk before its reply)")
+
+    store = open_store()
     engine = ego.Engine("bank", store=store)
     async with engine:
         engine.register_entity_type(AccountBehavior, prefix="account-")
@@ -136,9 +149,9 @@ async def main() -> None:
         expected = {a: engine.get_state(a) for a in ids}
 
     store.close()
-    print("engine stopped and store closed; starting again on the same directory")
+    print("engine stopped and store closed; starting again on the same data")
     t = time.perf_counter()
-    with ego.RocksDBStore(args.data) as store, ego.Engine("bank", store=store) as engine:
+    with open_store() as store, ego.Engine("bank", store=store) as engine:
         engine.register_entity_type(AccountBehavior, prefix="account-")
         recovered = {a: engine.get_state(a) for a in ids}
         took = time.perf_counter() - t
