@@ -36,7 +36,7 @@ class Case:
 
     @property
     def higher_is_better(self) -> bool:
-        return self.metric == "cmds_per_s"
+        return self.metric in ("cmds_per_s", "events_per_s")
 
 
 def _cases(big: int) -> list[Case]:
@@ -103,6 +103,22 @@ def _cases(big: int) -> list[Case]:
             "ms_per_load",
         ),
         Case(
+            "D",
+            "RocksDB, 1,000,000 events",
+            "ego.workload_d('rocksdb')",
+            "POPO follower, 100,000 events",
+            "peer.workload_d('memory')",
+            "events_per_s",
+        ),
+        Case(
+            "D",
+            "PostgreSQL, 200,000 events",
+            "ego.workload_d('postgres', 200_000)",
+            "PostgreSQL follower, 20,000 events",
+            "peer.workload_d('postgres', 20_000)",
+            "events_per_s",
+        ),
+        Case(
             "E",
             "100,000 accounts",
             "ego.workload_e(100_000)",
@@ -143,7 +159,7 @@ def fdatasync_rate(seconds: float = 1.0) -> float:
         return n / (time.perf_counter() - started)
 
 
-UNITS = {"cmds_per_s": "cmds/s", "ms_per_load": "ms/load", "bytes_per_entity": "B/entity"}
+UNITS = {"cmds_per_s": "cmds/s", "ms_per_load": "ms/load", "bytes_per_entity": "B/entity", "events_per_s": "events/s"}
 
 
 def fmt(values: list[float], metric: str) -> str:

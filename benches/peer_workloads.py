@@ -207,3 +207,37 @@ def workload_f(accounts: int, commands: int | None = None) -> dict[str, float]:
         return {"cmds_per_s": commands / (time.perf_counter() - started)}
     finally:
         env.close()
+
+
+def workload_d(store: str = "memory", events: int = 100_000) -> dict[str, float]:
+    """The peer's follower (a ProcessApplication pulling the leader's notification log, one
+    tracking record per event) catching up on `events` events, with a counting policy."""
+    from eventsourcing.system import ProcessApplication
+
+    counted = 0
+
+    class Counter(ProcessApplication[UUID]):
+        def policy(self, domain_event: Any, processing_event: Any) -> None:
+            nonlocal counted
+            counted += 1
+
+    env = _Env(store, "best")
+    try:
+        leader = env.app
+        per = 100
+        for _ in range(events // per):
+            account = BankAccount(0)
+            for _ in range(per - 1):
+                account.credit(1)
+            leader.save(account)
+        follower_env = {k: v for k, v in env.app.env.items()}
+        follower = Counter(env=follower_env)
+        follower.follow(leader.name, leader.notification_log)
+        started = time.perf_counter()
+        follower.pull_and_process(leader.name)
+        elapsed = time.perf_counter() - started
+        assert counted == events, counted
+        follower.close()
+        return {"events_per_s": events / elapsed}
+    finally:
+        env.close()

@@ -12,19 +12,42 @@ Quick start::
 from ego import errors
 from ego._ego import __version__
 from ego.behaviors import DurableStateBehavior, EventSourcedBehavior
-from ego.engine import Engine
+from ego.engine import Engine, ShardLag
 from ego.errors import EgoError
+from ego.projections import (
+    Delete,
+    EventAdapter,
+    PersistedEvent,
+    PersistedState,
+    Put,
+    Recovery,
+    RecoveryPolicy,
+    RetentionPolicy,
+    Sql,
+    Subscription,
+)
 from ego.stores import MemoryStore, PostgresStore, RocksDBStore, SnapshotCriteria
 
 __all__ = [
+    "Delete",
     "DurableStateBehavior",
     "EgoError",
     "Engine",
+    "EventAdapter",
     "EventSourcedBehavior",
     "MemoryStore",
+    "PersistedEvent",
+    "PersistedState",
     "PostgresStore",
+    "Put",
+    "Recovery",
+    "RecoveryPolicy",
+    "RetentionPolicy",
     "RocksDBStore",
+    "ShardLag",
     "SnapshotCriteria",
+    "Sql",
+    "Subscription",
     "__version__",
     "errors",
 ]

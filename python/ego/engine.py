@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import datetime
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -14,9 +16,10 @@ from google.protobuf.message import Message
 from ego import _ego
 from ego.behaviors import DurableStateBehavior, EventSourcedBehavior
 from ego.errors import ConfigurationError
+from ego.projections import EventAdapter, PersistedEvent, Recovery, RetentionPolicy, Subscription
 from ego.stores import MemoryStore, Store
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "ShardLag"]
 
 S = TypeVar("S", bound=Message)
 Behavior = EventSourcedBehavior[Any, Any, Any] | DurableStateBehavior[Any, Any]
@@ -31,13 +34,28 @@ def _stop_all() -> None:  # pragma: no cover - runs at interpreter exit
             engine.stop(timeout=5.0)
 
 
+@dataclass(frozen=True)
+class ShardLag:
+    """How far a projection is behind in one shard."""
+
+    events_behind: int
+    """Events written but not handled yet."""
+    time_behind: float
+    """Seconds between the newest event and the last handled one (0 when caught up)."""
+    offset: int
+    """The last handled position."""
+    head: int
+    """The newest position."""
+
+
 def _entity_options(
     snapshot_interval: int,
     passivate_after: float | None,
     batch_threshold: int,
     batch_flush_window: float,
     mailbox_capacity: int,
-) -> tuple[int, float | None, int, float, int]:
+    retention: RetentionPolicy | None = None,
+) -> tuple[int, float | None, int, float, int, tuple[bool, int, bool, bool] | None]:
     for name, value in (("snapshot_interval", snapshot_interval), ("batch_threshold", batch_threshold)):
         if not isinstance(value, int) or value < 0:
             raise ConfigurationError(f"{name} must be a non-negative int, got {value!r}")
@@ -47,7 +65,18 @@ def _entity_options(
         raise ConfigurationError(f"passivate_after must be a positive number of seconds or None, got {passivate_after!r}")
     if not batch_flush_window >= 0:
         raise ConfigurationError(f"batch_flush_window must be a non-negative number of seconds, got {batch_flush_window!r}")
-    return snapshot_interval, passivate_after, batch_threshold, float(batch_flush_window), mailbox_capacity
+    if retention is not None and not isinstance(retention, RetentionPolicy):
+        raise ConfigurationError(f"retention must be an ego.RetentionPolicy, got {retention!r}")
+    if retention is not None and snapshot_interval == 0:
+        raise ConfigurationError("a retention policy applies after snapshots: set snapshot_interval too")
+    return (
+        snapshot_interval,
+        passivate_after,
+        batch_threshold,
+        float(batch_flush_window),
+        mailbox_capacity,
+        retention._args() if retention else None,
+    )
 
 
 class Engine(_ego.EngineCore):
@@ -93,14 +122,29 @@ class Engine(_ego.EngineCore):
         max_message_bytes: int = 1 << 20,
         replay_page_size: int = 1024,
         io_threads: int = 2,
+        event_adapters: Sequence[EventAdapter] = (),
     ) -> Engine:
         if store is None and events_store is None and snapshot_store is None and state_store is None:
             store = MemoryStore()
         events_store = events_store if events_store is not None else store
         snapshot_store = snapshot_store if snapshot_store is not None else store
         state_store = state_store if state_store is not None else store
+        for adapter in event_adapters:
+            if not callable(getattr(adapter, "adapt", None)):
+                raise ConfigurationError(
+                    f"an event adapter needs an adapt(type_url, payload, sequence_number) method: {adapter!r}"
+                )
         self = super().__new__(
-            cls, name, events_store, snapshot_store, state_store, shards, max_message_bytes, replay_page_size, io_threads
+            cls,
+            name,
+            events_store,
+            snapshot_store,
+            state_store,
+            shards,
+            max_message_bytes,
+            replay_page_size,
+            io_threads,
+            list(event_adapters),
         )
         distinct: list[Store] = []
         for s in (events_store, snapshot_store, state_store):
@@ -141,6 +185,7 @@ class Engine(_ego.EngineCore):
         batch_threshold: int = 0,
         batch_flush_window: float = 0.005,
         mailbox_capacity: int = 10_000,
+        retention: RetentionPolicy | None = None,
     ) -> tuple[Any, int]:
         """Spawns an entity with this behaviour (its id is ``behavior.id()``), recovers its
         state from the stores and returns ``(state, revision)``. Idempotent: if the entity
@@ -156,8 +201,11 @@ class Engine(_ego.EngineCore):
           in one write, when this many events are pending or after this many seconds.
         - ``mailbox_capacity``: commands that may wait for the entity; more are refused with
           ``MailboxFullError``.
+        - ``retention``: what to delete after each successful snapshot (:class:`~ego.RetentionPolicy`).
         """
-        options = _entity_options(snapshot_interval, passivate_after, batch_threshold, batch_flush_window, mailbox_capacity)
+        options = _entity_options(
+            snapshot_interval, passivate_after, batch_threshold, batch_flush_window, mailbox_capacity, retention
+        )
         return self._spawn(_entity_id(behavior), behavior, *options)
 
     def durable_state_entity(
@@ -192,6 +240,7 @@ class Engine(_ego.EngineCore):
         batch_threshold: int = 0,
         batch_flush_window: float = 0.005,
         mailbox_capacity: int = 10_000,
+        retention: RetentionPolicy | None = None,
     ) -> None:
         """Lets entities activate on their first command: a command (or ``get_state``) for an
         id that is not in memory and starts with ``prefix`` creates the entity with
@@ -201,10 +250,116 @@ class Engine(_ego.EngineCore):
         The factory may return a new behaviour per entity or one shared instance (ego does not
         call ``id()`` on it: the entity id is the one the command was sent to).
         """
-        options = _entity_options(snapshot_interval, passivate_after, batch_threshold, batch_flush_window, mailbox_capacity)
+        options = _entity_options(
+            snapshot_interval, passivate_after, batch_threshold, batch_flush_window, mailbox_capacity, retention
+        )
         if not callable(factory):
             raise ConfigurationError(f"factory must be callable, got {factory!r}")
         self._register(prefix, factory, *options)
+
+    # -- projections and the event stream ---------------------------------------------------
+
+    def add_projection(
+        self,
+        name: str,
+        handler: Callable[[list[PersistedEvent]], Any] | Any,
+        *,
+        offset_store: Store | None = None,
+        batch_size: int = 512,
+        recovery: Recovery | None = None,
+        dead_letter: Callable[[str, str, PersistedEvent, int, BaseException], Any] | None = None,
+        poll_interval: float = 0.5,
+        start: str = "beginning",
+        transactional: bool = False,
+    ) -> None:
+        """Starts a projection named ``name``.
+
+        ``handler`` is called with a list of :class:`~ego.PersistedEvent` (a batch of one shard,
+        in position order; plain or ``async def``); or give an object with a ``handle(event)``
+        method to be called once per event. Shards are read in parallel; handler calls are
+        serialized on the projection's own thread. The projection's positions are kept in
+        ``offset_store`` (default: the engine's events store).
+
+        - ``recovery``: what to do when the handler raises (:class:`~ego.Recovery`).
+        - ``dead_letter(projection, persistence_id, event, sequence_number, error)``: receives
+          the events a skipping policy skipped.
+        - ``poll_interval``: seconds between looks for events written by other processes (this
+          engine's writes wake the projection at once).
+        - ``start``: ``"beginning"`` or ``"end"`` (skip the history), for a projection with no
+          offsets yet.
+        - ``transactional``: the handler returns read-model writes (:class:`~ego.Sql` for a
+          PostgreSQL offset store, :class:`~ego.Put`/:class:`~ego.Delete` for RocksDB or
+          in-memory ones) that are committed in one transaction with the offset: exactly once.
+        """
+        if start not in ("beginning", "end"):
+            raise ConfigurationError(f'start must be "beginning" or "end", got {start!r}')
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigurationError(f"batch_size must be a positive int, got {batch_size!r}")
+        per_event = not callable(handler) and callable(getattr(handler, "handle", None))
+        target = getattr(handler, "handle") if per_event else handler  # noqa: B009
+        if not callable(target):
+            raise ConfigurationError(
+                "a projection handler is a callable taking a list of events, or an object with handle(event)"
+            )
+        if offset_store is None:
+            offset_store = self.stores[0] if self.stores else None
+        recovery = recovery or Recovery()
+        self._add_projection(
+            name,
+            target,
+            per_event,
+            offset_store,
+            batch_size,
+            recovery.policy.value,
+            recovery.attempts,
+            recovery.backoff,
+            recovery.max_backoff,
+            dead_letter,
+            poll_interval,
+            start == "end",
+            transactional,
+        )
+
+    def is_projection_running(self, name: str) -> bool:
+        """Whether the projection runs (False once a failure stopped it, or unknown)."""
+        status = self._projection_status(name)
+        return status is not None and status[0] == "running"
+
+    def projection_status(self, name: str) -> tuple[str, str | None]:
+        """``("running" | "failed" | "stopped", error or None)``."""
+        status = self._projection_status(name)
+        if status is None:
+            raise KeyError(name)
+        return status
+
+    def projection_lag(self, name: str) -> dict[int, ShardLag]:
+        """Events and time behind, per shard."""
+        return {
+            shard: ShardLag(events_behind=behind, time_behind=nanos / 1e9, offset=offset, head=head)
+            for shard, behind, nanos, offset, head in self._projection_lag(name)
+        }
+
+    def projection_stats(self, name: str) -> dict[str, int]:
+        """Counters of a projection: events, batches, dead_letters, store_retries."""
+        return self._projection_stats(name)
+
+    def rebuild_projection(self, name: str, from_time: datetime.datetime | float | None = None) -> None:
+        """Hands the projection again exactly the events written after ``from_time`` (a
+        datetime, or Unix seconds; None: from the beginning). Its read model should be reset to
+        that point first."""
+        if from_time is None:
+            after = -(2**63)
+        elif isinstance(from_time, datetime.datetime):
+            after = int(from_time.timestamp() * 1e9)
+        else:
+            after = int(float(from_time) * 1e9)
+        self._rebuild_projection(name, after)
+
+    def subscribe(self, maxsize: int = 10_000) -> Subscription:
+        """The in-process event stream (:class:`~ego.Subscription`) from now on."""
+        if not isinstance(maxsize, int) or maxsize < 1:
+            raise ConfigurationError(f"maxsize must be a positive int, got {maxsize!r}")
+        return Subscription(self._subscribe(maxsize))
 
 
 def _entity_id(behavior: object) -> str:

@@ -127,3 +127,8 @@ class CommandTimeoutError(EgoError, TimeoutError):
 
     entity_id: str | None = None
     started: bool = False
+
+
+class SubscriptionOverflowError(EgoError):
+    """A subscriber of the event stream fell behind by more than its capacity and was closed
+    (it received everything queued before this)."""

@@ -1,7 +1,7 @@
 //! The engine: the registry of entities, the bridge thread, the runtime for store I/O and
 //! timers, passivation, and the public entry points the bindings call.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -18,8 +18,10 @@ use crate::host::{Fail, Host, Kind};
 use crate::ids::{shard_of, validate_id};
 use crate::options::{EngineConfig, EntityOptions};
 use crate::poll::poll_once;
+use crate::projection::{Projection, ProjectionOptions, Sink};
+use crate::publish::{Stream, Subscription};
 use crate::registry::Registry;
-use crate::store::{BoxFuture, Stores};
+use crate::store::{BoxFuture, OffsetStore, Stores};
 
 /// A registered entity type: entities whose id starts with `prefix` activate on their first
 /// message with a behaviour made by `factory`.
@@ -42,6 +44,11 @@ pub struct Shared<H: Host> {
     /// Shortest passivation delay of any entity, in ms (u64::MAX: none).
     shortest_passivation: AtomicU64,
     pub(crate) stats: crate::stats::Stats,
+    /// Woken after every write, so projections of this engine need not poll.
+    pub(crate) nudge: Arc<tokio::sync::Notify>,
+    pub(crate) has_projections: AtomicBool,
+    pub(crate) projections: Mutex<HashMap<String, Arc<Projection>>>,
+    pub(crate) stream: Stream,
 }
 
 impl<H: Host> Shared<H> {
@@ -96,6 +103,10 @@ impl<H: Host> Engine<H> {
             running: AtomicBool::new(true),
             shortest_passivation: AtomicU64::new(u64::MAX),
             stats: Default::default(),
+            nudge: Arc::new(tokio::sync::Notify::new()),
+            has_projections: AtomicBool::new(false),
+            projections: Mutex::new(HashMap::new()),
+            stream: Stream::default(),
         });
         let bridge = {
             let sh = shared.clone();
@@ -319,6 +330,89 @@ impl<H: Host> Engine<H> {
         quiet && self.shared.queue.len() == 0
     }
 
+    /// Starts a projection named `name`: `sink` gets the events of every shard in position
+    /// order; `offsets` keeps its positions.
+    pub fn add_projection(&self, name: &str, sink: Arc<dyn Sink>, offsets: Arc<dyn OffsetStore>, options: ProjectionOptions) -> Result<()> {
+        self.check_running()?;
+        self.start_projection(name, sink, offsets, options, None)
+    }
+
+    fn start_projection(
+        &self,
+        name: &str,
+        sink: Arc<dyn Sink>,
+        offsets: Arc<dyn OffsetStore>,
+        options: ProjectionOptions,
+        filters: Option<crate::projection::RebuildPlan>,
+    ) -> Result<()> {
+        if name.is_empty() || name.contains('\0') {
+            return Err(Error::invalid("a projection name must be non-empty and without NUL"));
+        }
+        let events = self.shared.stores.events.clone().ok_or_else(|| Error::Configuration("projections need an events store".into()))?;
+        let mut projections = self.shared.projections.lock();
+        if projections.get(name).is_some_and(|p| p.status() == crate::projection::Status::Running) {
+            return Err(Error::Configuration(format!("a projection named {name:?} is already running").into()));
+        }
+        let p = Projection::start(
+            &self.shared.runtime,
+            name,
+            options,
+            sink,
+            events,
+            offsets,
+            self.shared.config.shards,
+            self.shared.nudge.clone(),
+            filters,
+        );
+        projections.insert(name.to_string(), p);
+        self.shared.has_projections.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The projection named `name`.
+    pub fn projection(&self, name: &str) -> Option<Arc<Projection>> {
+        self.shared.projections.lock().get(name).cloned()
+    }
+
+    /// Stops and forgets a projection (its offsets stay in its offset store).
+    pub fn remove_projection(&self, name: &str) -> Result<()> {
+        let p = self.shared.projections.lock().remove(name).ok_or_else(|| Error::invalid(format!("no projection named {name:?}")))?;
+        crate::poll::block_on(p.stop());
+        let empty = self.shared.projections.lock().is_empty();
+        self.shared.has_projections.store(!empty, Ordering::Release);
+        Ok(())
+    }
+
+    /// Replays exactly the events written after `after_nanos` (Unix time, exclusive) to the
+    /// projection: it stops, its offsets move back, and it starts again.
+    pub fn rebuild_projection(&self, name: &str, after_nanos: i64) -> Result<()> {
+        let p = self.projection(name).ok_or_else(|| Error::invalid(format!("no projection named {name:?}")))?;
+        crate::poll::block_on(p.stop());
+        let events = self.shared.stores.events.clone().ok_or_else(|| Error::Configuration("projections need an events store".into()))?;
+        let offsets = p.offsets.clone();
+        let plan = self
+            .shared
+            .runtime
+            .block_on(async { Projection::rebuild_offsets(&events, &offsets, name, self.shared.config.shards, after_nanos).await })?;
+        self.shared.projections.lock().remove(name);
+        self.start_projection(name, p.sink.clone(), offsets, p.options.clone(), Some((after_nanos, plan)))
+    }
+
+    /// Names of the projections.
+    pub fn projection_names(&self) -> Vec<String> {
+        self.shared.projections.lock().keys().cloned().collect()
+    }
+
+    /// A subscriber to everything the engine persists from now on.
+    pub fn subscribe(&self, capacity: usize) -> Arc<Subscription> {
+        self.shared.stream.subscribe(capacity)
+    }
+
+    /// Removes a subscriber.
+    pub fn unsubscribe(&self, s: &Arc<Subscription>) {
+        self.shared.stream.unsubscribe(s);
+    }
+
     /// Stops the engine: refuses new messages, waits up to `timeout` for queued work to finish,
     /// fails what is left with [`Error::EngineClosed`], then stops the bridge and the runtime.
     /// Must not be called from the bridge thread or with the context held. Idempotent.
@@ -336,6 +430,11 @@ impl<H: Host> Engine<H> {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
+        let projections: Vec<Arc<Projection>> = self.shared.projections.lock().drain().map(|(_, p)| p).collect();
+        for p in projections {
+            crate::poll::block_on(p.stop());
+        }
+        self.shared.stream.close_all();
         let sh = self.shared.clone();
         self.shared.queue.push(Job::Call(Box::new(move |_cx| {
             for e in sh.registry.drain() {
@@ -470,9 +569,15 @@ pub(crate) fn background_write<H: Host>(
     sh: &Arc<Shared<H>>,
     what: String,
     make: impl Fn() -> BoxFuture<'static, Result<()>> + Send + 'static,
+    then: Option<Box<dyn FnOnce() + Send>>,
 ) {
     let first = match sh.poll_now(make()) {
-        Ok(Ok(())) => return,
+        Ok(Ok(())) => {
+            if let Some(then) = then {
+                then();
+            }
+            return;
+        }
         Ok(Err(e)) => Err(e),
         Err(fut) => Ok(fut),
     };
@@ -480,7 +585,12 @@ pub(crate) fn background_write<H: Host>(
     sh.runtime.spawn(async move {
         let mut last = match first {
             Ok(fut) => match fut.await {
-                Ok(()) => return,
+                Ok(()) => {
+                    if let Some(then) = then {
+                        then();
+                    }
+                    return;
+                }
                 Err(e) => e,
             },
             Err(e) => e,
@@ -488,10 +598,53 @@ pub(crate) fn background_write<H: Host>(
         for attempt in 0..3u32 {
             tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
             match make().await {
-                Ok(()) => return,
+                Ok(()) => {
+                    if let Some(then) = then {
+                        then();
+                    }
+                    return;
+                }
                 Err(e) => last = e,
             }
         }
         sh2.host.log_warning(&format!("{what} failed after retries: {last}"));
+    });
+}
+
+/// Applies a retention policy after a snapshot of `id` at `snapshot_seq` was written.
+pub(crate) fn retain<H: Host>(sh: &Arc<Shared<H>>, id: Arc<str>, shard: u32, snapshot_seq: u64, policy: crate::options::RetentionPolicy) {
+    let sh2 = sh.clone();
+    sh.runtime.spawn(async move {
+        let sh = sh2;
+        if policy.delete_snapshots_on_snapshot && snapshot_seq > 1 {
+            if let Some(snapshots) = &sh.stores.snapshots {
+                if let Err(e) = snapshots.delete_snapshots(&id, crate::store::SnapshotCriteria::up_to(snapshot_seq - 1)).await {
+                    sh.host.log_warning(&format!("retention of {id:?}: deleting snapshots failed: {e}"));
+                }
+            }
+        }
+        if !policy.delete_events_on_snapshot {
+            return;
+        }
+        let Some(events) = &sh.stores.events else { return };
+        let mut to = snapshot_seq.saturating_sub(policy.events_retention_count);
+        if !policy.ignore_projections {
+            // Never delete what a projection of this engine has not handled.
+            let handled: Vec<u64> = sh.projections.lock().values().map(|p| p.positions().get(&shard).copied().unwrap_or(0)).collect();
+            if let Some(min) = handled.into_iter().min() {
+                match events.replay_events(&id, 1, to, u64::MAX).await {
+                    Ok(list) => to = list.iter().take_while(|e| e.position <= min).last().map_or(0, |e| e.sequence_number),
+                    Err(e) => {
+                        sh.host.log_warning(&format!("retention of {id:?}: {e}"));
+                        return;
+                    }
+                }
+            }
+        }
+        if to > 0 {
+            if let Err(e) = events.delete_events(&id, to).await {
+                sh.host.log_warning(&format!("retention of {id:?}: deleting events failed: {e}"));
+            }
+        }
     });
 }

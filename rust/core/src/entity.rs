@@ -111,6 +111,8 @@ pub(crate) struct Work<H: Host> {
     batch: Batch<H>,
     inflight: Option<Vec<Pending<H>>>,
     inflight_revision: u64,
+    /// Copies of the in-flight write for subscribers (only while somebody listens).
+    published: Vec<crate::publish::Published>,
     /// The state may be ahead of the store (a handler failed half-way, a write failed).
     broken: bool,
 }
@@ -124,6 +126,7 @@ impl<H: Host> Work<H> {
             batch: Batch::default(),
             inflight: None,
             inflight_revision: 0,
+            published: Vec::new(),
             broken: false,
         }
     }
@@ -281,7 +284,7 @@ pub(crate) fn on_written<H: Host>(sh: &Arc<Shared<H>>, e: &Arc<Entity<H>>, resul
         return;
     }
     let work = cell.work.as_mut().expect("writing entity has work");
-    count_write(sh, e, work.inflight_revision - work.revision);
+    committed(sh, e, work);
     work.revision = work.inflight_revision;
     let replies = work.inflight.take().unwrap_or_default();
     // Replies go out before the entity is idle again, so they stay in order with the next
@@ -292,9 +295,16 @@ pub(crate) fn on_written<H: Host>(sh: &Arc<Shared<H>>, e: &Arc<Entity<H>>, resul
     cell.phase = Phase::Idle;
 }
 
-fn count_write<H: Host>(sh: &Shared<H>, e: &Entity<H>, revisions: u64) {
+/// Book-keeping after a successful write: counters, projections' wake-up, subscribers.
+fn committed<H: Host>(sh: &Shared<H>, e: &Entity<H>, work: &mut Work<H>) {
     Stats::add(&sh.stats.writes, 1);
-    Stats::add(&sh.stats.events, if e.kind == Kind::EventSourced { revisions } else { 1 });
+    Stats::add(&sh.stats.events, if e.kind == Kind::EventSourced { work.inflight_revision - work.revision } else { 1 });
+    if sh.has_projections.load(std::sync::atomic::Ordering::Acquire) {
+        sh.nudge.notify_waiters();
+    }
+    if !work.published.is_empty() {
+        sh.stream.publish(&std::mem::take(&mut work.published));
+    }
 }
 
 fn snapshot_due<H: Host>(e: &Entity<H>, before: u64, after: u64) -> bool {
@@ -564,6 +574,11 @@ fn flush<H: Host>(
         return;
     }
     let batch = std::mem::take(&mut work.batch);
+    if sh.stream.active() {
+        use crate::publish::Published;
+        work.published = batch.events.iter().cloned().map(Published::Event).collect();
+        work.published.extend(batch.durable.iter().map(|d| Published::State((**d).clone())));
+    }
     let write: BoxFuture<'static, crate::error::Result<()>> = match e.kind {
         Kind::EventSourced => match &sh.stores.events {
             Some(store) => store.write_events(batch.events),
@@ -603,7 +618,7 @@ fn complete<H: Host>(
     match result {
         Ok(()) => {
             let before = work.revision;
-            count_write(sh, e, work.inflight_revision - before);
+            committed(sh, e, work);
             work.revision = work.inflight_revision;
             maybe_snapshot(sh, cx, e, work, before);
             for p in replies {
@@ -615,6 +630,7 @@ fn complete<H: Host>(
             }
         }
         Err(err) => {
+            work.published.clear();
             Stats::add(&sh.stats.write_failures, 1);
             work.broken = true;
             work.pending = work.revision;
@@ -650,10 +666,19 @@ fn maybe_snapshot<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>
         timestamp: now_nanos(),
         ..Default::default()
     };
-    crate::engine::background_write(sh, format!("snapshot of {:?} at {}", e.id, work.revision), {
-        let store = store.clone();
-        move || store.write_snapshot(snapshot.clone())
+    let then: Option<Box<dyn FnOnce() + Send>> = e.options.retention.clone().map(|policy| {
+        let (sh, id, shard, seq) = (sh.clone(), e.id.clone(), e.shard, work.revision);
+        Box::new(move || crate::engine::retain(&sh, id, shard, seq, policy)) as Box<dyn FnOnce() + Send>
     });
+    crate::engine::background_write(
+        sh,
+        format!("snapshot of {:?} at {}", e.id, work.revision),
+        {
+            let store = store.clone();
+            move || store.write_snapshot(snapshot.clone())
+        },
+        then,
+    );
 }
 
 /// Gives the entity back: parks the work and decides what happens next.

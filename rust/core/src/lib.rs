@@ -22,6 +22,8 @@ pub mod host;
 pub mod ids;
 pub mod options;
 pub mod poll;
+pub mod projection;
+pub mod publish;
 pub mod recovery;
 pub mod registry;
 pub mod stats;

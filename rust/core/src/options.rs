@@ -15,6 +15,21 @@ pub struct EntityOptions {
     pub batch_flush_window: Duration,
     /// Most commands that may wait in the mailbox; more is a `MailboxFull` error.
     pub mailbox_capacity: usize,
+    /// What to delete after each successful snapshot.
+    pub retention: Option<RetentionPolicy>,
+}
+
+/// What to delete after a successful snapshot (the Go library's `RetentionPolicy`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RetentionPolicy {
+    /// Delete the events the snapshot covers...
+    pub delete_events_on_snapshot: bool,
+    /// ...but keep this many of them before the snapshot point.
+    pub events_retention_count: u64,
+    /// Delete the snapshots older than the new one.
+    pub delete_snapshots_on_snapshot: bool,
+    /// Delete events even if a projection of this engine has not handled them yet.
+    pub ignore_projections: bool,
 }
 
 impl Default for EntityOptions {
@@ -25,6 +40,7 @@ impl Default for EntityOptions {
             batch_threshold: 0,
             batch_flush_window: Duration::from_millis(5),
             mailbox_capacity: 10_000,
+            retention: None,
         }
     }
 }

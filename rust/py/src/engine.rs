@@ -30,6 +30,7 @@ type Core = Engine<PyHost>;
 pub struct EngineCore {
     config: EngineConfig,
     stores: Stores,
+    adapters: Vec<Py<PyAny>>,
     core: RwLock<Option<Arc<Core>>>,
 }
 
@@ -52,12 +53,19 @@ fn store_of<'py>(obj: Option<&Bound<'py, PyAny>>, roles: &[&[&str]]) -> PyResult
     }
 }
 
+/// One shard's lag as Python gets it: (shard, events behind, ns behind, offset, head).
+type LagRow = (u32, u64, i64, u64, u64);
+
+/// Retention as Python passes it: (delete events, keep count, delete snapshots, ignore projections).
+type RetentionArgs = Option<(bool, u64, bool, bool)>;
+
 fn options(
     snapshot_interval: u64,
     passivate_after: Option<f64>,
     batch_threshold: usize,
     batch_flush_window: f64,
     mailbox_capacity: usize,
+    retention: RetentionArgs,
 ) -> PyResult<EntityOptions> {
     let seconds = |name: &str, v: f64| {
         if v.is_finite() && v >= 0.0 {
@@ -75,6 +83,12 @@ fn options(
         batch_threshold,
         batch_flush_window: seconds("batch_flush_window", batch_flush_window)?,
         mailbox_capacity,
+        retention: retention.map(|(events, keep, snapshots, ignore)| ego_core::options::RetentionPolicy {
+            delete_events_on_snapshot: events,
+            events_retention_count: keep,
+            delete_snapshots_on_snapshot: snapshots,
+            ignore_projections: ignore,
+        }),
     })
 }
 
@@ -140,7 +154,7 @@ impl EngineCore {
 #[pymethods]
 impl EngineCore {
     #[new]
-    #[pyo3(signature = (name, events_store=None, snapshot_store=None, state_store=None, shards=8, max_message_bytes=1<<20, replay_page_size=1024, io_threads=2))]
+    #[pyo3(signature = (name, events_store=None, snapshot_store=None, state_store=None, shards=8, max_message_bytes=1<<20, replay_page_size=1024, io_threads=2, event_adapters=Vec::new()))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         name: String,
@@ -151,6 +165,7 @@ impl EngineCore {
         max_message_bytes: usize,
         replay_page_size: u64,
         io_threads: usize,
+        event_adapters: Vec<Py<PyAny>>,
     ) -> PyResult<Self> {
         if shards == 0 || replay_page_size == 0 || max_message_bytes == 0 || io_threads == 0 {
             return Err(pyo3::exceptions::PyValueError::new_err(
@@ -174,7 +189,7 @@ impl EngineCore {
         };
         let config =
             EngineConfig { name, shards, max_message_bytes, replay_page_size, worker_threads: io_threads, ..EngineConfig::default() };
-        Ok(EngineCore { config, stores, core: RwLock::new(None) })
+        Ok(EngineCore { config, stores, adapters: event_adapters, core: RwLock::new(None) })
     }
 
     /// The engine's name.
@@ -195,7 +210,8 @@ impl EngineCore {
         if core.as_ref().is_some_and(|c| c.is_running()) {
             return Ok(());
         }
-        let engine = Engine::start(PyHost::default(), self.config.clone(), self.stores.clone()).map_err(|e| to_pyerr(py, &e))?;
+        let adapters = self.adapters.iter().map(|a| a.clone_ref(py)).collect();
+        let engine = Engine::start(PyHost::new(adapters), self.config.clone(), self.stores.clone()).map_err(|e| to_pyerr(py, &e))?;
         *core = Some(Arc::new(engine));
         Ok(())
     }
@@ -245,7 +261,7 @@ impl EngineCore {
     }
 
     /// Spawns (and recovers) an entity; returns its `(state, revision)`.
-    #[pyo3(signature = (entity_id, behavior, snapshot_interval, passivate_after, batch_threshold, batch_flush_window, mailbox_capacity, timeout=None))]
+    #[pyo3(signature = (entity_id, behavior, snapshot_interval, passivate_after, batch_threshold, batch_flush_window, mailbox_capacity, retention=None, timeout=None))]
     #[allow(clippy::too_many_arguments)]
     fn _spawn(
         &self,
@@ -257,9 +273,10 @@ impl EngineCore {
         batch_threshold: usize,
         batch_flush_window: f64,
         mailbox_capacity: usize,
+        retention: RetentionArgs,
         timeout: Option<f64>,
     ) -> PyResult<Py<PyAny>> {
-        let opts = options(snapshot_interval, passivate_after, batch_threshold, batch_flush_window, mailbox_capacity)?;
+        let opts = options(snapshot_interval, passivate_after, batch_threshold, batch_flush_window, mailbox_capacity, retention)?;
         let core = self.core(py)?;
         let b = core.shared().host().behavior(behavior).map_err(|f| fail_to_pyerr(py, f))?;
         let kind: Kind = b.kind();
@@ -271,7 +288,7 @@ impl EngineCore {
     }
 
     /// Registers a factory for entities whose id starts with `prefix`.
-    #[pyo3(signature = (prefix, factory, snapshot_interval, passivate_after, batch_threshold, batch_flush_window, mailbox_capacity))]
+    #[pyo3(signature = (prefix, factory, snapshot_interval, passivate_after, batch_threshold, batch_flush_window, mailbox_capacity, retention=None))]
     #[allow(clippy::too_many_arguments)]
     fn _register(
         &self,
@@ -283,8 +300,9 @@ impl EngineCore {
         batch_threshold: usize,
         batch_flush_window: f64,
         mailbox_capacity: usize,
+        retention: RetentionArgs,
     ) -> PyResult<()> {
-        let opts = options(snapshot_interval, passivate_after, batch_threshold, batch_flush_window, mailbox_capacity)?;
+        let opts = options(snapshot_interval, passivate_after, batch_threshold, batch_flush_window, mailbox_capacity, retention)?;
         self.core(py)?.register(prefix, factory, opts).map_err(|e| to_pyerr(py, &e))
     }
 
@@ -300,6 +318,110 @@ impl EngineCore {
             Stopped::Dispatched(Dispatched::Done(Err(f))) => Err(fail_to_pyerr(py, f)),
             Stopped::Dispatched(Dispatched::Queued) => slot.wait(py, timeout, entity_id).map(|_| ()),
         }
+    }
+
+    /// Starts a projection (see `ego.Engine.add_projection`).
+    #[pyo3(signature = (name, handler, per_event, offset_store, batch_size, policy, attempts, backoff, max_backoff, dead_letter, poll_interval, start_at_end, transactional))]
+    #[allow(clippy::too_many_arguments)]
+    fn _add_projection(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        handler: Py<PyAny>,
+        per_event: bool,
+        offset_store: &Bound<'_, PyAny>,
+        batch_size: usize,
+        policy: &str,
+        attempts: u32,
+        backoff: f64,
+        max_backoff: f64,
+        dead_letter: Option<Py<PyAny>>,
+        poll_interval: f64,
+        start_at_end: bool,
+        transactional: bool,
+    ) -> PyResult<()> {
+        use ego_core::projection::{ProjectionOptions, Recovery, RecoveryPolicy};
+        let core = self.core(py)?;
+        let offsets: Arc<dyn ego_core::store::OffsetStore> = match store_of(Some(offset_store), &[crate::pystore::OFFSETS])? {
+            Some(StoreArg::Native(n)) => n.offsets(),
+            Some(StoreArg::Python(p)) => Arc::new(p),
+            None => return Err(pyo3::exceptions::PyValueError::new_err("a projection needs an offset store")),
+        };
+        let policy = match policy {
+            "fail" => RecoveryPolicy::Fail,
+            "retry_and_fail" => RecoveryPolicy::RetryAndFail,
+            "skip" => RecoveryPolicy::Skip,
+            "retry_and_skip" => RecoveryPolicy::RetryAndSkip,
+            other => return Err(pyo3::exceptions::PyValueError::new_err(format!("unknown recovery policy {other:?}"))),
+        };
+        let secs = |v: f64| Duration::from_secs_f64(v.max(0.0));
+        let options = ProjectionOptions {
+            batch_size: batch_size.max(1),
+            recovery: Recovery { policy, attempts: attempts.max(1), backoff: secs(backoff), max_backoff: secs(max_backoff) },
+            poll_interval: secs(poll_interval),
+            start_at_end,
+        };
+        let shape = if per_event { crate::projection::Shape::PerEvent } else { crate::projection::Shape::Batch };
+        let decoder = core.shared().host().decoder.clone();
+        let sink = crate::projection::PySink::new(name, handler, shape, dead_letter, transactional, decoder)?;
+        core.add_projection(name, Arc::new(sink), offsets, options).map_err(|e| to_pyerr(py, &e))
+    }
+
+    /// Stops and forgets a projection (its offsets stay in its offset store).
+    fn remove_projection(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        let core = self.core(py)?;
+        py.detach(|| core.remove_projection(name)).map_err(|e| to_pyerr(py, &e))
+    }
+
+    /// `(status, error)`: "running", "failed" (with the error) or "stopped"; None if unknown.
+    fn _projection_status(&self, py: Python<'_>, name: &str) -> PyResult<Option<(&'static str, Option<String>)>> {
+        use ego_core::projection::Status;
+        Ok(self.core(py)?.projection(name).map(|p| match p.status() {
+            Status::Running => ("running", None),
+            Status::Failed(why) => ("failed", Some(why)),
+            Status::Stopped => ("stopped", None),
+        }))
+    }
+
+    /// Per shard: (shard, events behind, nanoseconds behind, offset, head).
+    fn _projection_lag(&self, py: Python<'_>, name: &str) -> PyResult<Vec<LagRow>> {
+        let core = self.core(py)?;
+        let p = core.projection(name).ok_or_else(|| pyo3::exceptions::PyKeyError::new_err(name.to_string()))?;
+        let lag = py.detach(|| core.runtime().block_on(p.lag())).map_err(|e| to_pyerr(py, &e))?;
+        Ok(lag.into_iter().map(|l| (l.shard, l.events_behind, l.time_behind_nanos, l.offset, l.head)).collect())
+    }
+
+    /// Counters of a projection: events, batches, dead_letters, store_retries.
+    fn _projection_stats(&self, py: Python<'_>, name: &str) -> PyResult<std::collections::HashMap<&'static str, u64>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let p = self.core(py)?.projection(name).ok_or_else(|| pyo3::exceptions::PyKeyError::new_err(name.to_string()))?;
+        Ok([
+            ("events", p.stats.events.load(Relaxed)),
+            ("batches", p.stats.batches.load(Relaxed)),
+            ("dead_letters", p.stats.dead_letters.load(Relaxed)),
+            ("store_retries", p.stats.store_retries.load(Relaxed)),
+        ]
+        .into_iter()
+        .collect())
+    }
+
+    /// Replays the events written after `after_nanos` (Unix ns, exclusive) to a projection.
+    fn _rebuild_projection(&self, py: Python<'_>, name: &str, after_nanos: i64) -> PyResult<()> {
+        let core = self.core(py)?;
+        py.detach(|| core.rebuild_projection(name, after_nanos)).map_err(|e| to_pyerr(py, &e))
+    }
+
+    /// Names of the projections.
+    fn projection_names(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        Ok(self.core(py)?.projection_names())
+    }
+
+    /// A subscriber to what the engine persists from now on (see `ego.Subscription`).
+    fn _subscribe(&self, py: Python<'_>, capacity: usize) -> PyResult<crate::subscription::SubscriptionCore> {
+        let core = self.core(py)?;
+        let decoder = core.shared().host().decoder.clone();
+        let sub = core.subscribe(capacity);
+        Ok(crate::subscription::SubscriptionCore::new(sub, core, decoder))
     }
 
     /// Whether the entity is in memory (spawned or activated, and not passivated).

@@ -138,3 +138,8 @@ pub fn from_pyerr(py: Python<'_>, err: &PyErr) -> Error {
         Error::Storage(format!("{kind}: {message}").into())
     }
 }
+
+/// A `SubscriptionOverflowError`.
+pub fn subscription_overflow(py: Python<'_>) -> PyErr {
+    make(py, "SubscriptionOverflowError", "the subscriber fell behind by more than its capacity; it is closed".into(), &[])
+}

@@ -13,6 +13,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList, PyTuple, PyType};
 
 use crate::errors::{contract, recovery_error};
+use crate::records::Decoder;
 use crate::reply::{Output, Reply};
 use crate::types::{describe, Types};
 
@@ -40,9 +41,10 @@ impl PyBehavior {
 }
 
 /// The host (one per engine).
-#[derive(Default)]
 pub struct PyHost {
-    pub types: Types,
+    pub types: Arc<Types>,
+    /// Type resolution and event adapters, shared with what projections receive.
+    pub decoder: Arc<Decoder>,
     classes: Mutex<HashMap<usize, Arc<BehaviorClass>, foldhash::fast::FixedState>>,
 }
 
@@ -57,6 +59,11 @@ pub fn log(py: Python<'_>, level: &str, message: &str) {
     if let Ok(logger) = logger {
         let _ = logger.bind(py).call_method1(level, (message,));
     }
+}
+
+/// Queues a log record from a thread that must not take the GIL; written at the next batch end.
+pub fn queue_log(level: &'static str, message: String) {
+    LOG_QUEUE.lock().push((level, message));
 }
 
 fn flush_logs(py: Python<'_>) {
@@ -77,6 +84,12 @@ fn internal<T>(r: PyResult<T>) -> Result<T, PyFail> {
 }
 
 impl PyHost {
+    /// A host whose recoveries and projections pass stored events through `adapters`.
+    pub fn new(adapters: Vec<Py<PyAny>>) -> Self {
+        let types = Arc::new(Types::default());
+        PyHost { types: types.clone(), decoder: Arc::new(Decoder { types, adapters }), classes: Mutex::new(HashMap::default()) }
+    }
+
     /// The behaviour handle of `obj` (an `EventSourcedBehavior` or `DurableStateBehavior`).
     pub fn behavior(&self, obj: &Bound<'_, PyAny>) -> Result<PyBehavior, PyFail> {
         let py = obj.py();
@@ -148,6 +161,14 @@ impl PyHost {
                 detail: format!("cannot decode {}: {e}", any.type_url).into(),
             })
         })
+    }
+
+    /// A stored event's message, through the event adapters if there are any.
+    fn parse_event<'py>(&self, py: Python<'py>, any: &Any, id: &str, seq: u64) -> Result<Bound<'py, PyAny>, PyFail> {
+        if self.decoder.adapters.is_empty() {
+            return self.parse(py, any, id, seq);
+        }
+        self.decoder.decode(py, any, id, seq).map_err(Fail::Engine)
     }
 }
 
@@ -230,7 +251,7 @@ impl Host for PyHost {
                 detail: "event without payload".into(),
             })
         })?;
-        let message = self.parse(py, any, &event.persistence_id, event.sequence_number)?;
+        let message = self.parse_event(py, any, &event.persistence_id, event.sequence_number)?;
         let handle_event = b.class.handle_event.as_ref().expect("event-sourced").bind(py);
         let state = state.into_bound(py);
         let next = handler(handle_event.call1((b.obj.bind(py), message, &state)))?;
@@ -295,6 +316,6 @@ impl Host for PyHost {
     }
 
     fn log_warning(&self, message: &str) {
-        LOG_QUEUE.lock().push(("warning", message.to_string()));
+        queue_log("warning", message.to_string());
     }
 }

@@ -9,10 +9,14 @@
 mod engine;
 mod errors;
 mod host;
+mod projection;
 mod pystore;
+mod records;
 mod reply;
 mod store;
+mod subscription;
 mod types;
+mod worker;
 
 use pyo3::prelude::*;
 
@@ -22,6 +26,9 @@ fn _ego(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::EngineCore>()?;
     m.add_class::<store::NativeStore>()?;
     m.add_class::<reply::LoopDrain>()?;
+    m.add_class::<records::PersistedEvent>()?;
+    m.add_class::<records::PersistedState>()?;
+    m.add_class::<subscription::SubscriptionCore>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -3,12 +3,11 @@
 //! store's own, which takes the GIL per batch of queued calls; an `async def` method runs on
 //! that thread's private event loop. Envelopes cross as the `ego.v1` protobuf messages.
 
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 
 use ego_core::envelope::{DurableState, Event, Snapshot};
 use ego_core::error::{Error, Result};
 use ego_core::store::{BoxFuture, EventsStore, IdPage, OffsetStore, ShardHead, SnapshotCriteria, SnapshotStore, StateStore};
-use parking_lot::Mutex;
 use prost::Message;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -16,8 +15,7 @@ use pyo3::types::{PyBytes, PyList};
 use tokio::sync::oneshot;
 
 use crate::errors::from_pyerr;
-
-type Call = Box<dyn FnOnce(Python<'_>, &Bound<'_, PyAny>, &Bound<'_, PyAny>) + Send>;
+use crate::worker::{resolve, Job, Worker};
 
 /// The methods each role needs.
 pub const EVENTS: &[&str] =
@@ -30,12 +28,12 @@ pub const OFFSETS: &[&str] = &["write_offsets", "read_offsets", "reset_offsets"]
 /// A store implemented in Python.
 #[derive(Clone)]
 pub struct PyStore {
-    tx: Arc<Mutex<mpsc::Sender<Call>>>,
+    obj: Arc<Py<PyAny>>,
+    worker: Arc<Worker>,
 }
 
 static ENVELOPES: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static CRITERIA: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static ISAWAITABLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 fn envelope<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
     ENVELOPES.get_or_try_init(py, || py.import("ego.v1").map(|m| m.into_any().unbind()))?.bind(py).getattr(name)
@@ -51,34 +49,7 @@ impl PyStore {
                 &Error::Configuration(format!("{} is not a store: it lacks {}", crate::types::describe(obj), missing.join(", ")).into()),
             ));
         }
-        let (tx, rx) = mpsc::channel::<Call>();
-        let obj = obj.clone().unbind();
-        std::thread::Builder::new()
-            .name("ego-pystore".into())
-            .spawn(move || {
-                let event_loop: Option<Py<PyAny>> =
-                    Python::attach(|py| py.import("asyncio").and_then(|a| a.call_method0("new_event_loop")).map(Bound::unbind).ok());
-                while let Ok(first) = rx.recv() {
-                    let mut calls = vec![first];
-                    calls.extend(rx.try_iter());
-                    Python::attach(|py| {
-                        let obj = obj.bind(py);
-                        let none = py.None();
-                        let lp = event_loop.as_ref().map_or(none.bind(py), |l| l.bind(py));
-                        for call in calls {
-                            call(py, obj, lp);
-                        }
-                    });
-                }
-                Python::attach(|py| {
-                    if let Some(l) = event_loop {
-                        let _ = l.bind(py).call_method0("close");
-                    }
-                    drop(obj);
-                });
-            })
-            .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
-        Ok(PyStore { tx: Arc::new(Mutex::new(tx)) })
+        Ok(PyStore { obj: Arc::new(obj.clone().unbind()), worker: Arc::new(Worker::start("ego-pystore")?) })
     }
 
     fn call<T: Send + 'static>(
@@ -88,20 +59,17 @@ impl PyStore {
         convert: impl for<'py> FnOnce(Python<'py>, Bound<'py, PyAny>) -> PyResult<T> + Send + 'static,
     ) -> BoxFuture<'static, Result<T>> {
         let (done, rx) = oneshot::channel();
-        let call: Call = Box::new(move |py, obj, event_loop| {
+        let obj = self.obj.clone();
+        let job: Job = Box::new(move |py, event_loop| {
             let result = (|| {
                 let args = args(py)?;
                 let args = pyo3::types::PyTuple::new(py, args)?;
-                let mut value = obj.call_method1(method, args)?;
-                let isawaitable = ISAWAITABLE.get_or_try_init(py, || py.import("inspect")?.getattr("isawaitable").map(Bound::unbind))?;
-                if isawaitable.bind(py).call1((&value,))?.is_truthy()? {
-                    value = event_loop.call_method1("run_until_complete", (value,))?;
-                }
+                let value = resolve(event_loop, obj.bind(py).call_method1(method, args)?)?;
                 convert(py, value)
             })();
             let _ = done.send(result.map_err(|e| from_pyerr(py, &e)));
         });
-        if self.tx.lock().send(call).is_err() {
+        if !self.worker.run(job) {
             return Box::pin(async { Err(Error::Storage("the Python store's thread stopped".into())) });
         }
         Box::pin(async move { rx.await.unwrap_or_else(|_| Err(Error::Storage("the Python store dropped a call".into()))) })

@@ -162,15 +162,32 @@ impl Drop for SyncReply {
 /// the GIL, and one byte written to a pipe wakes the loop, whose reader callback (`drain`)
 /// settles every queued future in one go. One wake-up per batch of replies, not per reply.
 pub struct LoopWaker {
-    queue: Mutex<Vec<(Py<PyAny>, Outcome)>>,
+    queue: Mutex<Vec<(Py<PyAny>, Settle)>>,
     armed: AtomicBool,
     write_fd: RawFd,
     read_fd: RawFd,
 }
 
+/// What to do with a queued future.
+enum Settle {
+    /// A command's outcome.
+    Outcome(Outcome),
+    /// Just wake whoever awaits it (result `None`).
+    Wake,
+}
+
 impl LoopWaker {
     fn push(&self, future: Py<PyAny>, outcome: Outcome) {
-        self.queue.lock().push((future, outcome));
+        self.enqueue(future, Settle::Outcome(outcome));
+    }
+
+    /// Resolves `future` with `None` on its loop (no GIL needed).
+    pub fn wake(&self, future: Py<PyAny>) {
+        self.enqueue(future, Settle::Wake);
+    }
+
+    fn enqueue(&self, future: Py<PyAny>, settle: Settle) {
+        self.queue.lock().push((future, settle));
         if !self.armed.swap(true, Ordering::AcqRel) {
             // The pipe is non-blocking: a full pipe means the loop is already woken.
             let file = ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(self.write_fd) });
@@ -185,12 +202,16 @@ impl LoopWaker {
         while matches!((&*file).read(&mut buf), Ok(n) if n > 0) {}
         self.armed.store(false, Ordering::Release);
         let items = std::mem::take(&mut *self.queue.lock());
-        for (future, outcome) in items {
+        for (future, settle) in items {
             let future = future.bind(py);
             if future.call_method0(pyo3::intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(true) {
                 continue;
             }
-            if let Err(e) = settle_now(py, future, outcome) {
+            let done = match settle {
+                Settle::Outcome(outcome) => settle_now(py, future, outcome),
+                Settle::Wake => future.call_method1(pyo3::intern!(py, "set_result"), (py.None(),)).map(|_| ()),
+            };
+            if let Err(e) = done {
                 crate::host::log(py, "error", &format!("failed to deliver a reply: {e}"));
             }
         }

@@ -161,6 +161,32 @@ impl NativeStore {
         }
     }
 
+    /// A value of the read model that transactional projections write (`ego.Put`), or None.
+    fn read_model_get<'py>(&self, py: Python<'py>, key: &[u8]) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let value = match &self.backend {
+            Backend::Memory(s) => s.read_model_get(key),
+            Backend::Rocks(s) => s.read_model_get(key).py(py)?,
+            Backend::Postgres(_) => return Err(pyo3::exceptions::PyTypeError::new_err("a PostgreSQL read model is your own tables")),
+        };
+        Ok(value.map(|v| PyBytes::new(py, &v)))
+    }
+
+    /// `(key, value)` pairs of the read model whose key starts with `prefix`, in key order.
+    #[pyo3(signature = (prefix, limit=10_000))]
+    fn read_model_scan<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &[u8],
+        limit: usize,
+    ) -> PyResult<Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>> {
+        let rows = match &self.backend {
+            Backend::Memory(s) => s.read_model_scan(prefix, limit),
+            Backend::Rocks(s) => s.read_model_scan(prefix, limit).py(py)?,
+            Backend::Postgres(_) => return Err(pyo3::exceptions::PyTypeError::new_err("a PostgreSQL read model is your own tables")),
+        };
+        Ok(rows.into_iter().map(|(k, v)| (PyBytes::new(py, &k), PyBytes::new(py, &v))).collect())
+    }
+
     /// Saves positions of a projection: `[(shard, position), ...]`.
     fn write_offsets(&self, py: Python<'_>, projection: &str, offsets: Vec<(u32, u64)>) -> PyResult<()> {
         wait(py, self.offsets().write_offsets(projection, offsets))

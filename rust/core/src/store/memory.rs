@@ -32,6 +32,7 @@ struct Data {
     snapshots: Map<String, BTreeMap<u64, Snapshot>>,
     states: Map<String, DurableState>,
     offsets: Map<String, BTreeMap<u32, u64>>,
+    read_model: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 struct Journal {
@@ -296,5 +297,49 @@ impl OffsetStore for MemoryStore {
     fn reset_offsets(&self, projection: &str) -> BoxFuture<'static, Result<()>> {
         self.inner.lock().offsets.remove(projection);
         ready(Ok(()))
+    }
+
+    fn commit(
+        &self,
+        projection: &str,
+        offsets: Vec<(u32, u64)>,
+        writes: Vec<crate::projection::ReadModelWrite>,
+    ) -> BoxFuture<'static, Result<()>> {
+        use crate::projection::ReadModelWrite;
+        if writes.iter().any(|w| matches!(w, ReadModelWrite::Sql { .. })) {
+            return ready(Err(Error::Configuration("an in-memory offset store commits key-value writes (Put, Delete), not SQL".into())));
+        }
+        let mut data = self.inner.lock();
+        for w in writes {
+            match w {
+                ReadModelWrite::Put { key, value } => {
+                    data.read_model.insert(key, value);
+                }
+                ReadModelWrite::Delete { key } => {
+                    data.read_model.remove(&key);
+                }
+                ReadModelWrite::Sql { .. } => unreachable!("refused above"),
+            }
+        }
+        data.offsets.entry(projection.to_string()).or_default().extend(offsets);
+        ready(Ok(()))
+    }
+}
+
+impl MemoryStore {
+    /// A value of the read model (written by transactional projections).
+    pub fn read_model_get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.inner.lock().read_model.get(key).cloned()
+    }
+
+    /// Keys and values of the read model that start with `prefix`, in key order.
+    pub fn read_model_scan(&self, prefix: &[u8], limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let data = self.inner.lock();
+        data.read_model
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 }

@@ -130,6 +130,19 @@ pub trait OffsetStore: Send + Sync + 'static {
     fn read_offsets(&self, projection: &str) -> BoxFuture<'static, Result<Vec<(u32, u64)>>>;
     /// Forgets every offset of `projection` (it starts from the beginning again).
     fn reset_offsets(&self, projection: &str) -> BoxFuture<'static, Result<()>>;
+    /// Saves offsets together with a handler's read-model writes, atomically. Stores that
+    /// cannot refuse writes (offsets alone are always accepted).
+    fn commit(
+        &self,
+        projection: &str,
+        offsets: Vec<(u32, u64)>,
+        writes: Vec<crate::projection::ReadModelWrite>,
+    ) -> BoxFuture<'static, Result<()>> {
+        if writes.is_empty() {
+            return self.write_offsets(projection, offsets);
+        }
+        crate::poll::ready(Err(Error::Configuration("this offset store cannot commit read-model writes with offsets".into())))
+    }
 }
 
 /// The stores an engine runs on. Any of them may be missing when the engine does not need it.

@@ -32,6 +32,7 @@ use tokio_postgres::{Client, NoTls, Row};
 use super::{check_batch, BoxFuture, EventsStore, IdPage, OffsetStore, ShardHead, SnapshotCriteria, SnapshotStore, StateStore};
 use crate::envelope::{Any, DurableState, Event, Snapshot};
 use crate::error::{Error, Result};
+use crate::projection::{ReadModelWrite, SqlValue};
 
 /// Most requests merged into one transaction.
 const MAX_GROUP: usize = 2048;
@@ -918,4 +919,65 @@ impl OffsetStore for PgStore {
         let sql = format!("DELETE FROM {} WHERE projection = $1", self.inner.names.offsets);
         self.exec(sql, vec![Box::new(projection.to_string())])
     }
+
+    fn commit(&self, projection: &str, offsets: Vec<(u32, u64)>, writes: Vec<ReadModelWrite>) -> BoxFuture<'static, Result<()>> {
+        if writes.is_empty() {
+            return self.write_offsets(projection, offsets);
+        }
+        let projection = projection.to_string();
+        self.read(move |inner, mut client| async move {
+            let tx = client.transaction().await.map_err(db_error)?;
+            for w in &writes {
+                match w {
+                    ReadModelWrite::Sql { sql, params } => {
+                        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+                        tx.execute(sql.as_str(), &refs).await.map_err(db_error)?;
+                    }
+                    _ => return Err(Error::Configuration("a PostgreSQL offset store commits SQL writes only".into())),
+                }
+            }
+            let shards: Vec<i32> = offsets.iter().map(|(s, _)| *s as i32).collect();
+            let positions: Vec<i64> = offsets.iter().map(|(_, p)| to_i64(*p)).collect();
+            let sql = format!(
+                "INSERT INTO {} (projection, shard, position, updated_at) SELECT $1, s, p, $4 FROM unnest($2::int4[], $3::int8[]) AS t(s, p) \
+                 ON CONFLICT (projection, shard) DO UPDATE SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at",
+                inner.names.offsets
+            );
+            tx.execute(&sql, &[&projection, &shards, &positions, &crate::clock::now_nanos()]).await.map_err(db_error)?;
+            tx.commit().await.map_err(|e| if e.as_db_error().is_some() { db_error(e) } else { Error::OutcomeUnknown(e.to_string().into()) })
+        })
+    }
+}
+
+impl ToSql for SqlValue {
+    fn to_sql(
+        &self,
+        ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> std::result::Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use tokio_postgres::types::Type;
+        match self {
+            SqlValue::Null => Ok(tokio_postgres::types::IsNull::Yes),
+            SqlValue::Bool(v) => v.to_sql(ty, out),
+            SqlValue::Int(v) => match *ty {
+                Type::INT2 => i16::try_from(*v)?.to_sql(ty, out),
+                Type::INT4 => i32::try_from(*v)?.to_sql(ty, out),
+                Type::FLOAT4 => (*v as f32).to_sql(ty, out),
+                Type::FLOAT8 => (*v as f64).to_sql(ty, out),
+                _ => v.to_sql(ty, out),
+            },
+            SqlValue::Float(v) => match *ty {
+                Type::FLOAT4 => (*v as f32).to_sql(ty, out),
+                _ => v.to_sql(ty, out),
+            },
+            SqlValue::Text(v) => v.to_sql(ty, out),
+            SqlValue::Bytes(v) => v.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+
+    tokio_postgres::types::to_sql_checked!();
 }

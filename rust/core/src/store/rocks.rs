@@ -8,6 +8,7 @@
 //! - `states`    `pid`                   -> version(be64) ++ `DurableState`
 //! - `meta`      `pos` shard(be32)       -> last position of the shard (be64)
 //! - `offsets`   `projection \0 shard(be32)` -> position (be64)
+//! - `read_model` keys and values of projections' read models (written with their offsets)
 //!
 //! Entity ids cannot contain control characters, so `\0` separates the id from the sequence
 //! number and the keys of one id form one contiguous range.
@@ -44,7 +45,8 @@ const CF_SNAPSHOTS: &str = "snapshots";
 const CF_STATES: &str = "states";
 const CF_META: &str = "meta";
 const CF_OFFSETS: &str = "offsets";
-const FAMILIES: [&str; 7] = [CF_EVENTS, CF_LOG, CF_HEADS, CF_SNAPSHOTS, CF_STATES, CF_META, CF_OFFSETS];
+const CF_READ_MODEL: &str = "read_model";
+const FAMILIES: [&str; 8] = [CF_EVENTS, CF_LOG, CF_HEADS, CF_SNAPSHOTS, CF_STATES, CF_META, CF_OFFSETS, CF_READ_MODEL];
 const POS_PREFIX: &[u8] = b"pos";
 /// Most requests merged into one group commit.
 const MAX_GROUP: usize = 8192;
@@ -90,7 +92,7 @@ enum Op {
     PutState(DurableState, u64),
     DeleteState(String),
     DeleteEvents(String, u64),
-    PutOffsets(String, Vec<(u32, u64)>),
+    PutOffsets(String, Vec<(u32, u64)>, Vec<crate::projection::ReadModelWrite>),
     ResetOffsets(String),
     Close,
 }
@@ -385,6 +387,30 @@ impl RocksStore {
         Ok(out)
     }
 
+    /// A value of the read model (written by transactional projections).
+    pub fn read_model_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let db = self.db()?;
+        db.get_cf(cf(&db, CF_READ_MODEL), key).map_err(map_err)
+    }
+
+    /// Keys and values of the read model that start with `prefix`, in key order.
+    pub fn read_model_scan(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let db = self.db()?;
+        let mut it = db.raw_iterator_cf(cf(&db, CF_READ_MODEL));
+        it.seek(prefix);
+        let mut out = Vec::new();
+        while it.valid() && out.len() < limit {
+            let key = it.key().unwrap_or_default();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push((key.to_vec(), it.value().unwrap_or_default().to_vec()));
+            it.next();
+        }
+        it.status().map_err(map_err)?;
+        Ok(out)
+    }
+
     /// Syncs, flushes memtables and stops the writer. Later calls fail with a storage error.
     pub fn shutdown(&self) -> Result<()> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
@@ -532,11 +558,23 @@ impl Writer {
                 group.versions.insert(pid, 0);
                 Ok(())
             }
-            Op::PutOffsets(projection, offsets) => {
-                for (shard, position) in offsets {
-                    group.batch.put_cf(self.cf(CF_OFFSETS), offset_key(&projection, shard), position.to_be_bytes());
+            Op::PutOffsets(projection, offsets, writes) => {
+                use crate::projection::ReadModelWrite;
+                if writes.iter().any(|w| matches!(w, ReadModelWrite::Sql { .. })) {
+                    Err(Error::Configuration("a RocksDB offset store commits key-value writes (Put, Delete), not SQL".into()))
+                } else {
+                    for w in writes {
+                        match w {
+                            ReadModelWrite::Put { key, value } => group.batch.put_cf(self.cf(CF_READ_MODEL), key, value),
+                            ReadModelWrite::Delete { key } => group.batch.delete_cf(self.cf(CF_READ_MODEL), key),
+                            ReadModelWrite::Sql { .. } => unreachable!("refused above"),
+                        }
+                    }
+                    for (shard, position) in offsets {
+                        group.batch.put_cf(self.cf(CF_OFFSETS), offset_key(&projection, shard), position.to_be_bytes());
+                    }
+                    Ok(())
                 }
-                Ok(())
             }
             Op::DeleteSnapshots(..) | Op::DeleteEvents(..) | Op::ResetOffsets(..) | Op::Close => unreachable!("barriers are not grouped"),
         };
@@ -756,7 +794,19 @@ impl OffsetStore for RocksStore {
         if projection.contains('\0') {
             return ready(Err(Error::invalid("a projection name cannot contain NUL")));
         }
-        self.submit(Op::PutOffsets(projection.to_string(), offsets))
+        self.submit(Op::PutOffsets(projection.to_string(), offsets, Vec::new()))
+    }
+
+    fn commit(
+        &self,
+        projection: &str,
+        offsets: Vec<(u32, u64)>,
+        writes: Vec<crate::projection::ReadModelWrite>,
+    ) -> BoxFuture<'static, Result<()>> {
+        if projection.contains('\0') {
+            return ready(Err(Error::invalid("a projection name cannot contain NUL")));
+        }
+        self.submit(Op::PutOffsets(projection.to_string(), offsets, writes))
     }
 
     fn read_offsets(&self, projection: &str) -> BoxFuture<'static, Result<Vec<(u32, u64)>>> {

@@ -1,0 +1,485 @@
+//! Projections: named readers of the journal. Each hands the events of every shard, in
+//! position order, to a handler in batches, and commits its position in the shard (its
+//! offset) after each handled batch: at least once, and exactly once when the handler's writes
+//! go to the offset store in the same transaction (`ReadModelWrite`).
+//!
+//! Positions are store-assigned and visible in commit order, so a projection never skips an
+//! event (the Go library's timestamp offsets could). Store errors are retried with backoff
+//! and never stop a projection; a handler's failure follows the projection's recovery policy.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::envelope::Event;
+use crate::error::{Error, Result};
+use crate::store::{BoxFuture, EventsStore, OffsetStore};
+
+/// What happens to a batch (or event) the handler fails on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryPolicy {
+    /// Stop the projection at once.
+    Fail,
+    /// Retry, then stop the projection.
+    RetryAndFail,
+    /// Hand the failing events to the dead-letter handler and go on.
+    Skip,
+    /// Retry, then hand the failing events to the dead-letter handler and go on.
+    RetryAndSkip,
+}
+
+/// Recovery settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recovery {
+    pub policy: RecoveryPolicy,
+    /// Attempts in all (the first one included) for the retrying policies.
+    pub attempts: u32,
+    /// Wait before the first retry; doubles after each, up to `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for Recovery {
+    fn default() -> Self {
+        Recovery { policy: RecoveryPolicy::Fail, attempts: 5, backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(5) }
+    }
+}
+
+/// Settings of one projection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectionOptions {
+    /// Most events per handler call.
+    pub batch_size: usize,
+    pub recovery: Recovery,
+    /// How often to look for events written by other processes (events written by this
+    /// engine wake the projection at once).
+    pub poll_interval: Duration,
+    /// A projection without offsets starts at the end of the journal instead of the start.
+    pub start_at_end: bool,
+}
+
+impl Default for ProjectionOptions {
+    fn default() -> Self {
+        ProjectionOptions { batch_size: 512, recovery: Recovery::default(), poll_interval: Duration::from_millis(500), start_at_end: false }
+    }
+}
+
+/// A write to a read model that the offset store commits with the batch's offset.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReadModelWrite {
+    /// An SQL statement (PostgreSQL offset stores).
+    Sql { sql: String, params: Vec<SqlValue> },
+    /// Put a key (RocksDB offset stores: the `read_model` column family).
+    Put { key: Vec<u8>, value: Vec<u8> },
+    /// Delete a key (RocksDB offset stores).
+    Delete { key: Vec<u8> },
+}
+
+/// A bound SQL parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+/// A handler's failure: its text, and whatever the binding needs to hand the original error
+/// to a dead-letter handler.
+#[derive(Clone)]
+pub struct HandlerFailure {
+    pub message: Arc<str>,
+    pub original: Option<Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for HandlerFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// What handles the events of a projection (implemented by the bindings).
+pub trait Sink: Send + Sync + 'static {
+    /// Handles a batch of one shard, in position order. `Ok` carries the read-model writes to
+    /// commit with the offset (empty for a non-transactional handler).
+    fn handle(&self, shard: u32, events: Arc<[Event]>) -> BoxFuture<'static, std::result::Result<Vec<ReadModelWrite>, HandlerFailure>>;
+    /// An event the recovery policy skipped.
+    fn dead_letter(&self, event: Event, failure: HandlerFailure) -> BoxFuture<'static, ()>;
+    /// Something worth telling the operator.
+    fn log(&self, level: &'static str, message: String);
+}
+
+/// Where a projection is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Running,
+    /// Stopped by a handler failure its policy did not absorb.
+    Failed(String),
+    Stopped,
+}
+
+/// Lag of one shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardLag {
+    pub shard: u32,
+    /// Events written but not handled yet.
+    pub events_behind: u64,
+    /// Nanoseconds between the newest event and the last handled one (0 when caught up).
+    pub time_behind_nanos: i64,
+    pub offset: u64,
+    pub head: u64,
+}
+
+/// A rebuild: the point in time (Unix ns, exclusive) and, per shard, (shard, start offset,
+/// shard head when the rebuild began).
+pub type RebuildPlan = (i64, Vec<(u32, u64, u64)>);
+
+/// Rebuild filter of a shard: events at or before `until` with a timestamp at or before
+/// `after_nanos` are not handed over (they came before the rebuild's point in time).
+#[derive(Debug, Clone, Copy)]
+struct Filter {
+    after_nanos: i64,
+    until: u64,
+}
+
+/// Counters of a projection.
+#[derive(Debug, Default)]
+pub struct ProjectionStats {
+    pub events: AtomicU64,
+    pub batches: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub store_retries: AtomicU64,
+}
+
+/// A running projection.
+pub struct Projection {
+    pub(crate) name: Arc<str>,
+    pub(crate) options: ProjectionOptions,
+    pub(crate) sink: Arc<dyn Sink>,
+    events: Arc<dyn EventsStore>,
+    pub(crate) offsets: Arc<dyn OffsetStore>,
+    shards: u32,
+    status: Mutex<Status>,
+    stop: AtomicBool,
+    stopped: Notify,
+    nudge: Arc<Notify>,
+    filters: Mutex<HashMap<u32, Filter>>,
+    /// Handled position per shard (what the tasks last committed).
+    positions: Mutex<HashMap<u32, u64>>,
+    pub stats: ProjectionStats,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Projection {
+    /// Starts a projection: one task per shard on `runtime`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        runtime: &tokio::runtime::Handle,
+        name: &str,
+        options: ProjectionOptions,
+        sink: Arc<dyn Sink>,
+        events: Arc<dyn EventsStore>,
+        offsets: Arc<dyn OffsetStore>,
+        shards: u32,
+        nudge: Arc<Notify>,
+        filters: Option<RebuildPlan>,
+    ) -> Arc<Projection> {
+        let p = Arc::new(Projection {
+            name: name.into(),
+            options,
+            sink,
+            events,
+            offsets,
+            shards,
+            status: Mutex::new(Status::Running),
+            stop: AtomicBool::new(false),
+            stopped: Notify::new(),
+            nudge,
+            filters: Mutex::new(HashMap::new()),
+            positions: Mutex::new(HashMap::new()),
+            stats: ProjectionStats::default(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        if let Some((after, plan)) = filters {
+            p.set_filters(after, &plan);
+        }
+        let tasks = (0..shards).map(|shard| runtime.spawn(run_shard(p.clone(), shard))).collect();
+        *p.tasks.lock() = tasks;
+        p
+    }
+
+    /// The projection's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where it is.
+    pub fn status(&self) -> Status {
+        self.status.lock().clone()
+    }
+
+    /// Stops every shard task (after the batch in hand) and waits for them.
+    pub async fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.stopped.notify_waiters();
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        for t in tasks {
+            let _ = t.await;
+        }
+        let mut status = self.status.lock();
+        if *status == Status::Running {
+            *status = Status::Stopped;
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// The handled position of every shard, as last committed.
+    pub fn positions(&self) -> HashMap<u32, u64> {
+        self.positions.lock().clone()
+    }
+
+    fn fail(&self, why: String) {
+        self.sink.log("error", format!("projection {:?} stopped: {why}", self.name));
+        *self.status.lock() = Status::Failed(why);
+        self.stop.store(true, Ordering::Release);
+        self.stopped.notify_waiters();
+    }
+
+    /// Retries a store operation with backoff until it succeeds or the projection stops.
+    async fn persist<T>(&self, what: &str, mut op: impl FnMut() -> BoxFuture<'static, Result<T>>) -> Option<T> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match op().await {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    self.stats.store_retries.fetch_add(1, Ordering::Relaxed);
+                    self.sink.log("warning", format!("projection {:?}: {what} failed, retrying in {backoff:?}: {e}", self.name));
+                    if self.sleep(backoff).await {
+                        return None;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Sleeps; `true` when the projection is stopping.
+    async fn sleep(&self, d: Duration) -> bool {
+        if self.stopping() {
+            return true;
+        }
+        let stopped = self.stopped.notified();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = stopped => {}
+        }
+        self.stopping()
+    }
+
+    /// Hands a batch to the sink under the recovery policy. `Err` stops the projection.
+    async fn deliver(&self, shard: u32, batch: Arc<[Event]>) -> std::result::Result<Vec<ReadModelWrite>, String> {
+        let r = &self.options.recovery;
+        let attempts = match r.policy {
+            RecoveryPolicy::Fail | RecoveryPolicy::Skip => 1,
+            _ => r.attempts.max(1),
+        };
+        let failure = match self.attempt(shard, batch.clone(), attempts).await {
+            Ok(writes) => return Ok(writes),
+            Err(f) => f,
+        };
+        match r.policy {
+            RecoveryPolicy::Fail | RecoveryPolicy::RetryAndFail => {
+                Err(format!("the handler failed after {attempts} attempt(s): {}", failure.message))
+            }
+            RecoveryPolicy::Skip | RecoveryPolicy::RetryAndSkip => {
+                if batch.len() == 1 {
+                    self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+                    self.sink.dead_letter(batch[0].clone(), failure).await;
+                    return Ok(Vec::new());
+                }
+                // Find the failing events: hand the batch over one event at a time.
+                let mut writes = Vec::new();
+                for e in batch.iter() {
+                    match self.attempt(shard, Arc::from(vec![e.clone()]), attempts).await {
+                        Ok(w) => writes.extend(w),
+                        Err(f) => {
+                            self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+                            self.sink.dead_letter(e.clone(), f).await;
+                        }
+                    }
+                    if self.stopping() {
+                        break;
+                    }
+                }
+                Ok(writes)
+            }
+        }
+    }
+
+    async fn attempt(&self, shard: u32, batch: Arc<[Event]>, attempts: u32) -> std::result::Result<Vec<ReadModelWrite>, HandlerFailure> {
+        let r = &self.options.recovery;
+        let mut backoff = r.backoff;
+        let mut last = None;
+        for a in 0..attempts {
+            match self.sink.handle(shard, batch.clone()).await {
+                Ok(w) => return Ok(w),
+                Err(f) => last = Some(f),
+            }
+            if a + 1 < attempts && self.sleep(backoff).await {
+                break;
+            }
+            backoff = (backoff * 2).min(r.max_backoff);
+        }
+        Err(last.unwrap_or(HandlerFailure { message: "stopped".into(), original: None }))
+    }
+
+    /// Sets every shard's offset for a rebuild from `after_nanos` (exclusive): the first event
+    /// of each shard with a later timestamp is handled next, and until the shard's current end
+    /// the events at or before that time are left out. Call while the projection is stopped.
+    pub async fn rebuild_offsets(
+        events: &Arc<dyn EventsStore>,
+        offsets: &Arc<dyn OffsetStore>,
+        name: &str,
+        shards: u32,
+        after_nanos: i64,
+    ) -> Result<Vec<(u32, u64, u64)>> {
+        let heads: HashMap<u32, u64> = events.shard_heads().await?.into_iter().map(|h| (h.shard, h.position)).collect();
+        offsets.reset_offsets(name).await?;
+        let mut plan = Vec::new();
+        let mut to_write = Vec::new();
+        for shard in 0..shards {
+            let head = heads.get(&shard).copied().unwrap_or(0);
+            // The first position of the shard with a timestamp after the point in time.
+            let mut after = 0u64;
+            let mut start = head;
+            'scan: loop {
+                let page = events.shard_events(shard, after, 4096).await?;
+                if page.is_empty() {
+                    break;
+                }
+                for e in &page {
+                    if e.timestamp > after_nanos {
+                        start = e.position.saturating_sub(1);
+                        break 'scan;
+                    }
+                }
+                after = page.last().map_or(after, |e| e.position);
+            }
+            to_write.push((shard, start));
+            plan.push((shard, start, head));
+        }
+        offsets.write_offsets(name, to_write).await?;
+        Ok(plan)
+    }
+
+    /// Installs rebuild filters computed by [`Projection::rebuild_offsets`].
+    pub fn set_filters(&self, after_nanos: i64, plan: &[(u32, u64, u64)]) {
+        let mut filters = self.filters.lock();
+        for (shard, _, head) in plan {
+            filters.insert(*shard, Filter { after_nanos, until: *head });
+        }
+    }
+
+    /// Events and time behind, per shard.
+    pub async fn lag(&self) -> Result<Vec<ShardLag>> {
+        let heads = self.events.shard_heads().await?;
+        let committed: HashMap<u32, u64> = self.offsets.read_offsets(&self.name).await?.into_iter().collect();
+        let mut out = Vec::new();
+        for shard in 0..self.shards {
+            let head = heads.iter().find(|h| h.shard == shard).copied().unwrap_or_default();
+            let offset = committed.get(&shard).copied().unwrap_or(0);
+            let mut time_behind = 0;
+            if head.position > offset {
+                let last = if offset == 0 { None } else { self.events.shard_events(shard, offset - 1, 1).await?.pop() };
+                let first = self.events.shard_events(shard, offset, 1).await?.pop();
+                let since = last.map(|e| e.timestamp).or(first.map(|e| e.timestamp)).unwrap_or(head.timestamp);
+                time_behind = (head.timestamp - since).max(0);
+            }
+            out.push(ShardLag {
+                shard,
+                events_behind: head.position.saturating_sub(offset),
+                time_behind_nanos: time_behind,
+                offset,
+                head: head.position,
+            });
+        }
+        Ok(out)
+    }
+}
+
+async fn run_shard(p: Arc<Projection>, shard: u32) {
+    let name = p.name.clone();
+    let Some(committed) = p.persist("reading offsets", || p.offsets.read_offsets(&name)).await else { return };
+    let mut offset = match committed.iter().find(|(s, _)| *s == shard) {
+        Some((_, pos)) => *pos,
+        None if p.options.start_at_end => {
+            let Some(heads) = p.persist("reading shard heads", || p.events.shard_heads()).await else { return };
+            heads.iter().find(|h| h.shard == shard).map_or(0, |h| h.position)
+        }
+        None => 0,
+    };
+    p.positions.lock().insert(shard, offset);
+    loop {
+        if p.stopping() {
+            return;
+        }
+        // Register for the wake-up before reading, so a write in between is not missed.
+        let nudged = p.nudge.notified();
+        let stopped = p.stopped.notified();
+        let batch_size = p.options.batch_size.max(1);
+        let Some(mut batch) = p.persist("reading events", || p.events.shard_events(shard, offset, batch_size)).await else { return };
+        if batch.is_empty() {
+            tokio::select! {
+                _ = nudged => {}
+                _ = stopped => {}
+                _ = tokio::time::sleep(p.options.poll_interval) => {}
+            }
+            continue;
+        }
+        let last = batch.last().map_or(offset, |e| e.position);
+        let filter = p.filters.lock().get(&shard).copied();
+        if let Some(f) = filter {
+            batch.retain(|e| e.position > f.until || e.timestamp > f.after_nanos);
+            if last >= f.until {
+                p.filters.lock().remove(&shard);
+            }
+        }
+        let writes = if batch.is_empty() {
+            Vec::new()
+        } else {
+            let count = batch.len() as u64;
+            match p.deliver(shard, Arc::from(batch)).await {
+                Ok(w) => {
+                    p.stats.events.fetch_add(count, Ordering::Relaxed);
+                    p.stats.batches.fetch_add(1, Ordering::Relaxed);
+                    w
+                }
+                Err(why) => {
+                    p.fail(why);
+                    return;
+                }
+            }
+        };
+        let offsets = p.offsets.clone();
+        if p.persist("committing the offset", || offsets.commit(&name, vec![(shard, last)], writes.clone())).await.is_none() {
+            return;
+        }
+        offset = last;
+        p.positions.lock().insert(shard, offset);
+    }
+}
+
+impl From<Error> for HandlerFailure {
+    fn from(e: Error) -> Self {
+        HandlerFailure { message: e.to_string().into(), original: None }
+    }
+}

@@ -1,0 +1,179 @@
+//! What projections and subscribers receive: `ego.PersistedEvent` and `ego.PersistedState`.
+//! They wrap the stored envelope and decode the user's message only when asked (`.event`,
+//! `.state`), through the event adapters, so a handler that only counts pays for no decoding.
+
+use std::sync::Arc;
+
+use ego_core::envelope::{Any, DurableState, Event};
+use ego_core::error::Error;
+use prost::Message;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
+
+use crate::errors::to_pyerr;
+use crate::types::{describe, Types};
+
+/// Resolves stored messages: the event adapters, then the class of the type URL.
+pub struct Decoder {
+    pub types: Arc<Types>,
+    pub adapters: Vec<Py<PyAny>>,
+}
+
+impl Decoder {
+    /// The message of a stored `Any`, after the adapters (`seq`: the event's sequence number).
+    pub fn decode<'py>(&self, py: Python<'py>, any: &Any, pid: &str, seq: u64) -> Result<Bound<'py, PyAny>, Error> {
+        let mut type_url = any.type_url.clone();
+        let mut payload = PyBytes::new(py, &any.value);
+        let mut message: Option<Bound<'py, PyAny>> = None;
+        for adapter in &self.adapters {
+            if let Some(m) = message.take() {
+                // A later adapter sees the upcast event as bytes again.
+                let info = self
+                    .types
+                    .info(&m)
+                    .map_err(|e| adapter_error(py, pid, seq, e))?
+                    .ok_or_else(|| Error::contract(format!("an event adapter returned {}, not a protobuf message", describe(&m))))?;
+                type_url = info.type_url.to_string();
+                payload = m
+                    .call_method0("SerializeToString")
+                    .and_then(|b| Ok(b.cast_into::<PyBytes>()?))
+                    .map_err(|e| adapter_error(py, pid, seq, e))?;
+            }
+            let out = adapter.bind(py).call_method1("adapt", (&type_url, &payload, seq)).map_err(|e| adapter_error(py, pid, seq, e))?;
+            if out.is_none() {
+                continue;
+            }
+            if let Ok(t) = out.cast::<PyTuple>() {
+                let (url, bytes): (String, Vec<u8>) = t.extract().map_err(|e| adapter_error(py, pid, seq, e))?;
+                type_url = url;
+                payload = PyBytes::new(py, &bytes);
+            } else {
+                message = Some(out);
+            }
+        }
+        if let Some(m) = message {
+            return Ok(m);
+        }
+        let info = self.types.by_url(py, &type_url).map_err(|e| adapter_error(py, pid, seq, e))?.ok_or_else(|| {
+            Error::UnknownEventType { persistence_id: pid.into(), sequence_number: seq, type_url: type_url.as_str().into() }
+        })?;
+        info.class.bind(py).call_method1(pyo3::intern!(py, "FromString"), (payload,)).map_err(|e| Error::Corrupt {
+            persistence_id: pid.into(),
+            sequence_number: seq,
+            detail: format!("cannot decode {type_url}: {e}").into(),
+        })
+    }
+}
+
+fn adapter_error(py: Python<'_>, pid: &str, seq: u64, e: PyErr) -> Error {
+    Error::Recovery { id: pid.into(), detail: format!("event {seq}: {}", e.value(py)).into() }
+}
+
+/// An event as the journal has it.
+#[pyclass(module = "ego._ego", frozen, name = "PersistedEvent")]
+pub struct PersistedEvent {
+    pub event: Event,
+    pub decoder: Arc<Decoder>,
+}
+
+#[pymethods]
+impl PersistedEvent {
+    /// The entity id.
+    #[getter]
+    fn persistence_id(&self) -> &str {
+        &self.event.persistence_id
+    }
+    /// The event's revision of its entity (1-based).
+    #[getter]
+    fn sequence_number(&self) -> u64 {
+        self.event.sequence_number
+    }
+    /// Its shard.
+    #[getter]
+    fn shard(&self) -> u32 {
+        self.event.shard
+    }
+    /// Its position in the shard (0 for events of a subscription: positions are the store's).
+    #[getter]
+    fn position(&self) -> u64 {
+        self.event.position
+    }
+    /// Unix time in nanoseconds when the command that produced it was processed.
+    #[getter]
+    fn timestamp(&self) -> i64 {
+        self.event.timestamp
+    }
+    /// `type.googleapis.com/<message name>` as stored.
+    #[getter]
+    fn type_url(&self) -> &str {
+        self.event.event.as_ref().map_or("", |a| a.type_url.as_str())
+    }
+    /// The encoded message as stored.
+    #[getter]
+    fn payload<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.event.event.as_ref().map_or(&[][..], |a| &a.value[..]))
+    }
+    /// The event message, decoded through the engine's event adapters.
+    #[getter]
+    fn event<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let any = self.event.event.clone().unwrap_or_default();
+        self.decoder.decode(py, &any, &self.event.persistence_id, self.event.sequence_number).map_err(|e| to_pyerr(py, &e))
+    }
+    /// Metadata stored with the event.
+    #[getter]
+    fn metadata(&self) -> std::collections::HashMap<String, String> {
+        self.event.metadata.clone()
+    }
+    /// The whole envelope as an `ego.v1.Event`.
+    fn envelope<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        py.import("ego.v1")?.getattr("Event")?.call_method1("FromString", (PyBytes::new(py, &self.event.encode_to_vec()),))
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "PersistedEvent({:?} #{}, {}, shard {} position {})",
+            self.event.persistence_id,
+            self.event.sequence_number,
+            ego_core::envelope::type_name(self.event.event.as_ref().map_or("", |a| a.type_url.as_str())),
+            self.event.shard,
+            self.event.position
+        )
+    }
+}
+
+/// A durable state as the state store has it.
+#[pyclass(module = "ego._ego", frozen, name = "PersistedState")]
+pub struct PersistedState {
+    pub state: DurableState,
+    pub decoder: Arc<Decoder>,
+}
+
+#[pymethods]
+impl PersistedState {
+    #[getter]
+    fn persistence_id(&self) -> &str {
+        &self.state.persistence_id
+    }
+    /// The version this state has.
+    #[getter]
+    fn version(&self) -> u64 {
+        self.state.version_number
+    }
+    #[getter]
+    fn timestamp(&self) -> i64 {
+        self.state.timestamp
+    }
+    #[getter]
+    fn type_url(&self) -> &str {
+        self.state.resulting_state.as_ref().map_or("", |a| a.type_url.as_str())
+    }
+    /// The state message.
+    #[getter]
+    fn state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let any = self.state.resulting_state.clone().unwrap_or_default();
+        let decoder = Decoder { types: self.decoder.types.clone(), adapters: Vec::new() };
+        decoder.decode(py, &any, &self.state.persistence_id, self.state.version_number).map_err(|e| to_pyerr(py, &e))
+    }
+    fn __repr__(&self) -> String {
+        format!("PersistedState({:?} v{})", self.state.persistence_id, self.state.version_number)
+    }
+}
