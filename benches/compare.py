@@ -62,6 +62,9 @@ def _cases(big: int) -> list[Case]:
             "PostgreSQL, best",
             "peer.workload_b('postgres', 'best')",
         ),
+        Case("B telemetry", "memory, telemetry off", "ego.workload_b('memory')"),
+        Case("B telemetry", "memory, metrics", "ego.workload_b('memory', telemetry='metrics')"),
+        Case("B telemetry", "memory, traces + metrics", "ego.workload_b('memory', telemetry='all')"),
         Case("B burst", "memory", "ego.workload_b('memory', burst=True)", "POPO, best", "peer.workload_b('memory', 'best')"),
         Case(
             "B burst",

@@ -72,16 +72,48 @@ def workload_a(kind: str, batch: int = 0, commands: int = 20_000) -> dict[str, f
     return {"cmds_per_s": commands / elapsed}
 
 
+def telemetry_settings(which: str) -> dict[str, object]:
+    """Engine options for telemetry "off", "metrics" (counters read by a reader that collects
+    on demand) or "all" (plus traces: an SDK tracer provider exporting in batches to an
+    exporter that drops them, so the cost measured is ego's and the SDK's, not an exporter's)."""
+    if which == "off":
+        return {}
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Drop(SpanExporter):
+        def export(self, spans: object) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(Drop(), max_queue_size=65536))
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    return {
+        "telemetry": ego.Telemetry(
+            tracer_provider=tracer_provider, meter_provider=meter_provider, traces=which == "all", metrics=True
+        )
+    }
+
+
 def workload_b(
-    kind: str, batch: int = 0, accounts: int = 1000, credits: int = 20, latency: bool = False, burst: bool = False
+    kind: str,
+    batch: int = 0,
+    accounts: int = 1000,
+    credits: int = 20,
+    latency: bool = False,
+    burst: bool = False,
+    telemetry: str = "off",
 ) -> dict[str, float]:
     """`accounts` accounts x `credits` credits, issued concurrently through the asyncio API:
     each round sends one credit to every account and gathers the replies (1,000 concurrent
     callers). With `burst`, all `accounts x credits` commands are sent at once and gathered
-    (every account then has `credits` commands waiting: what batching is for)."""
+    (every account then has `credits` commands waiting: what batching is for). `telemetry`:
+    see `telemetry_settings`."""
 
     async def run() -> dict[str, float]:
-        with engine_on(kind, batch) as engine:
+        with engine_on(kind, batch, **telemetry_settings(telemetry)) as engine:
             ids = [f"acc-{i}" for i in range(accounts)]
             await asyncio.gather(*(engine.send_command_async(i, OpenAccount(initial_balance=0)) for i in ids))
             credit = Credit(amount=1)

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TREES = [
     (ROOT / "protos", ROOT / "python"),
     (ROOT / "examples" / "bank", ROOT / "examples" / "bank"),
+    (ROOT / "examples" / "upcasting", ROOT / "examples" / "upcasting"),
     (ROOT / "tests" / "protos", ROOT / "tests"),
 ]
 

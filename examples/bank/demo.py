@@ -21,7 +21,7 @@ from pathlib import Path
 
 import ego
 
-from bank_pb2 import Credit, Debit, OpenAccount
+from bank_pb2 import AccountCredited, AccountDebited, AccountOpened, Credit, Debit, OpenAccount
 from domain import AccountBehavior, InsufficientFunds
 
 
@@ -53,6 +53,30 @@ class Progress:
         elif self.done == self.total:
             sys.stdout.write(line + "\n")
         sys.stdout.flush()
+
+
+class Balances:
+    """A read model built by a projection: every account's balance, from the events."""
+
+    def __init__(self) -> None:
+        self.balances: dict[str, int] = {}
+        self.events = 0
+
+    def __call__(self, events: list[ego.PersistedEvent]) -> None:
+        for e in events:
+            event = e.event
+            if isinstance(event, AccountOpened):
+                self.balances[e.persistence_id] = event.balance
+            elif isinstance(event, AccountCredited):
+                self.balances[e.persistence_id] += event.amount
+            elif isinstance(event, AccountDebited):
+                self.balances[e.persistence_id] -= event.amount
+        self.events += len(events)
+
+
+def total_lag(engine: ego.Engine, name: str) -> tuple[int, float]:
+    lag = engine.projection_lag(name)
+    return sum(s.events_behind for s in lag.values()), max((s.time_behind for s in lag.values()), default=0.0)
 
 
 async def traffic(engine: ego.Engine, ids: list[str], commands: int, callers: int, seed: int) -> dict[str, object]:
@@ -125,8 +149,10 @@ async def main() -> None:
 
     store = open_store()
     engine = ego.Engine("bank", store=store)
+    balances = Balances()
     async with engine:
         engine.register_entity_type(AccountBehavior, prefix="account-")
+        engine.add_projection("balances", balances, batch_size=1000)
 
         t = time.perf_counter()
         await asyncio.gather(*(engine.send_command_async(i, OpenAccount(initial_balance=1000)) for i in ids))
@@ -140,6 +166,15 @@ async def main() -> None:
             f"p99 {float(r['p99']) * 1e3:.2f} ms; {r['rejected']:,} debits rejected (insufficient funds)"
         )
 
+        behind, seconds = total_lag(engine, "balances")
+        t = time.perf_counter()
+        while total_lag(engine, "balances")[0]:
+            await asyncio.sleep(0.01)
+        print(
+            f"projection 'balances': {behind:,} events ({seconds * 1e3:.0f} ms) behind right after the load, "
+            f"caught up {(time.perf_counter() - t) * 1e3:.0f} ms later; {balances.events:,} events read"
+        )
+
         one = ids[0]
         t = time.perf_counter()
         for _ in range(args.sequential):
@@ -147,6 +182,12 @@ async def main() -> None:
         seq_rate = args.sequential / (time.perf_counter() - t)
         print(f"one caller, one account, {args.sequential:,} credits each awaited before the next: {seq_rate:,.0f} commands/s")
         expected = {a: engine.get_state(a) for a in ids}
+        while total_lag(engine, "balances")[0]:
+            await asyncio.sleep(0.01)
+        wrong = [a for a in ids if balances.balances.get(a) != expected[a][0].balance]
+        print(f"  the read model {'matches every account' if not wrong else f'DIFFERS for {len(wrong)} accounts'}")
+        if wrong:
+            sys.exit(1)
 
     store.close()
     print("engine stopped and store closed; starting again on the same data")

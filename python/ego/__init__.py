@@ -14,6 +14,7 @@ from ego._ego import __version__
 from ego.behaviors import DurableStateBehavior, EventSourcedBehavior
 from ego.engine import Engine, ShardLag
 from ego.errors import EgoError
+from ego.logs import Logger, StdLogger
 from ego.projections import (
     Delete,
     EventAdapter,
@@ -27,6 +28,7 @@ from ego.projections import (
     Subscription,
 )
 from ego.stores import MemoryStore, PostgresStore, RocksDBStore, SnapshotCriteria
+from ego.telemetry import Telemetry
 
 __all__ = [
     "Delete",
@@ -35,6 +37,7 @@ __all__ = [
     "Engine",
     "EventAdapter",
     "EventSourcedBehavior",
+    "Logger",
     "MemoryStore",
     "PersistedEvent",
     "PersistedState",
@@ -47,7 +50,9 @@ __all__ = [
     "ShardLag",
     "SnapshotCriteria",
     "Sql",
+    "StdLogger",
     "Subscription",
+    "Telemetry",
     "__version__",
     "errors",
 ]

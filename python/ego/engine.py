@@ -16,8 +16,10 @@ from google.protobuf.message import Message
 from ego import _ego
 from ego.behaviors import DurableStateBehavior, EventSourcedBehavior
 from ego.errors import ConfigurationError
+from ego.logs import Logger, StdLogger
 from ego.projections import EventAdapter, PersistedEvent, Recovery, RetentionPolicy, Subscription
 from ego.stores import MemoryStore, Store
+from ego.telemetry import Telemetry
 
 __all__ = ["Engine", "ShardLag"]
 
@@ -109,6 +111,10 @@ class Engine(_ego.EngineCore):
 
     #: The stores the engine runs on (each once).
     stores: tuple[Store, ...]
+    #: OpenTelemetry settings (None: off).
+    telemetry: Telemetry | None
+    #: Where the engine logs.
+    logger: Logger
 
     def __new__(
         cls,
@@ -123,6 +129,8 @@ class Engine(_ego.EngineCore):
         replay_page_size: int = 1024,
         io_threads: int = 2,
         event_adapters: Sequence[EventAdapter] = (),
+        telemetry: Telemetry | None = None,
+        logger: Logger | None = None,
     ) -> Engine:
         if store is None and events_store is None and snapshot_store is None and state_store is None:
             store = MemoryStore()
@@ -134,6 +142,14 @@ class Engine(_ego.EngineCore):
                 raise ConfigurationError(
                     f"an event adapter needs an adapt(type_url, payload, sequence_number) method: {adapter!r}"
                 )
+        if telemetry is not None and not isinstance(telemetry, Telemetry):
+            raise ConfigurationError(f"telemetry must be an ego.Telemetry, got {telemetry!r}")
+        logger = StdLogger() if logger is None else logger
+        missing = [m for m in ("debug", "info", "warning", "error") if not callable(getattr(logger, m, None))]
+        if missing:
+            raise ConfigurationError(
+                f"a logger needs debug, info, warning and error methods; {logger!r} lacks {', '.join(missing)}"
+            )
         self = super().__new__(
             cls,
             name,
@@ -145,7 +161,11 @@ class Engine(_ego.EngineCore):
             replay_page_size,
             io_threads,
             list(event_adapters),
+            telemetry,
+            logger,
         )
+        self.telemetry = telemetry
+        self.logger = logger
         distinct: list[Store] = []
         for s in (events_store, snapshot_store, state_store):
             if s is not None and all(s is not d for d in distinct):
@@ -159,6 +179,24 @@ class Engine(_ego.EngineCore):
         pass
 
     # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Starts the engine (its bridge thread and I/O runtime). Idempotent."""
+        if self.running:
+            return
+        super().start()
+        if self.telemetry is not None:
+            self.telemetry._attach(self)
+        self.logger.info("engine started", engine=self.name)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stops the engine: refuses new commands, lets queued ones finish (up to ``timeout``
+        seconds), then stops its threads. Idempotent."""
+        if not self.running:
+            super().stop(timeout)
+            return
+        super().stop(timeout)
+        self.logger.info("engine stopped", engine=self.name)
 
     def __enter__(self) -> Engine:
         self.start()

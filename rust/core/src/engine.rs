@@ -49,12 +49,23 @@ pub struct Shared<H: Host> {
     pub(crate) has_projections: AtomicBool,
     pub(crate) projections: Mutex<HashMap<String, Arc<Projection>>>,
     pub(crate) stream: Stream,
+    /// The host traces commands ([`Host::tracing`], read once at start).
+    pub(crate) tracing: bool,
 }
 
 impl<H: Host> Shared<H> {
     /// The host.
     pub fn host(&self) -> &H {
         &self.host
+    }
+
+    /// Logs a warning through the host from any thread, then wakes the bridge so a host that
+    /// queues records writes it soon.
+    pub(crate) fn warn(&self, message: &str) {
+        self.host.log_warning(message);
+        if self.running.load(Ordering::Acquire) {
+            self.queue.push(Job::Call(Box::new(|_cx| {})));
+        }
     }
 
     /// Polls a store future once, inside the runtime's context (so it may create timers or
@@ -92,6 +103,7 @@ impl<H: Host> Engine<H> {
             .enable_all()
             .build()
             .map_err(Error::storage)?;
+        let tracing = host.tracing();
         let shared = Arc::new(Shared {
             host,
             config,
@@ -107,6 +119,7 @@ impl<H: Host> Engine<H> {
             has_projections: AtomicBool::new(false),
             projections: Mutex::new(HashMap::new()),
             stream: Stream::default(),
+            tracing,
         });
         let bridge = {
             let sh = shared.clone();
@@ -607,7 +620,7 @@ pub(crate) fn background_write<H: Host>(
                 Err(e) => last = e,
             }
         }
-        sh2.host.log_warning(&format!("{what} failed after retries: {last}"));
+        sh2.warn(&format!("{what} failed after retries: {last}"));
     });
 }
 
@@ -619,7 +632,7 @@ pub(crate) fn retain<H: Host>(sh: &Arc<Shared<H>>, id: Arc<str>, shard: u32, sna
         if policy.delete_snapshots_on_snapshot && snapshot_seq > 1 {
             if let Some(snapshots) = &sh.stores.snapshots {
                 if let Err(e) = snapshots.delete_snapshots(&id, crate::store::SnapshotCriteria::up_to(snapshot_seq - 1)).await {
-                    sh.host.log_warning(&format!("retention of {id:?}: deleting snapshots failed: {e}"));
+                    sh.warn(&format!("retention of {id:?}: deleting snapshots failed: {e}"));
                 }
             }
         }
@@ -635,7 +648,7 @@ pub(crate) fn retain<H: Host>(sh: &Arc<Shared<H>>, id: Arc<str>, shard: u32, sna
                 match events.replay_events(&id, 1, to, u64::MAX).await {
                     Ok(list) => to = list.iter().take_while(|e| e.position <= min).last().map_or(0, |e| e.sequence_number),
                     Err(e) => {
-                        sh.host.log_warning(&format!("retention of {id:?}: {e}"));
+                        sh.warn(&format!("retention of {id:?}: {e}"));
                         return;
                     }
                 }
@@ -643,7 +656,7 @@ pub(crate) fn retain<H: Host>(sh: &Arc<Shared<H>>, id: Arc<str>, shard: u32, sna
         }
         if to > 0 {
             if let Err(e) = events.delete_events(&id, to).await {
-                sh.host.log_warning(&format!("retention of {id:?}: deleting events failed: {e}"));
+                sh.warn(&format!("retention of {id:?}: deleting events failed: {e}"));
             }
         }
     });

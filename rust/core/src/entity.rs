@@ -23,7 +23,7 @@ use crate::clock::{monotonic_millis, now_nanos};
 use crate::engine::Shared;
 use crate::envelope::{Any, DurableState, Event, Snapshot};
 use crate::error::Error;
-use crate::host::{Fail, Host, Kind};
+use crate::host::{Fail, Host, Kind, Outcome};
 use crate::options::EntityOptions;
 use crate::stats::Stats;
 use crate::store::BoxFuture;
@@ -87,11 +87,13 @@ pub(crate) struct Batch<H: Host> {
     durable: Option<Box<DurableState>>,
     replies: Vec<Pending<H>>,
     opened: Option<Instant>,
+    /// The span of the first traced command of the batch: the parent of the write's span.
+    trace: Option<H::Trace>,
 }
 
 impl<H: Host> Default for Batch<H> {
     fn default() -> Self {
-        Batch { events: Vec::new(), durable: None, replies: Vec::new(), opened: None }
+        Batch { events: Vec::new(), durable: None, replies: Vec::new(), opened: None, trace: None }
     }
 }
 
@@ -111,6 +113,8 @@ pub(crate) struct Work<H: Host> {
     batch: Batch<H>,
     inflight: Option<Vec<Pending<H>>>,
     inflight_revision: u64,
+    /// The span of the in-flight write (tracing only).
+    inflight_trace: Option<H::Trace>,
     /// Copies of the in-flight write for subscribers (only while somebody listens).
     published: Vec<crate::publish::Published>,
     /// The state may be ahead of the store (a handler failed half-way, a write failed).
@@ -126,6 +130,7 @@ impl<H: Host> Work<H> {
             batch: Batch::default(),
             inflight: None,
             inflight_revision: 0,
+            inflight_trace: None,
             published: Vec::new(),
             broken: false,
         }
@@ -287,6 +292,12 @@ pub(crate) fn on_written<H: Host>(sh: &Arc<Shared<H>>, e: &Arc<Entity<H>>, resul
     committed(sh, e, work);
     work.revision = work.inflight_revision;
     let replies = work.inflight.take().unwrap_or_default();
+    sh.host.observe(&e.behavior, Outcome::Accepted, replies.len() as u64);
+    if let Some(trace) = work.inflight_trace.take() {
+        // Ending a span needs the context: the bridge does it, with the time of now.
+        let (sh2, end) = (sh.clone(), now_nanos());
+        sh.queue.push(Job::Call(Box::new(move |cx| sh2.host.end_write_trace(cx, trace, None, end))));
+    }
     // Replies go out before the entity is idle again, so they stay in order with the next
     // command's.
     for p in replies {
@@ -416,11 +427,17 @@ fn drive<H: Host>(
                     continue;
                 }
                 Stats::add(&sh.stats.commands, 1);
-                match process(sh, cx, e, &mut work, &command) {
+                let trace = if sh.tracing { sh.host.trace_command(cx, &e.id, &e.behavior, &command) } else { None };
+                let step = process(sh, cx, e, &mut work, &command);
+                if let Some(trace) = trace {
+                    end_command_trace(sh, cx, &mut work, trace, &step);
+                }
+                match step {
                     Step::Done(outcome) => {
                         if outcome.is_err() {
                             Stats::add(&sh.stats.rejected, 1);
                         }
+                        sh.host.observe(&e.behavior, if outcome.is_ok() { Outcome::NoChange } else { Outcome::Rejected }, 1);
                         if is_own {
                             own_result = Some(outcome);
                         } else {
@@ -453,6 +470,19 @@ fn drive<H: Host>(
     }
     release(sh, cx, e, work);
     own_result
+}
+
+/// Ends a command's span; the first traced command of a batch parents the batch's write.
+fn end_command_trace<H: Host>(sh: &Shared<H>, cx: H::Cx<'_>, work: &mut Work<H>, trace: H::Trace, step: &Step<H>) {
+    let outcome = match step {
+        Step::Done(Ok(_)) => Outcome::NoChange,
+        Step::Done(Err(_)) => Outcome::Rejected,
+        Step::Batched(_) => Outcome::Accepted,
+    };
+    sh.host.end_command_trace(cx, &trace, outcome, work.pending);
+    if outcome == Outcome::Accepted && work.batch.trace.is_none() {
+        work.batch.trace = Some(trace);
+    }
 }
 
 /// Runs the behaviour for one command.
@@ -573,7 +603,11 @@ fn flush<H: Host>(
     if work.batch.is_empty() {
         return;
     }
-    let batch = std::mem::take(&mut work.batch);
+    let mut batch = std::mem::take(&mut work.batch);
+    if let Some(parent) = batch.trace.take() {
+        let events = if e.kind == Kind::EventSourced { batch.events.len() } else { 1 };
+        work.inflight_trace = sh.host.trace_write(cx, &parent, &e.id, events, work.pending);
+    }
     if sh.stream.active() {
         use crate::publish::Published;
         work.published = batch.events.iter().cloned().map(Published::Event).collect();
@@ -615,6 +649,11 @@ fn complete<H: Host>(
     own: &mut Option<Result<H::Output, Fail<H::Failure>>>,
 ) {
     let replies = work.inflight.take().unwrap_or_default();
+    if let Some(trace) = work.inflight_trace.take() {
+        sh.host.end_write_trace(cx, trace, result.as_ref().err(), now_nanos());
+    }
+    let outcome = if result.is_ok() { Outcome::Accepted } else { Outcome::Failed };
+    sh.host.observe(&e.behavior, outcome, replies.len() as u64);
     match result {
         Ok(()) => {
             let before = work.revision;
@@ -655,7 +694,7 @@ fn maybe_snapshot<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>
     let state = match sh.host.encode_state(cx, work.state.as_ref().expect("state"), usize::MAX) {
         Ok(any) => any,
         Err(_) => {
-            sh.host.log_warning(&format!("entity {:?}: the state could not be encoded for a snapshot at {}", e.id, work.revision));
+            sh.warn(&format!("entity {:?}: the state could not be encoded for a snapshot at {}", e.id, work.revision));
             return;
         }
     };

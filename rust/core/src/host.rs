@@ -33,6 +33,39 @@ impl<F> From<Error> for Fail<F> {
     }
 }
 
+/// How a command ended, for telemetry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its events (or new state) were written.
+    Accepted,
+    /// The handler produced nothing to write.
+    NoChange,
+    /// The handler raised, or its output was refused (wrong type, too large).
+    Rejected,
+    /// The write failed.
+    Failed,
+}
+
+impl Outcome {
+    /// Every outcome, in the order of [`Outcome::index`].
+    pub const ALL: [Outcome; 4] = [Outcome::Accepted, Outcome::NoChange, Outcome::Rejected, Outcome::Failed];
+
+    /// The outcome's name as telemetry reports it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::NoChange => "no_change",
+            Outcome::Rejected => "rejected",
+            Outcome::Failed => "failed",
+        }
+    }
+
+    /// A dense index (0..4), for counter arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// What a host provides. See the module docs.
 pub trait Host: Send + Sync + Sized + 'static {
     /// The context behaviour code runs in (the GIL token for Python).
@@ -53,6 +86,8 @@ pub trait Host: Send + Sync + Sized + 'static {
     type Reply: Send + 'static;
     /// A successful outcome: the state and revision as handed to the caller.
     type Output: Send + 'static;
+    /// A tracing span the host keeps (only used when [`Host::tracing`] is on).
+    type Trace: Send + 'static;
 
     /// Runs `f` with a context. Called on the bridge thread once per batch of jobs.
     fn enter<R>(&self, f: impl for<'a> FnOnce(Self::Cx<'a>) -> R) -> R;
@@ -145,7 +180,39 @@ pub trait Host: Send + Sync + Sized + 'static {
     fn recovery_failure(&self, cx: Self::Cx<'_>, id: &str, failure: Self::Failure) -> Self::Failure;
 
     /// Reports something that went wrong off any caller's path (a failed snapshot write, ...).
+    /// May be called without the context; the engine wakes its bridge afterwards so a host
+    /// that queues records can write them at the end of the next batch.
     fn log_warning(&self, message: &str) {
         eprintln!("ego: {message}");
     }
+
+    // -- telemetry (every hook is a no-op by default) -------------------------------------
+
+    /// Whether commands and writes are traced. Read once, when the engine starts; when
+    /// `false` the tracing hooks are never called.
+    fn tracing(&self) -> bool {
+        false
+    }
+
+    /// Starts the span of one command, current while its handler runs.
+    fn trace_command(&self, _cx: Self::Cx<'_>, _id: &str, _behavior: &Self::Behavior, _command: &Self::Command) -> Option<Self::Trace> {
+        None
+    }
+
+    /// Ends a command's span (the handler returned): the outcome so far and the revision the
+    /// command led to. The span stays the parent of the write that persists the command.
+    fn end_command_trace(&self, _cx: Self::Cx<'_>, _trace: &Self::Trace, _outcome: Outcome, _revision: u64) {}
+
+    /// Starts the span of a write, as a child of the span of a command it persists.
+    fn trace_write(&self, _cx: Self::Cx<'_>, _parent: &Self::Trace, _id: &str, _events: usize, _revision: u64) -> Option<Self::Trace> {
+        None
+    }
+
+    /// Ends a write's span at `end_nanos` (Unix time; the write may have finished earlier on
+    /// a thread without the context).
+    fn end_write_trace(&self, _cx: Self::Cx<'_>, _trace: Self::Trace, _error: Option<&Error>, _end_nanos: i64) {}
+
+    /// Counts `n` commands of `behavior` that ended with `outcome`. Called without the
+    /// context, on any thread: keep it to an atomic increment.
+    fn observe(&self, _behavior: &Self::Behavior, _outcome: Outcome, _n: u64) {}
 }

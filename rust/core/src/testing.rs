@@ -115,6 +115,7 @@ impl Host for TestHost {
     type Failure = String;
     type Reply = Arc<Slot>;
     type Output = (Account, u64);
+    type Trace = ();
 
     fn enter<R>(&self, f: impl for<'a> FnOnce(Self::Cx<'a>) -> R) -> R {
         f(())

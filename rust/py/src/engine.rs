@@ -3,7 +3,7 @@
 //! frame in between.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ego_core::engine::Stopped;
 use ego_core::entity::Dispatched;
@@ -17,10 +17,11 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
 use crate::errors::{fail_to_pyerr, invalid_message, to_pyerr};
-use crate::host::PyHost;
+use crate::host::{PyCommand, PyHost};
 use crate::pystore::PyStore;
 use crate::reply::{outcome_into_result, settle_now, waker_for, AsyncReply, Reply, SyncSlot};
 use crate::store::NativeStore;
+use crate::telemetry::Telemetry;
 use crate::types::describe;
 
 type Core = Engine<PyHost>;
@@ -31,6 +32,10 @@ pub struct EngineCore {
     config: EngineConfig,
     stores: Stores,
     adapters: Vec<Py<PyAny>>,
+    /// An `ego.Telemetry`, or None.
+    telemetry: Option<Py<PyAny>>,
+    /// An `ego.Logger`, or None for the standard `logging` module.
+    logger: Option<Py<PyAny>>,
     core: RwLock<Option<Arc<Core>>>,
 }
 
@@ -122,10 +127,25 @@ impl EngineCore {
         }
     }
 
+    /// The telemetry of a running engine, when it counts latency.
+    fn timer(core: &Core) -> Option<(Instant, Arc<Telemetry>)> {
+        core.shared().host().telemetry.as_ref().filter(|t| t.metrics).map(|t| (Instant::now(), t.clone()))
+    }
+
     /// Runs `send` with a new future of the running loop.
     fn non_blocking(
         &self,
         py: Python<'_>,
+        send: impl FnOnce(&Core, Reply) -> Result<Dispatched<PyHost>, ego_core::host::Fail<PyErr>>,
+    ) -> PyResult<Py<PyAny>> {
+        self.non_blocking_timed(py, false, send)
+    }
+
+    /// `non_blocking`, counting the latency when `timed` and metrics are on.
+    fn non_blocking_timed(
+        &self,
+        py: Python<'_>,
+        timed: bool,
         send: impl FnOnce(&Core, Reply) -> Result<Dispatched<PyHost>, ego_core::host::Fail<PyErr>>,
     ) -> PyResult<Py<PyAny>> {
         let get_loop = GET_RUNNING_LOOP.get_or_try_init(py, || py.import("asyncio")?.getattr("get_running_loop").map(Bound::unbind))?;
@@ -138,10 +158,17 @@ impl EngineCore {
                 return Ok(future.unbind());
             }
         };
-        let reply = Reply::Async(AsyncReply::new(future.clone().unbind(), waker_for(&event_loop)?));
+        let timer = if timed { Self::timer(&core) } else { None };
+        let reply = AsyncReply::new(future.clone().unbind(), waker_for(&event_loop)?);
+        let reply = Reply::Async(if timer.is_some() { reply.timed(timer.clone()) } else { reply });
         let dispatched = send(&core, reply);
         match dispatched {
-            Ok(Dispatched::Done(outcome)) => settle_now(py, &future, outcome)?,
+            Ok(Dispatched::Done(outcome)) => {
+                if let Some((sent, t)) = timer {
+                    t.latency.record(sent.elapsed());
+                }
+                settle_now(py, &future, outcome)?
+            }
             Ok(Dispatched::Queued) => {}
             Err(fail) => {
                 future.call_method1(pyo3::intern!(py, "set_exception"), (fail_to_pyerr(py, fail).into_value(py),))?;
@@ -154,7 +181,7 @@ impl EngineCore {
 #[pymethods]
 impl EngineCore {
     #[new]
-    #[pyo3(signature = (name, events_store=None, snapshot_store=None, state_store=None, shards=8, max_message_bytes=1<<20, replay_page_size=1024, io_threads=2, event_adapters=Vec::new()))]
+    #[pyo3(signature = (name, events_store=None, snapshot_store=None, state_store=None, shards=8, max_message_bytes=1<<20, replay_page_size=1024, io_threads=2, event_adapters=Vec::new(), telemetry=None, logger=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         name: String,
@@ -166,6 +193,8 @@ impl EngineCore {
         replay_page_size: u64,
         io_threads: usize,
         event_adapters: Vec<Py<PyAny>>,
+        telemetry: Option<Py<PyAny>>,
+        logger: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         if shards == 0 || replay_page_size == 0 || max_message_bytes == 0 || io_threads == 0 {
             return Err(pyo3::exceptions::PyValueError::new_err(
@@ -189,7 +218,7 @@ impl EngineCore {
         };
         let config =
             EngineConfig { name, shards, max_message_bytes, replay_page_size, worker_threads: io_threads, ..EngineConfig::default() };
-        Ok(EngineCore { config, stores, adapters: event_adapters, core: RwLock::new(None) })
+        Ok(EngineCore { config, stores, adapters: event_adapters, telemetry, logger, core: RwLock::new(None) })
     }
 
     /// The engine's name.
@@ -211,7 +240,14 @@ impl EngineCore {
             return Ok(());
         }
         let adapters = self.adapters.iter().map(|a| a.clone_ref(py)).collect();
-        let engine = Engine::start(PyHost::new(adapters), self.config.clone(), self.stores.clone()).map_err(|e| to_pyerr(py, &e))?;
+        let telemetry = self.telemetry.as_ref().map(|t| Telemetry::from_py(t.bind(py)).map(Arc::new)).transpose()?;
+        let logger = match &self.logger {
+            Some(l) => l.clone_ref(py),
+            None => py.import("ego.logs")?.getattr("StdLogger")?.call0()?.unbind(),
+        };
+        let log = Arc::new(crate::logs::Log::new(logger, &self.config.name));
+        let host = PyHost::new(adapters, telemetry, log);
+        let engine = Engine::start(host, self.config.clone(), self.stores.clone()).map_err(|e| to_pyerr(py, &e))?;
         *core = Some(Arc::new(engine));
         Ok(())
     }
@@ -236,8 +272,67 @@ impl EngineCore {
     fn send_command(&self, py: Python<'_>, entity_id: &str, command: &Bound<'_, PyAny>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
         let core = self.core(py)?;
         Self::check_message(&core, py, "a command", command)?;
-        let command = command.clone().unbind();
+        let command = PyCommand::new(command.clone().unbind());
         self.blocking(py, entity_id, timeout, |core, reply| core.send(py, entity_id, command, reply))
+    }
+
+    /// `send_command` with telemetry: counts the latency, and carries `trace` (the caller's
+    /// OpenTelemetry context) to the handler.
+    #[pyo3(signature = (entity_id, command, timeout=None, trace=None))]
+    fn _send_observed(
+        &self,
+        py: Python<'_>,
+        entity_id: &str,
+        command: &Bound<'_, PyAny>,
+        timeout: Option<f64>,
+        trace: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let core = self.core(py)?;
+        let timer = Self::timer(&core);
+        Self::check_message(&core, py, "a command", command)?;
+        let command = PyCommand { msg: command.clone().unbind(), trace };
+        let result = self.blocking(py, entity_id, timeout, |core, reply| core.send(py, entity_id, command, reply));
+        if let Some((sent, t)) = timer {
+            t.latency.record(sent.elapsed());
+        }
+        result
+    }
+
+    /// `send_command_async` with telemetry (see `_send_observed`).
+    #[pyo3(signature = (entity_id, command, trace=None))]
+    fn _send_observed_async(
+        &self,
+        py: Python<'_>,
+        entity_id: &str,
+        command: &Bound<'_, PyAny>,
+        trace: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        if let Ok(core) = self.core(py) {
+            Self::check_message(&core, py, "a command", command)?;
+        }
+        let command = PyCommand { msg: command.clone().unbind(), trace };
+        self.non_blocking_timed(py, true, |core, reply| core.send(py, entity_id, command, reply))
+    }
+
+    /// What telemetry exports: outcomes (commands per (entity type, outcome)), the latency histogram
+    /// (per-bucket counts, sum in ms), events, writes, write_failures, active_entities.
+    fn _telemetry_snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        let out = pyo3::types::PyDict::new(py);
+        let Some(core) = self.core.read().clone() else { return Ok(out) };
+        let host = core.shared().host();
+        let commands = pyo3::types::PyDict::new(py);
+        for (class, outcome, n) in host.outcome_counts() {
+            commands.set_item((class, outcome), n)?;
+        }
+        out.set_item("outcomes", commands)?;
+        if let Some(t) = host.telemetry.as_ref().filter(|t| t.metrics) {
+            out.set_item("latency", t.latency.snapshot())?;
+        }
+        for (name, value) in core.stats().snapshot() {
+            out.set_item(name, value)?;
+        }
+        out.set_item("active_entities", core.live_count())?;
+        Ok(out)
     }
 
     /// Sends a command; returns an asyncio future of `(state, revision)`.
@@ -245,7 +340,7 @@ impl EngineCore {
         if let Ok(core) = self.core(py) {
             Self::check_message(&core, py, "a command", command)?;
         }
-        let command = command.clone().unbind();
+        let command = PyCommand::new(command.clone().unbind());
         self.non_blocking(py, |core, reply| core.send(py, entity_id, command, reply))
     }
 
@@ -362,8 +457,17 @@ impl EngineCore {
             start_at_end,
         };
         let shape = if per_event { crate::projection::Shape::PerEvent } else { crate::projection::Shape::Batch };
-        let decoder = core.shared().host().decoder.clone();
-        let sink = crate::projection::PySink::new(name, handler, shape, dead_letter, transactional, decoder)?;
+        let host = core.shared().host();
+        let sink = crate::projection::PySink::new(
+            name,
+            handler,
+            shape,
+            dead_letter,
+            transactional,
+            host.decoder.clone(),
+            host.log.clone(),
+            host.telemetry.clone(),
+        )?;
         core.add_projection(name, Arc::new(sink), offsets, options).map_err(|e| to_pyerr(py, &e))
     }
 

@@ -6,21 +6,28 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ego_core::envelope::{Any, Event};
 use ego_core::error::Error;
-use ego_core::host::{Fail, Host, Kind};
+use ego_core::host::{Fail, Host, Kind, Outcome};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList, PyTuple, PyType};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::errors::{contract, recovery_error};
+use crate::logs::Log;
 use crate::records::Decoder;
 use crate::reply::{Output, Reply};
+use crate::telemetry::Telemetry;
 use crate::types::{describe, Types};
 
 /// The behaviour methods of one class, looked up once.
 pub struct BehaviorClass {
     /// Keeps the class (the cache key) alive.
     _class: Py<PyType>,
+    /// The class's qualified name: the entity type in telemetry.
+    name: String,
+    /// Commands handled, per [`Outcome::index`] (counted only when metrics are on).
+    outcomes: [AtomicU64; 4],
     kind: Kind,
     handle_command: Py<PyAny>,
     handle_event: Option<Py<PyAny>>,
@@ -40,36 +47,43 @@ impl PyBehavior {
     }
 }
 
+/// A command and, when it is traced, the caller's OpenTelemetry context.
+pub struct PyCommand {
+    pub msg: Py<PyAny>,
+    pub trace: Option<Py<PyAny>>,
+}
+
+impl PyCommand {
+    /// An untraced command.
+    pub fn new(msg: Py<PyAny>) -> Self {
+        PyCommand { msg, trace: None }
+    }
+}
+
 /// The host (one per engine).
 pub struct PyHost {
     pub types: Arc<Types>,
     /// Type resolution and event adapters, shared with what projections receive.
     pub decoder: Arc<Decoder>,
     classes: Mutex<HashMap<usize, Arc<BehaviorClass>, foldhash::fast::FixedState>>,
+    /// Spans and counters, when the engine has telemetry.
+    pub telemetry: Option<Arc<Telemetry>>,
+    /// Counting outcomes per behaviour class (metrics on).
+    metrics: bool,
+    /// Where the engine's records go.
+    pub log: Arc<Log>,
 }
 
 static EVENT_SOURCED: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static DURABLE_STATE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static LOG_QUEUE: Mutex<Vec<(&'static str, String)>> = Mutex::new(Vec::new());
 
-/// Logs through the `ego` logger of the standard `logging` module.
+/// Logs through the `ego` logger of the standard `logging` module (for records that belong to
+/// no engine, such as a reply that could not be delivered).
 pub fn log(py: Python<'_>, level: &str, message: &str) {
     let logger = LOGGER.get_or_try_init(py, || py.import("logging")?.call_method1("getLogger", ("ego",)).map(Bound::unbind));
     if let Ok(logger) = logger {
         let _ = logger.bind(py).call_method1(level, (message,));
-    }
-}
-
-/// Queues a log record from a thread that must not take the GIL; written at the next batch end.
-pub fn queue_log(level: &'static str, message: String) {
-    LOG_QUEUE.lock().push((level, message));
-}
-
-fn flush_logs(py: Python<'_>) {
-    let queued = std::mem::take(&mut *LOG_QUEUE.lock());
-    for (level, message) in queued {
-        log(py, level, &message);
     }
 }
 
@@ -85,9 +99,40 @@ fn internal<T>(r: PyResult<T>) -> Result<T, PyFail> {
 
 impl PyHost {
     /// A host whose recoveries and projections pass stored events through `adapters`.
-    pub fn new(adapters: Vec<Py<PyAny>>) -> Self {
+    /// `telemetry`: spans and counters (None: off); `log`: where records go.
+    pub fn new(adapters: Vec<Py<PyAny>>, telemetry: Option<Arc<Telemetry>>, log: Arc<Log>) -> Self {
         let types = Arc::new(Types::default());
-        PyHost { types: types.clone(), decoder: Arc::new(Decoder { types, adapters }), classes: Mutex::new(HashMap::default()) }
+        let metrics = telemetry.as_ref().is_some_and(|t| t.metrics);
+        PyHost {
+            types: types.clone(),
+            decoder: Arc::new(Decoder { types, adapters }),
+            classes: Mutex::new(HashMap::default()),
+            telemetry,
+            metrics,
+            log,
+        }
+    }
+
+    /// Commands handled per (behaviour class name, outcome), the classes that saw any.
+    pub fn outcome_counts(&self) -> Vec<(String, &'static str, u64)> {
+        let mut out = Vec::new();
+        for class in self.classes.lock().values() {
+            for outcome in Outcome::ALL {
+                let n = class.outcomes[outcome.index()].load(Ordering::Relaxed);
+                if n > 0 {
+                    out.push((class.name.clone(), outcome.as_str(), n));
+                }
+            }
+        }
+        out
+    }
+
+    fn tracing_of(&self) -> Option<&crate::telemetry::Tracing> {
+        self.telemetry.as_ref()?.tracing.as_ref()
+    }
+
+    fn traced<T>(&self, py: Python<'_>, what: &str, r: PyResult<T>) -> Option<T> {
+        r.map_err(|e| self.log.write(py, "warning", &format!("telemetry: {what} failed: {e}"))).ok()
     }
 
     /// The behaviour handle of `obj` (an `EventSourcedBehavior` or `DurableStateBehavior`).
@@ -113,6 +158,8 @@ impl PyHost {
         let method = |name: &str| internal(ty.getattr(name).map(Bound::unbind));
         let class = Arc::new(BehaviorClass {
             _class: ty.clone().unbind(),
+            name: internal(ty.qualname())?.to_string(),
+            outcomes: Default::default(),
             kind,
             handle_command: method("handle_command")?,
             handle_event: if kind == Kind::EventSourced { Some(method("handle_event")?) } else { None },
@@ -188,19 +235,20 @@ impl Host for PyHost {
     type Behavior = PyBehavior;
     type Factory = Py<PyAny>;
     type State = Py<PyAny>;
-    type Command = Py<PyAny>;
+    type Command = PyCommand;
     type Events<'a> = Bound<'a, PyAny>;
     type Failure = PyErr;
     type Reply = Reply;
     type Output = Output;
+    type Trace = Py<PyAny>;
 
     fn enter<R>(&self, f: impl for<'a> FnOnce(Python<'a>) -> R) -> R {
         Python::attach(f)
     }
 
     fn end_batch(&self, py: Python<'_>) {
-        if !LOG_QUEUE.lock().is_empty() {
-            flush_logs(py);
+        if self.log.has_queued() {
+            self.log.flush(py);
         }
     }
 
@@ -217,11 +265,11 @@ impl Host for PyHost {
         Ok(state.unbind())
     }
 
-    fn handle_command<'a>(&self, py: Python<'a>, b: &PyBehavior, command: &Py<PyAny>, state: &Py<PyAny>) -> Result<Bound<'a, PyAny>, PyFail>
+    fn handle_command<'a>(&self, py: Python<'a>, b: &PyBehavior, command: &PyCommand, state: &Py<PyAny>) -> Result<Bound<'a, PyAny>, PyFail>
     where
         Self: 'a,
     {
-        handler(b.class.handle_command.bind(py).call1((b.obj.bind(py), command.bind(py), state.bind(py))))
+        handler(b.class.handle_command.bind(py).call1((b.obj.bind(py), command.msg.bind(py), state.bind(py))))
     }
 
     fn encode_events(&self, _py: Python<'_>, events: &Bound<'_, PyAny>, max_bytes: usize, out: &mut Vec<Any>) -> Result<(), PyFail> {
@@ -259,9 +307,9 @@ impl Host for PyHost {
         Ok(next.unbind())
     }
 
-    fn handle_durable(&self, py: Python<'_>, b: &PyBehavior, command: &Py<PyAny>, state: &Py<PyAny>) -> Result<Option<Py<PyAny>>, PyFail> {
+    fn handle_durable(&self, py: Python<'_>, b: &PyBehavior, command: &PyCommand, state: &Py<PyAny>) -> Result<Option<Py<PyAny>>, PyFail> {
         let state = state.bind(py);
-        let next = handler(b.class.handle_command.bind(py).call1((b.obj.bind(py), command.bind(py), state)))?;
+        let next = handler(b.class.handle_command.bind(py).call1((b.obj.bind(py), command.msg.bind(py), state)))?;
         if next.is_none() {
             return Ok(None);
         }
@@ -316,6 +364,46 @@ impl Host for PyHost {
     }
 
     fn log_warning(&self, message: &str) {
-        queue_log("warning", message.to_string());
+        self.log.queue("warning", message.to_string());
+    }
+
+    fn tracing(&self) -> bool {
+        self.tracing_of().is_some()
+    }
+
+    fn trace_command(&self, py: Python<'_>, id: &str, b: &PyBehavior, command: &PyCommand) -> Option<Py<PyAny>> {
+        let t = self.tracing_of()?;
+        let msg = command.msg.bind(py);
+        let command_type = match self.types.info(msg) {
+            Ok(Some(info)) => info.type_url.rsplit('/').next().unwrap_or_default().to_string(),
+            _ => describe(msg),
+        };
+        let started = t.start_command(py, command.trace.as_ref(), id, &b.class.name, &command_type);
+        self.traced(py, "starting a command span", started)
+    }
+
+    fn end_command_trace(&self, py: Python<'_>, trace: &Py<PyAny>, outcome: Outcome, revision: u64) {
+        if let Some(t) = self.tracing_of() {
+            let ended = t.end_command(py, trace, outcome.as_str(), revision);
+            self.traced(py, "ending a command span", ended);
+        }
+    }
+
+    fn trace_write(&self, py: Python<'_>, parent: &Py<PyAny>, id: &str, events: usize, revision: u64) -> Option<Py<PyAny>> {
+        let started = self.tracing_of()?.start_write(py, parent, id, events, revision);
+        self.traced(py, "starting a write span", started)
+    }
+
+    fn end_write_trace(&self, py: Python<'_>, trace: Py<PyAny>, error: Option<&Error>, end_nanos: i64) {
+        if let Some(t) = self.tracing_of() {
+            let ended = t.end_write(py, trace, error.map(|e| e.to_string()), end_nanos);
+            self.traced(py, "ending a write span", ended);
+        }
+    }
+
+    fn observe(&self, b: &PyBehavior, outcome: Outcome, n: u64) {
+        if self.metrics {
+            b.class.outcomes[outcome.index()].fetch_add(n, Ordering::Relaxed);
+        }
     }
 }

@@ -5,16 +5,19 @@
 //! - [`engine`], [`store`]: the classes Python sees.
 //! - [`errors`]: the one mapping from core errors to `ego.errors` exceptions.
 //! - [`types`]: protobuf message type caches.
+//! - [`telemetry`], [`logs`]: OpenTelemetry spans and counters; the engine's logger.
 
 mod engine;
 mod errors;
 mod host;
+mod logs;
 mod projection;
 mod pystore;
 mod records;
 mod reply;
 mod store;
 mod subscription;
+mod telemetry;
 mod types;
 mod worker;
 
@@ -29,6 +32,7 @@ fn _ego(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<records::PersistedEvent>()?;
     m.add_class::<records::PersistedState>()?;
     m.add_class::<subscription::SubscriptionCore>()?;
+    m.add("LATENCY_BOUNDS_MS", telemetry::LATENCY_BOUNDS_MS.to_vec())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

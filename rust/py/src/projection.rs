@@ -10,7 +10,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use tokio::sync::oneshot;
 
+use crate::logs::Log;
 use crate::records::{Decoder, PersistedEvent};
+use crate::telemetry::Telemetry;
 use crate::worker::{resolve, Job, Worker};
 
 /// How the handler is called.
@@ -31,6 +33,9 @@ pub struct PySink {
     transactional: bool,
     decoder: Arc<Decoder>,
     worker: Arc<Worker>,
+    log: Arc<Log>,
+    /// Batch spans, when the engine traces.
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl PySink {
@@ -41,6 +46,8 @@ impl PySink {
         dead_letter: Option<Py<PyAny>>,
         transactional: bool,
         decoder: Arc<Decoder>,
+        log: Arc<Log>,
+        telemetry: Option<Arc<Telemetry>>,
     ) -> PyResult<Self> {
         Ok(PySink {
             name: name.to_string(),
@@ -50,6 +57,8 @@ impl PySink {
             transactional,
             decoder,
             worker: Arc::new(Worker::start(&format!("ego-projection-{name}"))?),
+            log,
+            telemetry: telemetry.filter(|t| t.tracing.is_some()),
         })
     }
 }
@@ -101,10 +110,15 @@ fn sql_value(v: &Bound<'_, PyAny>) -> PyResult<SqlValue> {
 }
 
 impl Sink for PySink {
-    fn handle(&self, _shard: u32, events: Arc<[Event]>) -> BoxFuture<'static, Result<Vec<ReadModelWrite>, HandlerFailure>> {
+    fn handle(&self, shard: u32, events: Arc<[Event]>) -> BoxFuture<'static, Result<Vec<ReadModelWrite>, HandlerFailure>> {
         let (done, rx) = oneshot::channel();
         let (handler, decoder, shape, transactional) = (self.handler.clone(), self.decoder.clone(), self.shape, self.transactional);
+        let (name, telemetry, log) = (self.name.clone(), self.telemetry.clone(), self.log.clone());
         let job: Job = Box::new(move |py, event_loop| {
+            let tracing = telemetry.as_ref().and_then(|t| t.tracing.as_ref());
+            let span = tracing.and_then(|t| {
+                t.start_batch(py, &name, shard, events.len()).map_err(|e| log.write(py, "warning", &format!("telemetry: {e}"))).ok()
+            });
             let result = (|| -> PyResult<Vec<ReadModelWrite>> {
                 let records = events.iter().map(|e| Py::new(py, PersistedEvent { event: e.clone(), decoder: decoder.clone() }));
                 let handler = handler.bind(py);
@@ -130,6 +144,12 @@ impl Sink for PySink {
                     }
                 }
             })();
+            if let (Some(t), Some(span)) = (tracing, span) {
+                let error = result.as_ref().err().map(|e| e.to_string());
+                if let Err(e) = t.end_batch(py, &span, error) {
+                    log.write(py, "warning", &format!("telemetry: {e}"));
+                }
+            }
             let _ = done.send(result.map_err(|e| failure(py, e)));
         });
         if !self.worker.run(job) {
@@ -143,7 +163,7 @@ impl Sink for PySink {
     fn dead_letter(&self, event: Event, f: HandlerFailure) -> BoxFuture<'static, ()> {
         let Some(dead_letter) = self.dead_letter.clone() else { return Box::pin(async {}) };
         let (done, rx) = oneshot::channel();
-        let (name, decoder) = (self.name.clone(), self.decoder.clone());
+        let (name, decoder, log) = (self.name.clone(), self.decoder.clone(), self.log.clone());
         let job: Job = Box::new(move |py, event_loop| {
             let err: Py<PyAny> = match f.original.as_ref().and_then(|o| o.downcast_ref::<PyErr>()) {
                 Some(e) => e.clone_ref(py).into_value(py).into_any(),
@@ -154,7 +174,7 @@ impl Sink for PySink {
                 .and_then(|record| dead_letter.bind(py).call1((name.as_str(), pid, record, seq, err)))
                 .and_then(|out| resolve(event_loop, out));
             if let Err(e) = result {
-                crate::host::log(py, "error", &format!("the dead-letter handler of projection {name:?} failed: {e}"));
+                log.write(py, "error", &format!("the dead-letter handler of projection {name:?} failed: {e}"));
             }
             let _ = done.send(());
         });
@@ -168,7 +188,8 @@ impl Sink for PySink {
 
     fn log(&self, level: &'static str, message: String) {
         // The projection's own thread has the GIL to write it now.
-        let job: Job = Box::new(move |py, _| crate::host::log(py, level, &message));
+        let log = self.log.clone();
+        let job: Job = Box::new(move |py, _| log.write(py, level, &message));
         self.worker.run(job);
     }
 }

@@ -261,12 +261,20 @@ pub fn waker_for(event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<LoopWaker>> {
 /// An asyncio future and the waker of its loop.
 pub struct AsyncReply {
     inner: Option<(Py<PyAny>, Arc<LoopWaker>)>,
+    /// When the command was sent, to count its latency (telemetry with metrics only).
+    timer: Option<(Instant, Arc<crate::telemetry::Telemetry>)>,
 }
 
 impl AsyncReply {
     /// A reply for `future`, woken through `waker`.
     pub fn new(future: Py<PyAny>, waker: Arc<LoopWaker>) -> Self {
-        AsyncReply { inner: Some((future, waker)) }
+        AsyncReply { inner: Some((future, waker)), timer: None }
+    }
+
+    /// Counts the command's latency when the outcome is delivered.
+    pub fn timed(mut self, timer: Option<(Instant, Arc<crate::telemetry::Telemetry>)>) -> Self {
+        self.timer = timer;
+        self
     }
 
     /// The future.
@@ -277,6 +285,9 @@ impl AsyncReply {
     /// Queues the outcome and wakes the loop (no GIL needed).
     pub fn fill(mut self, outcome: Outcome) {
         let (future, waker) = self.inner.take().expect("unsettled reply");
+        if let Some((sent, t)) = self.timer.take() {
+            t.latency.record(sent.elapsed());
+        }
         waker.push(future, outcome);
     }
 }

@@ -1,0 +1,66 @@
+"""Span helpers the Rust core calls when tracing is on. Not public API.
+
+A command's handle is ``(span, token)``: the span, and the token of the context attached while
+the handler runs (so spans the handler opens nest under it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opentelemetry import context, trace
+from opentelemetry.trace import Status, StatusCode
+
+_INTERNAL = trace.SpanKind.INTERNAL
+
+
+def start_command(tracer: Any, parent: Any, entity_id: str, entity_type: str, command_type: str) -> tuple[Any, Any]:
+    span = tracer.start_span(
+        "ego.command",
+        context=parent,
+        kind=_INTERNAL,
+        attributes={"ego.entity_id": entity_id, "ego.entity_type": entity_type, "ego.command_type": command_type},
+    )
+    return span, context.attach(trace.set_span_in_context(span, parent))
+
+
+def end_command(handle: tuple[Any, Any], outcome: str, revision: int) -> None:
+    span, token = handle
+    context.detach(token)
+    span.set_attribute("ego.outcome", outcome)
+    span.set_attribute("ego.revision", revision)
+    if outcome == "rejected":
+        span.set_status(Status(StatusCode.ERROR, "the command was rejected"))
+    span.end()
+
+
+def start_write(tracer: Any, parent: tuple[Any, Any], entity_id: str, events: int, revision: int) -> Any:
+    return tracer.start_span(
+        "ego.persist",
+        context=trace.set_span_in_context(parent[0]),
+        kind=_INTERNAL,
+        attributes={"ego.entity_id": entity_id, "ego.events": events, "ego.revision": revision},
+    )
+
+
+def end_write(span: Any, error: str | None, end_ns: int) -> None:
+    if error is not None:
+        span.set_status(Status(StatusCode.ERROR, error))
+    span.end(end_time=end_ns)
+
+
+def start_batch(tracer: Any, projection: str, shard: int, events: int) -> tuple[Any, Any]:
+    span = tracer.start_span(
+        "ego.projection.batch",
+        kind=_INTERNAL,
+        attributes={"ego.projection": projection, "ego.shard": shard, "ego.events": events},
+    )
+    return span, context.attach(trace.set_span_in_context(span))
+
+
+def end_batch(handle: tuple[Any, Any], error: str | None) -> None:
+    span, token = handle
+    context.detach(token)
+    if error is not None:
+        span.set_status(Status(StatusCode.ERROR, error))
+    span.end()

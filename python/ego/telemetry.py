@@ -1,0 +1,223 @@
+"""OpenTelemetry for ego (the Go library's ``WithTelemetry``).
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    engine = ego.Engine("bank", store=store,
+                        telemetry=ego.Telemetry(tracer_provider=TracerProvider(), meter_provider=MeterProvider()))
+
+Without providers, the global ones are used (``opentelemetry.trace.set_tracer_provider``).
+It needs the ``opentelemetry-api`` package (``pip install ego-cqrs[otel]``).
+
+**Traces.** ``ego.send_command`` (the caller's side, from the call to the reply) is a child of
+the caller's current span; ``ego.command`` (the behaviour's handler, current while it runs, so
+spans opened inside the handler nest under it) is its child; ``ego.persist`` (the write to the
+store; with batching, the first traced command of the batch is its parent) is a child of the
+command. Projections give ``ego.projection.batch`` per handled batch (current while the handler
+runs). Attributes:
+
+- ``ego.send_command``: ``ego.entity_id``, ``ego.command_type``, ``ego.revision`` and
+  ``ego.outcome``: ``ok``, ``rejected`` (the behaviour raised, or its output was refused) or
+  ``failed`` (the engine or the store failed); the exception is recorded on the span.
+- ``ego.command``: ``ego.entity_id``, ``ego.entity_type`` (the behaviour's class),
+  ``ego.command_type``, ``ego.revision`` (after the command) and ``ego.outcome``:
+  ``accepted`` (events or a new state to write), ``no_change`` or ``rejected``.
+- ``ego.persist``: ``ego.entity_id``, ``ego.events``, ``ego.revision``; error status when the
+  write failed.
+- ``ego.projection.batch``: ``ego.projection``, ``ego.shard``, ``ego.events``.
+
+**Metrics.** Everything is counted in the Rust core with atomic counters and read when the
+metric reader collects (observable instruments), so commands never call into OpenTelemetry to
+count:
+
+- ``ego.commands`` (counter; ``ego.entity_type``, ``ego.outcome``: ``accepted``,
+  ``no_change``, ``rejected``, ``failed``)
+- ``ego.command.duration.count`` / ``.sum`` (ms) / ``.bucket`` (``le``: cumulative counts per
+  upper bound in ms): the command latency histogram, from the call to the reply. (The
+  OpenTelemetry Python API has no asynchronous histogram, so the histogram is exported as its
+  Prometheus-style parts.)
+- ``ego.events.persisted`` (counter), ``ego.writes`` (counter), ``ego.write.failures`` (counter)
+- ``ego.entities.active`` (gauge)
+- ``ego.projection.events`` (counter; ``ego.projection``)
+- ``ego.projection.events_behind``, ``ego.projection.lag`` (seconds),
+  ``ego.projection.offset`` (gauges; ``ego.projection``, ``ego.shard``)
+
+With ``telemetry=None`` (the default) nothing is created: ``send_command`` is the plain Rust
+method and the core skips every hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ego.errors import EgoError, HandlerContractError, ValidationError
+
+__all__ = ["Telemetry"]
+
+
+class Telemetry:
+    """OpenTelemetry settings of an engine: a tracer and a meter, from the given providers or
+    the global ones. ``traces=False`` or ``metrics=False`` turns one of them off."""
+
+    def __init__(
+        self, tracer_provider: Any = None, meter_provider: Any = None, *, traces: bool = True, metrics: bool = True
+    ) -> None:
+        from opentelemetry import metrics as otel_metrics
+        from opentelemetry import trace
+
+        from ego._ego import __version__
+
+        #: The tracer spans come from (None: no traces).
+        self.tracer: Any = trace.get_tracer("ego", __version__, tracer_provider) if traces else None
+        #: The meter instruments come from (None: no metrics).
+        self.meter: Any = otel_metrics.get_meter("ego", __version__, meter_provider=meter_provider) if metrics else None
+        self._instrumented: set[int] = set()
+
+    def _attach(self, engine: Any) -> None:
+        """Called by a starting engine: routes its sends through telemetry and, once per
+        engine, creates its observable instruments."""
+        send, send_async = _senders(engine, self.tracer)
+        engine.send_command = send
+        engine.send_command_async = send_async
+        if self.meter is not None and id(engine) not in self._instrumented:
+            self._instrumented.add(id(engine))
+            _instrument(self.meter, engine)
+
+
+def _outcome(error: BaseException) -> str:
+    if isinstance(error, (ValidationError, HandlerContractError)) or not isinstance(error, EgoError):
+        return "rejected"
+    return "failed"
+
+
+def _type_name(command: Any) -> str:
+    descriptor = getattr(command, "DESCRIPTOR", None)
+    return str(getattr(descriptor, "full_name", type(command).__qualname__))
+
+
+def _senders(engine: Any, tracer: Any) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """``send_command`` and ``send_command_async`` for an engine with telemetry: the Rust
+    methods that count latency, wrapped in a caller span when tracing."""
+    observed, observed_async = engine._send_observed, engine._send_observed_async
+    if tracer is None:
+        return observed, observed_async
+    from opentelemetry import trace
+    from opentelemetry.trace import Status, StatusCode
+
+    def send_command(entity_id: str, command: Any, timeout: float | None = None) -> tuple[Any, int]:
+        attributes = {"ego.entity_id": entity_id, "ego.command_type": _type_name(command)}
+        with tracer.start_as_current_span("ego.send_command", attributes=attributes) as span:
+            try:
+                state, revision = observed(entity_id, command, timeout, trace.set_span_in_context(span))
+            except BaseException as e:
+                span.set_attribute("ego.outcome", _outcome(e))
+                raise
+            span.set_attribute("ego.outcome", "ok")
+            span.set_attribute("ego.revision", revision)
+            return state, revision
+
+    def settle(span: Any, future: Any) -> None:
+        if future.cancelled():
+            span.set_attribute("ego.outcome", "cancelled")
+        elif (error := future.exception()) is not None:
+            span.set_attribute("ego.outcome", _outcome(error))
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        else:
+            span.set_attribute("ego.outcome", "ok")
+            span.set_attribute("ego.revision", future.result()[1])
+        span.end()
+
+    def send_command_async(entity_id: str, command: Any) -> Any:
+        attributes = {"ego.entity_id": entity_id, "ego.command_type": _type_name(command)}
+        span = tracer.start_span("ego.send_command", attributes=attributes)
+        try:
+            future = observed_async(entity_id, command, trace.set_span_in_context(span))
+        except BaseException as e:
+            span.set_attribute("ego.outcome", _outcome(e))
+            span.record_exception(e)
+            span.set_status(Status(StatusCode.ERROR, str(e)))
+            span.end()
+            raise
+        future.add_done_callback(lambda f: settle(span, f))
+        return future
+
+    return send_command, send_command_async
+
+
+def _instrument(meter: Any, engine: Any) -> None:
+    """Creates the observable instruments of `engine`; each reads the Rust counters when the
+    metric reader collects."""
+    from opentelemetry.metrics import CallbackOptions, Observation
+
+    from ego._ego import LATENCY_BOUNDS_MS
+
+    Callback = Callable[[CallbackOptions], list[Observation]]
+
+    def snapshot() -> dict[str, Any]:
+        return engine._telemetry_snapshot() if engine.running else {}
+
+    def commands(_: CallbackOptions) -> list[Observation]:
+        return [
+            Observation(n, {"ego.entity_type": entity_type, "ego.outcome": outcome})
+            for (entity_type, outcome), n in snapshot().get("outcomes", {}).items()
+        ]
+
+    def simple(key: str) -> Callback:
+        def observe(_: CallbackOptions) -> list[Observation]:
+            s = snapshot()
+            return [Observation(s[key])] if key in s else []
+
+        return observe
+
+    def duration(part: str) -> Callback:
+        def observe(_: CallbackOptions) -> list[Observation]:
+            latency = snapshot().get("latency")
+            if latency is None:
+                return []
+            counts, total_ms = latency
+            if part == "count":
+                return [Observation(sum(counts))]
+            if part == "sum":
+                return [Observation(total_ms)]
+            cumulative, out = 0, []
+            for bound, n in zip((*LATENCY_BOUNDS_MS, float("inf")), counts, strict=True):
+                cumulative += n
+                out.append(Observation(cumulative, {"le": str(bound)}))
+            return out
+
+        return observe
+
+    def projection_events(_: CallbackOptions) -> list[Observation]:
+        if not engine.running:
+            return []
+        return [
+            Observation(engine._projection_stats(name)["events"], {"ego.projection": name}) for name in engine.projection_names()
+        ]
+
+    def lag(field: str) -> Callback:
+        def observe(_: CallbackOptions) -> list[Observation]:
+            out = []
+            for name in engine.projection_names() if engine.running else []:
+                for shard, s in engine.projection_lag(name).items():
+                    out.append(Observation(getattr(s, field), {"ego.projection": name, "ego.shard": shard}))
+            return out
+
+        return observe
+
+    m = meter
+    m.create_observable_counter("ego.commands", [commands], description="Commands handled, by entity type and outcome")
+    m.create_observable_counter("ego.command.duration.count", [duration("count")], description="Commands timed (call to reply)")
+    m.create_observable_counter("ego.command.duration.sum", [duration("sum")], unit="ms", description="Total command latency")
+    m.create_observable_counter(
+        "ego.command.duration.bucket", [duration("bucket")], description="Commands with a latency of at most `le` ms (cumulative)"
+    )
+    m.create_observable_counter("ego.events.persisted", [simple("events")], description="Events and durable states written")
+    m.create_observable_counter("ego.writes", [simple("writes")], description="Store writes")
+    m.create_observable_counter("ego.write.failures", [simple("write_failures")], description="Failed store writes")
+    m.create_observable_gauge("ego.entities.active", [simple("active_entities")], description="Entities in memory")
+    m.create_observable_counter("ego.projection.events", [projection_events], description="Events handled by projections")
+    m.create_observable_gauge("ego.projection.events_behind", [lag("events_behind")], description="Events not handled yet")
+    m.create_observable_gauge("ego.projection.lag", [lag("time_behind")], unit="s", description="Time behind the newest event")
+    m.create_observable_gauge("ego.projection.offset", [lag("offset")], description="Last handled position")
