@@ -458,16 +458,7 @@ impl EngineCore {
         };
         let shape = if per_event { crate::projection::Shape::PerEvent } else { crate::projection::Shape::Batch };
         let host = core.shared().host();
-        let sink = crate::projection::PySink::new(
-            name,
-            handler,
-            shape,
-            dead_letter,
-            transactional,
-            host.decoder.clone(),
-            host.log.clone(),
-            host.telemetry.clone(),
-        )?;
+        let sink = crate::projection::PySink::new(name, handler, shape, dead_letter, transactional, host)?;
         core.add_projection(name, Arc::new(sink), offsets, options).map_err(|e| to_pyerr(py, &e))
     }
 

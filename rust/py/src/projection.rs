@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use tokio::sync::oneshot;
 
+use crate::host::PyHost;
 use crate::logs::Log;
 use crate::records::{Decoder, PersistedEvent};
 use crate::telemetry::Telemetry;
@@ -45,9 +46,7 @@ impl PySink {
         shape: Shape,
         dead_letter: Option<Py<PyAny>>,
         transactional: bool,
-        decoder: Arc<Decoder>,
-        log: Arc<Log>,
-        telemetry: Option<Arc<Telemetry>>,
+        host: &PyHost,
     ) -> PyResult<Self> {
         Ok(PySink {
             name: name.to_string(),
@@ -55,10 +54,10 @@ impl PySink {
             shape,
             dead_letter: dead_letter.map(Arc::new),
             transactional,
-            decoder,
+            decoder: host.decoder.clone(),
             worker: Arc::new(Worker::start(&format!("ego-projection-{name}"))?),
-            log,
-            telemetry: telemetry.filter(|t| t.tracing.is_some()),
+            log: host.log.clone(),
+            telemetry: host.telemetry.clone().filter(|t| t.tracing.is_some()),
         })
     }
 }
