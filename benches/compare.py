@@ -65,6 +65,7 @@ def _cases(big: int) -> list[Case]:
         Case("B telemetry", "memory, telemetry off", "ego.workload_b('memory')"),
         Case("B telemetry", "memory, metrics", "ego.workload_b('memory', telemetry='metrics')"),
         Case("B telemetry", "memory, traces + metrics", "ego.workload_b('memory', telemetry='all')"),
+        Case("B telemetry", "memory, traces sampled 1% + metrics", "ego.workload_b('memory', telemetry='sampled')"),
         Case("B burst", "memory", "ego.workload_b('memory', burst=True)", "POPO, best", "peer.workload_b('memory', 'best')"),
         Case(
             "B burst",

@@ -17,6 +17,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import StatusCode
 from test_python_store import Broken
 
@@ -196,6 +197,24 @@ def test_queued_commands_carry_the_callers_context_to_the_bridge(otel: Otel) -> 
     assert len(persists) < 50  # batched
     for p in persists:
         assert parent_of(p, spans).name == "ego.command"
+
+
+def test_a_sampled_out_trace_creates_no_spans_and_the_handler_joins_it(otel: Otel) -> None:
+    """With a sampler that drops the caller's trace, ego creates none of its spans; the
+    handler still runs in the caller's (unsampled) context, so its own spans are dropped with
+    the trace instead of starting new root traces."""
+    unsampled = TracerProvider(sampler=ALWAYS_OFF)
+    telemetry = ego.Telemetry(tracer_provider=unsampled, meter_provider=otel.meter_provider)
+
+    async def many(engine: ego.Engine) -> None:
+        await asyncio.gather(*(engine.send_command_async("acc-1", Credit(amount=1)) for _ in range(20)))
+
+    with ego.Engine("sampled-out", telemetry=telemetry) as engine:
+        engine.register_entity_type(TracedAccount, prefix="acc-", batch_threshold=5)
+        engine.send_command("acc-1", OpenAccount(initial_balance=0))
+        asyncio.run(many(engine))
+        assert engine.get_state("acc-1")[1] == 21
+    assert otel.finished() == []
 
 
 def test_projection_batches_get_spans(otel: Otel) -> None:

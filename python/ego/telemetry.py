@@ -140,7 +140,8 @@ def _senders(engine: Any, tracer: Any) -> tuple[Callable[..., Any], Callable[...
             span.set_status(Status(StatusCode.ERROR, str(e)))
             span.end()
             raise
-        future.add_done_callback(lambda f: settle(span, f))
+        if span.is_recording():
+            future.add_done_callback(lambda f: settle(span, f))
         return future
 
     return send_command, send_command_async

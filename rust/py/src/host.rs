@@ -391,7 +391,8 @@ impl Host for PyHost {
 
     fn trace_write(&self, py: Python<'_>, parent: &Py<PyAny>, id: &str, events: usize, revision: u64) -> Option<Py<PyAny>> {
         let started = self.tracing_of()?.start_write(py, parent, id, events, revision);
-        self.traced(py, "starting a write span", started)
+        // None: the command's trace was sampled out.
+        self.traced(py, "starting a write span", started).filter(|span| !span.is_none(py))
     }
 
     fn end_write_trace(&self, py: Python<'_>, trace: Py<PyAny>, error: Option<&Error>, end_nanos: i64) {
