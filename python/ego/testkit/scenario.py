@@ -171,10 +171,7 @@ class EventSourcedScenario(_Scenario):
     def then_state(self, expected: Message) -> EventSourcedScenario:
         """The state is now `expected`."""
         self._require_run()
-        if expected != self.state:
-            raise ScenarioError(
-                f"state differs\n  expected: {describe_message(expected)}\n  actual:   {describe_message(self.state)}"
-            )
+        _check_state(expected, self.state)
         return self
 
     def then_revision(self, expected: int) -> EventSourcedScenario:
@@ -183,6 +180,11 @@ class EventSourcedScenario(_Scenario):
         if expected != self.revision:
             raise ScenarioError(f"revision differs: expected {expected}, actual {self.revision}")
         return self
+
+
+def _check_state(expected: Message, actual: Message) -> None:
+    if expected != actual:
+        raise ScenarioError(f"state differs\n  expected: {describe_message(expected)}\n  actual:   {describe_message(actual)}")
 
 
 class DurableStateScenario(_Scenario):
@@ -224,10 +226,7 @@ class DurableStateScenario(_Scenario):
     def then_state(self, expected: Message) -> DurableStateScenario:
         """The state is now `expected`."""
         self._accepted()
-        if expected != self.state:
-            raise ScenarioError(
-                f"state differs\n  expected: {describe_message(expected)}\n  actual:   {describe_message(self.state)}"
-            )
+        _check_state(expected, self.state)
         return self
 
     def then_version(self, expected: int) -> DurableStateScenario:
