@@ -76,3 +76,17 @@ def test_a_stale_expected_version_is_refused_and_the_entity_reloads(engine: ego.
     assert (info.value.expected, info.value.actual) == (1, 2)
     # Memory was not left ahead of the store: the entity reloaded the stored state.
     assert engine.send_command("c", Increment(by=1)) == (Counter(value=101), 3)
+
+
+def test_a_stored_state_of_an_unknown_type_names_the_entity_and_version(engine: ego.Engine) -> None:
+    (store,) = engine.stores
+    stored = ego.v1.DurableState(persistence_id="c", version_number=3)
+    stored.resulting_state.type_url = "type.googleapis.com/gone.v1.Counter"
+    stored.resulting_state.value = b"\x08\x01"
+    store.write_state(stored, 0)
+    with pytest.raises(ego.errors.UnknownEventTypeError) as info:
+        engine.entity(CounterBehavior("c"))
+    err = info.value
+    assert (err.persistence_id, err.sequence_number, err.type_url) == ("c", 3, "type.googleapis.com/gone.v1.Counter")
+    # The engine still serves other entities.
+    assert engine.entity(CounterBehavior("d")) == (Counter(value=0), 0)

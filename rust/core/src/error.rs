@@ -35,8 +35,9 @@ pub enum Error {
     /// Bytes in a store that cannot be decoded, or a gap in a stream.
     #[error("corrupt data for entity {persistence_id:?} at sequence number {sequence_number}: {detail}")]
     Corrupt { persistence_id: Arc<str>, sequence_number: u64, detail: Arc<str> },
-    /// A persisted event whose type the host cannot resolve.
-    #[error("entity {persistence_id:?}, sequence number {sequence_number}: unknown event type {type_url:?}")]
+    /// A persisted event or state whose type the host cannot resolve (`sequence_number` is the
+    /// event's, or the snapshot's or durable state's revision).
+    #[error("entity {persistence_id:?}, sequence number {sequence_number}: unknown message type {type_url:?}")]
     UnknownEventType { persistence_id: Arc<str>, sequence_number: u64, type_url: Arc<str> },
     /// The store ran out of space.
     #[error("storage full: {0}")]

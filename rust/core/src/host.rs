@@ -157,8 +157,15 @@ pub trait Host: Send + Sync + Sized + 'static {
     /// Encodes a state (for snapshots and durable state).
     fn encode_state(&self, cx: Self::Cx<'_>, state: &Self::State, max_bytes: usize) -> Result<Any, Fail<Self::Failure>>;
 
-    /// Decodes a stored state.
-    fn decode_state(&self, cx: Self::Cx<'_>, behavior: &Self::Behavior, state: &Any) -> Result<Self::State, Fail<Self::Failure>>;
+    /// Decodes the state stored for `persistence_id` at `revision` (errors name both).
+    fn decode_state(
+        &self,
+        cx: Self::Cx<'_>,
+        behavior: &Self::Behavior,
+        persistence_id: &str,
+        revision: u64,
+        state: &Any,
+    ) -> Result<Self::State, Fail<Self::Failure>>;
 
     /// The caller's view of a state at a revision.
     fn output(&self, cx: Self::Cx<'_>, state: &Self::State, revision: u64) -> Self::Output;

@@ -148,7 +148,7 @@ fn absorb<H: Host>(
         Fetched::Snapshot(snapshot) => {
             match snapshot.and_then(|s| s.state.clone().map(|st| (s, st))) {
                 Some((s, st)) => {
-                    rec.state = Some(host.decode_state(cx, &e.behavior, &st)?);
+                    rec.state = Some(host.decode_state(cx, &e.behavior, &e.id, s.sequence_number, &st)?);
                     rec.next = s.sequence_number + 1;
                     rec.revision = s.sequence_number;
                 }
@@ -187,7 +187,7 @@ fn absorb<H: Host>(
             match stored {
                 Some(ds) => {
                     let st = ds.resulting_state.clone().unwrap_or_default();
-                    rec.state = Some(host.decode_state(cx, &e.behavior, &st)?);
+                    rec.state = Some(host.decode_state(cx, &e.behavior, &e.id, ds.version_number, &st)?);
                     rec.revision = ds.version_number;
                 }
                 None => rec.state = Some(host.initial_state(cx, &e.behavior)?),

@@ -214,7 +214,7 @@ impl Host for TestHost {
         Ok(Any::new("type.googleapis.com/test.Account", Bytes::from(state.balance.to_le_bytes().to_vec())))
     }
 
-    fn decode_state(&self, _cx: (), _b: &BankRef, state: &Any) -> Result<Account, Fail<String>> {
+    fn decode_state(&self, _cx: (), _b: &BankRef, _id: &str, _revision: u64, state: &Any) -> Result<Account, Fail<String>> {
         Ok(Account { balance: amount(state) })
     }
 

@@ -333,8 +333,8 @@ impl Host for PyHost {
         self.serialize("state", state.bind(py), max_bytes)
     }
 
-    fn decode_state(&self, py: Python<'_>, _b: &PyBehavior, state: &Any) -> Result<Py<PyAny>, PyFail> {
-        Ok(self.parse(py, state, "", 0)?.unbind())
+    fn decode_state(&self, py: Python<'_>, _b: &PyBehavior, persistence_id: &str, revision: u64, state: &Any) -> Result<Py<PyAny>, PyFail> {
+        Ok(self.parse(py, state, persistence_id, revision)?.unbind())
     }
 
     fn output(&self, py: Python<'_>, state: &Py<PyAny>, revision: u64) -> Output {
