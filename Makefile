@@ -7,12 +7,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup build test-rust test-python lint fmt bench protos clean
+.PHONY: demo test setup build test-rust test-python lint stubtest fmt bench protos clean
 
 demo: build
 	cd examples/bank && ../../$(PY) demo.py
 
-test: build lint test-rust test-python
+test: build lint stubtest test-rust test-python
 
 setup:
 	@scripts/bootstrap.sh
@@ -32,6 +32,10 @@ lint: setup
 	$(BIN)/mypy
 	cargo fmt --all --check
 	cargo clippy --release --workspace --all-targets -- -D warnings
+
+# The hand-written stubs of the extension module match what it exports.
+stubtest: build
+	$(PY) -m mypy.stubtest ego._ego --allowlist stubtest-allowlist.txt
 
 fmt: setup
 	$(BIN)/ruff format python tests examples benches scripts

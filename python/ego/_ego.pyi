@@ -5,11 +5,23 @@ from collections.abc import Callable
 from os import PathLike
 from typing import Any
 
-from typing_extensions import Self
+from typing_extensions import Self, disjoint_base, final
+
+__all__ = [
+    "EngineCore",
+    "NativeStore",
+    "LoopDrain",
+    "PersistedEvent",
+    "PersistedState",
+    "SubscriptionCore",
+    "LATENCY_BOUNDS_MS",
+    "__version__",
+]
 
 __version__: str
 LATENCY_BOUNDS_MS: list[float]
 
+@disjoint_base
 class EngineCore:
     def __new__(
         cls,
@@ -91,6 +103,7 @@ class EngineCore:
         retention: tuple[bool, int, bool, bool] | None = None,
     ) -> None: ...
 
+@disjoint_base
 class NativeStore:
     def __new__(
         cls,
@@ -130,12 +143,14 @@ class NativeStore:
     def _write_state(self, state: bytes, expected_version: int) -> None: ...
     def _read_state(self, persistence_id: str) -> bytes | None: ...
 
+@final
 class LoopDrain:
     """The reader callback that settles the futures of one event loop (internal)."""
 
     def __new__(cls, read_fd: int, write_fd: int) -> Self: ...
     def __call__(self) -> None: ...
 
+@final
 class PersistedEvent:
     """An event as the journal has it; ``event`` decodes it (through the event adapters)."""
 
@@ -159,6 +174,7 @@ class PersistedEvent:
     def metadata(self) -> dict[str, str]: ...
     def envelope(self) -> Any: ...
 
+@final
 class PersistedState:
     """A durable state as the state store has it."""
 
@@ -173,6 +189,7 @@ class PersistedState:
     @property
     def state(self) -> Any: ...
 
+@final
 class SubscriptionCore:
     def next_item(self, timeout: float | None = None) -> PersistedEvent | PersistedState | None: ...
     def try_next(self) -> PersistedEvent | PersistedState | None: ...
