@@ -27,7 +27,7 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, NoTls, Row, Statement, Transaction};
 
 use super::{check_batch, BoxFuture, EventsStore, IdPage, OffsetStore, ShardHead, SnapshotCriteria, SnapshotStore, StateStore};
 use crate::envelope::{Any, DurableState, Event, Snapshot};
@@ -402,8 +402,29 @@ enum GroupError {
 }
 
 /// The writer task: group commit.
+/// The writer's connection and the statements prepared on it (the write statements' texts
+/// never change for a store, so each is parsed and planned once per connection).
+struct WriterConn {
+    client: Client,
+    statements: HashMap<String, Statement>,
+}
+
+/// `sql` prepared on this connection, from the cache after the first time.
+async fn prepared(
+    tx: &Transaction<'_>,
+    statements: &mut HashMap<String, Statement>,
+    sql: &str,
+) -> std::result::Result<Statement, tokio_postgres::Error> {
+    if let Some(statement) = statements.get(sql) {
+        return Ok(statement.clone());
+    }
+    let statement = tx.prepare(sql).await?;
+    statements.insert(sql.to_string(), statement.clone());
+    Ok(statement)
+}
+
 async fn writer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Request>) {
-    let mut client: Option<Client> = None;
+    let mut client: Option<WriterConn> = None;
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -429,13 +450,13 @@ async fn connect(inner: &Inner) -> std::result::Result<Client, tokio_postgres::E
 }
 
 /// Runs one group, retrying on a fresh connection while nothing can have been written.
-async fn run_group(inner: &Inner, client: &mut Option<Client>, group: &[Request]) -> Vec<Result<()>> {
+async fn run_group(inner: &Inner, client: &mut Option<WriterConn>, group: &[Request]) -> Vec<Result<()>> {
     let deadline = Instant::now() + inner.options.retry_for;
     let mut backoff = Duration::from_millis(20);
     loop {
-        if client.as_ref().is_none_or(|c| c.is_closed()) {
+        if client.as_ref().is_none_or(|c| c.client.is_closed()) {
             match connect(inner).await {
-                Ok(c) => *client = Some(c),
+                Ok(c) => *client = Some(WriterConn { client: c, statements: HashMap::new() }),
                 Err(e) => {
                     if Instant::now() >= deadline {
                         return fail_all(group, Error::Storage(format!("cannot reach PostgreSQL: {}", chain(&e)).into()));
@@ -508,30 +529,41 @@ fn chains(items: impl Iterator<Item = (usize, String, u64, u64)>, results: &mut 
     out
 }
 
+/// A compare-and-set over one table: the statements, and the column compared.
+struct Cas<'a> {
+    table: &'a str,
+    column: &'a str,
+    /// Sets the new value where the stored one is the expected one; returns the ids set.
+    update: &'a str,
+    /// Claims the ids that are new; returns the ids claimed.
+    insert: &'a str,
+}
+
 /// Applies each chain if the stored value still is its `expected` (compare-and-set, one
 /// statement; the row lock is held until commit), claiming ids that are new. Returns the ids
 /// that lost, with the value found.
 async fn compare_and_set(
-    tx: &tokio_postgres::Transaction<'_>,
-    table: &str,
-    column: &str,
+    tx: &Transaction<'_>,
+    statements: &mut HashMap<String, Statement>,
+    cas: Cas<'_>,
     chains: &BTreeMap<String, Chain>,
-    update: &str,
-    insert: &str,
     extra: &[&(dyn ToSql + Sync)],
 ) -> std::result::Result<HashMap<String, u64>, tokio_postgres::Error> {
+    let Cas { table, column, update, insert } = cas;
     let pids: Vec<&str> = chains.keys().map(String::as_str).collect();
     let expected: Vec<i64> = chains.values().map(|c| to_i64(c.expected)).collect();
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&pids, &expected];
     params.extend_from_slice(extra);
-    let updated: HashSet<String> = tx.query(update, &params).await?.iter().map(|r| r.get(0)).collect();
+    let update = prepared(tx, statements, update).await?;
+    let updated: HashSet<String> = tx.query(&update, &params).await?.iter().map(|r| r.get(0)).collect();
     let fresh: Vec<&str> = chains.iter().filter(|(p, c)| c.expected == 0 && !updated.contains(*p)).map(|(p, _)| p.as_str()).collect();
     let mut claimed: HashSet<String> = HashSet::new();
     if !fresh.is_empty() {
         // The same statement shape, restricted to the new ids.
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&pids, &expected];
         params.extend_from_slice(extra);
-        claimed = tx.query(insert, &params).await?.iter().map(|r| r.get(0)).collect();
+        let insert = prepared(tx, statements, insert).await?;
+        claimed = tx.query(&insert, &params).await?.iter().map(|r| r.get(0)).collect();
     }
     let lost: Vec<&str> = chains.keys().filter(|p| !updated.contains(*p) && !claimed.contains(*p)).map(String::as_str).collect();
     let mut found = HashMap::new();
@@ -549,7 +581,7 @@ async fn compare_and_set(
 
 /// Checks every request against the stored heads and versions, writes the accepted ones in one
 /// transaction, and returns each request's result.
-async fn write_group(inner: &Inner, client: &mut Client, group: &[Request]) -> std::result::Result<Vec<Result<()>>, GroupError> {
+async fn write_group(inner: &Inner, conn: &mut WriterConn, group: &[Request]) -> std::result::Result<Vec<Result<()>>, GroupError> {
     use GroupError::{AtCommit, Before};
     let n = &inner.names;
     let mut results: Vec<Result<()>> = Vec::with_capacity(group.len());
@@ -587,6 +619,7 @@ async fn write_group(inner: &Inner, client: &mut Client, group: &[Request]) -> s
         .collect();
     let mut state_chains = chains(puts.into_iter(), &mut results);
 
+    let WriterConn { client, statements } = conn;
     let tx = client.transaction().await.map_err(Before)?;
 
     // Heads: compare-and-set each id's highest sequence number.
@@ -602,7 +635,15 @@ async fn write_group(inner: &Inner, client: &mut Client, group: &[Request]) -> s
              AS t(persistence_id, expected, last) WHERE t.expected = 0 ON CONFLICT DO NOTHING RETURNING persistence_id",
             h = n.heads
         );
-        let lost = compare_and_set(&tx, &n.heads, "highest", &event_chains, &update, &insert, &[&last]).await.map_err(Before)?;
+        let lost = compare_and_set(
+            &tx,
+            statements,
+            Cas { table: &n.heads, column: "highest", update: &update, insert: &insert },
+            &event_chains,
+            &[&last],
+        )
+        .await
+        .map_err(Before)?;
         for (pid, actual) in lost {
             let chain = event_chains.remove(&pid).expect("chain of a lost id");
             for i in chain.requests {
@@ -639,7 +680,8 @@ async fn write_group(inner: &Inner, client: &mut Client, group: &[Request]) -> s
             s = n.shards
         );
         let mut next: HashMap<u32, i64> = HashMap::new();
-        for row in tx.query(&sql, &[&shards, &counts]).await.map_err(Before)? {
+        let numbering = prepared(&tx, statements, &sql).await.map_err(Before)?;
+        for row in tx.query(&numbering, &[&shards, &counts]).await.map_err(Before)? {
             let shard = row.get::<_, i32>(0) as u32;
             let last: i64 = row.get(1);
             next.insert(shard, last - per_shard[&shard] + 1);
@@ -682,7 +724,8 @@ async fn write_group(inner: &Inner, client: &mut Client, group: &[Request]) -> s
         );
         let params: [&(dyn ToSql + Sync); 11] =
             [&pids, &seqs, &shard_col, &positions, &timestamps, &type_urls, &payloads, &keys, &encrypted, &deleted, &metadata];
-        tx.execute(&sql, &params).await.map_err(Before)?;
+        let insert = prepared(&tx, statements, &sql).await.map_err(Before)?;
+        tx.execute(&insert, &params).await.map_err(Before)?;
     }
 
     // Durable states: compare-and-set each id's version, writing the chain's last state.
@@ -716,7 +759,15 @@ async fn write_group(inner: &Inner, client: &mut Client, group: &[Request]) -> s
             st = n.states
         );
         let extra: [&(dyn ToSql + Sync); 7] = [&versions_col, &shards, &timestamps, &type_urls, &payloads, &keys, &encrypted];
-        let lost = compare_and_set(&tx, &n.states, "version", &state_chains, &update, &insert, &extra).await.map_err(Before)?;
+        let lost = compare_and_set(
+            &tx,
+            statements,
+            Cas { table: &n.states, column: "version", update: &update, insert: &insert },
+            &state_chains,
+            &extra,
+        )
+        .await
+        .map_err(Before)?;
         for (pid, actual) in lost {
             let chain = state_chains.remove(&pid).expect("chain of a lost id");
             for i in chain.requests {
@@ -753,7 +804,8 @@ async fn write_group(inner: &Inner, client: &mut Client, group: &[Request]) -> s
              payload = EXCLUDED.payload, encryption_key_id = EXCLUDED.encryption_key_id, is_encrypted = EXCLUDED.is_encrypted",
             n.snapshots
         );
-        tx.execute(&sql, &[&pids, &seqs, &timestamps, &type_urls, &payloads, &keys, &encrypted]).await.map_err(Before)?;
+        let insert = prepared(&tx, statements, &sql).await.map_err(Before)?;
+        tx.execute(&insert, &[&pids, &seqs, &timestamps, &type_urls, &payloads, &keys, &encrypted]).await.map_err(Before)?;
     }
 
     tx.commit().await.map_err(AtCommit)?;
