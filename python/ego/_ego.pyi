@@ -8,13 +8,13 @@ from typing import Any
 from typing_extensions import Self, disjoint_base, final
 
 __all__ = [
+    "LATENCY_BOUNDS_MS",
     "EngineCore",
-    "NativeStore",
     "LoopDrain",
+    "NativeStore",
     "PersistedEvent",
     "PersistedState",
     "SubscriptionCore",
-    "LATENCY_BOUNDS_MS",
     "__version__",
 ]
 

@@ -231,7 +231,8 @@ impl PgStore {
     fn exec(&self, sql: String, params: Vec<Box<dyn ToSql + Send + Sync>>) -> BoxFuture<'static, Result<()>> {
         self.read(move |_, client| async move {
             let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
-            client.execute(&sql, &refs).await.map(|_| ()).map_err(db_error)
+            let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
+            client.execute(&stmt, &refs).await.map(|_| ()).map_err(db_error)
         })
     }
 }
@@ -858,7 +859,8 @@ impl EventsStore for PgStore {
         self.read(move |inner, client| async move {
             let sql =
                 format!("SELECT persistence_id FROM {} WHERE persistence_id > $1 ORDER BY persistence_id LIMIT $2", inner.names.heads);
-            let rows = client.query(&sql, &[&after.unwrap_or_default(), &(page_size as i64 + 1)]).await.map_err(db_error)?;
+            let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
+            let rows = client.query(&stmt, &[&after.unwrap_or_default(), &(page_size as i64 + 1)]).await.map_err(db_error)?;
             let mut ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
             let more = ids.len() > page_size;
             ids.truncate(page_size);
@@ -883,7 +885,8 @@ impl EventsStore for PgStore {
                 "SELECT s.shard, s.position, coalesce(e.timestamp, 0) FROM {} s LEFT JOIN {} e ON e.shard = s.shard AND e.position = s.position ORDER BY s.shard",
                 inner.names.shards, inner.names.events
             );
-            let rows = client.query(&sql, &[]).await.map_err(db_error)?;
+            let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
+            let rows = client.query(&stmt, &[]).await.map_err(db_error)?;
             Ok(rows.iter().map(|r| ShardHead { shard: r.get::<_, i32>(0) as u32, position: r.get::<_, i64>(1) as u64, timestamp: r.get(2) }).collect())
         })
     }
@@ -954,7 +957,8 @@ impl OffsetStore for PgStore {
                  ON CONFLICT (projection, shard) DO UPDATE SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at",
                 inner.names.offsets
             );
-            client.execute(&sql, &[&projection, &shards, &positions, &crate::clock::now_nanos()]).await.map(|_| ()).map_err(db_error)
+            let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
+            client.execute(&stmt, &[&projection, &shards, &positions, &crate::clock::now_nanos()]).await.map(|_| ()).map_err(db_error)
         })
     }
 
@@ -962,7 +966,8 @@ impl OffsetStore for PgStore {
         let projection = projection.to_string();
         self.read(move |inner, client| async move {
             let sql = format!("SELECT shard, position FROM {} WHERE projection = $1 ORDER BY shard", inner.names.offsets);
-            let rows = client.query(&sql, &[&projection]).await.map_err(db_error)?;
+            let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
+            let rows = client.query(&stmt, &[&projection]).await.map_err(db_error)?;
             Ok(rows.iter().map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, i64>(1) as u64)).collect())
         })
     }
@@ -995,7 +1000,8 @@ impl OffsetStore for PgStore {
                  ON CONFLICT (projection, shard) DO UPDATE SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at",
                 inner.names.offsets
             );
-            tx.execute(&sql, &[&projection, &shards, &positions, &crate::clock::now_nanos()]).await.map_err(db_error)?;
+            let stmt = tx.prepare_cached(&sql).await.map_err(db_error)?;
+            tx.execute(&stmt, &[&projection, &shards, &positions, &crate::clock::now_nanos()]).await.map_err(db_error)?;
             tx.commit().await.map_err(|e| if e.as_db_error().is_some() { db_error(e) } else { Error::OutcomeUnknown(e.to_string().into()) })
         })
     }
