@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import StatusCode
+from test_logging import FailingSnapshots
 from test_python_store import Broken
 
 import ego
@@ -301,6 +302,18 @@ def test_failed_writes_are_counted(otel: Otel) -> None:
         m = otel.metrics()
     assert m[("ego.commands", (("ego.entity_type", "AccountBehavior"), ("ego.outcome", "failed")))] == 2
     assert m[("ego.write.failures", ())] == 2
+
+
+def test_background_failures_are_counted(otel: Otel) -> None:
+    with ego.Engine("metered", store=FailingSnapshots(), telemetry=otel.telemetry()) as engine:
+        engine.register_entity_type(AccountBehavior, snapshot_interval=1)
+        engine.send_command("a", OpenAccount(initial_balance=0))
+        assert otel.metrics()[("ego.background.failures", ())] == 0
+        deadline = time.monotonic() + 10
+        while engine.stats()["background_failures"] == 0:  # after 3 retries: 0.1 + 0.2 + 0.4 s
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert otel.metrics()[("ego.background.failures", ())] == 1
 
 
 def test_nothing_is_recorded_when_telemetry_is_off(otel: Otel) -> None:

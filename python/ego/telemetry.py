@@ -37,6 +37,8 @@ count:
   OpenTelemetry Python API has no asynchronous histogram, so the histogram is exported as its
   Prometheus-style parts.)
 - ``ego.events.persisted`` (counter), ``ego.writes`` (counter), ``ego.write.failures`` (counter)
+- ``ego.background.failures`` (counter): snapshot and retention writes that still failed after
+  their retries (each is also logged as a warning)
 - ``ego.entities.active`` (gauge)
 - ``ego.projection.events`` (counter; ``ego.projection``)
 - ``ego.projection.events_behind``, ``ego.projection.lag`` (seconds),
@@ -217,6 +219,11 @@ def _instrument(meter: Any, engine: Any) -> None:
     m.create_observable_counter("ego.events.persisted", [simple("events")], description="Events and durable states written")
     m.create_observable_counter("ego.writes", [simple("writes")], description="Store writes")
     m.create_observable_counter("ego.write.failures", [simple("write_failures")], description="Failed store writes")
+    m.create_observable_counter(
+        "ego.background.failures",
+        [simple("background_failures")],
+        description="Snapshot and retention writes that failed after their retries",
+    )
     m.create_observable_gauge("ego.entities.active", [simple("active_entities")], description="Entities in memory")
     m.create_observable_counter("ego.projection.events", [projection_events], description="Events handled by projections")
     m.create_observable_gauge("ego.projection.events_behind", [lag("events_behind")], description="Events not handled yet")

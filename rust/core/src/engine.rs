@@ -621,6 +621,7 @@ pub(crate) fn background_write<H: Host>(
             }
         }
         sh2.warn(&format!("{what} failed after retries: {last}"));
+        crate::stats::Stats::add(&sh2.stats.background_failures, 1);
     });
 }
 

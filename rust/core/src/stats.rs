@@ -22,6 +22,9 @@ pub struct Stats {
     pub recoveries: AtomicU64,
     /// Entities passivated.
     pub passivations: AtomicU64,
+    /// Background writes (snapshots, retention deletes) that still failed after their retries
+    /// (each is logged as a warning).
+    pub background_failures: AtomicU64,
 }
 
 impl Stats {
@@ -41,6 +44,7 @@ impl Stats {
             ("snapshots", get(&self.snapshots)),
             ("recoveries", get(&self.recoveries)),
             ("passivations", get(&self.passivations)),
+            ("background_failures", get(&self.background_failures)),
         ]
     }
 }

@@ -263,6 +263,8 @@ impl EngineCore {
         }
         let timeout = Duration::from_secs_f64(timeout.max(0.0));
         let result = py.detach(|| core.shutdown(timeout));
+        // Records queued by the runtime while the bridge had nothing left to run.
+        core.shared().host().log.flush(py);
         result.map_err(|e| to_pyerr(py, &e))
     }
 
@@ -525,7 +527,7 @@ impl EngineCore {
     }
 
     /// Counters of what the engine did since it started: commands, rejected, events, writes,
-    /// write_failures, snapshots, recoveries, passivations.
+    /// write_failures, snapshots, recoveries, passivations, background_failures.
     fn stats(&self) -> std::collections::HashMap<&'static str, u64> {
         self.core.read().as_ref().map(|c| c.stats().snapshot().into_iter().collect()).unwrap_or_default()
     }
