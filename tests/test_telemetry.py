@@ -338,3 +338,17 @@ async def _send_async(engine: ego.Engine) -> None:
 def test_telemetry_must_be_a_telemetry() -> None:
     with pytest.raises(ego.errors.ConfigurationError, match=r"telemetry must be an ego\.Telemetry"):
         ego.Engine(telemetry=object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"tracer_provider": object()}, "tracer_provider must be an OpenTelemetry tracer provider"),
+        ({"meter_provider": object()}, "meter_provider must be an OpenTelemetry meter provider"),
+        ({"traces": "yes"}, "traces must be True or False"),
+        ({"metrics": 1}, "metrics must be True or False"),
+    ],
+)
+def test_bad_telemetry_settings_are_configuration_errors(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ego.errors.ConfigurationError, match=message):
+        ego.Telemetry(**kwargs)

@@ -53,7 +53,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ego.errors import EgoError, HandlerContractError, ValidationError
+from ego.errors import ConfigurationError, EgoError, HandlerContractError, ValidationError
 
 __all__ = ["Telemetry"]
 
@@ -65,8 +65,22 @@ class Telemetry:
     def __init__(
         self, tracer_provider: Any = None, meter_provider: Any = None, *, traces: bool = True, metrics: bool = True
     ) -> None:
-        from opentelemetry import metrics as otel_metrics
-        from opentelemetry import trace
+        for name, value in (("traces", traces), ("metrics", metrics)):
+            if not isinstance(value, bool):
+                raise ConfigurationError(f"{name} must be True or False, got {value!r}")
+        for name, value, method in (
+            ("tracer_provider", tracer_provider, "get_tracer"),
+            ("meter_provider", meter_provider, "get_meter"),
+        ):
+            if value is not None and not callable(getattr(value, method, None)):
+                raise ConfigurationError(
+                    f"{name} must be an OpenTelemetry {name.replace('_', ' ')} (with {method}()), got {type(value).__name__}"
+                )
+        try:
+            from opentelemetry import metrics as otel_metrics
+            from opentelemetry import trace
+        except ImportError as e:
+            raise ConfigurationError("telemetry needs the opentelemetry-api package: pip install 'ego-cqrs[otel]'") from e
 
         from ego._ego import __version__
 
