@@ -443,3 +443,17 @@ def test_projection_on_a_rocksdb_store_survives_reopen(tmp_path: Path) -> None:
         wait_for(lambda: rec.count() == 4)
     with ego.RocksDBStore(tmp_path / "db") as store:
         assert store.read_offsets("p") and max(p for _, p in store.read_offsets("p")) == 4
+
+
+def test_unknown_projection_names_are_validation_errors(engine: ego.Engine) -> None:
+    calls = [
+        lambda: engine.projection_lag("nope"),
+        lambda: engine.projection_stats("nope"),
+        lambda: engine.projection_status("nope"),
+        lambda: engine.remove_projection("nope"),
+        lambda: engine.rebuild_projection("nope"),
+    ]
+    for call in calls:
+        with pytest.raises(ego.errors.ValidationError, match='no projection named "nope"'):
+            call()
+    assert not engine.is_projection_running("nope")

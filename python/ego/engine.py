@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 
 from ego import _ego
 from ego.behaviors import DurableStateBehavior, EventSourcedBehavior
-from ego.errors import ConfigurationError
+from ego.errors import ConfigurationError, ValidationError
 from ego.logs import Logger, StdLogger
 from ego.projections import EventAdapter, PersistedEvent, Recovery, RetentionPolicy, Subscription
 from ego.stores import MemoryStore, Store
@@ -367,7 +367,7 @@ class Engine(_ego.EngineCore):
         """``("running" | "failed" | "stopped", error or None)``."""
         status = self._projection_status(name)
         if status is None:
-            raise KeyError(name)
+            raise ValidationError(f'no projection named "{name}"')
         return status
 
     def projection_lag(self, name: str) -> dict[int, ShardLag]:

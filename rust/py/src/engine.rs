@@ -26,6 +26,11 @@ use crate::types::describe;
 
 type Core = Engine<PyHost>;
 
+/// The error for an unknown projection name (as `remove_projection` gives).
+fn no_projection(py: Python<'_>, name: &str) -> PyErr {
+    to_pyerr(py, &Error::invalid(format!("no projection named {name:?}")))
+}
+
 /// The Rust side of `ego.Engine`.
 #[pyclass(subclass, module = "ego._ego")]
 pub struct EngineCore {
@@ -483,7 +488,7 @@ impl EngineCore {
     /// Per shard: (shard, events behind, nanoseconds behind, offset, head).
     fn _projection_lag(&self, py: Python<'_>, name: &str) -> PyResult<Vec<LagRow>> {
         let core = self.core(py)?;
-        let p = core.projection(name).ok_or_else(|| pyo3::exceptions::PyKeyError::new_err(name.to_string()))?;
+        let p = core.projection(name).ok_or_else(|| no_projection(py, name))?;
         let lag = py.detach(|| core.runtime().block_on(p.lag())).map_err(|e| to_pyerr(py, &e))?;
         Ok(lag.into_iter().map(|l| (l.shard, l.events_behind, l.time_behind_nanos, l.offset, l.head)).collect())
     }
@@ -491,7 +496,7 @@ impl EngineCore {
     /// Counters of a projection: events, batches, dead_letters, store_retries.
     fn _projection_stats(&self, py: Python<'_>, name: &str) -> PyResult<std::collections::HashMap<&'static str, u64>> {
         use std::sync::atomic::Ordering::Relaxed;
-        let p = self.core(py)?.projection(name).ok_or_else(|| pyo3::exceptions::PyKeyError::new_err(name.to_string()))?;
+        let p = self.core(py)?.projection(name).ok_or_else(|| no_projection(py, name))?;
         Ok([
             ("events", p.stats.events.load(Relaxed)),
             ("batches", p.stats.batches.load(Relaxed)),
