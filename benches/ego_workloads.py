@@ -12,6 +12,7 @@ import os
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -183,25 +184,33 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def open_accounts(path: str, accounts: int) -> None:
+    """Opens `accounts` accounts in a RocksDB store at `path` (workload E's first phase)."""
+    ids = [f"acc-{i}" for i in range(accounts)]
+    with ego.RocksDBStore(path, sync=False) as store, ego.Engine("e", store=store) as engine:
+        engine.register_entity_type(AccountBehavior)
+
+        async def open_all() -> None:
+            for start in range(0, accounts, 10_000):
+                await asyncio.gather(
+                    *(engine.send_command_async(i, OpenAccount(initial_balance=1000)) for i in ids[start : start + 10_000])
+                )
+
+        asyncio.run(open_all())
+
+
 def workload_e(accounts: int = 100_000) -> dict[str, float]:
-    """Memory per idle activated account beyond its state object: accounts are opened in a
-    first engine, then activated (recovered) in a second one on the same RocksDB directory;
-    the RSS growth minus the size of as many state objects is the engine's own cost."""
+    """Memory per idle activated account beyond its state object: accounts are opened by
+    another process (so no memory that process freed is reused here), then activated
+    (recovered) in this one; the RSS growth minus the size of as many state objects is the
+    engine's own cost."""
     from bank_pb2 import Account
 
     tmp = Path(tempfile.mkdtemp(prefix="ego-bench-e-"))
     ids = [f"acc-{i}" for i in range(accounts)]
     try:
-        with ego.RocksDBStore(tmp / "db", sync=False) as store, ego.Engine("e", store=store) as engine:
-            engine.register_entity_type(AccountBehavior)
-
-            async def open_all() -> None:
-                for start in range(0, accounts, 10_000):
-                    await asyncio.gather(
-                        *(engine.send_command_async(i, OpenAccount(initial_balance=1000)) for i in ids[start : start + 10_000])
-                    )
-
-            asyncio.run(open_all())
+        code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import ego_workloads as w; w.open_accounts({str(tmp / 'db')!r}, {accounts})"
+        subprocess.run([sys.executable, "-c", code], check=True)
         with ego.RocksDBStore(tmp / "db", sync=False, cache_bytes=8 << 20) as store, ego.Engine("e", store=store) as engine:
             engine.register_entity_type(AccountBehavior, passivate_after=3600)
             engine.get_state(ids[0])  # warm: first activation loads code paths

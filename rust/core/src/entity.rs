@@ -754,6 +754,11 @@ fn release<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>, mut 
         return;
     }
     cell.phase = Phase::Idle;
+    if cell.mailbox.capacity() > 0 {
+        // Messages queued (during a recovery, behind a write) and are all handled: an idle
+        // entity keeps no buffer (a few hundred bytes each, times every entity in memory).
+        cell.mailbox = VecDeque::new();
+    }
     if let Some(opened) = pending_batch {
         if !cell.timer_armed {
             cell.timer_armed = true;
