@@ -19,8 +19,8 @@ use ego_core::options::{EngineConfig, EntityOptions};
 use ego_core::poll::block_on;
 use ego_core::store::memory::MemoryStore;
 use ego_core::store::rocks::{RocksOptions, RocksStore};
-use ego_core::store::{BoxFuture, EventsStore, IdPage, ShardHead, SnapshotStore, StateStore, Stores};
-use ego_core::testing::{ask, Bank, BankRef, Cmd, Slot, TestHost};
+use ego_core::store::{EventsStore, SnapshotStore, StateStore, Stores};
+use ego_core::testing::{ask, Bank, BankRef, Cmd, Slot, TestHost, WriteHook};
 use ego_core::Engine;
 
 static DIRS: AtomicU64 = AtomicU64::new(0);
@@ -135,42 +135,6 @@ fn replay(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// The in-memory store with a fixed write latency.
-#[derive(Clone)]
-struct Slow {
-    inner: MemoryStore,
-    latency: Duration,
-}
-
-impl EventsStore for Slow {
-    fn write_events(&self, events: Vec<Event>) -> BoxFuture<'static, ego_core::Result<()>> {
-        let (inner, latency) = (self.inner.clone(), self.latency);
-        Box::pin(async move {
-            // tokio's timers have a 1 ms resolution: sleep on a blocking thread instead.
-            let _ = tokio::task::spawn_blocking(move || std::thread::sleep(latency)).await;
-            inner.write_events(events).await
-        })
-    }
-    fn replay_events(&self, p: &str, f: u64, t: u64, m: u64) -> BoxFuture<'static, ego_core::Result<Vec<Event>>> {
-        self.inner.replay_events(p, f, t, m)
-    }
-    fn highest_sequence_number(&self, p: &str) -> BoxFuture<'static, ego_core::Result<u64>> {
-        self.inner.highest_sequence_number(p)
-    }
-    fn delete_events(&self, p: &str, t: u64) -> BoxFuture<'static, ego_core::Result<()>> {
-        self.inner.delete_events(p, t)
-    }
-    fn persistence_ids(&self, n: usize, a: Option<String>) -> BoxFuture<'static, ego_core::Result<IdPage>> {
-        self.inner.persistence_ids(n, a)
-    }
-    fn shard_events(&self, s: u32, a: u64, m: usize) -> BoxFuture<'static, ego_core::Result<Vec<Event>>> {
-        self.inner.shard_events(s, a, m)
-    }
-    fn shard_heads(&self) -> BoxFuture<'static, ego_core::Result<Vec<ShardHead>>> {
-        self.inner.shard_heads()
-    }
-}
-
 fn batch_threshold(c: &mut Criterion) {
     let mut group = c.benchmark_group("batch_threshold");
     group.sample_size(10);
@@ -179,7 +143,15 @@ fn batch_threshold(c: &mut Criterion) {
     group.throughput(Throughput::Elements((senders * per) as u64));
     for latency_us in [100u64, 1000, 5000] {
         for threshold in [0usize, 5, 10, 25, 50] {
-            let store = Slow { inner: MemoryStore::new(), latency: Duration::from_micros(latency_us) };
+            let latency = Duration::from_micros(latency_us);
+            let store = WriteHook::new(move |inner, events| {
+                let inner = inner.clone();
+                Box::pin(async move {
+                    // tokio's timers have a 1 ms resolution: sleep on a blocking thread instead.
+                    let _ = tokio::task::spawn_blocking(move || std::thread::sleep(latency)).await;
+                    inner.write_events(events).await
+                })
+            });
             let st = Stores { events: Some(Arc::new(store)), snapshots: None, states: None };
             let engine = Engine::start(TestHost, EngineConfig::default(), st).unwrap();
             let bank = BankRef { bank: Arc::new(Bank::default()), kind: Kind::EventSourced };

@@ -13,6 +13,8 @@ use crate::entity::Dispatched;
 use crate::envelope::{Any, Event};
 use crate::error::Error;
 use crate::host::{Fail, Host, Kind};
+use crate::store::memory::MemoryStore;
+use crate::store::{BoxFuture, EventsStore, IdPage, ShardHead};
 
 /// Account state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -255,5 +257,46 @@ pub fn state_of(engine: &Engine<TestHost>, id: &str) -> Result<(Account, u64), F
     match engine.query((), id, slot.clone())? {
         Dispatched::Done(outcome) => outcome,
         Dispatched::Queued => slot.wait(Duration::from_secs(30)),
+    }
+}
+
+/// What a [`WriteHook`] does with a write: it gets the events and the in-memory store behind it.
+pub type OnWrite = dyn Fn(&MemoryStore, Vec<Event>) -> BoxFuture<'static, crate::Result<()>> + Send + Sync;
+
+/// An in-memory events store whose writes go through a hook (to fail them, or slow them down);
+/// everything else is the in-memory store's.
+#[derive(Clone)]
+pub struct WriteHook {
+    inner: MemoryStore,
+    on_write: Arc<OnWrite>,
+}
+
+impl WriteHook {
+    pub fn new(on_write: impl Fn(&MemoryStore, Vec<Event>) -> BoxFuture<'static, crate::Result<()>> + Send + Sync + 'static) -> Self {
+        WriteHook { inner: MemoryStore::new(), on_write: Arc::new(on_write) }
+    }
+}
+
+impl EventsStore for WriteHook {
+    fn write_events(&self, events: Vec<Event>) -> BoxFuture<'static, crate::Result<()>> {
+        (self.on_write)(&self.inner, events)
+    }
+    fn replay_events(&self, p: &str, f: u64, t: u64, m: u64) -> BoxFuture<'static, crate::Result<Vec<Event>>> {
+        self.inner.replay_events(p, f, t, m)
+    }
+    fn highest_sequence_number(&self, p: &str) -> BoxFuture<'static, crate::Result<u64>> {
+        self.inner.highest_sequence_number(p)
+    }
+    fn delete_events(&self, p: &str, t: u64) -> BoxFuture<'static, crate::Result<()>> {
+        self.inner.delete_events(p, t)
+    }
+    fn persistence_ids(&self, n: usize, a: Option<String>) -> BoxFuture<'static, crate::Result<IdPage>> {
+        self.inner.persistence_ids(n, a)
+    }
+    fn shard_events(&self, s: u32, a: u64, m: usize) -> BoxFuture<'static, crate::Result<Vec<Event>>> {
+        self.inner.shard_events(s, a, m)
+    }
+    fn shard_heads(&self) -> BoxFuture<'static, crate::Result<Vec<ShardHead>>> {
+        self.inner.shard_heads()
     }
 }

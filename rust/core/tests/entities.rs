@@ -1,18 +1,17 @@
 //! Entity semantics, with the plain-Rust host of `ego_core::testing`.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ego_core::envelope::Event;
 use ego_core::error::Error;
 use ego_core::host::{Fail, Kind};
 use ego_core::options::{EngineConfig, EntityOptions};
 use ego_core::poll::block_on;
 use ego_core::store::memory::MemoryStore;
 use ego_core::store::rocks::{RocksOptions, RocksStore};
-use ego_core::store::{BoxFuture, EventsStore, IdPage, ShardHead, SnapshotCriteria, SnapshotStore, Stores};
-use ego_core::testing::{ask, state_of, Account, Bank, BankRef, Cmd, Slot, TestHost};
+use ego_core::store::{EventsStore, SnapshotCriteria, SnapshotStore, Stores};
+use ego_core::testing::{ask, state_of, Account, Bank, BankRef, Cmd, Slot, TestHost, WriteHook};
 use ego_core::Engine;
 
 fn stores_of<S: EventsStore + SnapshotStore + ego_core::store::StateStore + Clone>(s: &S) -> Stores {
@@ -243,52 +242,25 @@ fn a_handler_failing_half_way_reloads_the_state() {
     assert_eq!(balance(ask(&engine, "h", Cmd::Credit(1))), (11, 2));
 }
 
-/// A store that fails writes on demand.
-#[derive(Clone)]
-struct Flaky {
-    inner: MemoryStore,
-    fail: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl EventsStore for Flaky {
-    fn write_events(&self, events: Vec<Event>) -> BoxFuture<'static, ego_core::Result<()>> {
-        if self.fail.swap(false, Ordering::AcqRel) {
+#[test]
+fn a_failed_write_fails_that_command_and_the_entity_keeps_serving() {
+    // Fails writes on demand; otherwise completes them asynchronously, like a network store.
+    let fail = Arc::new(AtomicBool::new(false));
+    let fail_next = fail.clone();
+    let flaky = WriteHook::new(move |inner, events| {
+        if fail_next.swap(false, Ordering::AcqRel) {
             return Box::pin(async { Err(Error::Storage("disk on fire".into())) });
         }
-        let inner = self.inner.clone();
-        // Complete asynchronously, like a network store.
+        let inner = inner.clone();
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(1)).await;
             inner.write_events(events).await
         })
-    }
-    fn replay_events(&self, p: &str, f: u64, t: u64, m: u64) -> BoxFuture<'static, ego_core::Result<Vec<Event>>> {
-        self.inner.replay_events(p, f, t, m)
-    }
-    fn highest_sequence_number(&self, p: &str) -> BoxFuture<'static, ego_core::Result<u64>> {
-        self.inner.highest_sequence_number(p)
-    }
-    fn delete_events(&self, p: &str, t: u64) -> BoxFuture<'static, ego_core::Result<()>> {
-        self.inner.delete_events(p, t)
-    }
-    fn persistence_ids(&self, n: usize, a: Option<String>) -> BoxFuture<'static, ego_core::Result<IdPage>> {
-        self.inner.persistence_ids(n, a)
-    }
-    fn shard_events(&self, s: u32, a: u64, m: usize) -> BoxFuture<'static, ego_core::Result<Vec<Event>>> {
-        self.inner.shard_events(s, a, m)
-    }
-    fn shard_heads(&self) -> BoxFuture<'static, ego_core::Result<Vec<ShardHead>>> {
-        self.inner.shard_heads()
-    }
-}
-
-#[test]
-fn a_failed_write_fails_that_command_and_the_entity_keeps_serving() {
-    let flaky = Flaky { inner: MemoryStore::new(), fail: Default::default() };
-    let engine = engine_on(Stores { events: Some(Arc::new(flaky.clone())), snapshots: None, states: None });
+    });
+    let engine = engine_on(Stores { events: Some(Arc::new(flaky)), snapshots: None, states: None });
     spawn(&engine, "f", bank(Kind::EventSourced), EntityOptions::default()).unwrap();
     assert_eq!(balance(ask(&engine, "f", Cmd::Credit(10))), (10, 1));
-    flaky.fail.store(true, Ordering::Release);
+    fail.store(true, Ordering::Release);
     assert!(matches!(ask(&engine, "f", Cmd::Credit(5)), Err(Fail::Engine(Error::Storage(_)))));
     // Memory was not left ahead of the store.
     assert_eq!(balance(state_of(&engine, "f")), (10, 1));
