@@ -184,19 +184,20 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+async def open_all(engine: ego.Engine, ids: list[str], balance: int = 0) -> None:
+    """Opens the accounts `ids`, 10,000 concurrently at a time."""
+    for start in range(0, len(ids), 10_000):
+        await asyncio.gather(
+            *(engine.send_command_async(i, OpenAccount(initial_balance=balance)) for i in ids[start : start + 10_000])
+        )
+
+
 def open_accounts(path: str, accounts: int) -> None:
     """Opens `accounts` accounts in a RocksDB store at `path` (workload E's first phase)."""
     ids = [f"acc-{i}" for i in range(accounts)]
     with ego.RocksDBStore(path, sync=False) as store, ego.Engine("e", store=store) as engine:
         engine.register_entity_type(AccountBehavior)
-
-        async def open_all() -> None:
-            for start in range(0, accounts, 10_000):
-                await asyncio.gather(
-                    *(engine.send_command_async(i, OpenAccount(initial_balance=1000)) for i in ids[start : start + 10_000])
-                )
-
-        asyncio.run(open_all())
+        asyncio.run(open_all(engine, ids, balance=1000))
 
 
 def workload_e(accounts: int = 100_000) -> dict[str, float]:
@@ -242,10 +243,7 @@ def workload_f(accounts: int, commands: int | None = None, kind: str = "memory")
     async def run() -> dict[str, float]:
         with engine_on(kind) as engine:
             ids = [f"acc-{i}" for i in range(accounts)]
-            for start in range(0, accounts, 10_000):
-                await asyncio.gather(
-                    *(engine.send_command_async(i, OpenAccount(initial_balance=0)) for i in ids[start : start + 10_000])
-                )
+            await open_all(engine, ids)
             credit = Credit(amount=1)
             send = engine.send_command_async
             gc.collect()
