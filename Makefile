@@ -27,6 +27,7 @@ test-python: build
 	$(PY) -m pytest -q
 
 lint: setup
+	$(PY) scripts/check_cycles.py --rust rust/core/src --rust rust/py/src --python python/ego
 	$(BIN)/ruff check python tests examples benches scripts
 	$(BIN)/ruff format --check python tests examples benches scripts
 	$(BIN)/mypy

@@ -221,7 +221,7 @@ def cycles(graph: Graph) -> list[list[str]]:
                 if w == v:
                     break
             if len(comp) > 1:
-                out.append(_one_cycle(graph, set(comp)) + [f"(all of: {', '.join(sorted(comp))})"])
+                out.append([*_one_cycle(graph, set(comp)), f"(all of: {', '.join(sorted(comp))})"])
 
     sys.setrecursionlimit(10_000)
     for v in sorted(graph):

@@ -12,7 +12,7 @@ Quick start::
 from ego import errors
 from ego._ego import __version__
 from ego.behaviors import DurableStateBehavior, EventSourcedBehavior
-from ego.engine import Engine, ShardLag
+from ego.engine import Engine, EntityOptions, ShardLag
 from ego.errors import EgoError
 from ego.logs import Logger, StdLogger
 from ego.projections import (
@@ -35,6 +35,7 @@ __all__ = [
     "DurableStateBehavior",
     "EgoError",
     "Engine",
+    "EntityOptions",
     "EventAdapter",
     "EventSourcedBehavior",
     "Logger",

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from ego import _ego
+from ego._ego import EntityOptions
 from ego.behaviors import DurableStateBehavior, EventSourcedBehavior
 from ego.errors import ConfigurationError, ValidationError
 from ego.logs import Logger, StdLogger
@@ -21,7 +22,7 @@ from ego.projections import EventAdapter, PersistedEvent, Recovery, RetentionPol
 from ego.stores import MemoryStore, Store
 from ego.telemetry import Telemetry
 
-__all__ = ["Engine", "ShardLag"]
+__all__ = ["Engine", "EntityOptions", "ShardLag"]
 
 S = TypeVar("S", bound=Message)
 Behavior = EventSourcedBehavior[Any, Any, Any] | DurableStateBehavior[Any, Any]
@@ -48,37 +49,6 @@ class ShardLag:
     """The last handled position."""
     head: int
     """The newest position."""
-
-
-def _entity_options(
-    snapshot_interval: int,
-    passivate_after: float | None,
-    batch_threshold: int,
-    batch_flush_window: float,
-    mailbox_capacity: int,
-    retention: RetentionPolicy | None = None,
-) -> tuple[int, float | None, int, float, int, tuple[bool, int, bool, bool] | None]:
-    for name, value in (("snapshot_interval", snapshot_interval), ("batch_threshold", batch_threshold)):
-        if not isinstance(value, int) or value < 0:
-            raise ConfigurationError(f"{name} must be a non-negative int, got {value!r}")
-    if not isinstance(mailbox_capacity, int) or mailbox_capacity < 1:
-        raise ConfigurationError(f"mailbox_capacity must be a positive int, got {mailbox_capacity!r}")
-    if passivate_after is not None and not passivate_after > 0:
-        raise ConfigurationError(f"passivate_after must be a positive number of seconds or None, got {passivate_after!r}")
-    if not batch_flush_window >= 0:
-        raise ConfigurationError(f"batch_flush_window must be a non-negative number of seconds, got {batch_flush_window!r}")
-    if retention is not None and not isinstance(retention, RetentionPolicy):
-        raise ConfigurationError(f"retention must be an ego.RetentionPolicy, got {retention!r}")
-    if retention is not None and snapshot_interval == 0:
-        raise ConfigurationError("a retention policy applies after snapshots: set snapshot_interval too")
-    return (
-        snapshot_interval,
-        passivate_after,
-        batch_threshold,
-        float(batch_flush_window),
-        mailbox_capacity,
-        retention._args() if retention else None,
-    )
 
 
 class Engine(_ego.EngineCore):
@@ -241,10 +211,15 @@ class Engine(_ego.EngineCore):
           ``MailboxFullError``.
         - ``retention``: what to delete after each successful snapshot (:class:`~ego.RetentionPolicy`).
         """
-        options = _entity_options(
-            snapshot_interval, passivate_after, batch_threshold, batch_flush_window, mailbox_capacity, retention
+        options = EntityOptions(
+            snapshot_interval=snapshot_interval,
+            passivate_after=passivate_after,
+            batch_threshold=batch_threshold,
+            batch_flush_window=batch_flush_window,
+            mailbox_capacity=mailbox_capacity,
+            retention=retention,
         )
-        return self._spawn(_entity_id(behavior), behavior, *options)
+        return self._spawn(_entity_id(behavior), behavior, options)
 
     def durable_state_entity(
         self,
@@ -288,12 +263,17 @@ class Engine(_ego.EngineCore):
         The factory may return a new behaviour per entity or one shared instance (ego does not
         call ``id()`` on it: the entity id is the one the command was sent to).
         """
-        options = _entity_options(
-            snapshot_interval, passivate_after, batch_threshold, batch_flush_window, mailbox_capacity, retention
+        options = EntityOptions(
+            snapshot_interval=snapshot_interval,
+            passivate_after=passivate_after,
+            batch_threshold=batch_threshold,
+            batch_flush_window=batch_flush_window,
+            mailbox_capacity=mailbox_capacity,
+            retention=retention,
         )
         if not callable(factory):
             raise ConfigurationError(f"factory must be callable, got {factory!r}")
-        self._register(prefix, factory, *options)
+        self._register(prefix, factory, options)
 
     # -- projections and the event stream ---------------------------------------------------
 

@@ -17,6 +17,7 @@ __all__ = [
     "EntityNotFoundError",
     "EntityStoppedError",
     "HandlerContractError",
+    "InternalError",
     "InvalidEntityIdError",
     "InvalidMessageError",
     "MailboxFullError",
@@ -25,6 +26,7 @@ __all__ = [
     "RecoveryError",
     "StorageFullError",
     "StoreError",
+    "SubscriptionOverflowError",
     "UnknownEventTypeError",
     "ValidationError",
 ]
@@ -127,6 +129,11 @@ class CommandTimeoutError(EgoError, TimeoutError):
 
     entity_id: str | None = None
     started: bool = False
+
+
+class InternalError(EgoError):
+    """ego itself failed (a bug, or the interpreter refused something ego needs), not your
+    code. Please report it with the message."""
 
 
 class SubscriptionOverflowError(EgoError):

@@ -50,9 +50,11 @@ method and the core skips every hook.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 from typing import Any
 
+from ego import _ego
 from ego.errors import ConfigurationError, EgoError, HandlerContractError, ValidationError
 
 __all__ = ["Telemetry"]
@@ -91,11 +93,11 @@ class Telemetry:
         self._instrumented: set[int] = set()
 
     def _attach(self, engine: Any) -> None:
-        """Called by a starting engine: routes its sends through telemetry and, once per
-        engine, creates its observable instruments."""
-        send, send_async = _senders(engine, self.tracer)
-        engine.send_command = send
-        engine.send_command_async = send_async
+        """Called by a starting engine: with traces on, wraps its sends in a caller span;
+        once per engine, creates its observable instruments. (The Rust sends count latency
+        themselves when metrics are on.)"""
+        if self.tracer is not None:
+            engine.send_command, engine.send_command_async = _senders(engine, self.tracer)
         if self.meter is not None and id(engine) not in self._instrumented:
             self._instrumented.add(id(engine))
             _instrument(self.meter, engine)
@@ -113,11 +115,10 @@ def _type_name(command: Any) -> str:
 
 
 def _senders(engine: Any, tracer: Any) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """``send_command`` and ``send_command_async`` for an engine with telemetry: the Rust
-    methods that count latency, wrapped in a caller span when tracing."""
-    observed, observed_async = engine._send_observed, engine._send_observed_async
-    if tracer is None:
-        return observed, observed_async
+    """``send_command`` and ``send_command_async`` of an engine with traces: the Rust methods
+    wrapped in a caller span, whose context they carry to the handler."""
+    observed = types.MethodType(_ego.EngineCore.send_command, engine)
+    observed_async = types.MethodType(_ego.EngineCore.send_command_async, engine)
     from opentelemetry import trace
     from opentelemetry.trace import Status, StatusCode
 

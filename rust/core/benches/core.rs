@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ego_core::envelope::{Any, Event};
+use ego_core::future::block_on;
 use ego_core::host::Kind;
 use ego_core::options::{EngineConfig, EntityOptions};
-use ego_core::poll::block_on;
 use ego_core::store::memory::MemoryStore;
 use ego_core::store::rocks::{RocksOptions, RocksStore};
 use ego_core::store::{EventsStore, SnapshotStore, StateStore, Stores};

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use ego_core::envelope::{Any, Event};
-use ego_core::poll::block_on;
+use ego_core::future::block_on;
 use ego_core::store::rocks::{RocksOptions, RocksStore};
 use ego_core::store::EventsStore;
 

@@ -1,80 +1,29 @@
-//! The engine: the registry of entities, the bridge thread, the runtime for store I/O and
-//! timers, passivation, and the public entry points the bindings call.
+//! The engine: its public entry points (the bindings call them), routing messages to entities
+//! (activating registered types on first use), projections and the event stream, and the
+//! life cycle (the runtime for store I/O and timers, the bridge thread, the passivation
+//! sweeper; an orderly shutdown).
 
-use std::collections::{HashMap, VecDeque};
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::bridge::{Job, Queue};
-use crate::clock::monotonic_millis;
-use crate::entity::{self, DispatchError, Dispatched, Entity, Msg, Phase};
+use crate::bridge::{self, Job, Queue};
+use crate::entity::cell::{DispatchError, Dispatched, Entity, Msg, Phase};
+use crate::entity::{dispatch, jobs, passivation};
 use crate::error::{Error, Result};
+use crate::event_stream::{Stream, Subscription};
+use crate::future::block_on;
 use crate::host::{Fail, Host, Kind};
 use crate::ids::{shard_of, validate_id};
 use crate::options::{EngineConfig, EntityOptions};
-use crate::poll::poll_once;
-use crate::projection::{Projection, ProjectionOptions, Sink};
-use crate::publish::{Stream, Subscription};
+use crate::projection::{Projection, ProjectionOptions, RebuildPlan, Sink, Status};
 use crate::registry::Registry;
-use crate::store::{BoxFuture, OffsetStore, Stores};
-
-/// A registered entity type: entities whose id starts with `prefix` activate on their first
-/// message with a behaviour made by `factory`.
-pub struct EntityType<H: Host> {
-    prefix: String,
-    factory: H::Factory,
-    options: Arc<EntityOptions>,
-}
-
-/// State shared by the engine, its bridge thread and its runtime tasks.
-pub struct Shared<H: Host> {
-    pub(crate) host: H,
-    pub(crate) config: EngineConfig,
-    pub(crate) stores: Stores,
-    pub(crate) registry: Registry<Entity<H>>,
-    types: RwLock<Vec<Arc<EntityType<H>>>>,
-    pub(crate) queue: Queue<H>,
-    pub(crate) runtime: tokio::runtime::Handle,
-    running: AtomicBool,
-    /// Shortest passivation delay of any entity, in ms (u64::MAX: none).
-    shortest_passivation: AtomicU64,
-    pub(crate) stats: crate::stats::Stats,
-    /// Woken after every write, so projections of this engine need not poll.
-    pub(crate) nudge: Arc<tokio::sync::Notify>,
-    pub(crate) has_projections: AtomicBool,
-    pub(crate) projections: Mutex<HashMap<String, Arc<Projection>>>,
-    pub(crate) stream: Stream,
-    /// The host traces commands ([`Host::tracing`], read once at start).
-    pub(crate) tracing: bool,
-}
-
-impl<H: Host> Shared<H> {
-    /// The host.
-    pub fn host(&self) -> &H {
-        &self.host
-    }
-
-    /// Logs a warning through the host from any thread, then wakes the bridge so a host that
-    /// queues records writes it soon.
-    pub(crate) fn warn(&self, message: &str) {
-        self.host.log_warning(message);
-        if self.running.load(Ordering::Acquire) {
-            self.queue.push(Job::Call(Box::new(|_cx| {})));
-        }
-    }
-
-    /// Polls a store future once, inside the runtime's context (so it may create timers or
-    /// sockets): `Ok` when it finished, `Err(future)` when it has to be awaited.
-    pub(crate) fn poll_now<T>(&self, fut: BoxFuture<'static, T>) -> std::result::Result<T, BoxFuture<'static, T>> {
-        let _guard = self.runtime.enter();
-        poll_once(fut)
-    }
-}
+use crate::shared::{EntityType, Shared};
+use crate::store::{OffsetStore, Stores};
 
 /// Outcome of [`Engine::stop_entity`].
 pub enum Stopped<H: Host> {
@@ -125,10 +74,10 @@ impl<H: Host> Engine<H> {
             let sh = shared.clone();
             std::thread::Builder::new()
                 .name(format!("ego-bridge-{}", sh.config.name))
-                .spawn(move || bridge_main(sh))
+                .spawn(move || bridge::run(&sh.host, &sh.queue, |cx, job| jobs::run(&sh, cx, job)))
                 .map_err(Error::storage)?
         };
-        runtime.spawn(sweeper(Arc::downgrade(&shared)));
+        runtime.spawn(passivation::sweeper(Arc::downgrade(&shared)));
         Ok(Engine { shared, runtime: Mutex::new(Some(runtime)), bridge: Mutex::new(Some(bridge)) })
     }
 
@@ -159,11 +108,11 @@ impl<H: Host> Engine<H> {
 
     /// Whether the engine accepts messages.
     pub fn is_running(&self) -> bool {
-        self.shared.running.load(Ordering::Acquire)
+        self.shared.is_running()
     }
 
     fn check_running(&self) -> Result<()> {
-        if self.is_running() {
+        if self.shared.is_running() {
             Ok(())
         } else {
             Err(Error::EngineClosed)
@@ -263,7 +212,7 @@ impl<H: Host> Engine<H> {
                 return Ok(Stopped::Forgotten);
             }
         }
-        match entity::dispatch(&self.shared, cx, &e, Msg::Stop(reply)) {
+        match dispatch::dispatch(&self.shared, cx, &e, Msg::Stop(reply)) {
             Ok(d) => Ok(Stopped::Dispatched(d)),
             // Stopped or passivated meanwhile: there is nothing left to stop.
             Err(DispatchError::Removed(_)) => Err(Error::EntityNotFound(id.into()).into()),
@@ -280,7 +229,7 @@ impl<H: Host> Engine<H> {
                 Some(e) => e,
                 None => self.activate(cx, id)?,
             };
-            match entity::dispatch(&self.shared, cx, &e, msg) {
+            match dispatch::dispatch(&self.shared, cx, &e, msg) {
                 Ok(d) => return Ok(d),
                 Err(DispatchError::Removed(m)) => msg = m,
                 Err(DispatchError::Full(_, err)) => return Err(err.into()),
@@ -290,7 +239,7 @@ impl<H: Host> Engine<H> {
 
     fn dispatch(&self, cx: H::Cx<'_>, e: Arc<Entity<H>>, msg: Msg<H>) -> Result<Dispatched<H>, Fail<H::Failure>> {
         let id = e.id.clone();
-        match entity::dispatch(&self.shared, cx, &e, msg) {
+        match dispatch::dispatch(&self.shared, cx, &e, msg) {
             Ok(d) => Ok(d),
             Err(DispatchError::Removed(m)) => self.route(cx, &id, m),
             Err(DispatchError::Full(_, err)) => Err(err.into()),
@@ -356,14 +305,14 @@ impl<H: Host> Engine<H> {
         sink: Arc<dyn Sink>,
         offsets: Arc<dyn OffsetStore>,
         options: ProjectionOptions,
-        filters: Option<crate::projection::RebuildPlan>,
+        filters: Option<RebuildPlan>,
     ) -> Result<()> {
         if name.is_empty() || name.contains('\0') {
             return Err(Error::invalid("a projection name must be non-empty and without NUL"));
         }
         let events = self.shared.stores.events.clone().ok_or_else(|| Error::Configuration("projections need an events store".into()))?;
         let mut projections = self.shared.projections.lock();
-        if projections.get(name).is_some_and(|p| p.status() == crate::projection::Status::Running) {
+        if projections.get(name).is_some_and(|p| p.status() == Status::Running) {
             return Err(Error::Configuration(format!("a projection named {name:?} is already running").into()));
         }
         let p = Projection::start(
@@ -390,7 +339,7 @@ impl<H: Host> Engine<H> {
     /// Stops and forgets a projection (its offsets stay in its offset store).
     pub fn remove_projection(&self, name: &str) -> Result<()> {
         let p = self.shared.projections.lock().remove(name).ok_or_else(|| Error::invalid(format!("no projection named {name:?}")))?;
-        crate::poll::block_on(p.stop());
+        block_on(p.stop());
         let empty = self.shared.projections.lock().is_empty();
         self.shared.has_projections.store(!empty, Ordering::Release);
         Ok(())
@@ -400,7 +349,7 @@ impl<H: Host> Engine<H> {
     /// projection: it stops, its offsets move back, and it starts again.
     pub fn rebuild_projection(&self, name: &str, after_nanos: i64) -> Result<()> {
         let p = self.projection(name).ok_or_else(|| Error::invalid(format!("no projection named {name:?}")))?;
-        crate::poll::block_on(p.stop());
+        block_on(p.stop());
         let events = self.shared.stores.events.clone().ok_or_else(|| Error::Configuration("projections need an events store".into()))?;
         let offsets = p.offsets.clone();
         let plan = self
@@ -445,7 +394,7 @@ impl<H: Host> Engine<H> {
         }
         let projections: Vec<Arc<Projection>> = self.shared.projections.lock().drain().map(|(_, p)| p).collect();
         for p in projections {
-            crate::poll::block_on(p.stop());
+            block_on(p.stop());
         }
         self.shared.stream.close_all();
         let sh = self.shared.clone();
@@ -479,186 +428,4 @@ impl<H: Host> Drop for Engine<H> {
     fn drop(&mut self) {
         let _ = self.shutdown(Duration::from_secs(5));
     }
-}
-
-/// Longest time the bridge keeps the context while jobs keep coming.
-const BRIDGE_SLICE: Duration = Duration::from_millis(2);
-
-fn bridge_main<H: Host>(sh: Arc<Shared<H>>) {
-    let mut jobs = VecDeque::new();
-    loop {
-        sh.queue.take_all(&mut jobs);
-        let exit = sh.host.enter(|cx| {
-            let started = Instant::now();
-            let mut exit = false;
-            loop {
-                while let Some(job) = jobs.pop_front() {
-                    if matches!(job, Job::Exit) {
-                        exit = true;
-                        continue;
-                    }
-                    if catch_unwind(AssertUnwindSafe(|| run_job(&sh, cx, job))).is_err() {
-                        sh.host.log_warning("internal error (panic) while running a job on the bridge; the entity involved reloads");
-                    }
-                }
-                sh.host.end_batch(cx);
-                if exit || started.elapsed() > BRIDGE_SLICE || !sh.queue.try_take_all(&mut jobs) {
-                    break;
-                }
-            }
-            exit
-        });
-        if exit {
-            return;
-        }
-    }
-}
-
-fn run_job<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, job: Job<H>) {
-    match job {
-        Job::Run(e) => entity::run(sh, cx, &e),
-        Job::Written(e, result) => entity::written(sh, cx, &e, result),
-        Job::Recover(e, rec, fetched) => crate::recovery::step(sh, cx, &e, rec, Some(fetched)),
-        Job::Flush(e) => entity::flush_due(sh, cx, &e),
-        Job::Call(f) => f(cx),
-        Job::Exit => {}
-    }
-}
-
-/// Passivation: every so often, entities idle for longer than their `passivate_after` leave
-/// memory. Their states are dropped on the bridge (in the context).
-async fn sweeper<H: Host>(sh: Weak<Shared<H>>) {
-    loop {
-        let wait = match sh.upgrade() {
-            Some(sh) => match sh.shortest_passivation.load(Ordering::Acquire) {
-                u64::MAX => 1000,
-                ms => (ms / 2).clamp(10, 1000),
-            },
-            None => return,
-        };
-        tokio::time::sleep(Duration::from_millis(wait)).await;
-        let Some(sh) = sh.upgrade() else { return };
-        if !sh.running.load(Ordering::Acquire) {
-            return;
-        }
-        if sh.shortest_passivation.load(Ordering::Acquire) == u64::MAX {
-            // No entity passivates: do not walk the registry (it may hold millions).
-            continue;
-        }
-        let now = monotonic_millis();
-        let mut released = Vec::new();
-        let mut removed = Vec::new();
-        sh.registry.for_each(|e| {
-            let Some(after) = e.options.passivate_after else { return };
-            let mut cell = e.cell.lock();
-            let idle = cell.phase == Phase::Idle
-                && cell.mailbox.is_empty()
-                && now.saturating_sub(cell.last_used) >= after.as_millis() as u64
-                && cell.work.as_ref().is_some_and(|w| w.is_settled());
-            if idle {
-                released.push(cell.work.take());
-                cell.phase = if e.from_factory { Phase::Removed } else { Phase::Dormant };
-                if e.from_factory {
-                    removed.push(e.clone());
-                }
-            }
-        });
-        for e in &removed {
-            sh.registry.remove_if(&e.id, e);
-        }
-        crate::stats::Stats::add(&sh.stats.passivations, released.len() as u64);
-        if !released.is_empty() {
-            sh.queue.push(Job::Call(Box::new(move |_cx| {
-                drop(released);
-                drop(removed);
-            })));
-        }
-    }
-}
-
-/// Runs a write nobody waits for (snapshots, retention): inline when the store finishes at
-/// once, otherwise on the runtime, with up to 3 retries and backoff; failures are logged.
-pub(crate) fn background_write<H: Host>(
-    sh: &Arc<Shared<H>>,
-    what: String,
-    make: impl Fn() -> BoxFuture<'static, Result<()>> + Send + 'static,
-    then: Option<Box<dyn FnOnce() + Send>>,
-) {
-    let first = match sh.poll_now(make()) {
-        Ok(Ok(())) => {
-            if let Some(then) = then {
-                then();
-            }
-            return;
-        }
-        Ok(Err(e)) => Err(e),
-        Err(fut) => Ok(fut),
-    };
-    let sh2 = sh.clone();
-    sh.runtime.spawn(async move {
-        let mut last = match first {
-            Ok(fut) => match fut.await {
-                Ok(()) => {
-                    if let Some(then) = then {
-                        then();
-                    }
-                    return;
-                }
-                Err(e) => e,
-            },
-            Err(e) => e,
-        };
-        for attempt in 0..3u32 {
-            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-            match make().await {
-                Ok(()) => {
-                    if let Some(then) = then {
-                        then();
-                    }
-                    return;
-                }
-                Err(e) => last = e,
-            }
-        }
-        sh2.warn(&format!("{what} failed after retries: {last}"));
-        crate::stats::Stats::add(&sh2.stats.background_failures, 1);
-    });
-}
-
-/// Applies a retention policy after a snapshot of `id` at `snapshot_seq` was written.
-pub(crate) fn retain<H: Host>(sh: &Arc<Shared<H>>, id: Arc<str>, shard: u32, snapshot_seq: u64, policy: crate::options::RetentionPolicy) {
-    let sh2 = sh.clone();
-    sh.runtime.spawn(async move {
-        let sh = sh2;
-        if policy.delete_snapshots_on_snapshot && snapshot_seq > 1 {
-            if let Some(snapshots) = &sh.stores.snapshots {
-                if let Err(e) = snapshots.delete_snapshots(&id, crate::store::SnapshotCriteria::up_to(snapshot_seq - 1)).await {
-                    sh.warn(&format!("retention of {id:?}: deleting snapshots failed: {e}"));
-                }
-            }
-        }
-        if !policy.delete_events_on_snapshot {
-            return;
-        }
-        let Some(events) = &sh.stores.events else { return };
-        let mut to = snapshot_seq.saturating_sub(policy.events_retention_count);
-        if !policy.ignore_projections {
-            // Never delete what a projection of this engine has not handled.
-            let handled: Vec<u64> = sh.projections.lock().values().map(|p| p.positions().get(&shard).copied().unwrap_or(0)).collect();
-            if let Some(min) = handled.into_iter().min() {
-                match events.replay_events(&id, 1, to, u64::MAX).await {
-                    Ok(list) => to = list.iter().take_while(|e| e.position <= min).last().map_or(0, |e| e.sequence_number),
-                    Err(e) => {
-                        sh.warn(&format!("retention of {id:?}: {e}"));
-                        return;
-                    }
-                }
-            }
-        }
-        if to > 0 {
-            if let Err(e) = events.delete_events(&id, to).await {
-                sh.warn(&format!("retention of {id:?}: deleting events failed: {e}"));
-            }
-        }
-    });
 }

@@ -63,6 +63,10 @@ pub enum Error {
     /// An entity could not recover its state; the entity is not started.
     #[error("entity {id:?} failed to recover: {detail}")]
     Recovery { id: Arc<str>, detail: Arc<str> },
+    /// ego itself failed (a bug, or the interpreter refused something ego needs); never a
+    /// user's handler error.
+    #[error("internal error: {0}")]
+    Internal(Arc<str>),
 }
 
 impl Error {
@@ -73,6 +77,10 @@ impl Error {
     /// An invalid-argument error.
     pub fn invalid(msg: impl std::fmt::Display) -> Self {
         Error::InvalidArgument(msg.to_string().into())
+    }
+    /// An internal error.
+    pub fn internal(msg: impl std::fmt::Display) -> Self {
+        Error::Internal(msg.to_string().into())
     }
     /// A contract error.
     pub fn contract(msg: impl std::fmt::Display) -> Self {

@@ -5,27 +5,36 @@
 //! `ego-py` crate; plain Rust in tests and benches) plugs in through [`host::Host`]; everything
 //! else (mailboxes, the bridge thread, batching, snapshots, recovery, stores) lives here.
 //!
-//! Map of the crate:
-//! - [`envelope`]: the persisted protobuf envelopes (`protos/ego/v1`).
-//! - [`error`]: the one error type; the bindings map it to Python exceptions in one place.
-//! - [`ids`]: entity id validation and the stable shard hash.
-//! - [`store`]: store traits, the in-memory and RocksDB stores.
-//! - [`host`], [`engine`], [`entity`], [`bridge`], [`recovery`]: the entity runtime.
+//! Map of the crate, lowest layer first (a module uses only modules of lower layers; `make lint`
+//! checks there is no cycle; docs/architecture.md has the whole picture):
+//! - leaves: [`error`], [`clock`], [`ids`], [`envelope`], [`options`], [`stats`], [`future`],
+//!   [`registry`], [`host`] (the seam to the behaviour language).
+//! - [`store`]: the store contracts and the in-memory, RocksDB and PostgreSQL stores;
+//!   [`event_stream`]: the in-process fan-out of what is persisted.
+//! - [`projection`]: named, checkpointed readers of the journal.
+//! - [`entity::cell`]: an entity's data; [`bridge`]: the thread that runs queued work;
+//!   [`shared`]: what the engine's parts share; [`background`]: writes nobody waits for.
+//! - [`recovery`]: rebuilding an entity's state; [`entity`]: the runtime (dispatch,
+//!   processing, the write path, snapshots, retention, activation, passivation).
+//! - [`engine`]: the public entry points.
+//! - [`testing`]: a plain-Rust host for the core's own tests and benchmarks.
 
-pub mod bridge;
+mod background;
+mod bridge;
 pub mod clock;
 pub mod engine;
 pub mod entity;
 pub mod envelope;
 pub mod error;
+pub mod event_stream;
+pub mod future;
 pub mod host;
 pub mod ids;
 pub mod options;
-pub mod poll;
 pub mod projection;
-pub mod publish;
-pub mod recovery;
+mod recovery;
 pub mod registry;
+pub mod shared;
 pub mod stats;
 pub mod store;
 pub mod testing;

@@ -5,7 +5,7 @@
 //!
 //! Positions are store-assigned and visible in commit order, so a projection never skips an
 //! event (the Go library's timestamp offsets could). Store errors are retried with backoff
-//! and never stop a projection; a handler's failure follows the projection's recovery policy.
+//! and never stop a projection; a handler's failure follows the projection's failure policy.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,11 +17,12 @@ use tokio::sync::Notify;
 
 use crate::envelope::Event;
 use crate::error::{Error, Result};
-use crate::store::{BoxFuture, EventsStore, OffsetStore};
+use crate::future::BoxFuture;
+use crate::store::{EventsStore, OffsetStore, ReadModelWrite};
 
 /// What happens to a batch (or event) the handler fails on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecoveryPolicy {
+pub enum FailurePolicy {
     /// Stop the projection at once.
     Fail,
     /// Retry, then stop the projection.
@@ -32,10 +33,11 @@ pub enum RecoveryPolicy {
     RetryAndSkip,
 }
 
-/// Recovery settings.
+/// What to do when the handler fails: the policy, and how retrying policies retry (the Go
+/// library calls this `Recovery`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Recovery {
-    pub policy: RecoveryPolicy,
+pub struct OnFailure {
+    pub policy: FailurePolicy,
     /// Attempts in all (the first one included) for the retrying policies.
     pub attempts: u32,
     /// Wait before the first retry; doubles after each, up to `max_backoff`.
@@ -43,9 +45,9 @@ pub struct Recovery {
     pub max_backoff: Duration,
 }
 
-impl Default for Recovery {
+impl Default for OnFailure {
     fn default() -> Self {
-        Recovery { policy: RecoveryPolicy::Fail, attempts: 5, backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(5) }
+        OnFailure { policy: FailurePolicy::Fail, attempts: 5, backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(5) }
     }
 }
 
@@ -54,7 +56,7 @@ impl Default for Recovery {
 pub struct ProjectionOptions {
     /// Most events per handler call.
     pub batch_size: usize,
-    pub recovery: Recovery,
+    pub on_failure: OnFailure,
     /// How often to look for events written by other processes (events written by this
     /// engine wake the projection at once).
     pub poll_interval: Duration,
@@ -64,30 +66,13 @@ pub struct ProjectionOptions {
 
 impl Default for ProjectionOptions {
     fn default() -> Self {
-        ProjectionOptions { batch_size: 512, recovery: Recovery::default(), poll_interval: Duration::from_millis(500), start_at_end: false }
+        ProjectionOptions {
+            batch_size: 512,
+            on_failure: OnFailure::default(),
+            poll_interval: Duration::from_millis(500),
+            start_at_end: false,
+        }
     }
-}
-
-/// A write to a read model that the offset store commits with the batch's offset.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ReadModelWrite {
-    /// An SQL statement (PostgreSQL offset stores).
-    Sql { sql: String, params: Vec<SqlValue> },
-    /// Put a key (RocksDB offset stores: the `read_model` column family).
-    Put { key: Vec<u8>, value: Vec<u8> },
-    /// Delete a key (RocksDB offset stores).
-    Delete { key: Vec<u8> },
-}
-
-/// A bound SQL parameter.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SqlValue {
-    Null,
-    Bool(bool),
-    Int(i64),
-    Float(f64),
-    Text(String),
-    Bytes(Vec<u8>),
 }
 
 /// A handler's failure: its text, and whatever the binding needs to hand the original error
@@ -109,7 +94,7 @@ pub trait Sink: Send + Sync + 'static {
     /// Handles a batch of one shard, in position order. `Ok` carries the read-model writes to
     /// commit with the offset (empty for a non-transactional handler).
     fn handle(&self, shard: u32, events: Arc<[Event]>) -> BoxFuture<'static, std::result::Result<Vec<ReadModelWrite>, HandlerFailure>>;
-    /// An event the recovery policy skipped.
+    /// An event the failure policy skipped.
     fn dead_letter(&self, event: Event, failure: HandlerFailure) -> BoxFuture<'static, ()>;
     /// Something worth telling the operator.
     fn log(&self, level: &'static str, message: String);
@@ -285,11 +270,11 @@ impl Projection {
         self.stopping()
     }
 
-    /// Hands a batch to the sink under the recovery policy. `Err` stops the projection.
+    /// Hands a batch to the sink under the failure policy. `Err` stops the projection.
     async fn deliver(&self, shard: u32, batch: Arc<[Event]>) -> std::result::Result<Vec<ReadModelWrite>, String> {
-        let r = &self.options.recovery;
+        let r = &self.options.on_failure;
         let attempts = match r.policy {
-            RecoveryPolicy::Fail | RecoveryPolicy::Skip => 1,
+            FailurePolicy::Fail | FailurePolicy::Skip => 1,
             _ => r.attempts.max(1),
         };
         let failure = match self.attempt(shard, batch.clone(), attempts).await {
@@ -297,10 +282,10 @@ impl Projection {
             Err(f) => f,
         };
         match r.policy {
-            RecoveryPolicy::Fail | RecoveryPolicy::RetryAndFail => {
+            FailurePolicy::Fail | FailurePolicy::RetryAndFail => {
                 Err(format!("the handler failed after {attempts} attempt(s): {}", failure.message))
             }
-            RecoveryPolicy::Skip | RecoveryPolicy::RetryAndSkip => {
+            FailurePolicy::Skip | FailurePolicy::RetryAndSkip => {
                 if batch.len() == 1 {
                     self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
                     self.sink.dead_letter(batch[0].clone(), failure).await;
@@ -326,7 +311,7 @@ impl Projection {
     }
 
     async fn attempt(&self, shard: u32, batch: Arc<[Event]>, attempts: u32) -> std::result::Result<Vec<ReadModelWrite>, HandlerFailure> {
-        let r = &self.options.recovery;
+        let r = &self.options.on_failure;
         let mut backoff = r.backoff;
         let mut last = None;
         for a in 0..attempts {

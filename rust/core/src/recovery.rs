@@ -1,18 +1,28 @@
-//! Recovery: the latest snapshot, then the events after it, page by page (bounded memory), or
-//! the stored durable state. Reads that finish at once (embedded stores) are applied inline by
-//! whoever started the recovery; a read that has to wait is awaited on the runtime and its
-//! result applied on the bridge.
+//! Recovery of one entity's state: the latest snapshot, then the events after it, page by
+//! page (bounded memory), or the stored durable state.
+//!
+//! A state machine that knows nothing of mailboxes: [`step`] applies what a read returned and
+//! goes on as long as reads finish at once (embedded stores), then says what it needs next: a
+//! read to await ([`Progress::Reading`]), or that it is done (the recovered working set) or
+//! failed. The entity's activation code drives it and parks the result.
 
-use std::sync::Arc;
-
-use crate::bridge::Job;
-use crate::engine::Shared;
-use crate::entity::{self, Entity, Work};
+use crate::entity::cell::{Entity, Work};
 use crate::envelope::{DurableState, Event, Snapshot};
 use crate::error::{Error, Result};
+use crate::future::{ready, BoxFuture};
 use crate::host::{Fail, Host, Kind};
-use crate::poll::ready;
-use crate::store::{BoxFuture, SnapshotCriteria};
+use crate::shared::Shared;
+use crate::store::SnapshotCriteria;
+
+/// Where a recovery is.
+pub(crate) enum Progress<H: Host> {
+    /// Recovered: the working set to park in the entity.
+    Done(Work<H>),
+    /// Failed: the messages waiting for the entity get this.
+    Failed(Fail<H::Failure>),
+    /// Waiting for a read: await it, then call [`step`] again (with the context) with its result.
+    Reading(BoxFuture<'static, Result<Fetched>>),
+}
 
 /// A recovery in progress.
 pub(crate) struct Recovery<H: Host> {
@@ -41,54 +51,43 @@ pub(crate) enum Fetched {
     Durable(Option<DurableState>),
 }
 
-/// Starts recovering `e` (its phase is already `Recovering`).
-pub(crate) fn start<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>) {
-    let rec = Box::new(Recovery { state: None, next: 1, revision: 0, stage: Stage::Start });
-    step(sh, cx, e, rec, None);
+impl<H: Host> Recovery<H> {
+    /// A recovery from the start.
+    pub(crate) fn new() -> Box<Self> {
+        Box::new(Recovery { state: None, next: 1, revision: 0, stage: Stage::Start })
+    }
 }
 
-/// Applies `input` (if any) and continues until done, failed, or waiting for a read.
+/// Applies `input` (the result of the read [`Progress::Reading`] asked for, if any) and goes
+/// on until done, failed, or waiting for a read that does not finish at once.
 pub(crate) fn step<H: Host>(
-    sh: &Arc<Shared<H>>,
+    sh: &Shared<H>,
     cx: H::Cx<'_>,
-    e: &Arc<Entity<H>>,
-    mut rec: Box<Recovery<H>>,
+    e: &Entity<H>,
+    rec: &mut Recovery<H>,
     input: Option<Result<Fetched>>,
-) {
+) -> Progress<H> {
     let mut input = input;
     loop {
         if let Some(fetched) = input.take() {
-            if let Err(fail) = absorb(sh, cx, e, &mut rec, fetched) {
-                let fail = match fail {
+            if let Err(fail) = absorb(sh, cx, e, rec, fetched) {
+                return Progress::Failed(match fail {
                     Fail::Handler(f) => Fail::Handler(sh.host.recovery_failure(cx, &e.id, f)),
                     other => other,
-                };
-                entity::recovery_failed(sh, cx, e, fail);
-                return;
+                });
             }
         }
         if rec.stage == Stage::Done {
             let state = rec.state.take().expect("recovered state");
-            entity::recovered(sh, e, Work::new(state, rec.revision));
-            return;
+            return Progress::Done(Work::new(state, rec.revision));
         }
-        let read = match next_read(sh, e, &mut rec) {
+        let read = match next_read(sh, e, rec) {
             Ok(read) => read,
-            Err(err) => {
-                entity::recovery_failed(sh, cx, e, Fail::Engine(err));
-                return;
-            }
+            Err(err) => return Progress::Failed(Fail::Engine(err)),
         };
         match sh.poll_now(read) {
             Ok(fetched) => input = Some(fetched),
-            Err(read) => {
-                let (sh2, e2) = (sh.clone(), e.clone());
-                sh.runtime.spawn(async move {
-                    let fetched = read.await;
-                    sh2.queue.push(Job::Recover(e2, rec, fetched));
-                });
-                return;
-            }
+            Err(read) => return Progress::Reading(read),
         }
     }
 }

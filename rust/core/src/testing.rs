@@ -12,9 +12,10 @@ use crate::engine::Engine;
 use crate::entity::Dispatched;
 use crate::envelope::{Any, Event};
 use crate::error::Error;
+use crate::future::BoxFuture;
 use crate::host::{Fail, Host, Kind};
 use crate::store::memory::MemoryStore;
-use crate::store::{BoxFuture, EventsStore, IdPage, ShardHead};
+use crate::store::{EventsStore, IdPage, ShardHead};
 
 /// Account state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

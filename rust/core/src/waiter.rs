@@ -13,7 +13,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use parking_lot::Mutex;
 
-use crate::store::BoxFuture;
+use crate::future::BoxFuture;
 
 /// What to do with a future's output.
 type Done<T> = Box<dyn FnOnce(T) + Send>;

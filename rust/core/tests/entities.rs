@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ego_core::error::Error;
+use ego_core::future::block_on;
 use ego_core::host::{Fail, Kind};
 use ego_core::options::{EngineConfig, EntityOptions};
-use ego_core::poll::block_on;
 use ego_core::store::memory::MemoryStore;
 use ego_core::store::rocks::{RocksOptions, RocksStore};
 use ego_core::store::{EventsStore, SnapshotCriteria, SnapshotStore, Stores};

@@ -9,15 +9,16 @@ use ego_core::engine::Stopped;
 use ego_core::entity::Dispatched;
 use ego_core::error::Error;
 use ego_core::host::Kind;
-use ego_core::options::{EngineConfig, EntityOptions};
+use ego_core::options::EngineConfig;
 use ego_core::store::Stores;
 use ego_core::Engine;
 use parking_lot::RwLock;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
-use crate::errors::{fail_to_pyerr, invalid_message, to_pyerr};
+use crate::errors::{configuration, contract_error, fail_to_pyerr, invalid_message, to_pyerr};
 use crate::host::{PyCommand, PyHost};
+use crate::options::EntityOptions;
 use crate::pystore::PyStore;
 use crate::reply::{outcome_into_result, settle_now, waker_for, AsyncReply, Reply, SyncSlot};
 use crate::store::NativeStore;
@@ -65,42 +66,6 @@ fn store_of<'py>(obj: Option<&Bound<'py, PyAny>>, roles: &[&[&str]]) -> PyResult
 
 /// One shard's lag as Python gets it: (shard, events behind, ns behind, offset, head).
 type LagRow = (u32, u64, i64, u64, u64);
-
-/// Retention as Python passes it: (delete events, keep count, delete snapshots, ignore projections).
-type RetentionArgs = Option<(bool, u64, bool, bool)>;
-
-fn options(
-    snapshot_interval: u64,
-    passivate_after: Option<f64>,
-    batch_threshold: usize,
-    batch_flush_window: f64,
-    mailbox_capacity: usize,
-    retention: RetentionArgs,
-) -> PyResult<EntityOptions> {
-    let seconds = |name: &str, v: f64| {
-        if v.is_finite() && v >= 0.0 {
-            Ok(Duration::from_secs_f64(v))
-        } else {
-            Err(pyo3::exceptions::PyValueError::new_err(format!("{name} must be a non-negative number of seconds, got {v}")))
-        }
-    };
-    if mailbox_capacity == 0 {
-        return Err(pyo3::exceptions::PyValueError::new_err("mailbox_capacity must be at least 1"));
-    }
-    Ok(EntityOptions {
-        snapshot_interval,
-        passivate_after: passivate_after.map(|v| seconds("passivate_after", v)).transpose()?,
-        batch_threshold,
-        batch_flush_window: seconds("batch_flush_window", batch_flush_window)?,
-        mailbox_capacity,
-        retention: retention.map(|(events, keep, snapshots, ignore)| ego_core::options::RetentionPolicy {
-            delete_events_on_snapshot: events,
-            events_retention_count: keep,
-            delete_snapshots_on_snapshot: snapshots,
-            ignore_projections: ignore,
-        }),
-    })
-}
 
 impl EngineCore {
     fn core(&self, py: Python<'_>) -> PyResult<Arc<Core>> {
@@ -189,6 +154,7 @@ impl EngineCore {
     #[pyo3(signature = (name, events_store=None, snapshot_store=None, state_store=None, shards=8, max_message_bytes=1<<20, replay_page_size=1024, io_threads=2, event_adapters=Vec::new(), telemetry=None, logger=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         name: String,
         events_store: Option<&Bound<'_, PyAny>>,
         snapshot_store: Option<&Bound<'_, PyAny>>,
@@ -202,9 +168,7 @@ impl EngineCore {
         logger: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         if shards == 0 || replay_page_size == 0 || max_message_bytes == 0 || io_threads == 0 {
-            return Err(pyo3::exceptions::PyValueError::new_err(
-                "shards, max_message_bytes, replay_page_size and io_threads must be positive",
-            ));
+            return Err(configuration(py, "shards, max_message_bytes, replay_page_size and io_threads must be positive"));
         }
         use crate::pystore::{EVENTS, SNAPSHOTS, STATES};
         let stores = Stores {
@@ -264,61 +228,37 @@ impl EngineCore {
         let Some(core) = self.core.write().take() else { return Ok(()) };
         if std::thread::current().name().is_some_and(|n| n.starts_with("ego-bridge")) {
             *self.core.write() = Some(core);
-            return Err(pyo3::exceptions::PyRuntimeError::new_err("stop() cannot be called from inside a behaviour"));
+            return Err(contract_error(py, "stop() cannot be called from inside a behaviour"));
         }
         let timeout = Duration::from_secs_f64(timeout.max(0.0));
-        let result = py.detach(|| core.shutdown(timeout));
+        let result = crate::wait::bounded(py, || core.shutdown(timeout));
         // Records queued by the runtime while the bridge had nothing left to run.
         core.shared().host().log.flush(py);
         result.map_err(|e| to_pyerr(py, &e))
     }
 
     /// Sends a command and waits for `(state, revision)`. A rejection raises the exception
-    /// the behaviour raised. `timeout` is in seconds (None: wait as long as it takes).
-    #[pyo3(signature = (entity_id, command, timeout=None))]
-    fn send_command(&self, py: Python<'_>, entity_id: &str, command: &Bound<'_, PyAny>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
-        let core = self.core(py)?;
-        Self::check_message(&core, py, "a command", command)?;
-        let command = PyCommand::new(command.clone().unbind());
-        self.blocking(py, entity_id, timeout, |core, reply| core.send(py, entity_id, command, reply))
-    }
-
-    /// `send_command` with telemetry: counts the latency, and carries `trace` (the caller's
-    /// OpenTelemetry context) to the handler.
-    #[pyo3(signature = (entity_id, command, timeout=None, trace=None))]
-    fn _send_observed(
+    /// the behaviour raised. `timeout` is in seconds (None: wait as long as it takes);
+    /// `trace_context` is an OpenTelemetry context the command's spans get as parent (with
+    /// traces on).
+    #[pyo3(signature = (entity_id, command, timeout=None, trace_context=None))]
+    fn send_command(
         &self,
         py: Python<'_>,
         entity_id: &str,
         command: &Bound<'_, PyAny>,
         timeout: Option<f64>,
-        trace: Option<Py<PyAny>>,
+        trace_context: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
         let core = self.core(py)?;
         let timer = Self::timer(&core);
         Self::check_message(&core, py, "a command", command)?;
-        let command = PyCommand { msg: command.clone().unbind(), trace };
+        let command = PyCommand { msg: command.clone().unbind(), trace: trace_context };
         let result = self.blocking(py, entity_id, timeout, |core, reply| core.send(py, entity_id, command, reply));
         if let Some((sent, t)) = timer {
             t.latency.record(sent.elapsed());
         }
         result
-    }
-
-    /// `send_command_async` with telemetry (see `_send_observed`).
-    #[pyo3(signature = (entity_id, command, trace=None))]
-    fn _send_observed_async(
-        &self,
-        py: Python<'_>,
-        entity_id: &str,
-        command: &Bound<'_, PyAny>,
-        trace: Option<Py<PyAny>>,
-    ) -> PyResult<Py<PyAny>> {
-        if let Ok(core) = self.core(py) {
-            Self::check_message(&core, py, "a command", command)?;
-        }
-        let command = PyCommand { msg: command.clone().unbind(), trace };
-        self.non_blocking_timed(py, true, |core, reply| core.send(py, entity_id, command, reply))
     }
 
     /// What telemetry exports: outcomes (commands per (entity type, outcome)), the latency histogram
@@ -342,13 +282,20 @@ impl EngineCore {
         Ok(out)
     }
 
-    /// Sends a command; returns an asyncio future of `(state, revision)`.
-    fn send_command_async(&self, py: Python<'_>, entity_id: &str, command: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    /// Sends a command; returns an asyncio future of `(state, revision)` (see `send_command`).
+    #[pyo3(signature = (entity_id, command, trace_context=None))]
+    fn send_command_async(
+        &self,
+        py: Python<'_>,
+        entity_id: &str,
+        command: &Bound<'_, PyAny>,
+        trace_context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
         if let Ok(core) = self.core(py) {
             Self::check_message(&core, py, "a command", command)?;
         }
-        let command = PyCommand::new(command.clone().unbind());
-        self.non_blocking(py, |core, reply| core.send(py, entity_id, command, reply))
+        let command = PyCommand { msg: command.clone().unbind(), trace: trace_context };
+        self.non_blocking_timed(py, true, |core, reply| core.send(py, entity_id, command, reply))
     }
 
     /// The confirmed `(state, revision)` of an entity, after the commands sent before.
@@ -363,22 +310,16 @@ impl EngineCore {
     }
 
     /// Spawns (and recovers) an entity; returns its `(state, revision)`.
-    #[pyo3(signature = (entity_id, behavior, snapshot_interval, passivate_after, batch_threshold, batch_flush_window, mailbox_capacity, retention=None, timeout=None))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (entity_id, behavior, options, timeout=None))]
     fn _spawn(
         &self,
         py: Python<'_>,
         entity_id: &str,
         behavior: &Bound<'_, PyAny>,
-        snapshot_interval: u64,
-        passivate_after: Option<f64>,
-        batch_threshold: usize,
-        batch_flush_window: f64,
-        mailbox_capacity: usize,
-        retention: RetentionArgs,
+        options: PyRef<'_, EntityOptions>,
         timeout: Option<f64>,
     ) -> PyResult<Py<PyAny>> {
-        let opts = options(snapshot_interval, passivate_after, batch_threshold, batch_flush_window, mailbox_capacity, retention)?;
+        let opts = options.core.clone();
         let core = self.core(py)?;
         let b = core.shared().host().behavior(behavior).map_err(|f| fail_to_pyerr(py, f))?;
         let kind: Kind = b.kind();
@@ -390,22 +331,8 @@ impl EngineCore {
     }
 
     /// Registers a factory for entities whose id starts with `prefix`.
-    #[pyo3(signature = (prefix, factory, snapshot_interval, passivate_after, batch_threshold, batch_flush_window, mailbox_capacity, retention=None))]
-    #[allow(clippy::too_many_arguments)]
-    fn _register(
-        &self,
-        py: Python<'_>,
-        prefix: String,
-        factory: Py<PyAny>,
-        snapshot_interval: u64,
-        passivate_after: Option<f64>,
-        batch_threshold: usize,
-        batch_flush_window: f64,
-        mailbox_capacity: usize,
-        retention: RetentionArgs,
-    ) -> PyResult<()> {
-        let opts = options(snapshot_interval, passivate_after, batch_threshold, batch_flush_window, mailbox_capacity, retention)?;
-        self.core(py)?.register(prefix, factory, opts).map_err(|e| to_pyerr(py, &e))
+    fn _register(&self, py: Python<'_>, prefix: String, factory: Py<PyAny>, options: PyRef<'_, EntityOptions>) -> PyResult<()> {
+        self.core(py)?.register(prefix, factory, options.core.clone()).map_err(|e| to_pyerr(py, &e))
     }
 
     /// Stops an entity after the commands already sent to it. A later command re-activates it
@@ -442,24 +369,24 @@ impl EngineCore {
         start_at_end: bool,
         transactional: bool,
     ) -> PyResult<()> {
-        use ego_core::projection::{ProjectionOptions, Recovery, RecoveryPolicy};
+        use ego_core::projection::{FailurePolicy, OnFailure, ProjectionOptions};
         let core = self.core(py)?;
         let offsets: Arc<dyn ego_core::store::OffsetStore> = match store_of(Some(offset_store), &[crate::pystore::OFFSETS])? {
             Some(StoreArg::Native(n)) => n.offsets(),
             Some(StoreArg::Python(p)) => Arc::new(p),
-            None => return Err(pyo3::exceptions::PyValueError::new_err("a projection needs an offset store")),
+            None => return Err(configuration(py, "a projection needs an offset store")),
         };
         let policy = match policy {
-            "fail" => RecoveryPolicy::Fail,
-            "retry_and_fail" => RecoveryPolicy::RetryAndFail,
-            "skip" => RecoveryPolicy::Skip,
-            "retry_and_skip" => RecoveryPolicy::RetryAndSkip,
-            other => return Err(pyo3::exceptions::PyValueError::new_err(format!("unknown recovery policy {other:?}"))),
+            "fail" => FailurePolicy::Fail,
+            "retry_and_fail" => FailurePolicy::RetryAndFail,
+            "skip" => FailurePolicy::Skip,
+            "retry_and_skip" => FailurePolicy::RetryAndSkip,
+            other => return Err(configuration(py, format!("unknown failure policy {other:?}"))),
         };
         let secs = |v: f64| Duration::from_secs_f64(v.max(0.0));
         let options = ProjectionOptions {
             batch_size: batch_size.max(1),
-            recovery: Recovery { policy, attempts: attempts.max(1), backoff: secs(backoff), max_backoff: secs(max_backoff) },
+            on_failure: OnFailure { policy, attempts: attempts.max(1), backoff: secs(backoff), max_backoff: secs(max_backoff) },
             poll_interval: secs(poll_interval),
             start_at_end,
         };
@@ -472,7 +399,7 @@ impl EngineCore {
     /// Stops and forgets a projection (its offsets stay in its offset store).
     fn remove_projection(&self, py: Python<'_>, name: &str) -> PyResult<()> {
         let core = self.core(py)?;
-        py.detach(|| core.remove_projection(name)).map_err(|e| to_pyerr(py, &e))
+        crate::wait::bounded(py, || core.remove_projection(name)).map_err(|e| to_pyerr(py, &e))
     }
 
     /// `(status, error)`: "running", "failed" (with the error) or "stopped"; None if unknown.
@@ -489,7 +416,7 @@ impl EngineCore {
     fn _projection_lag(&self, py: Python<'_>, name: &str) -> PyResult<Vec<LagRow>> {
         let core = self.core(py)?;
         let p = core.projection(name).ok_or_else(|| no_projection(py, name))?;
-        let lag = py.detach(|| core.runtime().block_on(p.lag())).map_err(|e| to_pyerr(py, &e))?;
+        let lag = crate::wait::future(py, core.runtime(), async move { p.lag().await })?.map_err(|e| to_pyerr(py, &e))?;
         Ok(lag.into_iter().map(|l| (l.shard, l.events_behind, l.time_behind_nanos, l.offset, l.head)).collect())
     }
 
@@ -510,7 +437,7 @@ impl EngineCore {
     /// Replays the events written after `after_nanos` (Unix ns, exclusive) to a projection.
     fn _rebuild_projection(&self, py: Python<'_>, name: &str, after_nanos: i64) -> PyResult<()> {
         let core = self.core(py)?;
-        py.detach(|| core.rebuild_projection(name, after_nanos)).map_err(|e| to_pyerr(py, &e))
+        crate::wait::bounded(py, || core.rebuild_projection(name, after_nanos)).map_err(|e| to_pyerr(py, &e))
     }
 
     /// Names of the projections.

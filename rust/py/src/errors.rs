@@ -71,7 +71,33 @@ pub fn to_pyerr(py: Python<'_>, e: &Error) -> PyErr {
         Error::Configuration(_) => make(py, "ConfigurationError", msg, &[]),
         Error::Contract(_) => make(py, "HandlerContractError", msg, &[]),
         Error::Recovery { id, .. } => make(py, "RecoveryError", msg, &[("entity_id", text(id))]),
+        Error::Internal(_) => make(py, "InternalError", msg, &[]),
     }
+}
+
+/// A `ConfigurationError` raised directly.
+pub fn configuration(py: Python<'_>, msg: impl std::fmt::Display) -> PyErr {
+    to_pyerr(py, &Error::Configuration(msg.to_string().into()))
+}
+
+/// A `ValidationError` raised directly.
+pub fn validation(py: Python<'_>, msg: impl std::fmt::Display) -> PyErr {
+    to_pyerr(py, &Error::invalid(msg))
+}
+
+/// A `HandlerContractError` raised directly.
+pub fn contract_error(py: Python<'_>, msg: impl std::fmt::Display) -> PyErr {
+    to_pyerr(py, &Error::contract(msg))
+}
+
+/// An `InternalError` raised directly (ego failed, not the user's code).
+pub fn internal(py: Python<'_>, msg: impl std::fmt::Display) -> PyErr {
+    to_pyerr(py, &Error::internal(msg))
+}
+
+/// `StopIteration`: the end of an iterator (not an error of ego's).
+pub fn stop_iteration() -> PyErr {
+    pyo3::exceptions::PyStopIteration::new_err(())
 }
 
 /// A failure (user exception or core error) as a Python exception.

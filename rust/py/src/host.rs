@@ -76,25 +76,18 @@ pub struct PyHost {
 
 static EVENT_SOURCED: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static DURABLE_STATE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-/// Logs through the `ego` logger of the standard `logging` module (for records that belong to
-/// no engine, such as a reply that could not be delivered).
-pub fn log(py: Python<'_>, level: &str, message: &str) {
-    let logger = LOGGER.get_or_try_init(py, || py.import("logging")?.call_method1("getLogger", ("ego",)).map(Bound::unbind));
-    if let Ok(logger) = logger {
-        let _ = logger.bind(py).call_method1(level, (message,));
-    }
-}
 
 type PyFail = Fail<PyErr>;
 
+/// A failure of the user's code: it reaches the caller unchanged.
 fn handler<T>(r: PyResult<T>) -> Result<T, PyFail> {
     r.map_err(Fail::Handler)
 }
 
+/// A failure of ego's own Python calls (type lookups, imports): an `InternalError`, never
+/// mistaken for the user's handler error.
 fn internal<T>(r: PyResult<T>) -> Result<T, PyFail> {
-    r.map_err(Fail::Handler)
+    r.map_err(|e| Fail::Engine(Error::internal(e)))
 }
 
 impl PyHost {

@@ -2,8 +2,9 @@
 //!
 //! - [`host`]: runs Python behaviours for the core (the `Host` implementation).
 //! - [`reply`]: where outcomes go (blocked threads, asyncio futures resolved in bulk).
-//! - [`engine`], [`store`]: the classes Python sees.
+//! - [`engine`], [`store`], [`options`]: the classes Python sees.
 //! - [`errors`]: the one mapping from core errors to `ego.errors` exceptions.
+//! - [`wait`]: the one way a Python thread blocks (GIL released, Ctrl-C answered).
 //! - [`types`]: protobuf message type caches.
 //! - [`telemetry`], [`logs`]: OpenTelemetry spans and counters; the engine's logger.
 
@@ -11,6 +12,7 @@ mod engine;
 mod errors;
 mod host;
 mod logs;
+mod options;
 mod projection;
 mod pystore;
 mod records;
@@ -19,6 +21,7 @@ mod store;
 mod subscription;
 mod telemetry;
 mod types;
+mod wait;
 mod worker;
 
 use pyo3::prelude::*;
@@ -27,6 +30,7 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _ego(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::EngineCore>()?;
+    m.add_class::<options::EntityOptions>()?;
     m.add_class::<store::NativeStore>()?;
     m.add_class::<reply::LoopDrain>()?;
     m.add_class::<records::PersistedEvent>()?;

@@ -3,7 +3,19 @@
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
+
+static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// Logs through the `ego` logger of the standard `logging` module (for records that belong to
+/// no engine, such as a reply that could not be delivered).
+pub fn log_std(py: Python<'_>, level: &str, message: &str) {
+    let logger = LOGGER.get_or_try_init(py, || py.import("logging")?.call_method1("getLogger", ("ego",)).map(Bound::unbind));
+    if let Ok(logger) = logger {
+        let _ = logger.bind(py).call_method1(level, (message,));
+    }
+}
 
 /// One engine's logger.
 pub struct Log {
@@ -27,7 +39,7 @@ impl Log {
             self.logger.bind(py).call_method(level, (message,), Some(&fields))
         })();
         if let Err(e) = written {
-            crate::host::log(py, "error", &format!("the engine's logger failed ({e}); the record was: {message}"));
+            log_std(py, "error", &format!("the engine's logger failed ({e}); the record was: {message}"));
         }
     }
 

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use ego_core::envelope::Event;
-use ego_core::projection::{HandlerFailure, ReadModelWrite, Sink, SqlValue};
-use ego_core::store::BoxFuture;
+use ego_core::future::BoxFuture;
+use ego_core::projection::{HandlerFailure, Sink};
+use ego_core::store::{ReadModelWrite, SqlValue};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use tokio::sync::oneshot;
@@ -84,7 +85,7 @@ fn writes(value: &Bound<'_, PyAny>) -> PyResult<Vec<ReadModelWrite>> {
             }
             "put" => ReadModelWrite::Put { key: item.getattr("key")?.extract()?, value: item.getattr("value")?.extract()? },
             "delete" => ReadModelWrite::Delete { key: item.getattr("key")?.extract()? },
-            other => return Err(pyo3::exceptions::PyTypeError::new_err(format!("unknown read-model write {other:?}"))),
+            other => return Err(crate::errors::contract_error(item.py(), format!("unknown read-model write {other:?}"))),
         });
     }
     Ok(out)
@@ -104,7 +105,7 @@ fn sql_value(v: &Bound<'_, PyAny>) -> PyResult<SqlValue> {
     } else if let Ok(b) = v.cast::<PyBytes>() {
         SqlValue::Bytes(b.as_bytes().to_vec())
     } else {
-        return Err(pyo3::exceptions::PyTypeError::new_err(format!("unsupported SQL parameter {}", crate::types::describe(v))));
+        return Err(crate::errors::contract_error(v.py(), format!("unsupported SQL parameter {}", crate::types::describe(v))));
     })
 }
 
@@ -166,7 +167,7 @@ impl Sink for PySink {
         let job: Job = Box::new(move |py, event_loop| {
             let err: Py<PyAny> = match f.original.as_ref().and_then(|o| o.downcast_ref::<PyErr>()) {
                 Some(e) => e.clone_ref(py).into_value(py).into_any(),
-                None => pyo3::exceptions::PyRuntimeError::new_err(f.message.to_string()).into_value(py).into_any(),
+                None => crate::errors::to_pyerr(py, &ego_core::error::Error::Storage(f.message.clone())).into_value(py).into_any(),
             };
             let (pid, seq) = (event.persistence_id.clone(), event.sequence_number);
             let result = Py::new(py, PersistedEvent { event, decoder })

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use ego_core::envelope::{DurableState, Event, Snapshot};
 use ego_core::error::{Error, Result};
-use ego_core::store::{BoxFuture, EventsStore, IdPage, OffsetStore, ShardHead, SnapshotCriteria, SnapshotStore, StateStore};
+use ego_core::future::BoxFuture;
+use ego_core::store::{EventsStore, IdPage, OffsetStore, ShardHead, SnapshotCriteria, SnapshotStore, StateStore};
 use prost::Message;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -82,7 +83,8 @@ fn to_py<'py, M: Message>(py: Python<'py>, class: &str, m: &M) -> PyResult<Bound
 
 fn from_py<M: Message + Default>(value: &Bound<'_, PyAny>) -> PyResult<M> {
     let bytes = value.call_method0("SerializeToString")?;
-    M::decode(bytes.cast::<PyBytes>()?.as_bytes()).map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("bad envelope: {e}")))
+    M::decode(bytes.cast::<PyBytes>()?.as_bytes())
+        .map_err(|e| crate::errors::to_pyerr(value.py(), &Error::storage(format!("the store returned a bad envelope: {e}"))))
 }
 
 fn list_of<M: Message + Default>(value: Bound<'_, PyAny>) -> PyResult<Vec<M>> {

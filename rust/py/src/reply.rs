@@ -17,6 +17,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
 
 use crate::errors::{fail_to_pyerr, to_pyerr};
+use crate::wait::Waited;
 
 /// A successful outcome: the state object and the revision.
 pub type Output = (Py<PyAny>, u64);
@@ -99,26 +100,16 @@ impl SyncSlot {
     pub fn wait(&self, py: Python<'_>, timeout: Option<f64>, id: &str) -> PyResult<Py<PyAny>> {
         let started_at = Instant::now();
         let deadline = timeout.map(|t| started_at + Duration::from_secs_f64(t.max(0.0)));
-        loop {
-            let slice = Instant::now() + Duration::from_millis(50);
-            let until = deadline.map_or(slice, |d| d.min(slice));
-            if let Some(outcome) = py.detach(|| self.wait_until(until)) {
-                return outcome_into_result(py, outcome);
-            }
-            if let Err(interrupt) = py.check_signals() {
-                return match self.abandon() {
-                    Err(outcome) => outcome_into_result(py, outcome),
-                    Ok(_) => Err(interrupt),
-                };
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return match self.abandon() {
-                    Err(outcome) => outcome_into_result(py, outcome),
-                    Ok(started) => {
-                        Err(to_pyerr(py, &Error::Timeout { id: id.into(), seconds: started_at.elapsed().as_secs_f64(), started }))
-                    }
-                };
-            }
+        match crate::wait::until(py, deadline, |until| self.wait_until(until)) {
+            Waited::Ready(outcome) => outcome_into_result(py, outcome),
+            Waited::Interrupted(interrupt) => match self.abandon() {
+                Err(outcome) => outcome_into_result(py, outcome),
+                Ok(_) => Err(interrupt),
+            },
+            Waited::TimedOut => match self.abandon() {
+                Err(outcome) => outcome_into_result(py, outcome),
+                Ok(started) => Err(to_pyerr(py, &Error::Timeout { id: id.into(), seconds: started_at.elapsed().as_secs_f64(), started })),
+            },
         }
     }
 }
@@ -212,7 +203,7 @@ impl LoopWaker {
                 Settle::Wake => future.call_method1(pyo3::intern!(py, "set_result"), (py.None(),)).map(|_| ()),
             };
             if let Err(e) = done {
-                crate::host::log(py, "error", &format!("failed to deliver a reply: {e}"));
+                crate::logs::log_std(py, "error", &format!("failed to deliver a reply: {e}"));
             }
         }
     }

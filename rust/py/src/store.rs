@@ -17,7 +17,7 @@ use prost::Message;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::errors::IntoPy;
+use crate::errors::{configuration, validation, IntoPy};
 
 /// A runtime for store calls made directly from Python (outside any engine).
 fn runtime() -> &'static tokio::runtime::Runtime {
@@ -32,9 +32,9 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
-/// Runs a store future to completion with the GIL released.
-pub fn wait<T: Send>(py: Python<'_>, fut: impl Future<Output = ego_core::Result<T>> + Send) -> PyResult<T> {
-    py.detach(|| runtime().block_on(fut)).py(py)
+/// Runs a store future to completion with the GIL released (Ctrl-C interrupts the wait).
+pub fn wait<T: Send + 'static>(py: Python<'_>, fut: impl Future<Output = ego_core::Result<T>> + Send + 'static) -> PyResult<T> {
+    crate::wait::future(py, runtime().handle(), fut)?.py(py)
 }
 
 enum Backend {
@@ -102,9 +102,9 @@ impl NativeStore {
     ) -> PyResult<Self> {
         let max = max_event_bytes.unwrap_or(DEFAULT_MAX_EVENT_BYTES);
         if kind == "postgres" {
-            let Some(url) = url else { return Err(pyo3::exceptions::PyValueError::new_err("a PostgreSQL store needs a url")) };
+            let Some(url) = url else { return Err(configuration(py, "a PostgreSQL store needs a url")) };
             if !(retry_for.is_finite() && retry_for >= 0.0) {
-                return Err(pyo3::exceptions::PyValueError::new_err("retry_for must be a non-negative number of seconds"));
+                return Err(configuration(py, "retry_for must be a non-negative number of seconds"));
             }
             let options = PgOptions {
                 url,
@@ -122,10 +122,10 @@ impl NativeStore {
             ("rocksdb", Some(path)) => {
                 let defaults = RocksOptions::default();
                 let opts = RocksOptions { sync, max_event_bytes: max, cache_bytes: cache_bytes.unwrap_or(defaults.cache_bytes) };
-                Backend::Rocks(py.detach(|| RocksStore::open(&path, opts)).py(py)?)
+                Backend::Rocks(crate::wait::bounded(py, || RocksStore::open(&path, opts)).py(py)?)
             }
-            ("rocksdb", None) => return Err(pyo3::exceptions::PyValueError::new_err("a RocksDB store needs a path")),
-            (other, _) => return Err(pyo3::exceptions::PyValueError::new_err(format!("unknown store kind {other:?}"))),
+            ("rocksdb", None) => return Err(configuration(py, "a RocksDB store needs a path")),
+            (other, _) => return Err(configuration(py, format!("unknown store kind {other:?}"))),
         };
         Ok(NativeStore { backend })
     }
@@ -149,14 +149,17 @@ impl NativeStore {
                 s.close();
                 Ok(())
             }
-            Backend::Rocks(s) => py.detach(|| s.shutdown()).py(py),
+            Backend::Rocks(s) => crate::wait::bounded(py, || s.shutdown()).py(py),
         }
     }
 
     /// Drops every table of a PostgreSQL store (for tests and tools). Other stores: no-op.
     fn drop_tables(&self, py: Python<'_>) -> PyResult<()> {
         match &self.backend {
-            Backend::Postgres(s) => wait(py, s.drop_tables()),
+            Backend::Postgres(s) => {
+                let s = s.clone();
+                wait(py, async move { s.drop_tables().await })
+            }
             _ => Ok(()),
         }
     }
@@ -166,7 +169,7 @@ impl NativeStore {
         let value = match &self.backend {
             Backend::Memory(s) => s.read_model_get(key),
             Backend::Rocks(s) => s.read_model_get(key).py(py)?,
-            Backend::Postgres(_) => return Err(pyo3::exceptions::PyTypeError::new_err("a PostgreSQL read model is your own tables")),
+            Backend::Postgres(_) => return Err(validation(py, "a PostgreSQL read model is your own tables: query them")),
         };
         Ok(value.map(|v| PyBytes::new(py, &v)))
     }
@@ -182,7 +185,7 @@ impl NativeStore {
         let rows = match &self.backend {
             Backend::Memory(s) => s.read_model_scan(prefix, limit),
             Backend::Rocks(s) => s.read_model_scan(prefix, limit).py(py)?,
-            Backend::Postgres(_) => return Err(pyo3::exceptions::PyTypeError::new_err("a PostgreSQL read model is your own tables")),
+            Backend::Postgres(_) => return Err(validation(py, "a PostgreSQL read model is your own tables: query them")),
         };
         Ok(rows.into_iter().map(|(k, v)| (PyBytes::new(py, &k), PyBytes::new(py, &v))).collect())
     }

@@ -3,13 +3,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ego_core::publish::{Next, Published, Subscription as Core};
+use ego_core::event_stream::{Next, Published, Subscription as Core};
 use ego_core::Engine;
 use pyo3::prelude::*;
 
 use crate::host::PyHost;
 use crate::records::{Decoder, PersistedEvent, PersistedState};
 use crate::reply::waker_for;
+use crate::wait::Waited;
 
 /// A subscriber to what the engine persists.
 #[pyclass(module = "ego._ego", frozen)]
@@ -33,7 +34,7 @@ impl SubscriptionCore {
                 Ok(Some(Py::new(py, PersistedState { state, decoder: self.decoder.clone() })?.into_any()))
             }
             Next::Overflowed => Err(crate::errors::subscription_overflow(py)),
-            Next::Closed => Err(pyo3::exceptions::PyStopIteration::new_err(())),
+            Next::Closed => Err(crate::errors::stop_iteration()),
             Next::Empty => Ok(None),
         }
     }
@@ -46,18 +47,15 @@ impl SubscriptionCore {
     #[pyo3(signature = (timeout=None))]
     fn next_item(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Py<PyAny>>> {
         let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
-        loop {
-            let slice = Instant::now() + Duration::from_millis(50);
-            let until = deadline.map_or(slice, |d| d.min(slice));
-            let core = self.core.clone();
-            let next = py.detach(move || core.next(Some(until)));
-            if let Some(item) = self.item(py, next)? {
-                return Ok(Some(item));
-            }
-            py.check_signals()?;
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(None);
-            }
+        let core = self.core.clone();
+        let next = crate::wait::until(py, deadline, move |until| match core.next(Some(until)) {
+            Next::Empty => None,
+            next => Some(next),
+        });
+        match next {
+            Waited::Ready(next) => self.item(py, next),
+            Waited::TimedOut => Ok(None),
+            Waited::Interrupted(e) => Err(e),
         }
     }
 

@@ -45,7 +45,7 @@ impl Worker {
                     }
                 });
             })
-            .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+            .map_err(|e| Python::attach(|py| crate::errors::internal(py, format!("cannot start a thread: {e}"))))?;
         Ok(Worker { tx: Mutex::new(tx) })
     }
 

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{check_batch, BoxFuture, EventsStore, IdPage, OffsetStore, ShardHead, SnapshotCriteria, SnapshotStore, StateStore};
+use super::{check_batch, EventsStore, IdPage, OffsetStore, ShardHead, SnapshotCriteria, SnapshotStore, StateStore};
 use crate::envelope::{DurableState, Event, Snapshot};
 use crate::error::{Error, Result};
-use crate::poll::ready;
+use crate::future::ready;
+use crate::future::BoxFuture;
 
 /// Default largest encoded event a store accepts (the engine's own per-event limit is lower).
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 8 << 20;
@@ -303,9 +304,9 @@ impl OffsetStore for MemoryStore {
         &self,
         projection: &str,
         offsets: Vec<(u32, u64)>,
-        writes: Vec<crate::projection::ReadModelWrite>,
+        writes: Vec<crate::store::ReadModelWrite>,
     ) -> BoxFuture<'static, Result<()>> {
-        use crate::projection::ReadModelWrite;
+        use crate::store::ReadModelWrite;
         if writes.iter().any(|w| matches!(w, ReadModelWrite::Sql { .. })) {
             return ready(Err(Error::Configuration("an in-memory offset store commits key-value writes (Put, Delete), not SQL".into())));
         }

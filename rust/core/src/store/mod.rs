@@ -18,15 +18,11 @@ pub mod memory;
 pub mod postgres;
 pub mod rocks;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::envelope::{DurableState, Event, Snapshot};
 use crate::error::{Error, Result};
-
-/// A boxed, sendable future.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+use crate::future::BoxFuture;
 
 /// One page of persistence ids, sorted, and the cursor for the next page (the last id of this
 /// page, exclusive) when there may be more.
@@ -62,7 +58,7 @@ pub trait EventsStore: Send + Sync + 'static {
     fn shard_heads(&self) -> BoxFuture<'static, Result<Vec<ShardHead>>>;
     /// Makes everything acknowledged so far durable and releases resources. Idempotent.
     fn close(&self) -> BoxFuture<'static, Result<()>> {
-        crate::poll::ready(Ok(()))
+        crate::future::ready(Ok(()))
     }
 }
 
@@ -103,7 +99,7 @@ pub trait SnapshotStore: Send + Sync + 'static {
     fn delete_snapshots(&self, persistence_id: &str, criteria: SnapshotCriteria) -> BoxFuture<'static, Result<()>>;
     /// See [`EventsStore::close`].
     fn close(&self) -> BoxFuture<'static, Result<()>> {
-        crate::poll::ready(Ok(()))
+        crate::future::ready(Ok(()))
     }
 }
 
@@ -118,7 +114,7 @@ pub trait StateStore: Send + Sync + 'static {
     fn delete_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<()>>;
     /// See [`EventsStore::close`].
     fn close(&self) -> BoxFuture<'static, Result<()>> {
-        crate::poll::ready(Ok(()))
+        crate::future::ready(Ok(()))
     }
 }
 
@@ -132,17 +128,35 @@ pub trait OffsetStore: Send + Sync + 'static {
     fn reset_offsets(&self, projection: &str) -> BoxFuture<'static, Result<()>>;
     /// Saves offsets together with a handler's read-model writes, atomically. Stores that
     /// cannot refuse writes (offsets alone are always accepted).
-    fn commit(
-        &self,
-        projection: &str,
-        offsets: Vec<(u32, u64)>,
-        writes: Vec<crate::projection::ReadModelWrite>,
-    ) -> BoxFuture<'static, Result<()>> {
+    fn commit(&self, projection: &str, offsets: Vec<(u32, u64)>, writes: Vec<ReadModelWrite>) -> BoxFuture<'static, Result<()>> {
         if writes.is_empty() {
             return self.write_offsets(projection, offsets);
         }
-        crate::poll::ready(Err(Error::Configuration("this offset store cannot commit read-model writes with offsets".into())))
+        crate::future::ready(Err(Error::Configuration("this offset store cannot commit read-model writes with offsets".into())))
     }
+}
+
+/// A write to a read model that the offset store commits with a projection batch's offsets
+/// (exactly-once read models).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReadModelWrite {
+    /// An SQL statement (PostgreSQL offset stores).
+    Sql { sql: String, params: Vec<SqlValue> },
+    /// Put a key (RocksDB offset stores: the `read_model` column family).
+    Put { key: Vec<u8>, value: Vec<u8> },
+    /// Delete a key (RocksDB offset stores).
+    Delete { key: Vec<u8> },
+}
+
+/// A bound SQL parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+    Bytes(Vec<u8>),
 }
 
 /// The stores an engine runs on. Any of them may be missing when the engine does not need it.

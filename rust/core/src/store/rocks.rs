@@ -33,10 +33,11 @@ use rocksdb::{
 };
 use tokio::sync::oneshot;
 
-use super::{check_batch, BoxFuture, EventsStore, IdPage, OffsetStore, ShardHead, SnapshotCriteria, SnapshotStore, StateStore};
+use super::{check_batch, EventsStore, IdPage, OffsetStore, ShardHead, SnapshotCriteria, SnapshotStore, StateStore};
 use crate::envelope::{DurableState, Event, Snapshot};
 use crate::error::{Error, Result};
-use crate::poll::ready;
+use crate::future::ready;
+use crate::future::BoxFuture;
 
 const CF_EVENTS: &str = "events";
 const CF_LOG: &str = "log";
@@ -92,7 +93,7 @@ enum Op {
     PutState(DurableState, u64),
     DeleteState(String),
     DeleteEvents(String, u64),
-    PutOffsets(String, Vec<(u32, u64)>, Vec<crate::projection::ReadModelWrite>),
+    PutOffsets(String, Vec<(u32, u64)>, Vec<crate::store::ReadModelWrite>),
     ResetOffsets(String),
     Close,
 }
@@ -416,7 +417,7 @@ impl RocksStore {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let result = crate::poll::block_on(self.submit(Op::Close));
+        let result = crate::future::block_on(self.submit(Op::Close));
         self.inner.tx.lock().take();
         if let Some(handle) = self.inner.writer.lock().take() {
             let _ = handle.join();
@@ -559,7 +560,7 @@ impl Writer {
                 Ok(())
             }
             Op::PutOffsets(projection, offsets, writes) => {
-                use crate::projection::ReadModelWrite;
+                use crate::store::ReadModelWrite;
                 if writes.iter().any(|w| matches!(w, ReadModelWrite::Sql { .. })) {
                     Err(Error::Configuration("a RocksDB offset store commits key-value writes (Put, Delete), not SQL".into()))
                 } else {
@@ -801,7 +802,7 @@ impl OffsetStore for RocksStore {
         &self,
         projection: &str,
         offsets: Vec<(u32, u64)>,
-        writes: Vec<crate::projection::ReadModelWrite>,
+        writes: Vec<crate::store::ReadModelWrite>,
     ) -> BoxFuture<'static, Result<()>> {
         if projection.contains('\0') {
             return ready(Err(Error::invalid("a projection name cannot contain NUL")));

@@ -1,0 +1,229 @@
+//! Handing a message to an entity, and driving its mailbox.
+//!
+//! A message to an idle entity runs inline on the caller's thread when the caller holds the
+//! context (no thread hop); otherwise it waits in the mailbox and the bridge drives it. The
+//! driver processes messages until its budget is spent, a write goes in flight, or the mailbox
+//! is empty, then gives the entity back ([`release`]).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::bridge::Job;
+use crate::clock::monotonic_millis;
+use crate::entity::activation;
+use crate::entity::cell::{DispatchError, Dispatched, Entity, Msg, Pending, Phase, Work};
+use crate::entity::process::{self, Step};
+use crate::entity::write;
+use crate::error::Error;
+use crate::host::{Fail, Host, Outcome};
+use crate::shared::Shared;
+use crate::stats::Stats;
+
+/// Hands `msg` to `e`: runs it inline when the entity is idle (the caller holds the context),
+/// queues it otherwise. `Err(Removed(msg))` when the entity was removed meanwhile (look it up
+/// again).
+pub(crate) fn dispatch<H: Host>(
+    sh: &Arc<Shared<H>>,
+    cx: H::Cx<'_>,
+    e: &Arc<Entity<H>>,
+    msg: Msg<H>,
+) -> Result<Dispatched<H>, DispatchError<H>> {
+    let mut cell = e.cell.lock();
+    if e.options.passivate_after.is_some() {
+        cell.last_used = monotonic_millis();
+    }
+    match cell.phase {
+        Phase::Removed => Err(DispatchError::Removed(msg)),
+        Phase::Idle => {
+            cell.phase = Phase::Busy;
+            let work = cell.work.take().expect("idle entity has work");
+            drop(cell);
+            let own = drive(sh, cx, e, work, Some(msg));
+            Ok(match own {
+                Some(outcome) => Dispatched::Done(outcome),
+                None => Dispatched::Queued,
+            })
+        }
+        Phase::Dormant => {
+            cell.phase = Phase::Recovering;
+            cell.mailbox.push_back(msg);
+            drop(cell);
+            activation::recover(sh, cx, e);
+            Ok(Dispatched::Queued)
+        }
+        _ => {
+            if cell.mailbox.len() >= e.options.mailbox_capacity {
+                return Err(DispatchError::Full(msg, Error::MailboxFull { id: e.id.clone(), capacity: e.options.mailbox_capacity }));
+            }
+            cell.mailbox.push_back(msg);
+            Ok(Dispatched::Queued)
+        }
+    }
+}
+
+/// Processes the caller's own message (if any), then, on the bridge, the mailbox, until the
+/// budget is spent, a write goes in flight, or the mailbox is empty. Returns the own message's
+/// outcome when it is known before returning.
+pub(crate) fn drive<H: Host>(
+    sh: &Arc<Shared<H>>,
+    cx: H::Cx<'_>,
+    e: &Arc<Entity<H>>,
+    mut work: Work<H>,
+    own: Option<Msg<H>>,
+) -> Option<Result<H::Output, Fail<H::Failure>>> {
+    let inline = own.is_some();
+    let mut own = own;
+    let mut own_result = None;
+    let mut budget = sh.config.fairness_budget;
+    loop {
+        if work.inflight.is_some() || work.broken {
+            break;
+        }
+        let (msg, is_own) = match own.take() {
+            Some(m) => (m, true),
+            None if inline || budget == 0 => break,
+            None => match e.cell.lock().mailbox.pop_front() {
+                Some(m) => (m, false),
+                None => break,
+            },
+        };
+        budget = budget.saturating_sub(1);
+        if !matches!(msg, Msg::Command(..)) && !work.batch.is_empty() {
+            // Queries and stops see only durable state: write the batch first, then take the
+            // message again (an inline caller then waits for its reply like a queued one).
+            e.cell.lock().mailbox.push_front(msg);
+            write::flush(sh, cx, e, &mut work, &mut own_result);
+            continue;
+        }
+        match msg {
+            Msg::Command(command, reply) => {
+                if !is_own && !sh.host.begin(cx, &reply) {
+                    continue;
+                }
+                Stats::add(&sh.stats.commands, 1);
+                let trace = if sh.tracing { sh.host.trace_command(cx, &e.id, &e.behavior, &command) } else { None };
+                let step = process::process(sh, cx, e, &mut work, &command);
+                if let Some(trace) = trace {
+                    process::end_command_trace(sh, cx, &mut work, trace, &step);
+                }
+                match step {
+                    Step::Done(outcome) => {
+                        if outcome.is_err() {
+                            Stats::add(&sh.stats.rejected, 1);
+                        }
+                        sh.host.observe(&e.behavior, if outcome.is_ok() { Outcome::NoChange } else { Outcome::Rejected }, 1);
+                        if is_own {
+                            own_result = Some(outcome);
+                        } else {
+                            sh.host.reply(reply, outcome);
+                        }
+                    }
+                    Step::Batched(output) => {
+                        work.batch.opened.get_or_insert_with(Instant::now);
+                        work.batch.replies.push(Pending { reply, output, own: is_own });
+                    }
+                }
+                drop(command);
+                if work.broken || write::should_flush(e, &work) {
+                    write::flush(sh, cx, e, &mut work, &mut own_result);
+                }
+            }
+            Msg::Query(reply) => {
+                let outcome = Ok(sh.host.output(cx, work.state.as_ref().expect("state"), work.revision));
+                if is_own {
+                    own_result = Some(outcome);
+                } else {
+                    sh.host.reply(reply, outcome);
+                }
+            }
+            Msg::Stop(reply) => {
+                stop(sh, cx, e, work, reply, is_own, &mut own_result);
+                return own_result;
+            }
+        }
+    }
+    release(sh, cx, e, work);
+    own_result
+}
+
+/// Gives the entity back: parks the work and decides what happens next.
+fn release<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>, mut work: Work<H>) {
+    // The driver is returning: an inline caller whose command is still batched waits on its
+    // reply like everybody else.
+    for p in &mut work.batch.replies {
+        p.own = false;
+    }
+    if work.inflight.is_none() && !work.batch.is_empty() && (write::should_flush(e, &work) || write::window_expired(e, &work)) {
+        let mut own = None;
+        write::flush(sh, cx, e, &mut work, &mut own);
+    }
+    let mut cell = e.cell.lock();
+    if work.inflight.is_some() {
+        cell.phase = Phase::Writing;
+        cell.work = Some(work);
+        return;
+    }
+    if work.broken {
+        // Reload from the store before the next command; the mailbox waits.
+        cell.phase = Phase::Recovering;
+        drop(cell);
+        drop(work);
+        activation::recover(sh, cx, e);
+        return;
+    }
+    let pending_batch = work.batch.opened;
+    cell.work = Some(work);
+    if !cell.mailbox.is_empty() {
+        cell.phase = Phase::Scheduled;
+        drop(cell);
+        sh.queue.push(Job::Run(e.clone()));
+        return;
+    }
+    cell.phase = Phase::Idle;
+    if cell.mailbox.capacity() > 0 {
+        // Messages queued (during a recovery, behind a write) and are all handled: an idle
+        // entity keeps no buffer (a few hundred bytes each, times every entity in memory).
+        cell.mailbox = VecDeque::new();
+    }
+    if let Some(opened) = pending_batch {
+        if !cell.timer_armed {
+            cell.timer_armed = true;
+            drop(cell);
+            let wait = e.options.batch_flush_window.saturating_sub(opened.elapsed());
+            let (sh2, e2) = (sh.clone(), e.clone());
+            sh.runtime.spawn(async move {
+                tokio::time::sleep(wait).await;
+                sh2.queue.push(Job::Flush(e2));
+            });
+        }
+    }
+}
+
+/// Stops the entity: replies to the stop, fails what queued after it, leaves the registry.
+fn stop<H: Host>(
+    sh: &Arc<Shared<H>>,
+    cx: H::Cx<'_>,
+    e: &Arc<Entity<H>>,
+    work: Work<H>,
+    reply: H::Reply,
+    is_own: bool,
+    own: &mut Option<Result<H::Output, Fail<H::Failure>>>,
+) {
+    let outcome = Ok(sh.host.output(cx, work.state.as_ref().expect("state"), work.revision));
+    let rest: Vec<Msg<H>> = {
+        let mut cell = e.cell.lock();
+        cell.phase = Phase::Removed;
+        cell.mailbox.drain(..).collect()
+    };
+    sh.registry.remove_if(&e.id, e);
+    drop(work);
+    if is_own {
+        *own = Some(outcome);
+    } else {
+        sh.host.reply(reply, outcome);
+    }
+    for msg in rest {
+        sh.host.reply(msg.into_reply(), Err(Fail::Engine(Error::EntityStopped(e.id.clone()))));
+    }
+}

@@ -1,0 +1,121 @@
+//! Running the behaviour for one command: the handler, the encoding and size checks of what
+//! it produced, and applying events to the state. Nothing is written here: the command's
+//! events (or new state) join the entity's batch ([`crate::entity::write`] writes it).
+
+use std::sync::Arc;
+
+use crate::clock::now_nanos;
+use crate::entity::cell::{Entity, Work};
+use crate::envelope::{Any, DurableState, Event};
+use crate::host::{Fail, Host, Kind, Outcome};
+use crate::shared::Shared;
+
+/// What one command led to.
+pub(crate) enum Step<H: Host> {
+    /// Finished without anything to write (no events, no change, or rejected).
+    Done(Result<H::Output, Fail<H::Failure>>),
+    /// Its events or new state joined the batch; the reply once the batch is written.
+    Batched(H::Output),
+}
+
+/// Ends a command's span; the first traced command of a batch parents the batch's write.
+pub(crate) fn end_command_trace<H: Host>(sh: &Shared<H>, cx: H::Cx<'_>, work: &mut Work<H>, trace: H::Trace, step: &Step<H>) {
+    let outcome = match step {
+        Step::Done(Ok(_)) => Outcome::NoChange,
+        Step::Done(Err(_)) => Outcome::Rejected,
+        Step::Batched(_) => Outcome::Accepted,
+    };
+    sh.host.end_command_trace(cx, &trace, outcome, work.pending);
+    if outcome == Outcome::Accepted && work.batch.trace.is_none() {
+        work.batch.trace = Some(trace);
+    }
+}
+
+/// Runs the behaviour for one command.
+pub(crate) fn process<H: Host>(
+    sh: &Arc<Shared<H>>,
+    cx: H::Cx<'_>,
+    e: &Arc<Entity<H>>,
+    work: &mut Work<H>,
+    command: &H::Command,
+) -> Step<H> {
+    let host = &sh.host;
+    let limit = sh.config.max_message_bytes;
+    let state = work.state.as_ref().expect("a driven entity has its state");
+    match e.kind {
+        Kind::EventSourced => {
+            let events = match host.handle_command(cx, &e.behavior, command, state) {
+                Ok(events) => events,
+                Err(f) => return Step::Done(Err(f)),
+            };
+            let mut encoded: Vec<Any> = Vec::new();
+            if let Err(f) = host.encode_events(cx, &events, limit, &mut encoded) {
+                return Step::Done(Err(f));
+            }
+            if encoded.is_empty() {
+                return Step::Done(Ok(host.output(cx, state, work.pending)));
+            }
+            // Handlers may update the state in place: never the object a caller holds.
+            let state = match host.exclusive_state(cx, work.state.take().expect("state")) {
+                Ok(state) => state,
+                Err(f) => {
+                    work.broken = true;
+                    return Step::Done(Err(f));
+                }
+            };
+            match host.apply_events(cx, &e.behavior, events, state) {
+                Ok(next) => work.state = Some(next),
+                Err(f) => {
+                    // The state may be half-updated: reload it from the store.
+                    work.broken = true;
+                    return Step::Done(Err(f));
+                }
+            }
+            let timestamp = now_nanos();
+            work.batch.events.reserve(encoded.len());
+            for any in encoded {
+                work.pending += 1;
+                work.batch.events.push(Event {
+                    persistence_id: e.id.to_string(),
+                    sequence_number: work.pending,
+                    event: Some(any),
+                    timestamp,
+                    shard: e.shard,
+                    ..Default::default()
+                });
+            }
+            Step::Batched(host.output(cx, work.state.as_ref().expect("state"), work.pending))
+        }
+        Kind::DurableState => {
+            let state = match host.exclusive_state(cx, work.state.take().expect("state")) {
+                Ok(state) => &*work.state.insert(state),
+                Err(f) => {
+                    work.broken = true;
+                    return Step::Done(Err(f));
+                }
+            };
+            let next = match host.handle_durable(cx, &e.behavior, command, state) {
+                Ok(Some(next)) => next,
+                Ok(None) => return Step::Done(Ok(host.output(cx, state, work.pending))),
+                Err(f) => return Step::Done(Err(f)),
+            };
+            let encoded = match host.encode_state(cx, &next, limit) {
+                Ok(any) => any,
+                Err(f) => return Step::Done(Err(f)),
+            };
+            work.pending += 1;
+            work.batch.durable = Some(Box::new(DurableState {
+                persistence_id: e.id.to_string(),
+                version_number: work.pending,
+                resulting_state: Some(encoded),
+                timestamp: now_nanos(),
+                shard: e.shard,
+                ..Default::default()
+            }));
+            let output = host.output(cx, &next, work.pending);
+            // The previous state is dropped here, in the context.
+            work.state = Some(next);
+            Step::Batched(output)
+        }
+    }
+}

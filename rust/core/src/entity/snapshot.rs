@@ -1,0 +1,54 @@
+//! Snapshots: after a write that made the revision cross a multiple of the entity's
+//! `snapshot_interval` (a command with many events never skips one), the state is encoded and
+//! written in the background; the retention policy runs after it succeeded.
+
+use std::sync::Arc;
+
+use crate::background;
+use crate::clock::now_nanos;
+use crate::entity::cell::{Entity, Work};
+use crate::entity::retention;
+use crate::envelope::Snapshot;
+use crate::host::{Host, Kind};
+use crate::shared::Shared;
+
+/// Whether a write from revision `before` to `after` crossed a snapshot boundary.
+pub(crate) fn snapshot_due<H: Host>(e: &Entity<H>, before: u64, after: u64) -> bool {
+    let interval = e.options.snapshot_interval;
+    interval != 0 && e.kind == Kind::EventSourced && before / interval != after / interval
+}
+
+/// Takes a snapshot when the revision crossed a multiple of the interval since `before`.
+pub(crate) fn maybe_snapshot<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>, work: &Work<H>, before: u64) {
+    if !snapshot_due(e, before, work.revision) {
+        return;
+    }
+    let Some(store) = &sh.stores.snapshots else { return };
+    let state = match sh.host.encode_state(cx, work.state.as_ref().expect("state"), usize::MAX) {
+        Ok(any) => any,
+        Err(_) => {
+            sh.warn(&format!("entity {:?}: the state could not be encoded for a snapshot at {}", e.id, work.revision));
+            return;
+        }
+    };
+    let snapshot = Snapshot {
+        persistence_id: e.id.to_string(),
+        sequence_number: work.revision,
+        state: Some(state),
+        timestamp: now_nanos(),
+        ..Default::default()
+    };
+    let then: Option<Box<dyn FnOnce() + Send>> = e.options.retention.clone().map(|policy| {
+        let (sh, id, shard, seq) = (sh.clone(), e.id.clone(), e.shard, work.revision);
+        Box::new(move || retention::retain(&sh, id, shard, seq, policy)) as Box<dyn FnOnce() + Send>
+    });
+    background::write(
+        sh,
+        format!("snapshot of {:?} at {}", e.id, work.revision),
+        {
+            let store = store.clone();
+            move || store.write_snapshot(snapshot.clone())
+        },
+        then,
+    );
+}

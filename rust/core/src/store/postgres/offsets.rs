@@ -1,0 +1,71 @@
+//! Projection offsets, and the transaction that commits a read model's writes with them.
+
+use tokio_postgres::types::ToSql;
+
+use super::connection::to_i64;
+use super::errors::db_error;
+use super::PgStore;
+use crate::error::{Error, Result};
+use crate::future::BoxFuture;
+use crate::store::{OffsetStore, ReadModelWrite};
+
+impl OffsetStore for PgStore {
+    fn write_offsets(&self, projection: &str, offsets: Vec<(u32, u64)>) -> BoxFuture<'static, Result<()>> {
+        let projection = projection.to_string();
+        self.read(move |inner, client| async move {
+            let shards: Vec<i32> = offsets.iter().map(|(s, _)| *s as i32).collect();
+            let positions: Vec<i64> = offsets.iter().map(|(_, p)| to_i64(*p)).collect();
+            let sql = format!(
+                "INSERT INTO {} (projection, shard, position, updated_at) SELECT $1, s, p, $4 FROM unnest($2::int4[], $3::int8[]) AS t(s, p) \
+                 ON CONFLICT (projection, shard) DO UPDATE SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at",
+                inner.names.offsets
+            );
+            let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
+            client.execute(&stmt, &[&projection, &shards, &positions, &crate::clock::now_nanos()]).await.map(|_| ()).map_err(db_error)
+        })
+    }
+
+    fn read_offsets(&self, projection: &str) -> BoxFuture<'static, Result<Vec<(u32, u64)>>> {
+        let projection = projection.to_string();
+        self.read(move |inner, client| async move {
+            let sql = format!("SELECT shard, position FROM {} WHERE projection = $1 ORDER BY shard", inner.names.offsets);
+            let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
+            let rows = client.query(&stmt, &[&projection]).await.map_err(db_error)?;
+            Ok(rows.iter().map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, i64>(1) as u64)).collect())
+        })
+    }
+
+    fn reset_offsets(&self, projection: &str) -> BoxFuture<'static, Result<()>> {
+        let sql = format!("DELETE FROM {} WHERE projection = $1", self.inner.names.offsets);
+        self.exec(sql, vec![Box::new(projection.to_string())])
+    }
+
+    fn commit(&self, projection: &str, offsets: Vec<(u32, u64)>, writes: Vec<ReadModelWrite>) -> BoxFuture<'static, Result<()>> {
+        if writes.is_empty() {
+            return self.write_offsets(projection, offsets);
+        }
+        let projection = projection.to_string();
+        self.read(move |inner, mut client| async move {
+            let tx = client.transaction().await.map_err(db_error)?;
+            for w in &writes {
+                match w {
+                    ReadModelWrite::Sql { sql, params } => {
+                        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+                        tx.execute(sql.as_str(), &refs).await.map_err(db_error)?;
+                    }
+                    _ => return Err(Error::Configuration("a PostgreSQL offset store commits SQL writes only".into())),
+                }
+            }
+            let shards: Vec<i32> = offsets.iter().map(|(s, _)| *s as i32).collect();
+            let positions: Vec<i64> = offsets.iter().map(|(_, p)| to_i64(*p)).collect();
+            let sql = format!(
+                "INSERT INTO {} (projection, shard, position, updated_at) SELECT $1, s, p, $4 FROM unnest($2::int4[], $3::int8[]) AS t(s, p) \
+                 ON CONFLICT (projection, shard) DO UPDATE SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at",
+                inner.names.offsets
+            );
+            let stmt = tx.prepare_cached(&sql).await.map_err(db_error)?;
+            tx.execute(&stmt, &[&projection, &shards, &positions, &crate::clock::now_nanos()]).await.map_err(db_error)?;
+            tx.commit().await.map_err(|e| if e.as_db_error().is_some() { db_error(e) } else { Error::OutcomeUnknown(e.to_string().into()) })
+        })
+    }
+}

@@ -1,0 +1,136 @@
+//! The tables: names (validated and quoted), and the versioned schema migration that
+//! creates them (one migration at a time across processes).
+
+use deadpool_postgres::Pool;
+
+use super::errors::{chain, db_error};
+use crate::error::{Error, Result};
+
+/// Schema version this code writes.
+const SCHEMA_VERSION: i32 = 1;
+
+/// Checks that `name` is a plain SQL identifier.
+pub fn check_identifier(what: &str, name: &str, allow_empty: bool) -> Result<()> {
+    let ok = (allow_empty && name.is_empty())
+        || (name.len() <= 40
+            && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Configuration(
+            format!("{what} {name:?} must be letters, digits and underscores (at most 40), not starting with a digit").into(),
+        ))
+    }
+}
+
+/// Quoted table names.
+#[derive(Clone)]
+pub(super) struct Names {
+    pub(super) schema: String,
+    pub(super) events: String,
+    pub(super) heads: String,
+    pub(super) shards: String,
+    pub(super) snapshots: String,
+    pub(super) states: String,
+    pub(super) offsets: String,
+    pub(super) migrations: String,
+}
+
+impl Names {
+    pub(super) fn new(schema: &str, prefix: &str) -> Self {
+        let t = |name: &str| format!("\"{schema}\".\"{prefix}{name}\"");
+        Names {
+            schema: format!("\"{schema}\""),
+            events: t("events"),
+            heads: t("heads"),
+            shards: t("shards"),
+            snapshots: t("snapshots"),
+            states: t("states"),
+            offsets: t("offsets"),
+            migrations: t("migrations"),
+        }
+    }
+}
+
+/// Creates the schema and tables, or migrates them to [`SCHEMA_VERSION`].
+pub(super) async fn migrate(pool: &Pool, n: &Names) -> Result<()> {
+    let mut client = pool.get().await.map_err(|e| Error::Storage(format!("cannot reach PostgreSQL: {}", chain(&e)).into()))?;
+    let tx = client.transaction().await.map_err(db_error)?;
+    // One migration at a time across processes.
+    tx.execute("SELECT pg_advisory_xact_lock(7417086427381)", &[]).await.map_err(db_error)?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+         CREATE TABLE IF NOT EXISTS {m} (version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());",
+        schema = n.schema,
+        m = n.migrations
+    ))
+    .await
+    .map_err(db_error)?;
+    let current: Option<i32> = tx.query_one(&format!("SELECT max(version) FROM {}", n.migrations), &[]).await.map_err(db_error)?.get(0);
+    let current = current.unwrap_or(0);
+    if current > SCHEMA_VERSION {
+        return Err(Error::Configuration(
+            format!("the database has schema version {current}, newer than this ego (version {SCHEMA_VERSION})").into(),
+        ));
+    }
+    if current < 1 {
+        tx.batch_execute(&format!(
+            "CREATE TABLE {events} (
+                persistence_id text NOT NULL,
+                sequence_number bigint NOT NULL,
+                shard int NOT NULL,
+                position bigint NOT NULL,
+                timestamp bigint NOT NULL,
+                type_url text NOT NULL,
+                payload bytea NOT NULL,
+                encryption_key_id text,
+                is_encrypted boolean NOT NULL DEFAULT false,
+                is_deleted boolean NOT NULL DEFAULT false,
+                metadata bytea,
+                PRIMARY KEY (persistence_id, sequence_number)
+             );
+             CREATE UNIQUE INDEX ON {events} (shard, position);
+             CREATE TABLE {heads} (persistence_id text PRIMARY KEY, highest bigint NOT NULL);
+             CREATE TABLE {shards} (shard int PRIMARY KEY, position bigint NOT NULL);
+             CREATE TABLE {snapshots} (
+                persistence_id text NOT NULL,
+                sequence_number bigint NOT NULL,
+                timestamp bigint NOT NULL,
+                type_url text NOT NULL,
+                payload bytea NOT NULL,
+                encryption_key_id text,
+                is_encrypted boolean NOT NULL DEFAULT false,
+                PRIMARY KEY (persistence_id, sequence_number)
+             );
+             CREATE TABLE {states} (
+                persistence_id text PRIMARY KEY,
+                version bigint NOT NULL,
+                shard int NOT NULL,
+                timestamp bigint NOT NULL,
+                type_url text NOT NULL,
+                payload bytea NOT NULL,
+                encryption_key_id text,
+                is_encrypted boolean NOT NULL DEFAULT false
+             );
+             CREATE TABLE {offsets} (
+                projection text NOT NULL,
+                shard int NOT NULL,
+                position bigint NOT NULL,
+                updated_at bigint NOT NULL,
+                PRIMARY KEY (projection, shard)
+             );
+             INSERT INTO {m} (version) VALUES (1);",
+            events = n.events,
+            heads = n.heads,
+            shards = n.shards,
+            snapshots = n.snapshots,
+            states = n.states,
+            offsets = n.offsets,
+            m = n.migrations,
+        ))
+        .await
+        .map_err(db_error)?;
+    }
+    tx.commit().await.map_err(db_error)
+}
