@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import ego
+from ego.testkit import InMemoryKeyStore
 from ego.testkit.conformance import (
     EventsStoreConformance,
     OffsetStoreConformance,
@@ -140,4 +141,66 @@ class TestSqliteStates(_Sqlite, StateStoreConformance):
 
 
 class TestSqliteOffsets(_Sqlite, OffsetStoreConformance):
+    pass
+
+
+ENCRYPTION = ego.Encryption(master_key=bytes(range(32)), master_key_id="conformance")
+
+
+class _EncryptedRocks(_Rocks):
+    """RocksDB seen through the encryption layer (what an engine with encryption writes)."""
+
+    def make_store(self) -> Any:
+        return super().make_store().encrypted(ENCRYPTION)
+
+    def reopen(self, store: Any) -> Any:
+        return super().reopen(store).encrypted(ENCRYPTION)
+
+
+class TestEncryptedRocksDBEvents(_EncryptedRocks, EventsStoreConformance):
+    encrypts = True
+
+
+class TestEncryptedRocksDBSnapshots(_EncryptedRocks, SnapshotStoreConformance):
+    pass
+
+
+class TestEncryptedRocksDBStates(_EncryptedRocks, StateStoreConformance):
+    pass
+
+
+class _EncryptedPostgres(_Postgres):
+    def make_store(self) -> Any:
+        return super().make_store().encrypted(ENCRYPTION)
+
+    def reopen(self, store: Any) -> Any:
+        return super().reopen(store).encrypted(ENCRYPTION)
+
+
+class TestEncryptedPostgresEvents(_EncryptedPostgres, EventsStoreConformance):
+    encrypts = True
+
+
+class TestEncryptedPostgresSnapshots(_EncryptedPostgres, SnapshotStoreConformance):
+    pass
+
+
+class TestEncryptedPostgresStates(_EncryptedPostgres, StateStoreConformance):
+    pass
+
+
+class _EncryptedMemory(_Memory):
+    def make_store(self) -> Any:
+        return super().make_store().encrypted(ego.Encryption(key_store=InMemoryKeyStore()))
+
+
+class TestEncryptedMemoryEvents(_EncryptedMemory, EventsStoreConformance):
+    encrypts = True
+
+
+class TestEncryptedMemorySnapshots(_EncryptedMemory, SnapshotStoreConformance):
+    pass
+
+
+class TestEncryptedMemoryStates(_EncryptedMemory, StateStoreConformance):
     pass

@@ -12,6 +12,7 @@ Quick start::
 from ego import errors
 from ego._ego import __version__
 from ego.behaviors import DurableStateBehavior, EventSourcedBehavior
+from ego.encryption import Encryption, KeyStoreProtocol
 from ego.engine import Engine, EntityOptions, ShardLag
 from ego.errors import EgoError
 from ego.logs import Logger, StdLogger
@@ -34,10 +35,12 @@ __all__ = [
     "Delete",
     "DurableStateBehavior",
     "EgoError",
+    "Encryption",
     "Engine",
     "EntityOptions",
     "EventAdapter",
     "EventSourcedBehavior",
+    "KeyStoreProtocol",
     "Logger",
     "MemoryStore",
     "PersistedEvent",

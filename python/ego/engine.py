@@ -16,6 +16,7 @@ from google.protobuf.message import Message
 from ego import _ego
 from ego._ego import EntityOptions
 from ego.behaviors import DurableStateBehavior, EventSourcedBehavior
+from ego.encryption import Encryption
 from ego.errors import ConfigurationError, ValidationError
 from ego.logs import Logger, StdLogger
 from ego.projections import EventAdapter, PersistedEvent, Recovery, RetentionPolicy, Subscription
@@ -85,6 +86,8 @@ class Engine(_ego.EngineCore):
     telemetry: Telemetry | None
     #: Where the engine logs.
     logger: Logger
+    #: Encryption at rest (None: records are stored in clear).
+    encryption: Encryption | None
 
     def __new__(
         cls,
@@ -101,6 +104,7 @@ class Engine(_ego.EngineCore):
         event_adapters: Sequence[EventAdapter] = (),
         telemetry: Telemetry | None = None,
         logger: Logger | None = None,
+        encryption: Encryption | None = None,
     ) -> Engine:
         if store is None and events_store is None and snapshot_store is None and state_store is None:
             store = MemoryStore()
@@ -112,6 +116,8 @@ class Engine(_ego.EngineCore):
                 raise ConfigurationError(
                     f"an event adapter needs an adapt(type_url, payload, sequence_number) method: {adapter!r}"
                 )
+        if encryption is not None and not isinstance(encryption, Encryption):
+            raise ConfigurationError(f"encryption must be an ego.Encryption, got {encryption!r}")
         if telemetry is not None and not isinstance(telemetry, Telemetry):
             raise ConfigurationError(f"telemetry must be an ego.Telemetry, got {telemetry!r}")
         logger = StdLogger() if logger is None else logger
@@ -133,8 +139,10 @@ class Engine(_ego.EngineCore):
             list(event_adapters),
             telemetry,
             logger,
+            encryption,
         )
         self.telemetry = telemetry
+        self.encryption = encryption
         self.logger = logger
         distinct: list[Store] = []
         for s in (events_store, snapshot_store, state_store):
@@ -274,6 +282,48 @@ class Engine(_ego.EngineCore):
         if not callable(factory):
             raise ConfigurationError(f"factory must be callable, got {factory!r}")
         self._register(prefix, factory, options)
+
+    # -- encryption and erasure ------------------------------------------------------------
+
+    def erase_entity(self, entity_id: str, delete_data: bool = False, timeout: float | None = None) -> None:
+        """Erases an entity (GDPR erasure by crypto-shredding). Needs ``encryption``.
+
+        In order: the entity's writes are refused from now on; the live entity stops after the
+        commands already queued for it (those queued behind get
+        :class:`~ego.errors.EntityErasedError`); its data key is destroyed and the erasure
+        recorded, durably, before this returns. From then on its events read as tombstones
+        (:attr:`PersistedEvent.erased`), its snapshots and state cannot be read, and a command
+        to its id raises ``EntityErasedError``: an erased id is never used again.
+        ``delete_data=True`` also deletes its events, snapshots and durable state.
+
+        Idempotent, and crash-safe: after a crash at any moment the entity is either erased or
+        intact, and calling this again finishes the erasure. ``timeout``: seconds to wait for
+        the entity's queued commands (None: as long as it takes).
+
+        :raises ConfigurationError: the engine does not encrypt.
+        :raises StoreError: the key store failed; nothing was erased, call again.
+
+        Example::
+
+            engine.erase_entity("customer-42")
+        """
+        super().erase_entity(entity_id, delete_data, timeout)
+
+    async def erase_entity_async(self, entity_id: str, *, delete_data: bool = False, timeout: float | None = None) -> None:
+        """:meth:`erase_entity` for asyncio callers (runs in the loop's default executor)."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, lambda: self.erase_entity(entity_id, delete_data=delete_data, timeout=timeout))
+
+    def rewrap_data_keys(self) -> int:
+        """Re-wraps every data key under the current master key (after a master-key rotation:
+        the new key is ``master_key``, the old one in ``previous_master_keys``) and returns how
+        many were re-wrapped. No event is rewritten. Resumable: after a crash, call it again.
+        Once it returned, the previous master keys can be dropped from the settings.
+
+        :raises ConfigurationError: the engine does not encrypt.
+        :raises MasterKeyError: a data key is wrapped by a master key the engine was not given.
+        """
+        return int(super().rewrap_data_keys())
 
     # -- projections and the event stream ---------------------------------------------------
 

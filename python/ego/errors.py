@@ -12,15 +12,20 @@ __all__ = [
     "ConcurrencyError",
     "ConfigurationError",
     "CorruptDataError",
+    "DecryptionError",
     "EgoError",
+    "EncryptionError",
     "EngineClosedError",
+    "EntityErasedError",
     "EntityNotFoundError",
     "EntityStoppedError",
     "HandlerContractError",
     "InternalError",
     "InvalidEntityIdError",
     "InvalidMessageError",
+    "KeyNotFoundError",
     "MailboxFullError",
+    "MasterKeyError",
     "MessageTooLargeError",
     "OutcomeUnknownError",
     "RecoveryError",
@@ -129,6 +134,40 @@ class CommandTimeoutError(EgoError, TimeoutError):
 
     entity_id: str | None = None
     started: bool = False
+
+
+class EntityErasedError(EgoError):
+    """The entity was erased (``engine.erase_entity``): its data key is destroyed, its records
+    read as tombstones, and its id takes no more commands. ``entity_id`` names it."""
+
+    entity_id: str
+
+
+class EncryptionError(EgoError):
+    """Base class of the failures of encryption at rest."""
+
+
+class KeyNotFoundError(EncryptionError):
+    """The data key of an encrypted record is missing and no erasure is recorded: the key
+    store was lost or is not the right one. ego fails closed (it never reads this as an
+    erasure). ``entity_id``, ``sequence_number`` and ``key_id`` name the record and its key."""
+
+    entity_id: str
+    sequence_number: int
+    key_id: str
+
+
+class MasterKeyError(EncryptionError):
+    """A data key could not be unwrapped: the master key is wrong, or the one that wrapped it
+    was retired before ``engine.rewrap_data_keys()`` re-wrapped it."""
+
+
+class DecryptionError(EncryptionError, CorruptDataError):
+    """An encrypted record failed authentication: it was tampered with, damaged, or moved to
+    another entity, sequence number or kind of record. ``entity_id`` and ``sequence_number``
+    name it. Nothing of it is returned."""
+
+    entity_id: str
 
 
 class InternalError(EgoError):

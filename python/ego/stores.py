@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar, Union, runtime_checkable
 from ego import _ego
 from ego.v1.envelopes_pb2 import DurableState, Event, Snapshot
 
-__all__ = ["MemoryStore", "NativeStore", "RocksDBStore", "SnapshotCriteria"]
+__all__ = ["EncryptedStore", "MemoryStore", "NativeStore", "RocksDBStore", "SnapshotCriteria"]
 
 U64_MAX = 2**64 - 1
 I64_MIN = -(2**63)
@@ -160,6 +160,20 @@ class NativeStore(_ego.NativeStore):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def encrypted(self, encryption: Any) -> EncryptedStore:
+        """A view of this store that encrypts what it writes and decrypts what it reads with
+        the keys of ``encryption`` (an :class:`ego.Encryption`), as an engine with that
+        setting does: for tools and tests (the conformance suite runs on it). Give an engine
+        the plain store and ``encryption=`` instead."""
+        return EncryptedStore(self, encryption)
+
+
+class EncryptedStore(NativeStore):
+    """See :meth:`NativeStore.encrypted`. Closing it closes the store it views."""
+
+    def __new__(cls, store: NativeStore, encryption: Any) -> EncryptedStore:
+        return super().__new__(cls, "encrypted", inner=store, encryption=encryption)
+
 
 class MemoryStore(NativeStore):
     """Events, snapshots and durable state in memory. Nothing survives the process."""
@@ -209,7 +223,7 @@ class PostgresStore(NativeStore):
 
     ``url`` is a libpq-style URL (``postgresql://user:password@host:5432/db``) or key=value
     string. The tables (``<schema>.<table_prefix>events``, ``heads``, ``shards``,
-    ``snapshots``, ``states``, ``offsets``, ``migrations``) are created or migrated on first
+    ``snapshots``, ``states``, ``offsets``, ``keys``, ``erasures``, ``migrations``) are created or migrated on first
     use; ``schema`` and ``table_prefix`` must be plain identifiers.
 
     Writes from every entity of the process that arrive together share one transaction

@@ -8,14 +8,17 @@
 - :mod:`ego.testkit.fixtures`: pytest fixtures ``ego_engine`` and ``ego_rocksdb_engine``
   (loaded automatically by pytest).
 - :mod:`ego.testkit.conformance`: the store conformance suite.
+- :mod:`ego.testkit.keys`: :class:`InMemoryKeyStore`, a key store for encryption in tests.
 """
 
+from ego.testkit.keys import InMemoryKeyStore
 from ego.testkit.properties import check_invariant
 from ego.testkit.scenario import DurableStateScenario, EventSourcedScenario, ScenarioError, assert_deterministic, describe_message
 
 __all__ = [
     "DurableStateScenario",
     "EventSourcedScenario",
+    "InMemoryKeyStore",
     "ScenarioError",
     "assert_deterministic",
     "check_invariant",

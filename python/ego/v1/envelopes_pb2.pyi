@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Event(_message.Message):
-    __slots__ = ("persistence_id", "sequence_number", "is_deleted", "event", "timestamp", "shard", "encryption_key_id", "is_encrypted", "position", "metadata")
+    __slots__ = ("persistence_id", "sequence_number", "is_deleted", "event", "timestamp", "shard", "encryption_key_id", "is_encrypted", "position", "metadata", "is_erased")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class Event(_message.Message):
     IS_ENCRYPTED_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    IS_ERASED_FIELD_NUMBER: _ClassVar[int]
     persistence_id: str
     sequence_number: int
     is_deleted: bool
@@ -36,7 +37,8 @@ class Event(_message.Message):
     is_encrypted: bool
     position: int
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, persistence_id: _Optional[str] = ..., sequence_number: _Optional[int] = ..., is_deleted: _Optional[bool] = ..., event: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., timestamp: _Optional[int] = ..., shard: _Optional[int] = ..., encryption_key_id: _Optional[str] = ..., is_encrypted: _Optional[bool] = ..., position: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    is_erased: bool
+    def __init__(self, persistence_id: _Optional[str] = ..., sequence_number: _Optional[int] = ..., is_deleted: _Optional[bool] = ..., event: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., timestamp: _Optional[int] = ..., shard: _Optional[int] = ..., encryption_key_id: _Optional[str] = ..., is_encrypted: _Optional[bool] = ..., position: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., is_erased: _Optional[bool] = ...) -> None: ...
 
 class Snapshot(_message.Message):
     __slots__ = ("persistence_id", "sequence_number", "state", "timestamp", "encryption_key_id", "is_encrypted")
@@ -71,6 +73,28 @@ class DurableState(_message.Message):
     encryption_key_id: str
     is_encrypted: bool
     def __init__(self, persistence_id: _Optional[str] = ..., version_number: _Optional[int] = ..., resulting_state: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., timestamp: _Optional[int] = ..., shard: _Optional[int] = ..., encryption_key_id: _Optional[str] = ..., is_encrypted: _Optional[bool] = ...) -> None: ...
+
+class DataKey(_message.Message):
+    __slots__ = ("persistence_id", "key_id", "master_key_id", "wrapped_key", "created_at")
+    PERSISTENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    MASTER_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    persistence_id: str
+    key_id: str
+    master_key_id: str
+    wrapped_key: bytes
+    created_at: int
+    def __init__(self, persistence_id: _Optional[str] = ..., key_id: _Optional[str] = ..., master_key_id: _Optional[str] = ..., wrapped_key: _Optional[bytes] = ..., created_at: _Optional[int] = ...) -> None: ...
+
+class Erasure(_message.Message):
+    __slots__ = ("persistence_id", "erased_at")
+    PERSISTENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    ERASED_AT_FIELD_NUMBER: _ClassVar[int]
+    persistence_id: str
+    erased_at: int
+    def __init__(self, persistence_id: _Optional[str] = ..., erased_at: _Optional[int] = ...) -> None: ...
 
 class Offset(_message.Message):
     __slots__ = ("shard_number", "projection_name", "value", "timestamp")

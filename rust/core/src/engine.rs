@@ -12,18 +12,20 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 
 use crate::bridge::{self, Job, Queue};
+use crate::crypto::keys::KeyRing;
+use crate::crypto::layer::encrypt_stores;
 use crate::entity::cell::{DispatchError, Dispatched, Entity, Msg, Phase};
 use crate::entity::{dispatch, jobs, passivation};
 use crate::error::{Error, Result};
 use crate::event_stream::{Stream, Subscription};
-use crate::future::block_on;
+use crate::future::{block_on, ready, BoxFuture};
 use crate::host::{Fail, Host, Kind};
 use crate::ids::{shard_of, validate_id};
 use crate::options::{EngineConfig, EntityOptions};
 use crate::projection::{Projection, ProjectionOptions, RebuildPlan, Sink, Status};
 use crate::registry::Registry;
 use crate::shared::{EntityType, Shared};
-use crate::store::{OffsetStore, Stores};
+use crate::store::{OffsetStore, SnapshotCriteria, Stores};
 
 /// Outcome of [`Engine::stop_entity`].
 pub enum Stopped<H: Host> {
@@ -43,6 +45,16 @@ pub struct Engine<H: Host> {
 impl<H: Host> Engine<H> {
     /// Starts an engine: its runtime, its bridge thread and its passivation sweeper.
     pub fn start(host: H, config: EngineConfig, stores: Stores) -> Result<Self> {
+        Self::start_with(host, config, stores, None)
+    }
+
+    /// [`Engine::start`], with every record encrypted under the data keys of `keys` when given
+    /// (see [`crate::crypto`]).
+    pub fn start_with(host: H, config: EngineConfig, stores: Stores, keys: Option<Arc<KeyRing>>) -> Result<Self> {
+        let stores = match &keys {
+            Some(k) => encrypt_stores(&stores, k),
+            None => stores,
+        };
         if config.shards == 0 {
             return Err(Error::invalid("shards must be at least 1"));
         }
@@ -69,6 +81,7 @@ impl<H: Host> Engine<H> {
             projections: Mutex::new(HashMap::new()),
             stream: Stream::default(),
             tracing,
+            keys,
         });
         let bridge = {
             let sh = shared.clone();
@@ -200,6 +213,10 @@ impl<H: Host> Engine<H> {
 
     /// Stops an entity after the messages already queued for it.
     pub fn stop_entity(&self, cx: H::Cx<'_>, id: &str, reply: H::Reply) -> Result<Stopped<H>, Fail<H::Failure>> {
+        self.stop(cx, id, reply, false)
+    }
+
+    fn stop(&self, cx: H::Cx<'_>, id: &str, reply: H::Reply, erased: bool) -> Result<Stopped<H>, Fail<H::Failure>> {
         validate_id(id)?;
         self.check_running()?;
         let e = self.shared.registry.get(id).ok_or_else(|| Error::EntityNotFound(id.into()))?;
@@ -212,11 +229,70 @@ impl<H: Host> Engine<H> {
                 return Ok(Stopped::Forgotten);
             }
         }
-        match dispatch::dispatch(&self.shared, cx, &e, Msg::Stop(reply)) {
+        match dispatch::dispatch(&self.shared, cx, &e, Msg::Stop { reply, erased }) {
             Ok(d) => Ok(Stopped::Dispatched(d)),
             // Stopped or passivated meanwhile: there is nothing left to stop.
             Err(DispatchError::Removed(_)) => Err(Error::EntityNotFound(id.into()).into()),
             Err(DispatchError::Full(_, err)) => Err(err.into()),
+        }
+    }
+
+    /// The data keys, or a `ConfigurationError` when the engine does not encrypt.
+    fn keys(&self) -> Result<&Arc<KeyRing>> {
+        self.shared
+            .keys
+            .as_ref()
+            .ok_or_else(|| Error::Configuration("erasing entities needs encryption (Engine(..., encryption=...))".into()))
+    }
+
+    /// Erasure, step 1: from now on writes of `id` are refused ([`Error::EntityErased`]), then
+    /// the live entity is stopped after the messages already queued for it (those queued behind
+    /// the stop get `EntityErased`). The reply comes when it stopped. Step 2 is
+    /// [`Engine::finish_erase`]. Crash-safe: until step 2 completes, nothing is erased and the
+    /// erasure can be run again.
+    pub fn begin_erase(&self, cx: H::Cx<'_>, id: &str, reply: H::Reply) -> Result<Stopped<H>, Fail<H::Failure>> {
+        validate_id(id)?;
+        self.check_running()?;
+        self.keys()?.begin_erase(id);
+        match self.stop(cx, id, reply, true) {
+            Err(Fail::Engine(Error::EntityNotFound(_))) => Ok(Stopped::Forgotten),
+            other => other,
+        }
+    }
+
+    /// Erasure, step 2: destroys the entity's data key and records the erasure, durably; with
+    /// `delete_data`, also deletes its events, snapshots and durable state. Idempotent.
+    pub fn finish_erase(&self, id: &str, delete_data: bool) -> BoxFuture<'static, Result<()>> {
+        let keys = match self.keys() {
+            Ok(k) => k.clone(),
+            Err(e) => return ready(Err(e)),
+        };
+        if let Err(e) = validate_id(id) {
+            return ready(Err(e));
+        }
+        let (stores, id) = (self.shared.stores.clone(), id.to_string());
+        Box::pin(async move {
+            keys.erase(&id).await?;
+            if delete_data {
+                if let Some(events) = &stores.events {
+                    events.delete_events(&id, u64::MAX).await?;
+                }
+                if let Some(snapshots) = &stores.snapshots {
+                    snapshots.delete_snapshots(&id, SnapshotCriteria::default()).await?;
+                }
+                if let Some(states) = &stores.states {
+                    states.delete_state(&id).await?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Re-wraps every data key under the current master key; returns how many were re-wrapped.
+    pub fn rewrap_data_keys(&self) -> BoxFuture<'static, Result<u64>> {
+        match self.keys() {
+            Ok(k) => k.rewrap(),
+            Err(e) => ready(Err(e)),
         }
     }
 

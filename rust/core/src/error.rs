@@ -63,6 +63,22 @@ pub enum Error {
     /// An entity could not recover its state; the entity is not started.
     #[error("entity {id:?} failed to recover: {detail}")]
     Recovery { id: Arc<str>, detail: Arc<str> },
+    /// The entity was erased (its data key shredded): its records read as tombstones and its id
+    /// takes no more commands.
+    #[error("entity {0:?} was erased")]
+    EntityErased(Arc<str>),
+    /// The data key of an encrypted record is missing and no erasure is recorded (a lost key
+    /// store, or the wrong one): ego fails closed and never reads it as erased.
+    #[error("entity {persistence_id:?}, sequence number {sequence_number}: its data key {key_id:?} is missing and the entity was not erased (is this the right key store?)")]
+    KeyNotFound { persistence_id: Arc<str>, sequence_number: u64, key_id: Arc<str> },
+    /// A data key could not be unwrapped by the master key it names (the wrong master key, or
+    /// one that was retired before its keys were re-wrapped).
+    #[error("master key problem: {0}")]
+    MasterKey(Arc<str>),
+    /// An encrypted record failed authentication: tampered with, damaged, or moved to another
+    /// entity, sequence number or kind of record.
+    #[error("entity {persistence_id:?}, sequence number {sequence_number}: {detail}")]
+    Decryption { persistence_id: Arc<str>, sequence_number: u64, detail: Arc<str> },
     /// ego itself failed (a bug, or the interpreter refused something ego needs); never a
     /// user's handler error.
     #[error("internal error: {0}")]

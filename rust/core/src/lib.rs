@@ -11,6 +11,8 @@
 //!   [`registry`], [`host`] (the seam to the behaviour language).
 //! - [`store`]: the store contracts and the in-memory, RocksDB and PostgreSQL stores;
 //!   [`event_stream`]: the in-process fan-out of what is persisted.
+//! - [`crypto`]: encryption at rest (AES-256-GCM per entity key, wrapped by a master key) as a
+//!   layer around the store contracts, and erasure by crypto-shredding.
 //! - [`projection`]: named, checkpointed readers of the journal.
 //! - [`entity::cell`]: an entity's data; [`bridge`]: the thread that runs queued work;
 //!   [`shared`]: what the engine's parts share; [`background`]: writes nobody waits for.
@@ -22,6 +24,7 @@
 mod background;
 mod bridge;
 pub mod clock;
+pub mod crypto;
 pub mod engine;
 pub mod entity;
 pub mod envelope;

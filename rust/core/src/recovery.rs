@@ -161,6 +161,9 @@ fn absorb<H: Host>(
         Fetched::Events(events) => {
             let full = events.len() as u64 >= sh.config.replay_page_size;
             for event in &events {
+                if event.is_erased {
+                    return Err(Fail::Engine(Error::EntityErased(e.id.clone())));
+                }
                 if event.sequence_number != rec.next {
                     return Err(Fail::Engine(Error::Corrupt {
                         persistence_id: e.id.clone(),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use crate::bridge::{Job, Queue};
+use crate::crypto::keys::KeyRing;
 use crate::entity::cell::Entity;
 use crate::event_stream::Stream;
 use crate::future::{poll_once, BoxFuture};
@@ -47,6 +48,9 @@ pub struct Shared<H: Host> {
     pub(crate) stream: Stream,
     /// The host traces commands ([`Host::tracing`], read once at start).
     pub(crate) tracing: bool,
+    /// The data keys, when records are encrypted (the stores above are then the encrypting
+    /// wrappers of `crate::crypto::layer`).
+    pub(crate) keys: Option<Arc<KeyRing>>,
 }
 
 impl<H: Host> Shared<H> {

@@ -42,6 +42,8 @@ pub struct EngineCore {
     telemetry: Option<Py<PyAny>>,
     /// An `ego.Logger`, or None for the standard `logging` module.
     logger: Option<Py<PyAny>>,
+    /// An `ego.Encryption` and where its data keys come from, or None.
+    encryption: Option<(Py<PyAny>, crate::keys::KeySource)>,
     core: RwLock<Option<Arc<Core>>>,
 }
 
@@ -58,6 +60,10 @@ fn store_of<'py>(obj: Option<&Bound<'py, PyAny>>, roles: &[&[&str]]) -> PyResult
         None => Ok(None),
         Some(o) if o.is_none() => Ok(None),
         Some(o) => match o.cast::<NativeStore>() {
+            Ok(native) if native.borrow().is_encrypted_view() => Err(configuration(
+                o.py(),
+                "give the engine the plain store and Engine(..., encryption=...): an encrypted view is for tools and tests",
+            )),
             Ok(native) => Ok(Some(StoreArg::Native(native.borrow()))),
             Err(_) => PyStore::new(o, roles).map(|s| Some(StoreArg::Python(s))),
         },
@@ -151,7 +157,7 @@ impl EngineCore {
 #[pymethods]
 impl EngineCore {
     #[new]
-    #[pyo3(signature = (name, events_store=None, snapshot_store=None, state_store=None, shards=8, max_message_bytes=1<<20, replay_page_size=1024, io_threads=2, event_adapters=Vec::new(), telemetry=None, logger=None))]
+    #[pyo3(signature = (name, events_store=None, snapshot_store=None, state_store=None, shards=8, max_message_bytes=1<<20, replay_page_size=1024, io_threads=2, event_adapters=Vec::new(), telemetry=None, logger=None, encryption=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -166,6 +172,7 @@ impl EngineCore {
         event_adapters: Vec<Py<PyAny>>,
         telemetry: Option<Py<PyAny>>,
         logger: Option<Py<PyAny>>,
+        encryption: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         if shards == 0 || replay_page_size == 0 || max_message_bytes == 0 || io_threads == 0 {
             return Err(configuration(py, "shards, max_message_bytes, replay_page_size and io_threads must be positive"));
@@ -187,7 +194,28 @@ impl EngineCore {
         };
         let config =
             EngineConfig { name, shards, max_message_bytes, replay_page_size, worker_threads: io_threads, ..EngineConfig::default() };
-        Ok(EngineCore { config, stores, adapters: event_adapters, telemetry, logger, core: RwLock::new(None) })
+        let encryption = match encryption.filter(|e| !e.is_none()) {
+            None => None,
+            Some(settings) => {
+                let key_store = settings.getattr("key_store")?;
+                let holder = if key_store.is_none() { events_store.cloned() } else { Some(key_store) };
+                let source = match holder.as_ref().map(|h| h.cast::<NativeStore>()) {
+                    Some(Ok(native)) => crate::keys::KeySource::Vault(native.borrow().vault()),
+                    Some(Err(_)) if !settings.getattr("key_store")?.is_none() => {
+                        crate::keys::KeySource::Python(PyStore::new(holder.as_ref().expect("key store"), &[crate::pystore::KEYS])?)
+                    }
+                    _ => {
+                        return Err(configuration(
+                            py,
+                            "the built-in key store keeps its keys in one of ego's stores: give Encryption(key_store=...) \
+                             (an ego store, or a key store written in Python) when the events store is written in Python",
+                        ))
+                    }
+                };
+                Some((settings.clone().unbind(), source))
+            }
+        };
+        Ok(EngineCore { config, stores, adapters: event_adapters, telemetry, logger, encryption, core: RwLock::new(None) })
     }
 
     /// The engine's name.
@@ -215,8 +243,12 @@ impl EngineCore {
             None => py.import("ego.logs")?.getattr("StdLogger")?.call0()?.unbind(),
         };
         let log = Arc::new(crate::logs::Log::new(logger, &self.config.name));
+        let keys = match &self.encryption {
+            Some((settings, source)) => Some(crate::keys::key_ring(py, settings.bind(py), source)?),
+            None => None,
+        };
         let host = PyHost::new(adapters, telemetry, log);
-        let engine = Engine::start(host, self.config.clone(), self.stores.clone()).map_err(|e| to_pyerr(py, &e))?;
+        let engine = Engine::start_with(host, self.config.clone(), self.stores.clone(), keys).map_err(|e| to_pyerr(py, &e))?;
         *core = Some(Arc::new(engine));
         Ok(())
     }
@@ -347,6 +379,27 @@ impl EngineCore {
             Stopped::Dispatched(Dispatched::Done(Err(f))) => Err(fail_to_pyerr(py, f)),
             Stopped::Dispatched(Dispatched::Queued) => slot.wait(py, timeout, entity_id).map(|_| ()),
         }
+    }
+
+    /// Erases an entity (crypto-shredding): see `ego.Engine.erase_entity`.
+    #[pyo3(signature = (entity_id, delete_data=false, timeout=None))]
+    fn erase_entity(&self, py: Python<'_>, entity_id: &str, delete_data: bool, timeout: Option<f64>) -> PyResult<()> {
+        let core = self.core(py)?;
+        let (slot, reply) = SyncSlot::pair();
+        match core.begin_erase(py, entity_id, reply).map_err(|f| fail_to_pyerr(py, f))? {
+            Stopped::Forgotten | Stopped::Dispatched(Dispatched::Done(_)) => {}
+            Stopped::Dispatched(Dispatched::Queued) => {
+                // Whatever the entity's last commands did, it is stopped now.
+                let _ = slot.wait(py, timeout, entity_id);
+            }
+        }
+        crate::wait::future(py, core.runtime(), core.finish_erase(entity_id, delete_data))?.map_err(|e| to_pyerr(py, &e))
+    }
+
+    /// Re-wraps every data key under the current master key; returns how many.
+    fn rewrap_data_keys(&self, py: Python<'_>) -> PyResult<u64> {
+        let core = self.core(py)?;
+        crate::wait::future(py, core.runtime(), core.rewrap_data_keys())?.map_err(|e| to_pyerr(py, &e))
     }
 
     /// Starts a projection (see `ego.Engine.add_projection`).

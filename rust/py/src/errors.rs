@@ -72,6 +72,20 @@ pub fn to_pyerr(py: Python<'_>, e: &Error) -> PyErr {
         Error::Contract(_) => make(py, "HandlerContractError", msg, &[]),
         Error::Recovery { id, .. } => make(py, "RecoveryError", msg, &[("entity_id", text(id))]),
         Error::Internal(_) => make(py, "InternalError", msg, &[]),
+        Error::EntityErased(id) => make(py, "EntityErasedError", msg, &[("entity_id", text(id))]),
+        Error::KeyNotFound { persistence_id, sequence_number, key_id } => make(
+            py,
+            "KeyNotFoundError",
+            msg,
+            &[("entity_id", text(persistence_id)), ("sequence_number", int(*sequence_number)), ("key_id", text(key_id))],
+        ),
+        Error::MasterKey(_) => make(py, "MasterKeyError", msg, &[]),
+        Error::Decryption { persistence_id, sequence_number, .. } => make(
+            py,
+            "DecryptionError",
+            msg,
+            &[("persistence_id", text(persistence_id)), ("entity_id", text(persistence_id)), ("sequence_number", int(*sequence_number))],
+        ),
     }
 }
 
@@ -159,6 +173,8 @@ pub fn from_pyerr(py: Python<'_>, err: &PyErr) -> Error {
         Error::StorageFull(message)
     } else if is("ValidationError") {
         Error::InvalidArgument(message)
+    } else if is("EntityErasedError") {
+        Error::EntityErased(text("entity_id").into())
     } else {
         let kind = value.get_type().qualname().map(|n| n.to_string()).unwrap_or_default();
         Error::Storage(format!("{kind}: {message}").into())

@@ -11,6 +11,7 @@
 mod engine;
 mod errors;
 mod host;
+mod keys;
 mod logs;
 mod options;
 mod projection;

@@ -23,8 +23,8 @@ pub const EVENTS: &[&str] =
     &["write_events", "replay_events", "highest_sequence_number", "delete_events", "persistence_ids", "shard_events", "shard_heads"];
 pub const SNAPSHOTS: &[&str] = &["write_snapshot", "latest_snapshot", "delete_snapshots"];
 pub const STATES: &[&str] = &["write_state", "read_state", "delete_state"];
-#[allow(dead_code)] // Projections use it.
 pub const OFFSETS: &[&str] = &["write_offsets", "read_offsets", "reset_offsets"];
+pub const KEYS: &[&str] = &["get_or_create_key", "get_key", "erase_key"];
 
 /// A store implemented in Python.
 #[derive(Clone)]
@@ -53,7 +53,7 @@ impl PyStore {
         Ok(PyStore { obj: Arc::new(obj.clone().unbind()), worker: Arc::new(Worker::start("ego-pystore")?) })
     }
 
-    fn call<T: Send + 'static>(
+    pub(crate) fn call<T: Send + 'static>(
         &self,
         method: &'static str,
         args: impl for<'py> FnOnce(Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> + Send + 'static,

@@ -113,9 +113,20 @@ impl PersistedEvent {
     fn payload<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
         PyBytes::new(py, self.event.event.as_ref().map_or(&[][..], |a| &a.value[..]))
     }
-    /// The event message, decoded through the engine's event adapters.
+    /// Whether this is the tombstone of an event of an erased entity (its data key was
+    /// destroyed): the type URL is kept, the payload is empty and `event` raises
+    /// `EntityErasedError`.
+    #[getter]
+    fn erased(&self) -> bool {
+        self.event.is_erased
+    }
+    /// The event message, decoded through the engine's event adapters. Raises
+    /// `EntityErasedError` for a tombstone (see `erased`).
     #[getter]
     fn event<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        if self.event.is_erased {
+            return Err(to_pyerr(py, &Error::EntityErased(self.event.persistence_id.as_str().into())));
+        }
         let any = self.event.event.clone().unwrap_or_default();
         self.decoder.decode(py, &any, &self.event.persistence_id, self.event.sequence_number).map_err(|e| to_pyerr(py, &e))
     }

@@ -12,7 +12,7 @@ use ego_core::error::Error;
 use ego_core::store::memory::{MemoryStore, DEFAULT_MAX_EVENT_BYTES};
 use ego_core::store::postgres::{PgOptions, PgStore};
 use ego_core::store::rocks::{RocksOptions, RocksStore};
-use ego_core::store::{EventsStore, OffsetStore, SnapshotCriteria, SnapshotStore, StateStore};
+use ego_core::store::{EventsStore, KeyVault, OffsetStore, SnapshotCriteria, SnapshotStore, StateStore, Stores};
 use prost::Message;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -37,6 +37,7 @@ pub fn wait<T: Send + 'static>(py: Python<'_>, fut: impl Future<Output = ego_cor
     crate::wait::future(py, runtime().handle(), fut)?.py(py)
 }
 
+#[derive(Clone)]
 enum Backend {
     Memory(MemoryStore),
     Rocks(RocksStore),
@@ -57,20 +58,39 @@ macro_rules! as_dyn {
 #[pyclass(subclass, module = "ego._ego")]
 pub struct NativeStore {
     backend: Backend,
+    /// Set for a view of another store with encryption (`kind="encrypted"`): the encrypting
+    /// wrappers of its events, snapshots and states.
+    encrypted: Option<Stores>,
 }
 
 impl NativeStore {
     pub fn events(&self) -> Arc<dyn EventsStore> {
-        as_dyn!(&self.backend, EventsStore)
+        match &self.encrypted {
+            Some(layer) => layer.events.clone().expect("encrypted events"),
+            None => as_dyn!(&self.backend, EventsStore),
+        }
     }
     pub fn snapshots(&self) -> Arc<dyn SnapshotStore> {
-        as_dyn!(&self.backend, SnapshotStore)
+        match &self.encrypted {
+            Some(layer) => layer.snapshots.clone().expect("encrypted snapshots"),
+            None => as_dyn!(&self.backend, SnapshotStore),
+        }
     }
     pub fn states(&self) -> Arc<dyn StateStore> {
-        as_dyn!(&self.backend, StateStore)
+        match &self.encrypted {
+            Some(layer) => layer.states.clone().expect("encrypted states"),
+            None => as_dyn!(&self.backend, StateStore),
+        }
+    }
+    /// Whether this is an encrypting view of a store (the engine is given the plain store).
+    pub fn is_encrypted_view(&self) -> bool {
+        self.encrypted.is_some()
     }
     pub fn offsets(&self) -> Arc<dyn OffsetStore> {
         as_dyn!(&self.backend, OffsetStore)
+    }
+    pub fn vault(&self) -> Arc<dyn KeyVault> {
+        as_dyn!(&self.backend, KeyVault)
     }
 }
 
@@ -85,7 +105,7 @@ fn criteria(min_seq: u64, max_seq: u64, min_ts: i64, max_ts: i64) -> SnapshotCri
 #[pymethods]
 impl NativeStore {
     #[new]
-    #[pyo3(signature = (kind, path=None, sync=true, max_event_bytes=None, cache_bytes=None, url=None, schema="public", table_prefix="ego_", pool_size=8, retry_for=30.0))]
+    #[pyo3(signature = (kind, path=None, sync=true, max_event_bytes=None, cache_bytes=None, url=None, schema="public", table_prefix="ego_", pool_size=8, retry_for=30.0, inner=None, encryption=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -99,7 +119,28 @@ impl NativeStore {
         table_prefix: &str,
         pool_size: usize,
         retry_for: f64,
+        inner: Option<PyRef<'_, NativeStore>>,
+        encryption: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        if kind == "encrypted" {
+            let (Some(inner), Some(settings)) = (inner, encryption) else {
+                return Err(configuration(py, "an encrypted store needs the store (inner=) and the settings (encryption=)"));
+            };
+            if inner.encrypted.is_some() {
+                return Err(configuration(py, "this store is encrypted already"));
+            }
+            let source = match settings.getattr("key_store")? {
+                k if k.is_none() => crate::keys::KeySource::Vault(inner.vault()),
+                k => match k.cast::<NativeStore>() {
+                    Ok(native) => crate::keys::KeySource::Vault(native.borrow().vault()),
+                    Err(_) => crate::keys::KeySource::Python(crate::pystore::PyStore::new(&k, &[crate::pystore::KEYS])?),
+                },
+            };
+            let keys = crate::keys::key_ring(py, settings, &source)?;
+            let plain = Stores { events: Some(inner.events()), snapshots: Some(inner.snapshots()), states: Some(inner.states()) };
+            let layer = ego_core::crypto::layer::encrypt_stores(&plain, &keys);
+            return Ok(NativeStore { backend: inner.backend.clone(), encrypted: Some(layer) });
+        }
         let max = max_event_bytes.unwrap_or(DEFAULT_MAX_EVENT_BYTES);
         if kind == "postgres" {
             let Some(url) = url else { return Err(configuration(py, "a PostgreSQL store needs a url")) };
@@ -115,7 +156,7 @@ impl NativeStore {
                 retry_for: std::time::Duration::from_secs_f64(retry_for),
             };
             let store = wait(py, PgStore::connect(options, runtime().handle().clone()))?;
-            return Ok(NativeStore { backend: Backend::Postgres(store) });
+            return Ok(NativeStore { backend: Backend::Postgres(store), encrypted: None });
         }
         let backend = match (kind, path) {
             ("memory", _) => Backend::Memory(MemoryStore::with_max_event_bytes(max)),
@@ -127,7 +168,7 @@ impl NativeStore {
             ("rocksdb", None) => return Err(configuration(py, "a RocksDB store needs a path")),
             (other, _) => return Err(configuration(py, format!("unknown store kind {other:?}"))),
         };
-        Ok(NativeStore { backend })
+        Ok(NativeStore { backend, encrypted: None })
     }
 
     /// The largest event payload, in bytes, this store accepts.

@@ -44,14 +44,18 @@ pub(crate) enum Msg<H: Host> {
     Command(H::Command, H::Reply),
     /// Read the confirmed state.
     Query(H::Reply),
-    /// Stop the entity after the messages before this one.
-    Stop(H::Reply),
+    /// Stop the entity after the messages before this one. `erased`: it is being erased (the
+    /// messages after this one get `EntityErased` rather than `EntityStopped`).
+    Stop {
+        reply: H::Reply,
+        erased: bool,
+    },
 }
 
 impl<H: Host> Msg<H> {
     pub(crate) fn into_reply(self) -> H::Reply {
         match self {
-            Msg::Command(_, r) | Msg::Query(r) | Msg::Stop(r) => r,
+            Msg::Command(_, r) | Msg::Query(r) | Msg::Stop { reply: r, .. } => r,
         }
     }
 }

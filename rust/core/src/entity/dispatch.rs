@@ -53,7 +53,8 @@ pub(crate) fn dispatch<H: Host>(
             Ok(Dispatched::Queued)
         }
         _ => {
-            if cell.mailbox.len() >= e.options.mailbox_capacity {
+            // A stop is never refused: it is how an entity is stopped or erased.
+            if cell.mailbox.len() >= e.options.mailbox_capacity && !matches!(msg, Msg::Stop { .. }) {
                 return Err(DispatchError::Full(msg, Error::MailboxFull { id: e.id.clone(), capacity: e.options.mailbox_capacity }));
             }
             cell.mailbox.push_back(msg);
@@ -137,8 +138,8 @@ pub(crate) fn drive<H: Host>(
                     sh.host.reply(reply, outcome);
                 }
             }
-            Msg::Stop(reply) => {
-                stop(sh, cx, e, work, reply, is_own, &mut own_result);
+            Msg::Stop { reply, erased } => {
+                stop(sh, cx, e, work, reply, erased, is_own, &mut own_result);
                 return own_result;
             }
         }
@@ -200,13 +201,16 @@ fn release<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>, mut 
     }
 }
 
-/// Stops the entity: replies to the stop, fails what queued after it, leaves the registry.
+/// Stops the entity: replies to the stop, fails what queued after it (`EntityStopped`, or
+/// `EntityErased` when it is being erased), leaves the registry.
+#[allow(clippy::too_many_arguments)]
 fn stop<H: Host>(
     sh: &Arc<Shared<H>>,
     cx: H::Cx<'_>,
     e: &Arc<Entity<H>>,
     work: Work<H>,
     reply: H::Reply,
+    erased: bool,
     is_own: bool,
     own: &mut Option<Result<H::Output, Fail<H::Failure>>>,
 ) {
@@ -224,6 +228,7 @@ fn stop<H: Host>(
         sh.host.reply(reply, outcome);
     }
     for msg in rest {
-        sh.host.reply(msg.into_reply(), Err(Fail::Engine(Error::EntityStopped(e.id.clone()))));
+        let why = if erased { Error::EntityErased(e.id.clone()) } else { Error::EntityStopped(e.id.clone()) };
+        sh.host.reply(msg.into_reply(), Err(Fail::Engine(why)));
     }
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{check_batch, EventsStore, IdPage, OffsetStore, ShardHead, SnapshotCriteria, SnapshotStore, StateStore};
-use crate::envelope::{DurableState, Event, Snapshot};
+use super::{check_batch, EventsStore, IdPage, KeySlot, KeyVault, OffsetStore, ShardHead, SnapshotCriteria, SnapshotStore, StateStore};
+use crate::envelope::{DataKey, DurableState, Event, Snapshot};
 use crate::error::{Error, Result};
 use crate::future::ready;
 use crate::future::BoxFuture;
@@ -34,6 +34,9 @@ struct Data {
     states: Map<String, DurableState>,
     offsets: Map<String, BTreeMap<u32, u64>>,
     read_model: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// The key vault: wrapped data keys and erasure records (Unix ns), by persistence id.
+    keys: BTreeMap<String, DataKey>,
+    erasures: Map<String, i64>,
 }
 
 struct Journal {
@@ -324,6 +327,53 @@ impl OffsetStore for MemoryStore {
         }
         data.offsets.entry(projection.to_string()).or_default().extend(offsets);
         ready(Ok(()))
+    }
+}
+
+impl KeyVault for MemoryStore {
+    fn read_key(&self, persistence_id: &str) -> BoxFuture<'static, Result<KeySlot>> {
+        let data = self.inner.lock();
+        ready(Ok(match (data.erasures.get(persistence_id), data.keys.get(persistence_id)) {
+            (Some(at), _) => KeySlot::Erased(*at),
+            (None, Some(k)) => KeySlot::Key(k.clone()),
+            (None, None) => KeySlot::Empty,
+        }))
+    }
+
+    fn create_key(&self, key: DataKey) -> BoxFuture<'static, Result<KeySlot>> {
+        let mut data = self.inner.lock();
+        if let Some(at) = data.erasures.get(&key.persistence_id) {
+            return ready(Ok(KeySlot::Erased(*at)));
+        }
+        let stored = data.keys.entry(key.persistence_id.clone()).or_insert(key).clone();
+        ready(Ok(KeySlot::Key(stored)))
+    }
+
+    fn erase_key(&self, persistence_id: &str, erased_at: i64) -> BoxFuture<'static, Result<()>> {
+        let mut data = self.inner.lock();
+        data.keys.remove(persistence_id);
+        data.erasures.entry(persistence_id.to_string()).or_insert(erased_at);
+        ready(Ok(()))
+    }
+
+    fn list_keys(&self, after: Option<String>, max: usize) -> BoxFuture<'static, Result<Vec<DataKey>>> {
+        let data = self.inner.lock();
+        let range = match after {
+            Some(a) => data.keys.range::<String, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => data.keys.range::<String, _>(..),
+        };
+        ready(Ok(range.take(max).map(|(_, k)| k.clone()).collect()))
+    }
+
+    fn replace_key(&self, key: DataKey, expected_master: &str) -> BoxFuture<'static, Result<bool>> {
+        let mut data = self.inner.lock();
+        match data.keys.get_mut(&key.persistence_id) {
+            Some(stored) if stored.master_key_id == expected_master && stored.key_id == key.key_id => {
+                *stored = key;
+                ready(Ok(true))
+            }
+            _ => ready(Ok(false)),
+        }
     }
 }
 

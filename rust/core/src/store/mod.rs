@@ -17,10 +17,11 @@
 pub mod memory;
 pub mod postgres;
 pub mod rocks;
+mod rocks_keys;
 
 use std::sync::Arc;
 
-use crate::envelope::{DurableState, Event, Snapshot};
+use crate::envelope::{DataKey, DurableState, Event, Snapshot};
 use crate::error::{Error, Result};
 use crate::future::BoxFuture;
 
@@ -134,6 +135,36 @@ pub trait OffsetStore: Send + Sync + 'static {
         }
         crate::future::ready(Err(Error::Configuration("this offset store cannot commit read-model writes with offsets".into())))
     }
+}
+
+/// What the key vault holds for one entity.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeySlot {
+    /// Its wrapped data key.
+    Key(DataKey),
+    /// It was erased at this Unix time (ns): its key is gone for good.
+    Erased(i64),
+    /// Nothing: no key was ever created (or the vault lost it).
+    Empty,
+}
+
+/// Where the built-in key store keeps the entities' wrapped data keys and the erasure records
+/// (the same RocksDB directory or PostgreSQL database as the data, or memory). Writes are
+/// durable (synced or committed) before they complete.
+pub trait KeyVault: Send + Sync + 'static {
+    /// The key or erasure record of `persistence_id`.
+    fn read_key(&self, persistence_id: &str) -> BoxFuture<'static, Result<KeySlot>>;
+    /// Stores `key` unless the id already has a key or an erasure record; returns what the
+    /// vault holds afterwards (the first key created wins a race).
+    fn create_key(&self, key: DataKey) -> BoxFuture<'static, Result<KeySlot>>;
+    /// Deletes the id's key and records its erasure at `erased_at` (Unix ns), atomically and
+    /// durably. Idempotent (a second erasure keeps the first record).
+    fn erase_key(&self, persistence_id: &str, erased_at: i64) -> BoxFuture<'static, Result<()>>;
+    /// Keys in ascending persistence id order after `after` (exclusive), at most `max`.
+    fn list_keys(&self, after: Option<String>, max: usize) -> BoxFuture<'static, Result<Vec<DataKey>>>;
+    /// Replaces the id's key with `key` if the stored one was wrapped by `expected_master`
+    /// (master-key rotation); `false` when it was not (already re-wrapped, or erased).
+    fn replace_key(&self, key: DataKey, expected_master: &str) -> BoxFuture<'static, Result<bool>>;
 }
 
 /// A write to a read model that the offset store commits with a projection batch's offsets

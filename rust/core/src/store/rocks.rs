@@ -9,6 +9,8 @@
 //! - `meta`      `pos` shard(be32)       -> last position of the shard (be64)
 //! - `offsets`   `projection \0 shard(be32)` -> position (be64)
 //! - `read_model` keys and values of projections' read models (written with their offsets)
+//! - `keys`      `pid`                   -> `DataKey` (the key vault; see rocks_keys.rs)
+//! - `erasures`  `pid`                   -> `Erasure`
 //!
 //! Entity ids cannot contain control characters, so `\0` separates the id from the sequence
 //! number and the keys of one id form one contiguous range.
@@ -47,7 +49,10 @@ const CF_STATES: &str = "states";
 const CF_META: &str = "meta";
 const CF_OFFSETS: &str = "offsets";
 const CF_READ_MODEL: &str = "read_model";
-const FAMILIES: [&str; 8] = [CF_EVENTS, CF_LOG, CF_HEADS, CF_SNAPSHOTS, CF_STATES, CF_META, CF_OFFSETS, CF_READ_MODEL];
+pub(super) const CF_KEYS: &str = "keys";
+pub(super) const CF_ERASURES: &str = "erasures";
+const FAMILIES: [&str; 10] =
+    [CF_EVENTS, CF_LOG, CF_HEADS, CF_SNAPSHOTS, CF_STATES, CF_META, CF_OFFSETS, CF_READ_MODEL, CF_KEYS, CF_ERASURES];
 const POS_PREFIX: &[u8] = b"pos";
 /// Most requests merged into one group commit.
 const MAX_GROUP: usize = 8192;
@@ -84,6 +89,8 @@ struct Inner {
     tx: Mutex<Option<mpsc::Sender<Request>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
+    /// Serializes the key vault's read-then-write operations (rocks_keys.rs).
+    keys_lock: Mutex<()>,
 }
 
 enum Op {
@@ -110,7 +117,7 @@ struct Request {
     done: oneshot::Sender<Result<()>>,
 }
 
-fn map_err(e: rocksdb::Error) -> Error {
+pub(super) fn map_err(e: rocksdb::Error) -> Error {
     let text = e.to_string();
     if text.contains("No space left") {
         Error::StorageFull(text.into())
@@ -128,7 +135,7 @@ fn journal_key(pid: &str, seq: u64) -> Vec<u8> {
 }
 
 /// The first key after every key of `pid`.
-fn journal_end(pid: &str) -> Vec<u8> {
+pub(super) fn journal_end(pid: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(pid.len() + 1);
     k.extend_from_slice(pid.as_bytes());
     k.push(1);
@@ -206,6 +213,7 @@ impl RocksStore {
                 tx: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(handle)),
                 closed: AtomicBool::new(false),
+                keys_lock: Mutex::new(()),
             }),
         })
     }
@@ -218,6 +226,16 @@ impl RocksStore {
     /// The largest event payload this store accepts.
     pub fn max_event_bytes(&self) -> usize {
         self.inner.options.max_event_bytes
+    }
+
+    /// Whether writes are synced before they are acknowledged.
+    pub(super) fn syncs(&self) -> bool {
+        self.inner.options.sync
+    }
+
+    /// The lock that serializes the key vault's read-then-write operations (rocks_keys.rs).
+    pub(super) fn keys_lock(&self) -> &Mutex<()> {
+        &self.inner.keys_lock
     }
 
     fn submit(&self, op: Op) -> BoxFuture<'static, Result<()>> {
@@ -233,7 +251,7 @@ impl RocksStore {
     }
 
     /// The open database.
-    fn db(&self) -> Result<Arc<DB>> {
+    pub(super) fn db(&self) -> Result<Arc<DB>> {
         self.inner.db.read().clone().ok_or_else(|| Error::Storage("the RocksDB store is closed".into()))
     }
 
@@ -437,7 +455,7 @@ impl Drop for Inner {
     }
 }
 
-fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+pub(super) fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
     db.cf_handle(name).expect("column family exists")
 }
 

@@ -25,6 +25,7 @@
 
 mod connection;
 mod errors;
+mod keys;
 mod offsets;
 mod rows;
 mod schema;
@@ -82,8 +83,8 @@ impl PgStore {
         let n = &self.inner.names;
         let client = self.inner.pool.get().await.map_err(Error::storage)?;
         let sql = format!(
-            "DROP TABLE IF EXISTS {}, {}, {}, {}, {}, {}, {}",
-            n.events, n.heads, n.shards, n.snapshots, n.states, n.offsets, n.migrations
+            "DROP TABLE IF EXISTS {}, {}, {}, {}, {}, {}, {}, {}, {}",
+            n.events, n.heads, n.shards, n.snapshots, n.states, n.offsets, n.keys, n.erasures, n.migrations
         );
         client.batch_execute(&sql).await.map_err(db_error)
     }

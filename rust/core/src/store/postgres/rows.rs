@@ -24,6 +24,7 @@ pub(super) fn event_of(row: &Row) -> Event {
         is_encrypted: row.get("is_encrypted"),
         position: row.get::<_, i64>("position") as u64,
         metadata,
+        is_erased: false,
     }
 }
 

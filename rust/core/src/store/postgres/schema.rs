@@ -7,7 +7,7 @@ use super::errors::{chain, db_error};
 use crate::error::{Error, Result};
 
 /// Schema version this code writes.
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 
 /// Checks that `name` is a plain SQL identifier.
 pub fn check_identifier(what: &str, name: &str, allow_empty: bool) -> Result<()> {
@@ -34,6 +34,8 @@ pub(super) struct Names {
     pub(super) snapshots: String,
     pub(super) states: String,
     pub(super) offsets: String,
+    pub(super) keys: String,
+    pub(super) erasures: String,
     pub(super) migrations: String,
 }
 
@@ -48,6 +50,8 @@ impl Names {
             snapshots: t("snapshots"),
             states: t("states"),
             offsets: t("offsets"),
+            keys: t("keys"),
+            erasures: t("erasures"),
             migrations: t("migrations"),
         }
     }
@@ -127,6 +131,25 @@ pub(super) async fn migrate(pool: &Pool, n: &Names) -> Result<()> {
             snapshots = n.snapshots,
             states = n.states,
             offsets = n.offsets,
+            m = n.migrations,
+        ))
+        .await
+        .map_err(db_error)?;
+    }
+    if current < 2 {
+        // The key vault of encryption at rest.
+        tx.batch_execute(&format!(
+            "CREATE TABLE {keys} (
+                persistence_id text PRIMARY KEY,
+                key_id text NOT NULL,
+                master_key_id text NOT NULL,
+                wrapped_key bytea NOT NULL,
+                created_at bigint NOT NULL
+             );
+             CREATE TABLE {erasures} (persistence_id text PRIMARY KEY, erased_at bigint NOT NULL);
+             INSERT INTO {m} (version) VALUES (2);",
+            keys = n.keys,
+            erasures = n.erasures,
             m = n.migrations,
         ))
         .await
