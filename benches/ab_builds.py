@@ -34,7 +34,8 @@ def measure(checkout: Path, call: str, metric: str) -> float:
 
 
 def summary(values: list[float]) -> str:
-    return f"{statistics.median(values):>12,.0f}  ({min(values):,.0f}-{max(values):,.0f})"
+    digits = 0 if statistics.median(values) >= 100 else 2
+    return f"{statistics.median(values):>12,.{digits}f}  ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
 
 
 def main() -> None:

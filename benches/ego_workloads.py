@@ -108,15 +108,16 @@ def workload_b(
     latency: bool = False,
     burst: bool = False,
     telemetry: str = "off",
+    encrypt: bool = False,
 ) -> dict[str, float]:
     """`accounts` accounts x `credits` credits, issued concurrently through the asyncio API:
     each round sends one credit to every account and gathers the replies (1,000 concurrent
     callers). With `burst`, all `accounts x credits` commands are sent at once and gathered
     (every account then has `credits` commands waiting: what batching is for). `telemetry`:
-    see `telemetry_settings`."""
+    see `telemetry_settings`. `encrypt`: encryption at rest on (the built-in key store)."""
 
     async def run() -> dict[str, float]:
-        with engine_on(kind, batch, **telemetry_settings(telemetry)) as engine:
+        with engine_on(kind, batch, **telemetry_settings(telemetry), **encryption_settings(encrypt)) as engine:
             ids = [f"acc-{i}" for i in range(accounts)]
             await asyncio.gather(*(engine.send_command_async(i, OpenAccount(initial_balance=0)) for i in ids))
             credit = Credit(amount=1)
@@ -148,13 +149,20 @@ def workload_b(
     return asyncio.run(run())
 
 
-def workload_c(kind: str, snapshot_every: int = 0, events: int = 10_000, loads: int = 15) -> dict[str, float]:
+def encryption_settings(on: bool) -> dict[str, object]:
+    """Engine options with encryption at rest on (a fixed master key) or off."""
+    return {"encryption": ego.Encryption(master_key=bytes(range(32)))} if on else {}
+
+
+def workload_c(
+    kind: str, snapshot_every: int = 0, events: int = 10_000, loads: int = 15, encrypt: bool = False
+) -> dict[str, float]:
     """Load (recover) an account with `events` events, without snapshots or with one every
-    `snapshot_every` events: milliseconds per load (median)."""
+    `snapshot_every` events: milliseconds per load (median). `encrypt`: encryption at rest on."""
     tmp = tempfile.mkdtemp(prefix="ego-bench-")
     store = make_store(kind, tmp, sync=False)
     try:
-        with ego.Engine("bench", store=store) as engine:
+        with ego.Engine("bench", store=store, **encryption_settings(encrypt)) as engine:  # type: ignore[arg-type]
             engine.register_entity_type(AccountBehavior, snapshot_interval=snapshot_every)
             engine.send_command("c", OpenAccount(initial_balance=0))
             futures_engine = engine

@@ -146,8 +146,16 @@ def test_connection_cut_after_commit_is_outcome_unknown_and_a_retry_neither_dupl
                 engine.send_command("acc", Credit(amount=5))
             state, revision = engine.get_state("acc")
             assert (state.balance, revision) in {(5, 2), (0, 1)}
-            assert engine.send_command("acc", Credit(amount=1))[1] == revision + 1
-            assert [e.sequence_number for e in store.replay_events("acc")] == list(range(1, revision + 2))
+            # The cut COMMIT may still complete on the server after the entity reloaded: the
+            # next write then conflicts once (the entity reloads again) and the retry lands.
+            for _ in range(3):
+                try:
+                    state, revision = engine.send_command("acc", Credit(amount=1))
+                    break
+                except errors.ConcurrencyError:
+                    continue
+            assert state.balance in (1, 6)
+            assert [e.sequence_number for e in store.replay_events("acc")] == list(range(1, revision + 1))
     finally:
         proxy.close()
 

@@ -1,12 +1,14 @@
 //! AES-256-GCM for one record (RustCrypto `aes-gcm`). A sealed value is
-//! `nonce (12 bytes, random) ++ ciphertext ++ tag (16 bytes)`. The associated data binds it to
+//! `nonce (12 bytes, random) ++ ciphertext ++ tag (16 bytes)`. Nonces come from the thread's
+//! cryptographically secure generator (`rand::rng()`: ChaCha12 seeded and reseeded from the
+//! operating system), not one system call per record; keys come from the operating system. The associated data binds it to
 //! its place: the kind of record, the persistence id, the sequence number (or version), the
 //! key id and the type URL. A value copied to another entity, position or kind of record, or
 //! with any bit flipped, fails to open.
 
 use std::sync::Arc;
 
-use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use bytes::Bytes;
 
@@ -66,14 +68,16 @@ impl SealingKey {
 
     /// Seals `plaintext` for `place`, with a fresh random nonce.
     pub fn seal(&self, place: &Place<'_>, plaintext: &[u8]) -> Bytes {
-        let nonce = Aes256Gcm::generate_nonce(OsRng);
+        let mut nonce = [0u8; NONCE_BYTES];
+        rand::fill(&mut nonce);
+        let nonce = Nonce::from_slice(&nonce);
         let aad = place.aad(&self.id);
         let ciphertext = self
             .cipher
-            .encrypt(&nonce, Payload { msg: plaintext, aad: &aad })
+            .encrypt(nonce, Payload { msg: plaintext, aad: &aad })
             .expect("AES-GCM encryption cannot fail for in-memory buffers");
         let mut out = Vec::with_capacity(NONCE_BYTES + ciphertext.len());
-        out.extend_from_slice(&nonce);
+        out.extend_from_slice(nonce);
         out.extend_from_slice(&ciphertext);
         out.into()
     }

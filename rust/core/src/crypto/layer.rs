@@ -58,38 +58,44 @@ fn open_any(key: &SealingKey, record: Record, pid: &str, seq: u64, any: &mut Any
     }
 }
 
-/// The plaintext of an encrypted event, or its tombstone.
-async fn open_event(keys: &Arc<KeyRing>, mut event: Event) -> Result<Event> {
-    if !event.is_encrypted {
-        return Ok(event);
-    }
-    let (pid, seq) = (event.persistence_id.clone(), event.sequence_number);
-    match keys.for_read(&pid, &event.encryption_key_id).await? {
-        KeyLookup::Found(key) => {
-            if let Some(any) = event.event.as_mut() {
-                open_any(&key, Record::Event, &pid, seq, any)?;
-            }
-            event.is_encrypted = false;
-            event.encryption_key_id.clear();
-            Ok(event)
-        }
-        KeyLookup::Erased => {
-            if let Some(any) = event.event.as_mut() {
-                any.value = Bytes::new();
-            }
-            event.is_erased = true;
-            Ok(event)
-        }
-        KeyLookup::Missing => {
-            Err(Error::KeyNotFound { persistence_id: pid.into(), sequence_number: seq, key_id: event.encryption_key_id.as_str().into() })
-        }
-    }
-}
-
+/// The plaintext of encrypted events (tombstones for erased entities). The key is looked up
+/// once per run of events with the same entity and key id (a replay is one run).
 async fn open_events(keys: &Arc<KeyRing>, events: Vec<Event>) -> Result<Vec<Event>> {
     let mut out = Vec::with_capacity(events.len());
-    for e in events {
-        out.push(open_event(keys, e).await?);
+    let mut current: Option<(String, String, KeyLookup)> = None;
+    for mut event in events {
+        if !event.is_encrypted {
+            out.push(event);
+            continue;
+        }
+        let (pid, seq) = (&event.persistence_id, event.sequence_number);
+        if !matches!(&current, Some((p, k, _)) if p == pid && *k == event.encryption_key_id) {
+            let found = keys.for_read(pid, &event.encryption_key_id).await?;
+            current = Some((pid.clone(), event.encryption_key_id.clone(), found));
+        }
+        match &current.as_ref().expect("looked up").2 {
+            KeyLookup::Found(key) => {
+                if let Some(any) = event.event.as_mut() {
+                    open_any(key, Record::Event, pid, seq, any)?;
+                }
+                event.is_encrypted = false;
+                event.encryption_key_id.clear();
+            }
+            KeyLookup::Erased => {
+                if let Some(any) = event.event.as_mut() {
+                    any.value = Bytes::new();
+                }
+                event.is_erased = true;
+            }
+            KeyLookup::Missing => {
+                return Err(Error::KeyNotFound {
+                    persistence_id: pid.as_str().into(),
+                    sequence_number: seq,
+                    key_id: event.encryption_key_id.as_str().into(),
+                })
+            }
+        }
+        out.push(event);
     }
     Ok(out)
 }
