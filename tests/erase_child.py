@@ -18,10 +18,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "examples" / "bank")]
 
-import ego
+import ego  # noqa: E402
 
-from bank_pb2 import Credit, OpenAccount
-from domain import AccountBehavior
+from bank_pb2 import Credit, OpenAccount  # noqa: E402
+from domain import AccountBehavior  # noqa: E402
 
 MASTER = bytes(range(32))
 STEADY = 3
@@ -41,7 +41,7 @@ def main() -> None:
             sys.stdout.flush()
 
     def steady(name: str) -> None:
-        state, revision = engine.get_state(name)
+        _, revision = engine.get_state(name)
         if revision == 0:
             _, revision = engine.send_command(name, OpenAccount(initial_balance=0))
             say(f"ACK {name} {revision}")
