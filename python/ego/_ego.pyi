@@ -125,6 +125,7 @@ class NativeStore:
         retry_for: float = 30.0,
         inner: NativeStore | None = None,
         encryption: Any = None,
+        wal_recovery: str = "strict",
     ) -> Self: ...
     @property
     def max_event_bytes(self) -> int: ...

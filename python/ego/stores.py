@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Sequence
-from typing import Any, Protocol, TypeVar, Union, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, Union, runtime_checkable
 
 from ego import _ego
 from ego.v1.envelopes_pb2 import DurableState, Event, Snapshot
@@ -195,6 +195,25 @@ class RocksDBStore(NativeStore):
 
     Only one store object can have a directory open at a time; ``close()`` it (or use it as a
     context manager) before opening the directory again.
+
+    ``wal_recovery`` says what opening does when the write-ahead log is damaged.
+    ``"strict"`` (the default) refuses to open with :class:`~ego.errors.CorruptDataError`
+    when a record before the end of the log is damaged, since acknowledged writes would be
+    lost; a torn last record (a write cut short by a crash, never acknowledged) is dropped
+    silently. ``"point_in_time"`` opens with everything before the first damaged record and
+    drops the rest: the operator's explicit choice after a strict open failed and no backup
+    is at hand. Any other value raises :class:`~ego.errors.ConfigurationError`.
+
+    After a write fails in a way that may have left it in the log (a failed ``fdatasync``),
+    its callers get :class:`~ego.errors.OutcomeUnknownError` and the store refuses every
+    later write with :class:`~ego.errors.StoreError` until it is closed and reopened: after
+    a failed sync the operating system's page cache can no longer be trusted. A full disk
+    gives :class:`~ego.errors.StorageFullError` (nothing written); writes resume by
+    themselves once space is freed (RocksDB checks every few seconds).
+
+    Example::
+
+        store = RocksDBStore("data/ego", wal_recovery="strict")
     """
 
     def __new__(
@@ -204,8 +223,11 @@ class RocksDBStore(NativeStore):
         sync: bool = True,
         max_event_bytes: int | None = None,
         cache_bytes: int | None = None,
+        wal_recovery: Literal["strict", "point_in_time"] = "strict",
     ) -> RocksDBStore:
-        return super().__new__(cls, "rocksdb", os.fspath(path), sync, max_event_bytes, cache_bytes)
+        return super().__new__(
+            cls, "rocksdb", os.fspath(path), sync, max_event_bytes, cache_bytes, wal_recovery=wal_recovery
+        )
 
     def __init__(
         self,
@@ -214,6 +236,7 @@ class RocksDBStore(NativeStore):
         sync: bool = True,
         max_event_bytes: int | None = None,
         cache_bytes: int | None = None,
+        wal_recovery: Literal["strict", "point_in_time"] = "strict",
     ) -> None:
         self.path = os.fspath(path)
 

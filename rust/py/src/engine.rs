@@ -137,7 +137,7 @@ impl EngineCore {
         let timer = if timed { Self::timer(&core) } else { None };
         let reply = AsyncReply::new(future.clone().unbind(), waker_for(&event_loop)?);
         let reply = Reply::Async(if timer.is_some() { reply.timed(timer.clone()) } else { reply });
-        let dispatched = send(&core, reply);
+        let dispatched = crate::reply::inline(&future, || send(&core, reply), |d| !matches!(d, Ok(Dispatched::Queued)));
         match dispatched {
             Ok(Dispatched::Done(outcome)) => {
                 if let Some((sent, t)) = timer {

@@ -138,12 +138,16 @@ impl SyncReply {
     }
 }
 
+/// The outcome of a reply dropped without one: the command may have run and been written.
+fn dropped() -> Outcome {
+    Err(Fail::Engine(Error::OutcomeUnknown("internal error: the command was dropped without an outcome (it may have been applied)".into())))
+}
+
 impl Drop for SyncReply {
     fn drop(&mut self) {
         let mut state = self.0.state.lock();
         if matches!(*state, SlotState::Waiting | SlotState::Started) {
-            *state =
-                SlotState::Done(Err(Fail::Engine(Error::Storage("internal error: the command was dropped without an outcome".into()))));
+            *state = SlotState::Done(dropped());
             self.0.ready.notify_all();
         }
     }
@@ -180,9 +184,26 @@ impl LoopWaker {
     fn enqueue(&self, future: Py<PyAny>, settle: Settle) {
         self.queue.lock().push((future, settle));
         if !self.armed.swap(true, Ordering::AcqRel) {
-            // The pipe is non-blocking: a full pipe means the loop is already woken.
-            let file = ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(self.write_fd) });
-            let _ = (&*file).write(&[1]);
+            self.signal();
+        }
+    }
+
+    /// Writes the wake-up byte. The pipe is non-blocking: a full pipe means a byte is already
+    /// waiting, so the loop is woken. Any other failure disarms the waker, so the next reply
+    /// tries again (a latched flag would lose every later reply).
+    fn signal(&self) {
+        // SAFETY: the descriptor stays open while the loop lives; ManuallyDrop never closes it.
+        let file = ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(self.write_fd) });
+        loop {
+            match (&*file).write(&[1]) {
+                Ok(_) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    self.armed.store(false, Ordering::Release);
+                    return;
+                }
+            }
         }
     }
 
@@ -283,11 +304,48 @@ impl AsyncReply {
     }
 }
 
+thread_local! {
+    /// Replies dropped on this thread during an inline dispatch ([`inline`]), set aside until
+    /// the dispatch tells whether their futures were settled inline.
+    static INLINE_DROPS: std::cell::RefCell<Option<Vec<(Py<PyAny>, Arc<LoopWaker>)>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `send` (an inline dispatch for `future`); `settled` tells from its result whether
+/// `future` was settled inline. The reply of an inline command is dropped once its outcome is
+/// returned: queueing an error for its (settled) future would keep every such future alive
+/// until the loop runs, which a coroutine awaiting completed commands back to back never lets
+/// it do. Replies of other futures dropped meanwhile are failed as usual.
+pub fn inline<T>(future: &Bound<'_, PyAny>, send: impl FnOnce() -> T, settled: impl FnOnce(&T) -> bool) -> T {
+    let outer = INLINE_DROPS.with(|d| d.borrow_mut().replace(Vec::new()));
+    let result = send();
+    let drops = INLINE_DROPS.with(|d| std::mem::replace(&mut *d.borrow_mut(), outer)).unwrap_or_default();
+    let own_settled = settled(&result);
+    for (f, waker) in drops {
+        if !(own_settled && f.is(future)) {
+            waker.push(f, dropped());
+        }
+    }
+    result
+}
+
 impl Drop for AsyncReply {
     fn drop(&mut self) {
-        // Dropped without an outcome (an internal error): the caller must not wait forever.
+        // Dropped without an outcome (an internal error, or an inline command whose outcome
+        // the dispatcher returned): the caller must not wait forever.
         if let Some((future, waker)) = self.inner.take() {
-            waker.push(future, Err(Fail::Engine(Error::Storage("internal error: the command was dropped without an outcome".into()))));
+            let kept = INLINE_DROPS.with(|d| match d.try_borrow_mut() {
+                Ok(mut d) => match d.as_mut() {
+                    Some(list) => {
+                        list.push((future, waker));
+                        None
+                    }
+                    None => Some((future, waker)),
+                },
+                Err(_) => Some((future, waker)),
+            });
+            if let Some((future, waker)) = kept {
+                waker.push(future, dropped());
+            }
         }
     }
 }

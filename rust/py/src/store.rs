@@ -11,7 +11,7 @@ use ego_core::envelope::{DurableState, Event, Snapshot};
 use ego_core::error::Error;
 use ego_core::store::memory::{MemoryStore, DEFAULT_MAX_EVENT_BYTES};
 use ego_core::store::postgres::{PgOptions, PgStore};
-use ego_core::store::rocks::{RocksOptions, RocksStore};
+use ego_core::store::rocks::{RocksOptions, RocksStore, WalRecovery};
 use ego_core::store::{EventsStore, KeyVault, OffsetStore, SnapshotCriteria, SnapshotStore, StateStore, Stores};
 use prost::Message;
 use pyo3::prelude::*;
@@ -105,7 +105,7 @@ fn criteria(min_seq: u64, max_seq: u64, min_ts: i64, max_ts: i64) -> SnapshotCri
 #[pymethods]
 impl NativeStore {
     #[new]
-    #[pyo3(signature = (kind, path=None, sync=true, max_event_bytes=None, cache_bytes=None, url=None, schema="public", table_prefix="ego_", pool_size=8, retry_for=30.0, inner=None, encryption=None))]
+    #[pyo3(signature = (kind, path=None, sync=true, max_event_bytes=None, cache_bytes=None, url=None, schema="public", table_prefix="ego_", pool_size=8, retry_for=30.0, inner=None, encryption=None, wal_recovery="strict"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -121,6 +121,7 @@ impl NativeStore {
         retry_for: f64,
         inner: Option<PyRef<'_, NativeStore>>,
         encryption: Option<&Bound<'_, PyAny>>,
+        wal_recovery: &str,
     ) -> PyResult<Self> {
         if kind == "encrypted" {
             let (Some(inner), Some(settings)) = (inner, encryption) else {
@@ -162,7 +163,15 @@ impl NativeStore {
             ("memory", _) => Backend::Memory(MemoryStore::with_max_event_bytes(max)),
             ("rocksdb", Some(path)) => {
                 let defaults = RocksOptions::default();
-                let opts = RocksOptions { sync, max_event_bytes: max, cache_bytes: cache_bytes.unwrap_or(defaults.cache_bytes) };
+                let wal_recovery = match wal_recovery {
+                    "strict" => WalRecovery::Strict,
+                    "point_in_time" => WalRecovery::PointInTime,
+                    other => {
+                        return Err(configuration(py, format!("wal_recovery must be \"strict\" or \"point_in_time\", not {other:?}")))
+                    }
+                };
+                let opts =
+                    RocksOptions { sync, max_event_bytes: max, cache_bytes: cache_bytes.unwrap_or(defaults.cache_bytes), wal_recovery };
                 Backend::Rocks(crate::wait::bounded(py, || RocksStore::open(&path, opts)).py(py)?)
             }
             ("rocksdb", None) => return Err(configuration(py, "a RocksDB store needs a path")),

@@ -18,6 +18,7 @@ pub mod memory;
 pub mod postgres;
 pub mod rocks;
 mod rocks_keys;
+mod rocks_status;
 
 use std::sync::Arc;
 

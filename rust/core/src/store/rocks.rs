@@ -31,10 +31,12 @@ use std::thread::JoinHandle;
 use parking_lot::Mutex;
 use prost::Message;
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode, ErrorKind, IteratorMode, Options, ReadOptions,
+    WriteBatch, WriteOptions, DB,
 };
 use tokio::sync::oneshot;
 
+use super::rocks_status::{read_error, write_error, Status};
 use super::{check_batch, EventsStore, IdPage, OffsetStore, ShardHead, SnapshotCriteria, SnapshotStore, StateStore};
 use crate::envelope::{DurableState, Event, Snapshot};
 use crate::error::{Error, Result};
@@ -67,11 +69,32 @@ pub struct RocksOptions {
     pub max_event_bytes: usize,
     /// Block cache size in bytes.
     pub cache_bytes: usize,
+    /// What opening does with a damaged write-ahead log.
+    pub wal_recovery: WalRecovery,
+}
+
+/// What opening a [`RocksStore`] does when its write-ahead log is damaged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WalRecovery {
+    /// Refuse to open ([`Error::Corrupt`]) when a record before the end of the log is damaged:
+    /// acknowledged writes would be lost. A torn last record (a write cut short by a crash,
+    /// never acknowledged) is dropped. The default.
+    #[default]
+    Strict,
+    /// Open with what precedes the first damaged record and drop the rest (RocksDB's
+    /// point-in-time recovery): acknowledged writes after the damage are lost. An operator's
+    /// explicit choice after a [`Error::Corrupt`] from a strict open.
+    PointInTime,
 }
 
 impl Default for RocksOptions {
     fn default() -> Self {
-        RocksOptions { sync: true, max_event_bytes: super::memory::DEFAULT_MAX_EVENT_BYTES, cache_bytes: 64 << 20 }
+        RocksOptions {
+            sync: true,
+            max_event_bytes: super::memory::DEFAULT_MAX_EVENT_BYTES,
+            cache_bytes: 64 << 20,
+            wal_recovery: WalRecovery::Strict,
+        }
     }
 }
 
@@ -91,6 +114,19 @@ struct Inner {
     closed: AtomicBool,
     /// Serializes the key vault's read-then-write operations (rocks_keys.rs).
     keys_lock: Mutex<()>,
+    /// Keeps the directory registered as open in this process until the database closes.
+    guard: Mutex<PathGuard>,
+}
+
+/// Removes a directory from [`OPEN_PATHS`] when dropped.
+struct PathGuard(Option<PathBuf>);
+
+impl Drop for PathGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            OPEN_PATHS.lock().remove(&p);
+        }
+    }
 }
 
 enum Op {
@@ -117,12 +153,46 @@ struct Request {
     done: oneshot::Sender<Result<()>>,
 }
 
+/// A failed read: nothing was written.
 pub(super) fn map_err(e: rocksdb::Error) -> Error {
-    let text = e.to_string();
-    if text.contains("No space left") {
-        Error::StorageFull(text.into())
+    read_error(e, "<RocksDB store>", 0)
+}
+
+/// Directories opened by this process (RocksDB's own lock does not tell a second open in the
+/// same process apart from other I/O errors).
+static OPEN_PATHS: std::sync::LazyLock<Mutex<std::collections::HashSet<PathBuf>>> = std::sync::LazyLock::new(Default::default);
+
+/// Whether another process holds RocksDB's lock on directory `path` (a POSIX record lock on
+/// its `LOCK` file).
+fn locked_by_another_process(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(path.join("LOCK")) else { return false };
+    // SAFETY: a zeroed flock is a valid argument; fcntl only reads and writes it.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: the descriptor is open for the duration of the call.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) };
+    rc == 0 && lock.l_type != libc::F_UNLCK as libc::c_short
+}
+
+/// Why opening failed, by RocksDB's status code.
+fn open_error(path: &Path, e: rocksdb::Error) -> Error {
+    let status = Status::of(&e);
+    if status.kind == ErrorKind::Corruption {
+        Error::Corrupt {
+            persistence_id: format!("<RocksDB store {}>", path.display()).into(),
+            sequence_number: 0,
+            detail: format!(
+                "{e}; acknowledged writes after the damage would be lost: restore a backup, or open with \
+                 point-in-time recovery (wal_recovery=\"point_in_time\") to keep what precedes it"
+            )
+            .into(),
+        }
+    } else if status.kind == ErrorKind::IOError && locked_by_another_process(path) {
+        Error::Storage(format!("cannot open {}: it is open in another process ({e})", path.display()).into())
     } else {
-        Error::Storage(text.into())
+        read_error(e, &path.display().to_string(), 0)
     }
 }
 
@@ -181,6 +251,11 @@ impl RocksStore {
         db_opts.set_max_background_jobs(2);
         db_opts.set_keep_log_file_num(4);
         db_opts.set_max_total_wal_size(256 << 20);
+        db_opts.set_paranoid_checks(true);
+        db_opts.set_wal_recovery_mode(match options.wal_recovery {
+            WalRecovery::Strict => DBRecoveryMode::TolerateCorruptedTailRecords,
+            WalRecovery::PointInTime => DBRecoveryMode::PointInTime,
+        });
         let cache = Cache::new_lru_cache(options.cache_bytes);
         let descriptors = FAMILIES.iter().map(|name| {
             let mut cf = Options::default();
@@ -193,17 +268,19 @@ impl RocksStore {
             cf.set_block_based_table_factory(&table);
             ColumnFamilyDescriptor::new(*name, cf)
         });
-        let db = DB::open_cf_descriptors(&db_opts, &path, descriptors).map_err(|e| {
-            if e.to_string().contains("lock") {
-                Error::Storage(format!("cannot open {}: it is open elsewhere ({e})", path.display()).into())
-            } else {
-                map_err(e)
-            }
-        })?;
+        let key = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        if !OPEN_PATHS.lock().insert(key.clone()) {
+            return Err(Error::Storage(
+                format!("cannot open {}: it is open in this process (close the other store first)", path.display()).into(),
+            ));
+        }
+        let guard = PathGuard(Some(key));
+        let db = DB::open_cf_descriptors(&db_opts, &path, descriptors).map_err(|e| open_error(&path, e))?;
         let db = Arc::new(db);
         let positions = load_positions(&db)?;
         let (tx, rx) = mpsc::channel();
-        let writer = Writer { db: db.clone(), positions, sync: options.sync, max_event_bytes: options.max_event_bytes };
+        let writer =
+            Writer { db: db.clone(), positions, sync: options.sync, max_event_bytes: options.max_event_bytes, path: path.clone(), failed: None };
         let handle = std::thread::Builder::new().name("ego-rocksdb-writer".into()).spawn(move || writer.run(rx)).map_err(Error::storage)?;
         Ok(RocksStore {
             inner: Arc::new(Inner {
@@ -214,6 +291,7 @@ impl RocksStore {
                 writer: Mutex::new(Some(handle)),
                 closed: AtomicBool::new(false),
                 keys_lock: Mutex::new(()),
+                guard: Mutex::new(guard),
             }),
         })
     }
@@ -247,7 +325,10 @@ impl RocksStore {
         if !sent {
             return ready(Err(Error::Storage("the RocksDB store is closed".into())));
         }
-        Box::pin(async move { rx.await.unwrap_or_else(|_| Err(Error::Storage("the RocksDB writer stopped".into()))) })
+        // The writer took the request: it may have written it before it stopped.
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| Err(Error::OutcomeUnknown("the RocksDB writer stopped after it took the write".into())))
+        })
     }
 
     /// The open database.
@@ -282,7 +363,7 @@ impl RocksStore {
 
     fn highest(&self, pid: &str) -> Result<u64> {
         let db = self.db()?;
-        let value = db.get_pinned_cf(cf(&db, CF_HEADS), pid.as_bytes()).map_err(map_err)?;
+        let value = db.get_pinned_cf(cf(&db, CF_HEADS), pid.as_bytes()).map_err(|e| corrupt_or_storage(pid, 0, e))?;
         Ok(value.and_then(|v| be64(&v)).unwrap_or(0))
     }
 
@@ -376,7 +457,7 @@ impl RocksStore {
 
     fn state(&self, pid: &str) -> Result<Option<DurableState>> {
         let db = self.db()?;
-        let Some(value) = db.get_pinned_cf(cf(&db, CF_STATES), pid.as_bytes()).map_err(map_err)? else {
+        let Some(value) = db.get_pinned_cf(cf(&db, CF_STATES), pid.as_bytes()).map_err(|e| corrupt_or_storage(pid, 0, e))? else {
             return Ok(None);
         };
         let state = value.get(8..).and_then(|b| DurableState::decode(b).ok()).ok_or_else(|| Error::Corrupt {
@@ -441,7 +522,15 @@ impl RocksStore {
             let _ = handle.join();
         }
         // Readers still holding the database finish first; then it closes.
-        self.inner.db.write().take();
+        let db = self.inner.db.write().take();
+        if let Some(db) = db {
+            // The last handle closes the database (and frees its lock) here, unless a reader
+            // still holds it; the directory can be opened again once it is closed.
+            if Arc::strong_count(&db) == 1 {
+                drop(db);
+                self.inner.guard.lock().0.take().map(|p| OPEN_PATHS.lock().remove(&p));
+            }
+        }
         result
     }
 }
@@ -476,11 +565,7 @@ fn decode_event(pid: &str, seq: u64, value: &[u8]) -> Result<Event> {
 }
 
 fn corrupt_or_storage(pid: &str, seq: u64, e: rocksdb::Error) -> Error {
-    if e.kind() == rocksdb::ErrorKind::Corruption {
-        Error::Corrupt { persistence_id: pid.into(), sequence_number: seq, detail: e.to_string().into() }
-    } else {
-        map_err(e)
-    }
+    read_error(e, pid, seq)
 }
 
 fn load_positions(db: &DB) -> Result<HashMap<u32, u64>> {
@@ -503,6 +588,10 @@ struct Writer {
     positions: HashMap<u32, u64>,
     sync: bool,
     max_event_bytes: usize,
+    path: PathBuf,
+    /// Set by a write whose outcome is unknown (a failed sync): every later write is refused
+    /// until the store is reopened, since the page cache can no longer be trusted.
+    failed: Option<Arc<str>>,
 }
 
 /// A group being assembled.
@@ -565,6 +654,10 @@ impl Writer {
     }
 
     fn add(&self, group: &mut Group, req: Request) {
+        if let Some(refused) = self.refused() {
+            let _ = req.done.send(Err(refused));
+            return;
+        }
         let result = match req.op {
             Op::Append(events) => self.add_events(group, events),
             Op::PutSnapshot(s) => {
@@ -617,7 +710,7 @@ impl Writer {
         let highest = match group.heads.get(&pid) {
             Some(h) => *h,
             None => {
-                let v = self.db.get_pinned_cf(self.cf(CF_HEADS), pid.as_bytes()).map_err(map_err)?;
+                let v = self.db.get_pinned_cf(self.cf(CF_HEADS), pid.as_bytes()).map_err(|e| corrupt_or_storage(&pid, 0, e))?;
                 v.and_then(|v| be64(&v)).unwrap_or(0)
             }
         };
@@ -645,7 +738,10 @@ impl Writer {
         let actual = match group.versions.get(&state.persistence_id) {
             Some(v) => *v,
             None => {
-                let v = self.db.get_pinned_cf(self.cf(CF_STATES), state.persistence_id.as_bytes()).map_err(map_err)?;
+                let v = self
+                    .db
+                    .get_pinned_cf(self.cf(CF_STATES), state.persistence_id.as_bytes())
+                    .map_err(|e| corrupt_or_storage(&state.persistence_id, 0, e))?;
                 v.and_then(|v| be64(&v)).unwrap_or(0)
             }
         };
@@ -660,10 +756,33 @@ impl Writer {
         Ok(())
     }
 
-    fn write(&self, batch: WriteBatch) -> Result<()> {
+    /// The error every write gets after a write whose outcome is unknown.
+    fn refused(&self) -> Option<Error> {
+        self.failed.as_ref().map(|cause| {
+            Error::Storage(
+                format!(
+                    "the RocksDB store at {} refuses writes since a write failed after it may have reached the \
+                     write-ahead log ({cause}); close and reopen the store (nothing of this write was written)",
+                    self.path.display()
+                )
+                .into(),
+            )
+        })
+    }
+
+    fn write(&mut self, batch: WriteBatch) -> Result<()> {
+        if let Some(refused) = self.refused() {
+            return Err(refused);
+        }
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync);
-        self.db.write_opt(batch, &wo).map_err(map_err)
+        self.db.write_opt(batch, &wo).map_err(|e| {
+            let err = write_error(e, &self.path);
+            if let Error::OutcomeUnknown(cause) = &err {
+                self.failed = Some(cause.clone());
+            }
+            err
+        })
     }
 
     fn commit(&mut self, mut group: Group) {
@@ -717,7 +836,15 @@ impl Writer {
                 self.write(batch)
             }
             Op::Close => {
-                self.db.flush_wal(true).map_err(map_err)?;
+                if self.failed.is_some() {
+                    // Nothing more can be made durable (the callers of the failed write were
+                    // told its outcome is unknown); reopening replays what the log holds.
+                    return Ok(());
+                }
+                // A failed sync here may concern writes already acknowledged by RocksDB's
+                // write-ahead log sync, which were durable: only memtable flushes remain, and
+                // their failure loses nothing (the log is replayed on the next open).
+                self.db.flush_wal(true).map_err(|e| write_error(e, &self.path))?;
                 for name in FAMILIES {
                     self.db.flush_cf(self.cf(name)).map_err(map_err)?;
                 }
@@ -727,7 +854,7 @@ impl Writer {
         }
     }
 
-    fn delete_events(&self, pid: &str, to: u64) -> Result<()> {
+    fn delete_events(&mut self, pid: &str, to: u64) -> Result<()> {
         let (events_cf, log_cf) = (self.cf(CF_EVENTS), self.cf(CF_LOG));
         let mut batch = WriteBatch::default();
         let mut ro = ReadOptions::default();
