@@ -176,6 +176,62 @@ fn locked_by_another_process(path: &Path) -> bool {
     rc == 0 && lock.l_type != libc::F_UNLCK as libc::c_short
 }
 
+/// The write-ahead log files of the store in `path`, with their sizes.
+fn wal_files(path: &Path) -> String {
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let size = entry.metadata().ok()?.len();
+            name.ends_with(".log").then_some((name, size))
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return "none".into();
+    }
+    files.iter().map(|(name, size)| format!("{name}, {size} bytes")).collect::<Vec<_>>().join("; ")
+}
+
+/// The file where a clean close records RocksDB's last sequence number. Sequence numbers only
+/// grow, so a store that opens behind it lost files (a damaged manifest that RocksDB read as a
+/// torn tail, say) that no RocksDB check reports.
+const LAST_SEQUENCE_FILE: &str = "EGO-LAST-SEQUENCE";
+
+fn check_not_behind(path: &Path, db: &DB) -> Result<()> {
+    let Ok(bytes) = std::fs::read(path.join(LAST_SEQUENCE_FILE)) else { return Ok(()) };
+    let recorded = be64(&bytes).unwrap_or(0);
+    let now = db.latest_sequence_number();
+    if now < recorded {
+        return Err(Error::Corrupt {
+            persistence_id: format!("<RocksDB store {}>", path.display()).into(),
+            sequence_number: 0,
+            detail: format!(
+                "the store was closed at RocksDB sequence number {recorded} but opens at {now}: a file of the store \
+                 (its MANIFEST or a table file) is damaged or missing and {} writes would be lost; restore a backup, \
+                 or open with wal_recovery=\"point_in_time\" to accept the loss",
+                recorded - now
+            )
+            .into(),
+        });
+    }
+    Ok(())
+}
+
+/// Records the last sequence number (after a clean close's flush): written aside, synced,
+/// renamed into place, directory synced.
+fn record_last_sequence(path: &Path, db: &DB) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.join(format!("{LAST_SEQUENCE_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&db.latest_sequence_number().to_be_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path.join(LAST_SEQUENCE_FILE))?;
+    std::fs::File::open(path)?.sync_all()
+}
+
 /// Why opening failed, by RocksDB's status code.
 fn open_error(path: &Path, e: rocksdb::Error) -> Error {
     let status = Status::of(&e);
@@ -184,8 +240,9 @@ fn open_error(path: &Path, e: rocksdb::Error) -> Error {
             persistence_id: format!("<RocksDB store {}>", path.display()).into(),
             sequence_number: 0,
             detail: format!(
-                "{e}; acknowledged writes after the damage would be lost: restore a backup, or open with \
-                 point-in-time recovery (wal_recovery=\"point_in_time\") to keep what precedes it"
+                "{e} (write-ahead log: {}); acknowledged writes after the damage would be lost: restore a backup, \
+                 or open with point-in-time recovery (wal_recovery=\"point_in_time\") to keep what precedes the damage",
+                wal_files(path)
             )
             .into(),
         }
@@ -276,6 +333,9 @@ impl RocksStore {
         }
         let guard = PathGuard(Some(key));
         let db = DB::open_cf_descriptors(&db_opts, &path, descriptors).map_err(|e| open_error(&path, e))?;
+        if options.wal_recovery == WalRecovery::Strict {
+            check_not_behind(&path, &db)?;
+        }
         let db = Arc::new(db);
         let positions = load_positions(&db)?;
         let (tx, rx) = mpsc::channel();
@@ -777,9 +837,10 @@ impl Writer {
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync);
         self.db.write_opt(batch, &wo).map_err(|e| {
+            let cause: Arc<str> = e.to_string().into();
             let err = write_error(e, &self.path);
-            if let Error::OutcomeUnknown(cause) = &err {
-                self.failed = Some(cause.clone());
+            if matches!(err, Error::OutcomeUnknown(_)) {
+                self.failed = Some(cause);
             }
             err
         })
@@ -841,14 +902,14 @@ impl Writer {
                     // told its outcome is unknown); reopening replays what the log holds.
                     return Ok(());
                 }
-                // A failed sync here may concern writes already acknowledged by RocksDB's
-                // write-ahead log sync, which were durable: only memtable flushes remain, and
-                // their failure loses nothing (the log is replayed on the next open).
-                self.db.flush_wal(true).map_err(|e| write_error(e, &self.path))?;
+                // Every write was answered already: a failure here concerns no caller's
+                // outcome (with `sync` each acknowledged write is in the synced log, which the
+                // next open replays), so it is a plain storage error.
+                self.db.flush_wal(true).map_err(map_err)?;
                 for name in FAMILIES {
                     self.db.flush_cf(self.cf(name)).map_err(map_err)?;
                 }
-                Ok(())
+                record_last_sequence(&self.path, &self.db).map_err(Error::storage)
             }
             _ => unreachable!("not a barrier"),
         }
