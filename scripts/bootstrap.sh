@@ -16,6 +16,17 @@ if ! compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null && ! ldconfig -p 2
   fi
 fi
 
+# The storage-fault tests make fdatasync fail with Debian's fiu-utils (fiu-run, fiu-ctrl).
+if ! command -v fiu-run >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing fiu-utils (fault injection for the storage-fault tests)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fiu-utils >/dev/null 2>&1 ||
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fiu-utils >/dev/null; }
+  else
+    echo "note: fiu-utils is missing; the fdatasync fault tests will be skipped (Debian: apt-get install fiu-utils)" >&2
+  fi
+fi
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv

@@ -38,6 +38,7 @@ class EngineCore:
         telemetry: Any = None,
         logger: Any = None,
         encryption: Any = None,
+        bridge_threads: int = 4,
     ) -> Self: ...
     @property
     def name(self) -> str: ...
@@ -95,6 +96,7 @@ class EntityOptions:
         batch_flush_window: float | None = None,
         mailbox_capacity: int | None = None,
         retention: Any = None,
+        inline: bool = True,
     ) -> Self: ...
     @property
     def snapshot_interval(self) -> int: ...
@@ -108,6 +110,8 @@ class EntityOptions:
     def mailbox_capacity(self) -> int: ...
     @property
     def retention(self) -> Any: ...
+    @property
+    def inline(self) -> bool: ...
 
 @disjoint_base
 class NativeStore:

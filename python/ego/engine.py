@@ -71,6 +71,12 @@ class Engine(_ego.EngineCore):
     stopped by :meth:`stop`. Commands to one entity run one at a time, in the order they
     were sent; different entities run independently.
 
+    A command to an idle entity runs on the caller's thread (see ``inline`` in
+    :meth:`entity`); queued work runs on the engine's ``bridge_threads`` (4 by default): one
+    thread does it while it keeps up, and another takes over the queue while every busy one
+    has been stuck in one handler for more than 10 ms (a handler that sleeps or waits on I/O),
+    so one slow handler does not hold up other entities. ``io_threads`` run store I/O.
+
     Hot methods come straight from the Rust core (no Python frame in between):
 
     - ``send_command(entity_id, command, timeout=None) -> (state, revision)``
@@ -101,6 +107,7 @@ class Engine(_ego.EngineCore):
         max_message_bytes: int = 1 << 20,
         replay_page_size: int = 1024,
         io_threads: int = 2,
+        bridge_threads: int = 4,
         event_adapters: Sequence[EventAdapter] = (),
         telemetry: Telemetry | None = None,
         logger: Logger | None = None,
@@ -140,6 +147,7 @@ class Engine(_ego.EngineCore):
             telemetry,
             logger,
             encryption,
+            bridge_threads=bridge_threads,
         )
         self.telemetry = telemetry
         self.encryption = encryption
@@ -202,6 +210,7 @@ class Engine(_ego.EngineCore):
         batch_flush_window: float = 0.005,
         mailbox_capacity: int = 10_000,
         retention: RetentionPolicy | None = None,
+        inline: bool = True,
     ) -> tuple[Any, int]:
         """Spawns an entity with this behaviour (its id is ``behavior.id()``), recovers its
         state from the stores and returns ``(state, revision)``. Idempotent: if the entity
@@ -218,6 +227,11 @@ class Engine(_ego.EngineCore):
         - ``mailbox_capacity``: commands that may wait for the entity; more are refused with
           ``MailboxFullError``.
         - ``retention``: what to delete after each successful snapshot (:class:`~ego.RetentionPolicy`).
+        - ``inline``: a command to an idle entity runs on the caller's thread (True, the
+          fastest: no thread hop; with ``send_command_async`` the handler then runs on the
+          event loop's thread). Set it False for behaviours whose handlers block (sleep,
+          network or disk I/O): every command then runs on the engine's bridge threads, and
+          the caller (or its event loop) only waits for the reply.
         """
         options = EntityOptions(
             snapshot_interval=snapshot_interval,
@@ -226,6 +240,7 @@ class Engine(_ego.EngineCore):
             batch_flush_window=batch_flush_window,
             mailbox_capacity=mailbox_capacity,
             retention=retention,
+            inline=inline,
         )
         return self._spawn(_entity_id(behavior), behavior, options)
 
@@ -237,6 +252,7 @@ class Engine(_ego.EngineCore):
         batch_threshold: int = 0,
         batch_flush_window: float = 0.005,
         mailbox_capacity: int = 10_000,
+        inline: bool = True,
     ) -> tuple[Any, int]:
         """Spawns a durable-state entity (the Go library's ``DurableStateEntity``): like
         :meth:`entity`, but only for :class:`~ego.DurableStateBehavior` (snapshots do not
@@ -249,6 +265,7 @@ class Engine(_ego.EngineCore):
             batch_threshold=batch_threshold,
             batch_flush_window=batch_flush_window,
             mailbox_capacity=mailbox_capacity,
+            inline=inline,
         )
 
     def register_entity_type(
@@ -262,6 +279,7 @@ class Engine(_ego.EngineCore):
         batch_flush_window: float = 0.005,
         mailbox_capacity: int = 10_000,
         retention: RetentionPolicy | None = None,
+        inline: bool = True,
     ) -> None:
         """Lets entities activate on their first command: a command (or ``get_state``) for an
         id that is not in memory and starts with ``prefix`` creates the entity with
@@ -278,6 +296,7 @@ class Engine(_ego.EngineCore):
             batch_flush_window=batch_flush_window,
             mailbox_capacity=mailbox_capacity,
             retention=retention,
+            inline=inline,
         )
         if not callable(factory):
             raise ConfigurationError(f"factory must be callable, got {factory!r}")

@@ -39,7 +39,7 @@ pub enum Stopped<H: Host> {
 pub struct Engine<H: Host> {
     shared: Arc<Shared<H>>,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
-    bridge: Mutex<Option<JoinHandle<()>>>,
+    bridge: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl<H: Host> Engine<H> {
@@ -65,13 +65,14 @@ impl<H: Host> Engine<H> {
             .build()
             .map_err(Error::storage)?;
         let tracing = host.tracing();
+        let threads = config.bridge_threads.max(1);
         let shared = Arc::new(Shared {
             host,
             config,
             stores,
             registry: Registry::default(),
             types: RwLock::new(Vec::new()),
-            queue: Queue::default(),
+            queue: Queue::new(threads),
             runtime: runtime.handle().clone(),
             running: AtomicBool::new(true),
             shortest_passivation: AtomicU64::new(u64::MAX),
@@ -83,15 +84,22 @@ impl<H: Host> Engine<H> {
             tracing,
             keys,
         });
-        let bridge = {
+        let mut bridge = Vec::with_capacity(shared.queue.threads());
+        for me in 0..shared.queue.threads() {
             let sh = shared.clone();
-            std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("ego-bridge-{}", sh.config.name))
-                .spawn(move || bridge::run(&sh.host, &sh.queue, |cx, job| jobs::run(&sh, cx, job)))
-                .map_err(Error::storage)?
-        };
+                .spawn(move || bridge::run(&sh.host, &sh.queue, me, |cx, job| jobs::run(&sh, cx, job)));
+            match spawned {
+                Ok(handle) => bridge.push(handle),
+                Err(e) => {
+                    finish(&shared, bridge, Some(runtime));
+                    return Err(Error::storage(e));
+                }
+            }
+        }
         runtime.spawn(passivation::sweeper(Arc::downgrade(&shared)));
-        Ok(Engine { shared, runtime: Mutex::new(Some(runtime)), bridge: Mutex::new(Some(bridge)) })
+        Ok(Engine { shared, runtime: Mutex::new(Some(runtime)), bridge: Mutex::new(bridge) })
     }
 
     /// The shared state (for hosts that need the runtime or the host).
@@ -363,9 +371,7 @@ impl<H: Host> Engine<H> {
 
     /// Whether every entity is quiet (nothing queued, running, batched or in flight).
     pub fn is_quiet(&self) -> bool {
-        let mut quiet = true;
-        self.shared.registry.for_each(|e| quiet &= e.is_quiet());
-        quiet && self.shared.queue.len() == 0
+        is_quiet(&self.shared)
     }
 
     /// Starts a projection named `name`: `sink` gets the events of every shard in position
@@ -451,12 +457,18 @@ impl<H: Host> Engine<H> {
         self.shared.stream.unsubscribe(s);
     }
 
-    /// Stops the engine: refuses new messages, waits up to `timeout` for queued work to finish,
-    /// fails what is left with [`Error::EngineClosed`], then stops the bridge and the runtime.
-    /// Must not be called from the bridge thread or with the context held. Idempotent.
+    /// Stops the engine: refuses new messages and waits up to `timeout` for queued work to
+    /// finish. Returns by the deadline: messages that have not started by then fail with
+    /// [`Error::EngineClosed`] (nothing of them ran); commands still running (a slow handler)
+    /// finish in the background, their callers get their real outcome, and the bridge and the
+    /// runtime stop once they are done. Must not be called from the bridge thread or with the
+    /// context held. Idempotent.
     pub fn shutdown(&self, timeout: Duration) -> Result<()> {
         let was_running = self.shared.running.swap(false, Ordering::AcqRel);
-        let Some(bridge) = self.bridge.lock().take() else { return Ok(()) };
+        let bridge = std::mem::take(&mut *self.bridge.lock());
+        if bridge.is_empty() {
+            return Ok(());
+        }
         let deadline = Instant::now() + timeout;
         let mut drained = true;
         if was_running {
@@ -473,30 +485,73 @@ impl<H: Host> Engine<H> {
             block_on(p.stop());
         }
         self.shared.stream.close_all();
-        let sh = self.shared.clone();
-        self.shared.queue.push(Job::Call(Box::new(move |_cx| {
-            for e in sh.registry.drain() {
-                let (work, waiting) = {
-                    let mut cell = e.cell.lock();
-                    cell.phase = Phase::Removed;
-                    (cell.work.take(), cell.mailbox.drain(..).collect::<Vec<_>>())
-                };
-                drop(work);
-                for msg in waiting {
-                    sh.host.reply(msg.into_reply(), Err(Fail::Engine(Error::EngineClosed)));
-                }
-            }
-        })));
-        self.shared.queue.push(Job::Exit);
-        let _ = bridge.join();
-        if let Some(rt) = self.runtime.lock().take() {
-            rt.shutdown_timeout(Duration::from_secs(5));
-        }
+        let runtime = self.runtime.lock().take();
         if drained {
-            Ok(())
-        } else {
-            Err(Error::Storage("the engine stopped before every queued command finished".into()))
+            finish(&self.shared, bridge, runtime);
+            return Ok(());
         }
+        // The deadline passed with work left: what has not started is refused now; what runs
+        // finishes in the background, then the threads stop.
+        let refused = refuse_waiting(&self.shared);
+        self.shared.host.log_warning(&format!(
+            "engine {:?} stopped after {:.3}s with commands still running; they finish in the background and their \
+             callers get their outcome ({refused} queued messages were refused with EngineClosedError)",
+            self.shared.config.name,
+            timeout.as_secs_f64()
+        ));
+        let sh = self.shared.clone();
+        let reaper = std::thread::Builder::new().name(format!("ego-stop-{}", sh.config.name)).spawn(move || {
+            while !is_quiet(&sh) {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            finish(&sh, bridge, runtime);
+        });
+        reaper.map(|_| ()).map_err(Error::storage)
+    }
+}
+
+/// Whether every entity is quiet (nothing queued, running, batched or in flight).
+fn is_quiet<H: Host>(sh: &Shared<H>) -> bool {
+    let mut quiet = true;
+    sh.registry.for_each(|e| quiet &= e.is_quiet());
+    quiet && sh.queue.len() == 0
+}
+
+/// Fails every message still waiting in a mailbox with [`Error::EngineClosed`] (none of them
+/// started); returns how many.
+fn refuse_waiting<H: Host>(sh: &Shared<H>) -> usize {
+    let mut waiting = Vec::new();
+    sh.registry.for_each(|e| waiting.extend(e.cell.lock().mailbox.drain(..)));
+    let count = waiting.len();
+    for msg in waiting {
+        sh.host.reply(msg.into_reply(), Err(Fail::Engine(Error::EngineClosed)));
+    }
+    count
+}
+
+/// The end of a shutdown: forgets every entity (failing what still waits), stops the bridge
+/// threads once the jobs before the exit have run, then the runtime.
+fn finish<H: Host>(shared: &Arc<Shared<H>>, bridge: Vec<JoinHandle<()>>, runtime: Option<tokio::runtime::Runtime>) {
+    let sh = shared.clone();
+    shared.queue.push(Job::Call(Box::new(move |_cx| {
+        for e in sh.registry.drain() {
+            let (work, waiting) = {
+                let mut cell = e.cell.lock();
+                cell.phase = Phase::Removed;
+                (cell.work.take(), cell.mailbox.drain(..).collect::<Vec<_>>())
+            };
+            drop(work);
+            for msg in waiting {
+                sh.host.reply(msg.into_reply(), Err(Fail::Engine(Error::EngineClosed)));
+            }
+        }
+    })));
+    shared.queue.push(Job::Exit);
+    for handle in bridge {
+        let _ = handle.join();
+    }
+    if let Some(rt) = runtime {
+        rt.shutdown_timeout(Duration::from_secs(5));
     }
 }
 

@@ -17,6 +17,10 @@ pub struct EntityOptions {
     pub mailbox_capacity: usize,
     /// What to delete after each successful snapshot.
     pub retention: Option<RetentionPolicy>,
+    /// Run a command on the caller's thread when the entity is idle (no thread hop). Off,
+    /// every command runs on the bridge threads: a handler that blocks never blocks a caller
+    /// (or its event loop).
+    pub inline: bool,
 }
 
 /// What to delete after a successful snapshot (the Go library's `RetentionPolicy`).
@@ -41,6 +45,7 @@ impl Default for EntityOptions {
             batch_flush_window: Duration::from_millis(5),
             mailbox_capacity: 10_000,
             retention: None,
+            inline: true,
         }
     }
 }
@@ -60,6 +65,9 @@ pub struct EngineConfig {
     pub worker_threads: usize,
     /// Commands the bridge runs per entity before moving on to the next one.
     pub fairness_budget: usize,
+    /// Bridge threads: one runs queued work while it keeps up; another takes over the queue
+    /// while every busy one is stuck in a slow job (a handler that sleeps or waits on I/O).
+    pub bridge_threads: usize,
 }
 
 impl Default for EngineConfig {
@@ -71,6 +79,7 @@ impl Default for EngineConfig {
             replay_page_size: 1024,
             worker_threads: 2,
             fairness_budget: 64,
+            bridge_threads: 4,
         }
     }
 }

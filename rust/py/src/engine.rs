@@ -157,7 +157,7 @@ impl EngineCore {
 #[pymethods]
 impl EngineCore {
     #[new]
-    #[pyo3(signature = (name, events_store=None, snapshot_store=None, state_store=None, shards=8, max_message_bytes=1<<20, replay_page_size=1024, io_threads=2, event_adapters=Vec::new(), telemetry=None, logger=None, encryption=None))]
+    #[pyo3(signature = (name, events_store=None, snapshot_store=None, state_store=None, shards=8, max_message_bytes=1<<20, replay_page_size=1024, io_threads=2, event_adapters=Vec::new(), telemetry=None, logger=None, encryption=None, bridge_threads=4))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -173,9 +173,10 @@ impl EngineCore {
         telemetry: Option<Py<PyAny>>,
         logger: Option<Py<PyAny>>,
         encryption: Option<&Bound<'_, PyAny>>,
+        bridge_threads: usize,
     ) -> PyResult<Self> {
-        if shards == 0 || replay_page_size == 0 || max_message_bytes == 0 || io_threads == 0 {
-            return Err(configuration(py, "shards, max_message_bytes, replay_page_size and io_threads must be positive"));
+        if shards == 0 || replay_page_size == 0 || max_message_bytes == 0 || io_threads == 0 || bridge_threads == 0 {
+            return Err(configuration(py, "shards, max_message_bytes, replay_page_size, io_threads and bridge_threads must be positive"));
         }
         use crate::pystore::{EVENTS, SNAPSHOTS, STATES};
         let stores = Stores {
@@ -193,7 +194,7 @@ impl EngineCore {
             }),
         };
         let config =
-            EngineConfig { name, shards, max_message_bytes, replay_page_size, worker_threads: io_threads, ..EngineConfig::default() };
+            EngineConfig { name, shards, max_message_bytes, replay_page_size, worker_threads: io_threads, bridge_threads, ..EngineConfig::default() };
         let encryption = match encryption.filter(|e| !e.is_none()) {
             None => None,
             Some(settings) => {

@@ -63,7 +63,7 @@ fn retention_of(py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<RetentionP
 #[pymethods]
 impl EntityOptions {
     #[new]
-    #[pyo3(signature = (*, snapshot_interval=None, passivate_after=None, batch_threshold=None, batch_flush_window=None, mailbox_capacity=None, retention=None))]
+    #[pyo3(signature = (*, snapshot_interval=None, passivate_after=None, batch_threshold=None, batch_flush_window=None, mailbox_capacity=None, retention=None, inline=true))]
     fn new(
         py: Python<'_>,
         snapshot_interval: Option<&Bound<'_, PyAny>>,
@@ -72,8 +72,9 @@ impl EntityOptions {
         batch_flush_window: Option<&Bound<'_, PyAny>>,
         mailbox_capacity: Option<&Bound<'_, PyAny>>,
         retention: Option<&Bound<'_, PyAny>>,
+        inline: bool,
     ) -> PyResult<Self> {
-        let mut core = ego_core::options::EntityOptions::default();
+        let mut core = ego_core::options::EntityOptions { inline, ..Default::default() };
         if let Some(v) = snapshot_interval {
             core.snapshot_interval = non_negative_int(py, "snapshot_interval", v)?;
         }
@@ -133,6 +134,12 @@ impl EntityOptions {
         self.core.mailbox_capacity
     }
 
+    /// Whether a command to an idle entity runs on the caller's thread.
+    #[getter]
+    fn inline(&self) -> bool {
+        self.core.inline
+    }
+
     /// What to delete after each successful snapshot (an `ego.RetentionPolicy`), or None.
     #[getter]
     fn retention(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -142,13 +149,14 @@ impl EntityOptions {
     fn __repr__(&self) -> String {
         let o = &self.core;
         format!(
-            "EntityOptions(snapshot_interval={}, passivate_after={}, batch_threshold={}, batch_flush_window={}, mailbox_capacity={}, retention={})",
+            "EntityOptions(snapshot_interval={}, passivate_after={}, batch_threshold={}, batch_flush_window={}, mailbox_capacity={}, retention={}, inline={})",
             o.snapshot_interval,
             o.passivate_after.map_or("None".into(), |d| d.as_secs_f64().to_string()),
             o.batch_threshold,
             o.batch_flush_window.as_secs_f64(),
             o.mailbox_capacity,
             if o.retention.is_some() { "RetentionPolicy(...)" } else { "None" },
+            if o.inline { "True" } else { "False" },
         )
     }
 }

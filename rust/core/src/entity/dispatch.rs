@@ -35,6 +35,14 @@ pub(crate) fn dispatch<H: Host>(
     }
     match cell.phase {
         Phase::Removed => Err(DispatchError::Removed(msg)),
+        Phase::Idle if !e.options.inline => {
+            // Not run inline: the bridge drives it, as if the entity were busy.
+            cell.mailbox.push_back(msg);
+            cell.phase = Phase::Scheduled;
+            drop(cell);
+            sh.queue.push(Job::Run(e.clone()));
+            Ok(Dispatched::Queued)
+        }
         Phase::Idle => {
             cell.phase = Phase::Busy;
             let work = cell.work.take().expect("idle entity has work");

@@ -106,7 +106,7 @@ pub struct RocksStore {
 
 struct Inner {
     /// `None` once closed: dropping the last handle closes the database and frees its lock.
-    db: parking_lot::RwLock<Option<Arc<DB>>>,
+    db: parking_lot::RwLock<Option<Arc<Db>>>,
     path: PathBuf,
     options: RocksOptions,
     tx: Mutex<Option<mpsc::Sender<Request>>>,
@@ -114,18 +114,28 @@ struct Inner {
     closed: AtomicBool,
     /// Serializes the key vault's read-then-write operations (rocks_keys.rs).
     keys_lock: Mutex<()>,
-    /// Keeps the directory registered as open in this process until the database closes.
-    guard: Mutex<PathGuard>,
 }
 
 /// Removes a directory from [`OPEN_PATHS`] when dropped.
-struct PathGuard(Option<PathBuf>);
+struct PathGuard(PathBuf);
 
 impl Drop for PathGuard {
     fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            OPEN_PATHS.lock().remove(&p);
-        }
+        OPEN_PATHS.lock().remove(&self.0);
+    }
+}
+
+/// The open database; its directory counts as open in this process until it is closed.
+pub(super) struct Db {
+    db: DB,
+    /// Dropped after `db` (fields drop in order): the directory is free once RocksDB closed.
+    _guard: PathGuard,
+}
+
+impl std::ops::Deref for Db {
+    type Target = DB;
+    fn deref(&self) -> &DB {
+        &self.db
     }
 }
 
@@ -331,12 +341,12 @@ impl RocksStore {
                 format!("cannot open {}: it is open in this process (close the other store first)", path.display()).into(),
             ));
         }
-        let guard = PathGuard(Some(key));
+        let guard = PathGuard(key);
         let db = DB::open_cf_descriptors(&db_opts, &path, descriptors).map_err(|e| open_error(&path, e))?;
         if options.wal_recovery == WalRecovery::Strict {
             check_not_behind(&path, &db)?;
         }
-        let db = Arc::new(db);
+        let db = Arc::new(Db { db, _guard: guard });
         let positions = load_positions(&db)?;
         let (tx, rx) = mpsc::channel();
         let writer =
@@ -351,7 +361,6 @@ impl RocksStore {
                 writer: Mutex::new(Some(handle)),
                 closed: AtomicBool::new(false),
                 keys_lock: Mutex::new(()),
-                guard: Mutex::new(guard),
             }),
         })
     }
@@ -392,7 +401,7 @@ impl RocksStore {
     }
 
     /// The open database.
-    pub(super) fn db(&self) -> Result<Arc<DB>> {
+    pub(super) fn db(&self) -> Result<Arc<Db>> {
         self.inner.db.read().clone().ok_or_else(|| Error::Storage("the RocksDB store is closed".into()))
     }
 
@@ -582,15 +591,7 @@ impl RocksStore {
             let _ = handle.join();
         }
         // Readers still holding the database finish first; then it closes.
-        let db = self.inner.db.write().take();
-        if let Some(db) = db {
-            // The last handle closes the database (and frees its lock) here, unless a reader
-            // still holds it; the directory can be opened again once it is closed.
-            if Arc::strong_count(&db) == 1 {
-                drop(db);
-                self.inner.guard.lock().0.take().map(|p| OPEN_PATHS.lock().remove(&p));
-            }
-        }
+        self.inner.db.write().take();
         result
     }
 }
@@ -644,7 +645,7 @@ fn load_positions(db: &DB) -> Result<HashMap<u32, u64>> {
 
 /// The single writer thread.
 struct Writer {
-    db: Arc<DB>,
+    db: Arc<Db>,
     positions: HashMap<u32, u64>,
     sync: bool,
     max_event_bytes: usize,
