@@ -42,7 +42,9 @@ class EgoError(Exception):
 
 
 class EngineClosedError(EgoError):
-    """The engine is not started, or it is stopping or stopped."""
+    """The engine is not started, or it is stopping or stopped; or the command still waited
+    in a mailbox when ``stop(timeout)`` reached its deadline. The command never started:
+    nothing was written."""
 
 
 class EntityNotFoundError(EgoError, LookupError):
@@ -95,7 +97,11 @@ class UnknownEventTypeError(RecoveryError):
 
 
 class StoreError(EgoError):
-    """A store failed. Unless it is an :class:`OutcomeUnknownError`, nothing was written."""
+    """A store failed, or refused the write. Unless it is an :class:`OutcomeUnknownError`,
+    nothing of the command was written, so retrying cannot apply it twice.
+
+    A RocksDB store whose write-ahead log sync failed refuses every later write with this
+    error until it is closed and reopened (the message says so)."""
 
 
 class ConcurrencyError(StoreError):
@@ -108,19 +114,34 @@ class ConcurrencyError(StoreError):
 
 
 class CorruptDataError(StoreError):
-    """Stored bytes that cannot be decoded, or a gap in an entity's events."""
+    """Stored bytes that cannot be decoded, a gap in an entity's events, or a damaged store
+    file (``persistence_id`` names the entity, or the store, as ``<RocksDB store PATH>``, when
+    the damage is found on opening). Raised by reads: nothing was written."""
 
     persistence_id: str | None = None
     sequence_number: int | None = None
 
 
 class StorageFullError(StoreError):
-    """The store ran out of space. Nothing was written."""
+    """The store ran out of space. Nothing was written. A RocksDB store resumes writing by
+    itself once enough space is free (it checks every few seconds)."""
 
 
 class OutcomeUnknownError(StoreError):
-    """The write may or may not have been applied (the connection was lost after the commit
-    was sent). Read the entity's state before retrying."""
+    """The write may or may not have been applied: bytes may have reached the store before
+    the failure. Causes: the connection to PostgreSQL was lost after the commit was sent; a
+    sync of the RocksDB write-ahead log failed (the store then refuses writes until it is
+    closed and reopened); the store's writer stopped after taking the write; ego lost track of
+    the command (an internal error).
+
+    Read the entity's state (after reopening the store, if the message says so) before
+    retrying a command that is not idempotent::
+
+        try:
+            engine.send_command("account-1", Credit(amount=50))
+        except ego.errors.OutcomeUnknownError:
+            state, revision = engine.get_state("account-1")  # is the credit in it?
+    """
 
 
 class MailboxFullError(EgoError):
