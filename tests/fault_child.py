@@ -19,9 +19,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples" / "bank"))
 
-import ego
-from bank_pb2 import Credit, OpenAccount
-from domain import AccountBehavior
+import ego  # noqa: E402
+
+from bank_pb2 import Credit, OpenAccount  # noqa: E402
+from domain import AccountBehavior  # noqa: E402
 
 
 def outcome(engine: ego.Engine, entity: str, command: Credit, lock: threading.Lock) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import ego
+
 from egotest.messages_pb2 import Counter, Note
 
 WAIT = 30.0  # seconds: an upper bound for things that happen at once, never expected
@@ -169,7 +171,5 @@ async def test_a_failed_wake_up_does_not_stop_later_replies() -> None:
         loop.remove_reader(read_fd)
         del _runtime._wakers[loop]
         for fd in (read_fd, write_fd, broken):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass

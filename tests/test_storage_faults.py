@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import ego
+
 from bank_pb2 import Account, AccountCredited, AccountOpened
 from domain import AccountBehavior
 from egotest.messages_pb2 import Counter, Note

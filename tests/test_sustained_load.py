@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import ego
+
 from bank_pb2 import Account, Credit, OpenAccount
 from domain import AccountBehavior
 

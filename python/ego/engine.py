@@ -167,7 +167,7 @@ class Engine(_ego.EngineCore):
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Starts the engine (its bridge thread and I/O runtime). Idempotent."""
+        """Starts the engine (its bridge threads and I/O runtime). Idempotent."""
         if self.running:
             return
         super().start()

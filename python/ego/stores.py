@@ -225,9 +225,7 @@ class RocksDBStore(NativeStore):
         cache_bytes: int | None = None,
         wal_recovery: Literal["strict", "point_in_time"] = "strict",
     ) -> RocksDBStore:
-        return super().__new__(
-            cls, "rocksdb", os.fspath(path), sync, max_event_bytes, cache_bytes, wal_recovery=wal_recovery
-        )
+        return super().__new__(cls, "rocksdb", os.fspath(path), sync, max_event_bytes, cache_bytes, wal_recovery=wal_recovery)
 
     def __init__(
         self,

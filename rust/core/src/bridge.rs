@@ -137,11 +137,12 @@ impl<H: Host> Queue<H> {
         job
     }
 
-    /// Thread `me` gave the context back; a waiting thread takes over what is left.
+    /// Thread `me` gave the context back. It takes what is left itself (nobody else is at
+    /// work, or they are stuck), so no other thread is woken: handing the queue to another
+    /// thread every slice would only move the GIL between threads. An exit wakes them all.
     fn rest(&self, me: usize) {
         self.workers[me].active.store(false, Ordering::Release);
-        let jobs = self.jobs.lock();
-        if !jobs.queue.is_empty() || jobs.exiting {
+        if self.jobs.lock().exiting {
             self.ready.notify_all();
         }
     }

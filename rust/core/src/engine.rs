@@ -1,6 +1,6 @@
 //! The engine: its public entry points (the bindings call them), routing messages to entities
 //! (activating registered types on first use), projections and the event stream, and the
-//! life cycle (the runtime for store I/O and timers, the bridge thread, the passivation
+//! life cycle (the runtime for store I/O and timers, the bridge threads, the passivation
 //! sweeper; an orderly shutdown).
 
 use std::collections::HashMap;
@@ -43,7 +43,7 @@ pub struct Engine<H: Host> {
 }
 
 impl<H: Host> Engine<H> {
-    /// Starts an engine: its runtime, its bridge thread and its passivation sweeper.
+    /// Starts an engine: its runtime, its bridge threads and its passivation sweeper.
     pub fn start(host: H, config: EngineConfig, stores: Stores) -> Result<Self> {
         Self::start_with(host, config, stores, None)
     }
@@ -461,7 +461,7 @@ impl<H: Host> Engine<H> {
     /// finish. Returns by the deadline: messages that have not started by then fail with
     /// [`Error::EngineClosed`] (nothing of them ran); commands still running (a slow handler)
     /// finish in the background, their callers get their real outcome, and the bridge and the
-    /// runtime stop once they are done. Must not be called from the bridge thread or with the
+    /// runtime stop once they are done. Must not be called from a bridge thread or with the
     /// context held. Idempotent.
     pub fn shutdown(&self, timeout: Duration) -> Result<()> {
         let was_running = self.shared.running.swap(false, Ordering::AcqRel);

@@ -3,7 +3,7 @@
 //! The core never looks inside user messages. Commands, states and replies are opaque host
 //! values; events cross as encoded bytes ([`Any`]). Everything that runs behaviour code takes a
 //! context `Cx` (for Python: the GIL token), which the core only obtains through
-//! [`Host::enter`] on its bridge thread, or receives from a caller that already holds it.
+//! [`Host::enter`] on its bridge threads, or receives from a caller that already holds it.
 
 use crate::envelope::{Any, Event};
 use crate::error::Error;
@@ -89,7 +89,7 @@ pub trait Host: Send + Sync + Sized + 'static {
     /// A tracing span the host keeps (only used when [`Host::tracing`] is on).
     type Trace: Send + 'static;
 
-    /// Runs `f` with a context. Called on the bridge thread once per batch of jobs.
+    /// Runs `f` with a context. Called on a bridge thread once per run of jobs.
     fn enter<R>(&self, f: impl for<'a> FnOnce(Self::Cx<'a>) -> R) -> R;
 
     /// Called after each batch of work done in a context, to deliver replies in bulk.

@@ -3,7 +3,7 @@
 //! Entities (event-sourced and durable-state) process commands one at a time and persist what
 //! they produce to a store before replying. The language that runs behaviours (Python, via the
 //! `ego-py` crate; plain Rust in tests and benches) plugs in through [`host::Host`]; everything
-//! else (mailboxes, the bridge thread, batching, snapshots, recovery, stores) lives here.
+//! else (mailboxes, the bridge threads, batching, snapshots, recovery, stores) lives here.
 //!
 //! Map of the crate, lowest layer first (a module uses only modules of lower layers; `make lint`
 //! checks there is no cycle; docs/architecture.md has the whole picture):

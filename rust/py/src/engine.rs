@@ -231,7 +231,7 @@ impl EngineCore {
         self.core.read().as_ref().is_some_and(|c| c.is_running())
     }
 
-    /// Starts the engine (its bridge thread and I/O runtime). Idempotent.
+    /// Starts the engine (its bridge threads and I/O runtime). Idempotent.
     fn start(&self, py: Python<'_>) -> PyResult<()> {
         let mut core = self.core.write();
         if core.as_ref().is_some_and(|c| c.is_running()) {

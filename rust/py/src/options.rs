@@ -63,6 +63,7 @@ fn retention_of(py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<RetentionP
 #[pymethods]
 impl EntityOptions {
     #[new]
+    #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (*, snapshot_interval=None, passivate_after=None, batch_threshold=None, batch_flush_window=None, mailbox_capacity=None, retention=None, inline=true))]
     fn new(
         py: Python<'_>,

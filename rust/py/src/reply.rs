@@ -304,10 +304,13 @@ impl AsyncReply {
     }
 }
 
+/// A future not settled yet, and the waker of its loop.
+type Unsettled = (Py<PyAny>, Arc<LoopWaker>);
+
 thread_local! {
     /// Replies dropped on this thread during an inline dispatch ([`inline`]), set aside until
     /// the dispatch tells whether their futures were settled inline.
-    static INLINE_DROPS: std::cell::RefCell<Option<Vec<(Py<PyAny>, Arc<LoopWaker>)>>> = const { std::cell::RefCell::new(None) };
+    static INLINE_DROPS: std::cell::RefCell<Option<Vec<Unsettled>>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Runs `send` (an inline dispatch for `future`); `settled` tells from its result whether

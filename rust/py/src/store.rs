@@ -166,9 +166,7 @@ impl NativeStore {
                 let wal_recovery = match wal_recovery {
                     "strict" => WalRecovery::Strict,
                     "point_in_time" => WalRecovery::PointInTime,
-                    other => {
-                        return Err(configuration(py, format!("wal_recovery must be \"strict\" or \"point_in_time\", not {other:?}")))
-                    }
+                    other => return Err(configuration(py, format!("wal_recovery must be \"strict\" or \"point_in_time\", not {other:?}"))),
                 };
                 let opts =
                     RocksOptions { sync, max_event_bytes: max, cache_bytes: cache_bytes.unwrap_or(defaults.cache_bytes), wal_recovery };

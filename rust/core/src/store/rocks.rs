@@ -349,8 +349,14 @@ impl RocksStore {
         let db = Arc::new(Db { db, _guard: guard });
         let positions = load_positions(&db)?;
         let (tx, rx) = mpsc::channel();
-        let writer =
-            Writer { db: db.clone(), positions, sync: options.sync, max_event_bytes: options.max_event_bytes, path: path.clone(), failed: None };
+        let writer = Writer {
+            db: db.clone(),
+            positions,
+            sync: options.sync,
+            max_event_bytes: options.max_event_bytes,
+            path: path.clone(),
+            failed: None,
+        };
         let handle = std::thread::Builder::new().name("ego-rocksdb-writer".into()).spawn(move || writer.run(rx)).map_err(Error::storage)?;
         Ok(RocksStore {
             inner: Arc::new(Inner {

@@ -117,7 +117,7 @@ mod tests {
         // Built through a real database: an open of a missing directory without create_if_missing.
         let dir = std::env::temp_dir().join(format!("ego-status-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let err = rocksdb::DB::open(&rocksdb::Options::default(), &dir).err().expect("a missing directory is refused");
+        let Err(err) = rocksdb::DB::open(&rocksdb::Options::default(), &dir) else { panic!("a missing directory is refused") };
         let status = Status::of(&err);
         assert_eq!(status.kind, ErrorKind::InvalidArgument, "{err}");
         assert!(!status.is_no_space());
