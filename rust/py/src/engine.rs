@@ -193,8 +193,15 @@ impl EngineCore {
                 StoreArg::Python(p) => Arc::new(p) as _,
             }),
         };
-        let config =
-            EngineConfig { name, shards, max_message_bytes, replay_page_size, worker_threads: io_threads, bridge_threads, ..EngineConfig::default() };
+        let config = EngineConfig {
+            name,
+            shards,
+            max_message_bytes,
+            replay_page_size,
+            worker_threads: io_threads,
+            bridge_threads,
+            ..EngineConfig::default()
+        };
         let encryption = match encryption.filter(|e| !e.is_none()) {
             None => None,
             Some(settings) => {
