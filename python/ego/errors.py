@@ -8,6 +8,7 @@ the caller of ``send_command`` with its own type and message.
 from __future__ import annotations
 
 __all__ = [
+    "BrokerUnavailableError",
     "CommandTimeoutError",
     "ConcurrencyError",
     "ConfigurationError",
@@ -28,6 +29,9 @@ __all__ = [
     "MasterKeyError",
     "MessageTooLargeError",
     "OutcomeUnknownError",
+    "PublishError",
+    "PublishRefusedError",
+    "PublisherClosedError",
     "RecoveryError",
     "StorageFullError",
     "StoreError",
@@ -199,3 +203,34 @@ class InternalError(EgoError):
 class SubscriptionOverflowError(EgoError):
     """A subscriber of the event stream fell behind by more than its capacity and was closed
     (it received everything queued before this)."""
+
+
+class PublishError(EgoError):
+    """A publisher could not hand records to its broker."""
+
+
+class BrokerUnavailableError(PublishError):
+    """The broker did not acknowledge in time, or cannot be reached. Transient: the publisher
+    retries the records with backoff, as long as it takes (the lag grows meanwhile); the
+    failure policy is not consulted. Raise it from a publisher written in Python to ask for a
+    retry (``ConnectionError`` and ``TimeoutError`` are taken the same way).
+
+    Example::
+
+        def publish(self, records):
+            try:
+                self.client.send_all(records)
+            except MyClientDisconnected as e:
+                raise ego.errors.BrokerUnavailableError(str(e)) from e
+    """
+
+
+class PublisherClosedError(BrokerUnavailableError):
+    """The publisher was closed (the engine is stopping): the records are not acknowledged and
+    are published again by the next run."""
+
+
+class PublishRefusedError(PublishError):
+    """The broker refused a record for good (too large, not authorised, no such topic). The
+    publisher's failure policy decides: stop, or hand the record to the dead-letter handler and
+    go on."""

@@ -139,6 +139,25 @@ impl PersistedEvent {
     fn envelope<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         py.import("ego.v1")?.getattr("Event")?.call_method1("FromString", (PyBytes::new(py, &self.event.encode_to_vec()),))
     }
+    /// The whole envelope, protobuf-encoded (`ego.v1.Event`), as publishers send it.
+    fn envelope_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.event.encode_to_vec())
+    }
+    /// Whether the payload is ciphertext (`encryption_key_id` names the key).
+    #[getter]
+    fn is_encrypted(&self) -> bool {
+        self.event.is_encrypted
+    }
+    /// Id of the data key that encrypted the payload; empty when not encrypted.
+    #[getter]
+    fn encryption_key_id(&self) -> &str {
+        &self.event.encryption_key_id
+    }
+    /// The stable id of the event: `persistence_id:sequence_number`.
+    #[getter]
+    fn event_id(&self) -> String {
+        format!("{}:{}", self.event.persistence_id, self.event.sequence_number)
+    }
     fn __repr__(&self) -> String {
         format!(
             "PersistedEvent({:?} #{}, {}, shard {} position {})",
@@ -183,6 +202,39 @@ impl PersistedState {
         let any = self.state.resulting_state.clone().unwrap_or_default();
         let decoder = Decoder { types: self.decoder.types.clone(), adapters: Vec::new() };
         decoder.decode(py, &any, &self.state.persistence_id, self.state.version_number).map_err(|e| to_pyerr(py, &e))
+    }
+    /// Its shard.
+    #[getter]
+    fn shard(&self) -> u32 {
+        self.state.shard
+    }
+    /// Whether the state is ciphertext.
+    #[getter]
+    fn is_encrypted(&self) -> bool {
+        self.state.is_encrypted
+    }
+    /// Id of the data key that encrypted the state; empty when not encrypted.
+    #[getter]
+    fn encryption_key_id(&self) -> &str {
+        &self.state.encryption_key_id
+    }
+    /// The encoded state message as stored.
+    #[getter]
+    fn payload<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.state.resulting_state.as_ref().map_or(&[][..], |a| &a.value[..]))
+    }
+    /// The stable id of this version: `persistence_id:version`.
+    #[getter]
+    fn event_id(&self) -> String {
+        format!("{}:{}", self.state.persistence_id, self.state.version_number)
+    }
+    /// The whole envelope as an `ego.v1.DurableState`.
+    fn envelope<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        py.import("ego.v1")?.getattr("DurableState")?.call_method1("FromString", (PyBytes::new(py, &self.state.encode_to_vec()),))
+    }
+    /// The whole envelope, protobuf-encoded (`ego.v1.DurableState`), as publishers send it.
+    fn envelope_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.state.encode_to_vec())
     }
     fn __repr__(&self) -> String {
         format!("PersistedState({:?} v{})", self.state.persistence_id, self.state.version_number)

@@ -1,0 +1,144 @@
+"""Glue between the journal reader (the projection runtime) and a publisher: renders each
+batch, hands it over, keeps track of what the broker acknowledged, and tells the runtime
+whether a failure is transient (retry, as long as it takes) or a refusal (failure policy).
+Not public API."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Sequence
+from typing import Any
+
+from ego.errors import BrokerUnavailableError, PublisherClosedError, PublishRefusedError
+from ego.publishers.formats import PayloadFormat, ProtobufEnvelope
+from ego.publishers.records import Record, Source
+
+__all__ = ["PublisherRunner", "is_transient"]
+
+_TRANSIENT = (BrokerUnavailableError, ConnectionError, TimeoutError)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a publisher's error asks for a retry rather than the failure policy."""
+    return isinstance(error, _TRANSIENT)
+
+
+def is_erased(source: Source) -> bool:
+    """HOOK (encryption and erasure): whether `source` belongs to an erased entity. The
+    record then goes out as a tombstone (docs/publishers.md, "Tombstones"). Until erasure
+    lands, stores hold no erased records."""
+    return bool(getattr(source, "is_erased", False))
+
+
+class PublisherRunner:
+    """The handler a publisher's journal reader calls with each batch of one shard."""
+
+    def __init__(self, publisher: Any, name: str) -> None:
+        self.publisher = publisher
+        self.name = name
+        fmt = getattr(publisher, "format", None)
+        self.format: PayloadFormat = fmt if fmt is not None else ProtobufEnvelope()
+        self.closed = False
+        # Per shard: ids the broker acknowledged in the batch being handled (with their
+        # positions), so a batch handed over again after a failure skips them.
+        self._acked: dict[int, dict[str, int]] = {}
+        self.is_async = inspect.iscoroutinefunction(publisher.publish)
+
+    def __call__(self, sources: list[Source]) -> Awaitable[None] | None:
+        if self.closed:
+            raise PublisherClosedError(f"publisher {self.name!r} is closed")
+        records, acked = self._records(sources)
+        if self.is_async:
+            return self._finish_async(records, acked)
+        try:
+            outcome = self.publisher.publish(records) if records else None
+        except BaseException as e:
+            raise self._error(e, len(records)) from e
+        self._settle(records, acked, outcome)
+        return None
+
+    async def _finish_async(self, records: list[Record], acked: dict[str, int]) -> None:
+        try:
+            outcome = await self.publisher.publish(records) if records else None
+        except BaseException as e:
+            raise self._error(e, len(records)) from e
+        self._settle(records, acked, outcome)
+
+    def _records(self, sources: list[Source]) -> tuple[list[Record], dict[str, int]]:
+        first = sources[0]
+        shard, start = first.shard, _position(first)
+        acked = self._acked.setdefault(shard, {})
+        if acked:
+            for done in [i for i, p in acked.items() if p < start]:
+                del acked[done]
+        render = self.format.render
+        records = []
+        for s in sources:
+            event_id = s.event_id
+            if acked and event_id in acked:
+                continue
+            erased = is_erased(s)
+            value, headers = render(s)
+            if erased:
+                headers["ego-erased"] = "true"
+            records.append(Record(event_id, s.persistence_id, value, headers, s.shard, _position(s), s, erased))
+        return records, acked
+
+    def _error(self, e: BaseException, count: int) -> BaseException:
+        if is_transient(e):
+            if isinstance(e, BrokerUnavailableError):
+                return e
+            return BrokerUnavailableError(f"{count} record(s) not acknowledged: {type(e).__name__}: {e}")
+        return e
+
+    def _settle(self, records: list[Record], acked: dict[str, int], outcome: Any) -> None:
+        if outcome is None:
+            for r in records:
+                acked[r.id] = r.position
+            return
+        if not isinstance(outcome, Sequence) or len(outcome) != len(records):
+            raise PublishRefusedError(
+                f"publisher {self.name!r} returned {outcome!r}: publish() must return None or one entry per record"
+            )
+        transient: list[BaseException] = []
+        refused: list[tuple[Record, BaseException]] = []
+        for r, result in zip(records, outcome, strict=True):
+            if result is None:
+                acked[r.id] = r.position
+            elif is_transient(result):
+                transient.append(result)
+            else:
+                refused.append((r, result))
+        if transient:
+            first = transient[0]
+            raise BrokerUnavailableError(
+                f"{len(transient)} of {len(records)} record(s) not acknowledged: {type(first).__name__}: {first}"
+            ) from first
+        if refused:
+            record, error = refused[0]
+            if isinstance(error, PublishRefusedError) and len(refused) == 1:
+                raise error
+            raise PublishRefusedError(
+                f"the broker refused {len(refused)} record(s), the first {record.id}: {type(error).__name__}: {error}"
+            ) from error
+
+    def close(self) -> None:
+        """Makes every later call fail as closed, and closes the publisher."""
+        self.closed = True
+        close = getattr(self.publisher, "close", None)
+        if callable(close):
+            result = close()
+            if inspect.isawaitable(result):
+                import asyncio
+
+                asyncio.run(_await(result))
+
+
+async def _await(result: Awaitable[Any]) -> None:
+    await result
+
+
+def _position(source: Source) -> int:
+    return int(getattr(source, "position", 0))
+
+
