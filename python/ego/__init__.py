@@ -15,6 +15,7 @@ from ego.behaviors import DurableStateBehavior, EventSourcedBehavior
 from ego.encryption import Encryption, KeyStoreProtocol
 from ego.engine import Engine, EntityOptions, ShardLag
 from ego.errors import EgoError
+from ego import publishers
 from ego.logs import Logger, StdLogger
 from ego.projections import (
     Delete,
@@ -28,6 +29,7 @@ from ego.projections import (
     Sql,
     Subscription,
 )
+from ego.publishers import EventPublisher, StatePublisher
 from ego.stores import MemoryStore, PostgresStore, RocksDBStore, SnapshotCriteria
 from ego.telemetry import Telemetry
 
@@ -39,6 +41,7 @@ __all__ = [
     "Engine",
     "EntityOptions",
     "EventAdapter",
+    "EventPublisher",
     "EventSourcedBehavior",
     "KeyStoreProtocol",
     "Logger",
@@ -53,10 +56,12 @@ __all__ = [
     "RocksDBStore",
     "ShardLag",
     "SnapshotCriteria",
+    "StatePublisher",
     "Sql",
     "StdLogger",
     "Subscription",
     "Telemetry",
     "__version__",
     "errors",
+    "publishers",
 ]

@@ -59,11 +59,13 @@ def end_write(span: Any, error: str | None, end_ns: int) -> None:
     span.end(end_time=end_ns)
 
 
-def start_batch(tracer: Any, projection: str, shard: int, events: int) -> tuple[Any, Any]:
+def start_batch(tracer: Any, name: str, shard: int, events: int, kind: str = "projection") -> tuple[Any, Any]:
+    if kind == "publisher":
+        name = name.removeprefix("publisher:")
     span = tracer.start_span(
-        "ego.projection.batch",
+        f"ego.{kind}.batch",
         kind=_INTERNAL,
-        attributes={"ego.projection": projection, "ego.shard": shard, "ego.events": events},
+        attributes={f"ego.{kind}": name, "ego.shard": shard, "ego.events": events},
     )
     return span, context.attach(trace.set_span_in_context(span))
 

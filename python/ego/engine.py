@@ -19,7 +19,9 @@ from ego.behaviors import DurableStateBehavior, EventSourcedBehavior
 from ego.encryption import Encryption
 from ego.errors import ConfigurationError, ValidationError
 from ego.logs import Logger, StdLogger
-from ego.projections import EventAdapter, PersistedEvent, Recovery, RetentionPolicy, Subscription
+from ego.projections import EventAdapter, PersistedEvent, Recovery, RecoveryPolicy, RetentionPolicy, Subscription
+from ego.publishers.protocol import EventPublisher
+from ego.publishers.runner import PublisherRunner
 from ego.stores import MemoryStore, Store
 from ego.telemetry import Telemetry
 
@@ -157,6 +159,7 @@ class Engine(_ego.EngineCore):
             if s is not None and all(s is not d for d in distinct):
                 distinct.append(s)
         self.stores = tuple(distinct)
+        self._publishers: dict[str, PublisherRunner] = {}
         _engines.add(self)
         return self
 
@@ -181,6 +184,10 @@ class Engine(_ego.EngineCore):
         if not self.running:
             super().stop(timeout)
             return
+        # Publishers first: a publish waiting for its broker returns at once, unacknowledged.
+        for runner in list(self._publishers.values()):
+            self._close_publisher(runner)
+        self._publishers.clear()
         super().stop(timeout)
         self.logger.info("engine stopped", engine=self.name)
 
@@ -442,6 +449,136 @@ class Engine(_ego.EngineCore):
             after = int(float(from_time) * 1e9)
         self._rebuild_projection(name, after)
 
+    # -- publishers ------------------------------------------------------------------------
+
+    def add_event_publisher(
+        self,
+        publisher: EventPublisher,
+        *,
+        name: str | None = None,
+        start: str | datetime.datetime = "earliest",
+        offset_store: Store | None = None,
+        batch_size: int = 1000,
+        on_refused: RecoveryPolicy = RecoveryPolicy.FAIL,
+        dead_letter: Callable[[str, str, PersistedEvent, int, BaseException], Any] | None = None,
+        poll_interval: float = 0.5,
+        backoff: float = 0.1,
+        max_backoff: float = 5.0,
+    ) -> None:
+        """Starts publishing the journal's events through ``publisher`` (a connector of
+        :mod:`ego.publishers` or any object with ``publish(records)``).
+
+        A publisher is a named, checkpointed reader of the journal: each shard's events go to
+        ``publisher.publish`` in batches of up to ``batch_size``, in position order (so in
+        sequence order per entity), and the checkpoint moves past a batch only once the broker
+        acknowledged all of it. After a restart it resumes from the checkpoint: duplicates come
+        only from the batch that was not acknowledged yet, and carry the same event id.
+
+        - ``name``: the publisher's name (default: the publisher's ``id``, e.g. ``"ego-kafka"``).
+        - ``start``: where a publisher with no checkpoint begins: ``"earliest"``, ``"latest"``
+          or a ``datetime`` (the first event after it, per shard).
+        - ``offset_store``: where the checkpoints are kept (default: the engine's events store).
+        - ``on_refused``: what a record the broker refuses for good does:
+          ``RecoveryPolicy.FAIL`` (the publisher stops; ``publisher_status`` tells why) or
+          ``SKIP`` (it goes to ``dead_letter(publisher, persistence_id, event, seq, error)``);
+          ``RETRY_AND_*`` retry it 5 times first. Broker outages are not refusals: they are
+          retried with backoff (``backoff`` doubling to ``max_backoff`` seconds) for as long as
+          they last, and the lag grows meanwhile.
+
+        Raises :class:`~ego.errors.ConfigurationError` for a bad setting or a publisher without
+        ``publish``, and :class:`~ego.errors.ValidationError` when the name is taken.
+
+        Example::
+
+            engine.add_event_publisher(ego.publishers.NatsPublisher("nats://127.0.0.1:4222"), name="nats")
+        """
+        if not callable(getattr(publisher, "publish", None)):
+            raise ConfigurationError(f"a publisher needs a publish(records) method, got {publisher!r}")
+        if name is None:
+            name = getattr(publisher, "id", None) or type(publisher).__name__
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"a publisher name must be a non-empty str, got {name!r}")
+        if name in self._publishers:
+            raise ValidationError(f'a publisher named "{name}" is already running')
+        start_after: int | None = None
+        if isinstance(start, datetime.datetime):
+            start_after = int(start.timestamp() * 1e9)
+        elif start not in ("earliest", "latest"):
+            raise ConfigurationError(f'start must be "earliest", "latest" or a datetime, got {start!r}')
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigurationError(f"batch_size must be a positive int, got {batch_size!r}")
+        policy = RecoveryPolicy(on_refused)
+        if offset_store is None:
+            offset_store = self.stores[0] if self.stores else None
+        runner = PublisherRunner(publisher, name)
+        self._add_projection(
+            _publisher_key(name),
+            runner,
+            False,
+            offset_store,
+            batch_size,
+            policy.value,
+            5,
+            backoff,
+            max_backoff,
+            dead_letter,
+            poll_interval,
+            start == "latest",
+            False,
+            start_after,
+            "publisher",
+        )
+        self._publishers[name] = runner
+
+    def remove_publisher(self, name: str) -> None:
+        """Stops a publisher and closes it (its checkpoints stay in its offset store).
+        Raises :class:`~ego.errors.ValidationError` for an unknown name."""
+        runner = self._publishers.pop(name, None)
+        if runner is None:
+            raise ValidationError(f'no publisher named "{name}"')
+        self._close_publisher(runner)
+        self.remove_projection(_publisher_key(name))
+
+    def _close_publisher(self, runner: PublisherRunner) -> None:
+        try:
+            runner.close()
+        except Exception as e:
+            self.logger.warning("closing a publisher failed", publisher=runner.name, error=repr(e))
+
+    def publisher_names(self) -> list[str]:
+        """Names of the running publishers."""
+        return sorted(self._publishers)
+
+    def publisher_status(self, name: str) -> tuple[str, str | None]:
+        """``("running" | "failed" | "stopped", error or None)``; a publisher stops when the
+        broker refused a record under ``on_refused=FAIL``."""
+        status = self._projection_status(_publisher_key(name))
+        if status is None:
+            raise ValidationError(f'no publisher named "{name}"')
+        return status
+
+    def publisher_lag(self, name: str) -> dict[int, ShardLag]:
+        """Events and time not yet acknowledged by the broker, per shard."""
+        if name not in self._publishers:
+            raise ValidationError(f'no publisher named "{name}"')
+        return self.projection_lag(_publisher_key(name))
+
+    def publisher_stats(self, name: str) -> dict[str, int]:
+        """Counters of a publisher: ``published`` (events the broker acknowledged),
+        ``batches``, ``failures`` (publish calls that failed: broker unavailable or a
+        refusal), ``refused``, ``dead_letters``, ``store_retries``."""
+        if name not in self._publishers:
+            raise ValidationError(f'no publisher named "{name}"')
+        s = self._projection_stats(_publisher_key(name))
+        return {
+            "published": s["events"],
+            "batches": s["batches"],
+            "failures": s["transient_failures"] + s["failures"],
+            "refused": s["failures"],
+            "dead_letters": s["dead_letters"],
+            "store_retries": s["store_retries"],
+        }
+
     def subscribe(self, maxsize: int = 10_000) -> Subscription:
         """The in-process event stream (:class:`~ego.Subscription`) from now on."""
         if not isinstance(maxsize, int) or maxsize < 1:
@@ -458,3 +595,9 @@ def _entity_id(behavior: object) -> str:
     if not isinstance(entity_id, str):
         raise ConfigurationError(f"{type(behavior).__name__}.id() must return a str, got {entity_id!r}")
     return entity_id
+
+
+def _publisher_key(name: str) -> str:
+    """The journal reader behind a publisher: its own name space, so a projection and a
+    publisher may share a name."""
+    return f"publisher:{name}"

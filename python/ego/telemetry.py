@@ -14,7 +14,8 @@ the caller's current span; ``ego.command`` (the behaviour's handler, current whi
 spans opened inside the handler nest under it) is its child; ``ego.persist`` (the write to the
 store; with batching, the first traced command of the batch is its parent) is a child of the
 command. Projections give ``ego.projection.batch`` per handled batch (current while the handler
-runs). Attributes:
+runs); publishers give ``ego.publisher.batch`` (``ego.publisher``, ``ego.shard``,
+``ego.events``). Attributes:
 
 - ``ego.send_command``: ``ego.entity_id``, ``ego.command_type``, ``ego.revision`` and
   ``ego.outcome``: ``ok``, ``rejected`` (the behaviour raised, or its output was refused) or
@@ -43,6 +44,9 @@ count:
 - ``ego.projection.events`` (counter; ``ego.projection``)
 - ``ego.projection.events_behind``, ``ego.projection.lag`` (seconds),
   ``ego.projection.offset`` (gauges; ``ego.projection``, ``ego.shard``)
+- ``ego.publisher.published``, ``ego.publisher.failures`` (counters; ``ego.publisher``),
+  ``ego.publisher.events_behind``, ``ego.publisher.lag`` (seconds) (gauges; ``ego.publisher``,
+  ``ego.shard``)
 
 With ``telemetry=None`` (the default) nothing is created: ``send_command`` is the plain Rust
 method and the core skips every hook.
@@ -207,19 +211,39 @@ def _instrument(meter: Any, engine: Any) -> None:
 
         return observe
 
+    def projections() -> list[str]:
+        # Publishers read the journal as projections named "publisher:<name>"; they have
+        # instruments of their own.
+        return [n for n in engine.projection_names() if not n.startswith("publisher:")] if engine.running else []
+
+    def publishers() -> list[str]:
+        return list(engine.publisher_names()) if engine.running else []
+
     def projection_events(_: CallbackOptions) -> list[Observation]:
-        if not engine.running:
-            return []
-        return [
-            Observation(engine._projection_stats(name)["events"], {"ego.projection": name}) for name in engine.projection_names()
-        ]
+        return [Observation(engine._projection_stats(name)["events"], {"ego.projection": name}) for name in projections()]
 
     def lag(field: str) -> Callback:
         def observe(_: CallbackOptions) -> list[Observation]:
             out = []
-            for name in engine.projection_names() if engine.running else []:
+            for name in projections():
                 for shard, s in engine.projection_lag(name).items():
                     out.append(Observation(getattr(s, field), {"ego.projection": name, "ego.shard": shard}))
+            return out
+
+        return observe
+
+    def publisher_counter(key: str) -> Callback:
+        def observe(_: CallbackOptions) -> list[Observation]:
+            return [Observation(engine.publisher_stats(name)[key], {"ego.publisher": name}) for name in publishers()]
+
+        return observe
+
+    def publisher_lag(field: str) -> Callback:
+        def observe(_: CallbackOptions) -> list[Observation]:
+            out = []
+            for name in publishers():
+                for shard, s in engine.publisher_lag(name).items():
+                    out.append(Observation(getattr(s, field), {"ego.publisher": name, "ego.shard": shard}))
             return out
 
         return observe
@@ -244,3 +268,15 @@ def _instrument(meter: Any, engine: Any) -> None:
     m.create_observable_gauge("ego.projection.events_behind", [lag("events_behind")], description="Events not handled yet")
     m.create_observable_gauge("ego.projection.lag", [lag("time_behind")], unit="s", description="Time behind the newest event")
     m.create_observable_gauge("ego.projection.offset", [lag("offset")], description="Last handled position")
+    m.create_observable_counter(
+        "ego.publisher.published", [publisher_counter("published")], description="Events the broker acknowledged"
+    )
+    m.create_observable_counter(
+        "ego.publisher.failures", [publisher_counter("failures")], description="Publish calls that failed (retried or refused)"
+    )
+    m.create_observable_gauge(
+        "ego.publisher.events_behind", [publisher_lag("events_behind")], description="Events not acknowledged by the broker yet"
+    )
+    m.create_observable_gauge(
+        "ego.publisher.lag", [publisher_lag("time_behind")], unit="s", description="Time behind the newest event"
+    )

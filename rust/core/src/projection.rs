@@ -62,6 +62,9 @@ pub struct ProjectionOptions {
     pub poll_interval: Duration,
     /// A projection without offsets starts at the end of the journal instead of the start.
     pub start_at_end: bool,
+    /// A projection without offsets starts after this point in time (Unix ns, exclusive):
+    /// in each shard, at the first event with a later timestamp. Overrides `start_at_end`.
+    pub start_after: Option<i64>,
 }
 
 impl Default for ProjectionOptions {
@@ -71,6 +74,7 @@ impl Default for ProjectionOptions {
             on_failure: OnFailure::default(),
             poll_interval: Duration::from_millis(500),
             start_at_end: false,
+            start_after: None,
         }
     }
 }
@@ -81,6 +85,9 @@ impl Default for ProjectionOptions {
 pub struct HandlerFailure {
     pub message: Arc<str>,
     pub original: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    /// Not the handler's fault and worth waiting out (a publisher's broker is unreachable):
+    /// retried with backoff for as long as it takes, without consulting the failure policy.
+    pub transient: bool,
 }
 
 impl std::fmt::Debug for HandlerFailure {
@@ -140,6 +147,10 @@ pub struct ProjectionStats {
     pub batches: AtomicU64,
     pub dead_letters: AtomicU64,
     pub store_retries: AtomicU64,
+    /// Handler calls that failed transiently and were retried.
+    pub transient_failures: AtomicU64,
+    /// Handler calls that failed for good (before the policy's retries, skips or stop).
+    pub failures: AtomicU64,
 }
 
 /// A running projection.
@@ -270,16 +281,18 @@ impl Projection {
         self.stopping()
     }
 
-    /// Hands a batch to the sink under the failure policy. `Err` stops the projection.
-    async fn deliver(&self, shard: u32, batch: Arc<[Event]>) -> std::result::Result<Vec<ReadModelWrite>, String> {
+    /// Hands a batch to the sink under the failure policy. `Ok(None)`: the projection is
+    /// stopping before the batch was handled (nothing to commit). `Err` stops the projection.
+    async fn deliver(&self, shard: u32, batch: Arc<[Event]>) -> std::result::Result<Option<Vec<ReadModelWrite>>, String> {
         let r = &self.options.on_failure;
         let attempts = match r.policy {
             FailurePolicy::Fail | FailurePolicy::Skip => 1,
             _ => r.attempts.max(1),
         };
         let failure = match self.attempt(shard, batch.clone(), attempts).await {
-            Ok(writes) => return Ok(writes),
-            Err(f) => f,
+            Attempt::Done(writes) => return Ok(Some(writes)),
+            Attempt::Stopped => return Ok(None),
+            Attempt::Failed(f) => f,
         };
         match r.policy {
             FailurePolicy::Fail | FailurePolicy::RetryAndFail => {
@@ -289,42 +302,70 @@ impl Projection {
                 if batch.len() == 1 {
                     self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
                     self.sink.dead_letter(batch[0].clone(), failure).await;
-                    return Ok(Vec::new());
+                    return Ok(Some(Vec::new()));
                 }
                 // Find the failing events: hand the batch over one event at a time.
                 let mut writes = Vec::new();
                 for e in batch.iter() {
                     match self.attempt(shard, Arc::from(vec![e.clone()]), attempts).await {
-                        Ok(w) => writes.extend(w),
-                        Err(f) => {
+                        Attempt::Done(w) => writes.extend(w),
+                        Attempt::Stopped => return Ok(None),
+                        Attempt::Failed(f) => {
                             self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
                             self.sink.dead_letter(e.clone(), f).await;
                         }
                     }
                     if self.stopping() {
-                        break;
+                        return Ok(None);
                     }
                 }
-                Ok(writes)
+                Ok(Some(writes))
             }
         }
     }
 
-    async fn attempt(&self, shard: u32, batch: Arc<[Event]>, attempts: u32) -> std::result::Result<Vec<ReadModelWrite>, HandlerFailure> {
+    /// Calls the sink up to `attempts` times; transient failures are retried without limit
+    /// and without using up attempts.
+    async fn attempt(&self, shard: u32, batch: Arc<[Event]>, attempts: u32) -> Attempt {
         let r = &self.options.on_failure;
         let mut backoff = r.backoff;
+        let mut transient_backoff = r.backoff;
         let mut last = None;
-        for a in 0..attempts {
+        let mut a = 0;
+        while a < attempts {
             match self.sink.handle(shard, batch.clone()).await {
-                Ok(w) => return Ok(w),
-                Err(f) => last = Some(f),
+                Ok(w) => return Attempt::Done(w),
+                Err(f) if f.transient => {
+                    self.stats.transient_failures.fetch_add(1, Ordering::Relaxed);
+                    if self.stopping() {
+                        return Attempt::Stopped;
+                    }
+                    self.sink.log(
+                        "warning",
+                        format!("{:?}: {} (retrying in {transient_backoff:?})", self.name, f.message),
+                    );
+                    if self.sleep(transient_backoff).await {
+                        return Attempt::Stopped;
+                    }
+                    transient_backoff = (transient_backoff * 2).min(r.max_backoff);
+                    continue;
+                }
+                Err(f) => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    transient_backoff = r.backoff;
+                    last = Some(f);
+                }
             }
-            if a + 1 < attempts && self.sleep(backoff).await {
-                break;
+            a += 1;
+            if a < attempts && self.sleep(backoff).await {
+                return Attempt::Stopped;
             }
             backoff = (backoff * 2).min(r.max_backoff);
         }
-        Err(last.unwrap_or(HandlerFailure { message: "stopped".into(), original: None }))
+        match last {
+            Some(f) => Attempt::Failed(f),
+            None => Attempt::Stopped,
+        }
     }
 
     /// Sets every shard's offset for a rebuild from `after_nanos` (exclusive): the first event
@@ -343,22 +384,7 @@ impl Projection {
         let mut to_write = Vec::new();
         for shard in 0..shards {
             let head = heads.get(&shard).copied().unwrap_or(0);
-            // The first position of the shard with a timestamp after the point in time.
-            let mut after = 0u64;
-            let mut start = head;
-            'scan: loop {
-                let page = events.shard_events(shard, after, 4096).await?;
-                if page.is_empty() {
-                    break;
-                }
-                for e in &page {
-                    if e.timestamp > after_nanos {
-                        start = e.position.saturating_sub(1);
-                        break 'scan;
-                    }
-                }
-                after = page.last().map_or(after, |e| e.position);
-            }
+            let start = first_after(events, shard, after_nanos, head).await?;
             to_write.push((shard, start));
             plan.push((shard, start, head));
         }
@@ -406,6 +432,21 @@ async fn run_shard(p: Arc<Projection>, shard: u32) {
     let Some(committed) = p.persist("reading offsets", || p.offsets.read_offsets(&name)).await else { return };
     let mut offset = match committed.iter().find(|(s, _)| *s == shard) {
         Some((_, pos)) => *pos,
+        None if p.options.start_after.is_some() => {
+            let after = p.options.start_after.unwrap_or(i64::MIN);
+            let Some(heads) = p.persist("reading shard heads", || p.events.shard_heads()).await else { return };
+            let head = heads.iter().find(|h| h.shard == shard).map_or(0, |h| h.position);
+            let events = p.events.clone();
+            let Some(start) = p.persist("finding the start", || {
+                let events = events.clone();
+                Box::pin(async move { first_after(&events, shard, after, head).await })
+            })
+            .await
+            else {
+                return;
+            };
+            start
+        }
         None if p.options.start_at_end => {
             let Some(heads) = p.persist("reading shard heads", || p.events.shard_heads()).await else { return };
             heads.iter().find(|h| h.shard == shard).map_or(0, |h| h.position)
@@ -443,7 +484,8 @@ async fn run_shard(p: Arc<Projection>, shard: u32) {
         } else {
             let count = batch.len() as u64;
             match p.deliver(shard, Arc::from(batch)).await {
-                Ok(w) => {
+                Ok(None) => return,
+                Ok(Some(w)) => {
                     p.stats.events.fetch_add(count, Ordering::Relaxed);
                     p.stats.batches.fetch_add(1, Ordering::Relaxed);
                     w
@@ -465,6 +507,30 @@ async fn run_shard(p: Arc<Projection>, shard: u32) {
 
 impl From<Error> for HandlerFailure {
     fn from(e: Error) -> Self {
-        HandlerFailure { message: e.to_string().into(), original: None }
+        HandlerFailure { message: e.to_string().into(), original: None, transient: false }
+    }
+}
+
+/// What handing a batch to the sink came to.
+enum Attempt {
+    Done(Vec<ReadModelWrite>),
+    Failed(HandlerFailure),
+    /// The projection is stopping; the batch is not handled.
+    Stopped,
+}
+
+/// The position before the first event of `shard` with a timestamp after `after_nanos` (the
+/// shard's head when there is none): where a reader starting after that time begins.
+async fn first_after(events: &Arc<dyn EventsStore>, shard: u32, after_nanos: i64, head: u64) -> Result<u64> {
+    let mut after = 0u64;
+    loop {
+        let page = events.shard_events(shard, after, 4096).await?;
+        if page.is_empty() {
+            return Ok(head);
+        }
+        if let Some(e) = page.iter().find(|e| e.timestamp > after_nanos) {
+            return Ok(e.position.saturating_sub(1));
+        }
+        after = page.last().map_or(after, |e| e.position);
     }
 }

@@ -411,7 +411,7 @@ impl EngineCore {
     }
 
     /// Starts a projection (see `ego.Engine.add_projection`).
-    #[pyo3(signature = (name, handler, per_event, offset_store, batch_size, policy, attempts, backoff, max_backoff, dead_letter, poll_interval, start_at_end, transactional))]
+    #[pyo3(signature = (name, handler, per_event, offset_store, batch_size, policy, attempts, backoff, max_backoff, dead_letter, poll_interval, start_at_end, transactional, start_after=None, kind="projection"))]
     #[allow(clippy::too_many_arguments)]
     fn _add_projection(
         &self,
@@ -429,6 +429,8 @@ impl EngineCore {
         poll_interval: f64,
         start_at_end: bool,
         transactional: bool,
+        start_after: Option<i64>,
+        kind: &str,
     ) -> PyResult<()> {
         use ego_core::projection::{FailurePolicy, OnFailure, ProjectionOptions};
         let core = self.core(py)?;
@@ -450,10 +452,12 @@ impl EngineCore {
             on_failure: OnFailure { policy, attempts: attempts.max(1), backoff: secs(backoff), max_backoff: secs(max_backoff) },
             poll_interval: secs(poll_interval),
             start_at_end,
+            start_after,
         };
+        let kind = if kind == "publisher" { "publisher" } else { "projection" };
         let shape = if per_event { crate::projection::Shape::PerEvent } else { crate::projection::Shape::Batch };
         let host = core.shared().host();
-        let sink = crate::projection::PySink::new(name, handler, shape, dead_letter, transactional, host)?;
+        let sink = crate::projection::PySink::new(name, handler, shape, dead_letter, transactional, kind, host)?;
         core.add_projection(name, Arc::new(sink), offsets, options).map_err(|e| to_pyerr(py, &e))
     }
 
@@ -490,6 +494,8 @@ impl EngineCore {
             ("batches", p.stats.batches.load(Relaxed)),
             ("dead_letters", p.stats.dead_letters.load(Relaxed)),
             ("store_retries", p.stats.store_retries.load(Relaxed)),
+            ("transient_failures", p.stats.transient_failures.load(Relaxed)),
+            ("failures", p.stats.failures.load(Relaxed)),
         ]
         .into_iter()
         .collect())

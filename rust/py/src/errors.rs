@@ -185,3 +185,9 @@ pub fn from_pyerr(py: Python<'_>, err: &PyErr) -> Error {
 pub fn subscription_overflow(py: Python<'_>) -> PyErr {
     make(py, "SubscriptionOverflowError", "the subscriber fell behind by more than its capacity; it is closed".into(), &[])
 }
+
+/// Whether a handler's exception asks for a retry rather than the failure policy: an
+/// `ego.errors.BrokerUnavailableError` (publishers raise it while their broker is away).
+pub fn is_transient(py: Python<'_>, err: &PyErr) -> bool {
+    class(py, "BrokerUnavailableError").is_ok_and(|cls| err.value(py).is_instance(&cls).unwrap_or(false))
+}

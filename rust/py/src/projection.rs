@@ -29,6 +29,8 @@ pub enum Shape {
 /// A Python projection handler.
 pub struct PySink {
     name: String,
+    /// "projection" or "publisher": names the batch span.
+    kind: &'static str,
     handler: Arc<Py<PyAny>>,
     shape: Shape,
     dead_letter: Option<Arc<Py<PyAny>>>,
@@ -47,10 +49,12 @@ impl PySink {
         shape: Shape,
         dead_letter: Option<Py<PyAny>>,
         transactional: bool,
+        kind: &'static str,
         host: &PyHost,
     ) -> PyResult<Self> {
         Ok(PySink {
             name: name.to_string(),
+            kind,
             handler: Arc::new(handler),
             shape,
             dead_letter: dead_letter.map(Arc::new),
@@ -65,7 +69,8 @@ impl PySink {
 
 fn failure(py: Python<'_>, e: PyErr) -> HandlerFailure {
     let message = format!("{}: {}", e.get_type(py).qualname().map(|n| n.to_string()).unwrap_or_default(), e.value(py));
-    HandlerFailure { message: message.into(), original: Some(Arc::new(e)) }
+    let transient = crate::errors::is_transient(py, &e);
+    HandlerFailure { message: message.into(), original: Some(Arc::new(e)), transient }
 }
 
 /// The read-model writes a transactional handler returned.
@@ -113,11 +118,11 @@ impl Sink for PySink {
     fn handle(&self, shard: u32, events: Arc<[Event]>) -> BoxFuture<'static, Result<Vec<ReadModelWrite>, HandlerFailure>> {
         let (done, rx) = oneshot::channel();
         let (handler, decoder, shape, transactional) = (self.handler.clone(), self.decoder.clone(), self.shape, self.transactional);
-        let (name, telemetry, log) = (self.name.clone(), self.telemetry.clone(), self.log.clone());
+        let (name, telemetry, log, kind) = (self.name.clone(), self.telemetry.clone(), self.log.clone(), self.kind);
         let job: Job = Box::new(move |py, event_loop| {
             let tracing = telemetry.as_ref().and_then(|t| t.tracing.as_ref());
             let span = tracing.and_then(|t| {
-                t.start_batch(py, &name, shard, events.len()).map_err(|e| log.write(py, "warning", &format!("telemetry: {e}"))).ok()
+                t.start_batch(py, kind, &name, shard, events.len()).map_err(|e| log.write(py, "warning", &format!("telemetry: {e}"))).ok()
             });
             let result = (|| -> PyResult<Vec<ReadModelWrite>> {
                 let records = events.iter().map(|e| Py::new(py, PersistedEvent { event: e.clone(), decoder: decoder.clone() }));
@@ -153,10 +158,10 @@ impl Sink for PySink {
             let _ = done.send(result.map_err(|e| failure(py, e)));
         });
         if !self.worker.run(job) {
-            return Box::pin(async { Err(HandlerFailure { message: "the projection's thread stopped".into(), original: None }) });
+            return Box::pin(async { Err(HandlerFailure { message: "the projection's thread stopped".into(), original: None, transient: false }) });
         }
         Box::pin(async move {
-            rx.await.unwrap_or_else(|_| Err(HandlerFailure { message: "the handler call was dropped".into(), original: None }))
+            rx.await.unwrap_or_else(|_| Err(HandlerFailure { message: "the handler call was dropped".into(), original: None, transient: false }))
         })
     }
 

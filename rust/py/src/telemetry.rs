@@ -108,8 +108,8 @@ impl Tracing {
     }
 
     /// Starts (and makes current) the span of a projection batch.
-    pub fn start_batch(&self, py: Python<'_>, projection: &str, shard: u32, events: usize) -> PyResult<Py<PyAny>> {
-        self.start_batch.bind(py).call1((self.tracer.bind(py), projection, shard, events)).map(Bound::unbind)
+    pub fn start_batch(&self, py: Python<'_>, kind: &str, name: &str, shard: u32, events: usize) -> PyResult<Py<PyAny>> {
+        self.start_batch.bind(py).call1((self.tracer.bind(py), name, shard, events, kind)).map(Bound::unbind)
     }
 
     /// Ends a projection batch's span.
