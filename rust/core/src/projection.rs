@@ -453,6 +453,14 @@ async fn run_shard(p: Arc<Projection>, shard: u32) {
         }
         None => 0,
     };
+    if offset > 0 && !committed.iter().any(|(s, _)| *s == shard) {
+        // A start other than the beginning is kept, so a restart does not move it (and the
+        // lag counts from it).
+        let offsets = p.offsets.clone();
+        if p.persist("saving the start", || offsets.write_offsets(&name, vec![(shard, offset)])).await.is_none() {
+            return;
+        }
+    }
     p.positions.lock().insert(shard, offset);
     loop {
         if p.stopping() {

@@ -1,0 +1,223 @@
+"""The publisher runtime with publishers written in Python: acknowledgements, transient
+failures retried without limit, refusals under the failure policy, start points, payload
+formats, settings that are refused, and stop while a broker is away."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+from publishing import bank_engine, caught_up, check_delivery, wait_for, write_history
+
+import ego
+from ego import errors
+from ego.publishers import CloudEventsBinary, CloudEventsStructured, ProtobufJson, Record
+
+from bank_pb2 import AccountCredited, AccountOpened
+
+
+class Collect:
+    """Acknowledges everything; fails transiently while `down` is set; refuses ids in `refuse`."""
+
+    def __init__(self, format: Any = None) -> None:
+        self.format = format
+        self.records: list[Record] = []
+        self.down = threading.Event()
+        self.refuse: set[str] = set()
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def publish(self, records: list[Record]) -> list[BaseException | None] | None:
+        with self.lock:
+            self.calls += 1
+            if self.down.is_set():
+                raise ConnectionError("broker away")
+            out: list[BaseException | None] = []
+            for r in records:
+                if r.id in self.refuse:
+                    out.append(ValueError(f"refused {r.id}"))
+                else:
+                    self.records.append(r)
+                    out.append(None)
+            return out
+
+    def received(self) -> list[tuple[str, bytes]]:
+        with self.lock:
+            return [(r.id, r.value) for r in self.records]
+
+
+class AsyncCollect(Collect):
+    async def publish(self, records: list[Record]) -> None:  # type: ignore[override]
+        super().publish(records)
+
+
+@pytest.mark.parametrize("kind", [Collect, AsyncCollect])
+def test_a_python_publisher_gets_every_event_in_order(kind: type[Collect]) -> None:
+    engine = bank_engine("py-pub", ego.MemoryStore())
+    try:
+        accounts = [f"account-{i}" for i in range(50)]
+        write_history(engine, accounts, credits=3)
+        sink = kind()
+        engine.add_event_publisher(sink, name="py", batch_size=64)
+        wait_for(lambda: caught_up(engine, "py"))
+        assert check_delivery(sink.received(), {a: 4 for a in accounts}) == 0
+        assert all(r.key == r.source.persistence_id and r.headers["ego-event-id"] == r.id for r in sink.records)
+    finally:
+        engine.stop()
+
+
+def test_transient_failures_are_retried_without_limit_and_never_skip() -> None:
+    engine = bank_engine("py-transient", ego.MemoryStore())
+    sink = Collect()
+    dead: list[str] = []
+    try:
+        sink.down.set()
+        engine.add_event_publisher(
+            sink,
+            name="py",
+            on_refused=ego.RecoveryPolicy.SKIP,
+            dead_letter=lambda *a: dead.append(a[2].event_id),
+            backoff=0.01,
+            max_backoff=0.02,
+        )
+        write_history(engine, ["account-1", "account-2"], credits=2)
+        wait_for(lambda: engine.publisher_stats("py")["failures"] >= 20, what="many failed attempts")
+        assert engine.publisher_status("py") == ("running", None)
+        assert sum(lag.events_behind for lag in engine.publisher_lag("py").values()) == 6
+        sink.down.clear()
+        wait_for(lambda: caught_up(engine, "py"))
+        check_delivery(sink.received(), {"account-1": 3, "account-2": 3}, exactly_once=True)
+        assert dead == []
+        assert engine.publisher_stats("py")["refused"] == 0
+    finally:
+        engine.stop()
+
+
+def test_a_refused_record_stops_the_publisher_under_fail() -> None:
+    engine = bank_engine("py-refused", ego.MemoryStore())
+    sink = Collect()
+    sink.refuse.add("account-1:2")
+    try:
+        write_history(engine, ["account-1"], credits=2)
+        engine.add_event_publisher(sink, name="py")
+        wait_for(lambda: engine.publisher_status("py")[0] == "failed")
+        status, error = engine.publisher_status("py")
+        assert error is not None and "account-1:2" in error
+        # The checkpoint never passed the refused record: the whole batch is still behind.
+        assert sum(lag.events_behind for lag in engine.publisher_lag("py").values()) == 3
+        assert [r.id for r in sink.records] == ["account-1:1", "account-1:3"]
+    finally:
+        engine.stop()
+
+
+def test_a_refused_record_goes_to_the_dead_letter_handler_under_skip() -> None:
+    engine = bank_engine("py-skip", ego.MemoryStore())
+    sink = Collect()
+    sink.refuse.add("account-1:2")
+    dead: list[tuple[str, str, int]] = []
+    try:
+        write_history(engine, ["account-1", "account-2"], credits=2)
+        engine.add_event_publisher(
+            sink,
+            name="py",
+            on_refused=ego.RecoveryPolicy.SKIP,
+            dead_letter=lambda name, pid, event, seq, error: dead.append((name, event.event_id, seq)),
+        )
+        wait_for(lambda: caught_up(engine, "py"))
+        assert dead == [("publisher:py", "account-1:2", 2)]
+        ids = [r.id for r in sink.records]
+        assert "account-1:2" not in ids and len(ids) == len(set(ids)) == 5
+        assert engine.publisher_stats("py")["dead_letters"] == 1
+    finally:
+        engine.stop()
+
+
+def test_start_latest_and_at_a_point_in_time() -> None:
+    engine = bank_engine("py-start", ego.MemoryStore())
+    try:
+        write_history(engine, ["account-1"], credits=1)
+        time.sleep(0.002)  # two distinct timestamps, not a wait for anything
+        middle = datetime.datetime.now(datetime.timezone.utc)
+        time.sleep(0.002)
+        write_history(engine, ["account-1"], credits=3, first_credit=3)
+        latest, since = Collect(), Collect()
+        engine.add_event_publisher(latest, name="latest", start="latest")
+        engine.add_event_publisher(since, name="since", start=middle)
+        wait_for(lambda: caught_up(engine, "since") and caught_up(engine, "latest"))
+        assert [r.id for r in since.records] == ["account-1:3", "account-1:4"]
+        write_history(engine, ["account-1"], credits=4, first_credit=5)
+        wait_for(lambda: [r.id for r in latest.records] == ["account-1:5"])
+    finally:
+        engine.stop()
+
+
+def test_payload_formats() -> None:
+    engine = bank_engine("py-formats", ego.MemoryStore())
+    sinks = {
+        "json": Collect(ProtobufJson()),
+        "binary": Collect(CloudEventsBinary(source="//bank")),
+        "structured": Collect(CloudEventsStructured(source="//bank")),
+        "structured-bytes": Collect(CloudEventsStructured(source="//bank", data="protobuf")),
+    }
+    try:
+        write_history(engine, ["account-7"], credits=1)
+        for name, sink in sinks.items():
+            engine.add_event_publisher(sink, name=name)
+        wait_for(lambda: all(caught_up(engine, n) for n in sinks))
+        opened = AccountOpened(account_id="account-7", balance=100)
+        j = json.loads(sinks["json"].records[0].value)
+        assert j["persistenceId"] == "account-7" and j["event"]["@type"].endswith("bank.v1.AccountOpened")
+        b = sinks["binary"].records[1]
+        assert AccountCredited.FromString(b.value) == AccountCredited(amount=2)
+        assert b.headers["ce_id"] == "account-7:2" and b.headers["ce_type"] == "bank.v1.AccountCredited"
+        assert b.headers["ce_subject"] == "account-7" and b.headers["ce_sequence"] == "2"
+        s = json.loads(sinks["structured"].records[0].value)
+        assert s["specversion"] == "1.0" and s["id"] == "account-7:1" and s["data"] == {"accountId": "account-7", "balance": "100"}
+        raw = json.loads(sinks["structured-bytes"].records[0].value)
+        assert AccountOpened.FromString(base64.b64decode(raw["data_base64"])) == opened
+    finally:
+        engine.stop()
+
+
+def test_bad_settings_are_refused() -> None:
+    engine = bank_engine("py-bad", ego.MemoryStore())
+    try:
+        with pytest.raises(errors.ConfigurationError):
+            engine.add_event_publisher(object(), name="x")  # type: ignore[arg-type]
+        with pytest.raises(errors.ConfigurationError):
+            engine.add_event_publisher(Collect(), name="x", start="tomorrow")
+        with pytest.raises(errors.ConfigurationError):
+            engine.add_event_publisher(Collect(), name="x", batch_size=0)
+        engine.add_event_publisher(Collect(), name="x")
+        with pytest.raises(errors.ValidationError):
+            engine.add_event_publisher(Collect(), name="x")
+        with pytest.raises(errors.ValidationError):
+            engine.publisher_lag("nope")
+        with pytest.raises(errors.ConfigurationError):
+            CloudEventsStructured(source="")
+        with pytest.raises(errors.ConfigurationError):
+            ego.publishers.KafkaPublisher("127.0.0.1:1", config={"acks": "1"})
+        with pytest.raises(errors.ConfigurationError):
+            ego.publishers.NatsPublisher("http://x")
+        with pytest.raises(errors.ConfigurationError):
+            ego.publishers.WebSocketPublisher("ws://x", format=CloudEventsBinary(source="s"))
+    finally:
+        engine.stop()
+
+
+def test_stop_returns_while_the_broker_is_away() -> None:
+    engine = bank_engine("py-stop", ego.MemoryStore())
+    sink = Collect()
+    sink.down.set()
+    engine.add_event_publisher(sink, name="py", backoff=0.05)
+    write_history(engine, ["account-1"], credits=1)
+    wait_for(lambda: sink.calls > 0)
+    started = time.monotonic()
+    engine.stop(timeout=10)
+    assert time.monotonic() - started < 10
+    assert sink.records == []
