@@ -15,8 +15,9 @@ HERE = Path(__file__).resolve().parent
 for path in (HERE.parent / "examples" / "bank", HERE):
     sys.path.insert(0, str(path))
 
-import ego  # noqa: E402
 from publishing import make_publisher  # noqa: E402
+
+import ego  # noqa: E402
 
 from bank_pb2 import Credit, OpenAccount  # noqa: E402
 from domain import AccountBehavior  # noqa: E402

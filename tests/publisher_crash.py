@@ -20,7 +20,9 @@ CHILD = Path(__file__).resolve().parent / "publisher_child.py"
 BATCH = 200
 
 
-def crash_rounds(kind: str, params: dict[str, Any], tmp_path: Path, rounds: int = 10) -> tuple[dict[str, int], list[dict[int, int]]]:
+def crash_rounds(
+    kind: str, params: dict[str, Any], tmp_path: Path, rounds: int = 10
+) -> tuple[dict[str, int], list[dict[int, int]]]:
     """Runs `rounds` children that write and publish until killed with SIGKILL at a random
     moment, then publishes the rest in-process. Returns the journal's highest sequence number
     per entity and, per kill, the publisher's committed checkpoint per shard."""

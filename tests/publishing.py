@@ -158,7 +158,9 @@ def consume_kafka(servers: str, topic: str, expected_total: int, timeout: float 
         if msg.error():
             continue
         headers = dict(msg.headers() or [])
-        per_partition[msg.partition()].append((headers[b"ego-event-id" if b"ego-event-id" in headers else "ego-event-id"].decode(), msg.value()))
+        per_partition[msg.partition()].append(
+            (headers[b"ego-event-id" if b"ego-event-id" in headers else "ego-event-id"].decode(), msg.value())
+        )
         count += 1
         idle_since = time.monotonic()
     consumer.close()

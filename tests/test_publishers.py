@@ -106,7 +106,7 @@ def test_a_refused_record_stops_the_publisher_under_fail() -> None:
         write_history(engine, ["account-1"], credits=2)
         engine.add_event_publisher(sink, name="py")
         wait_for(lambda: engine.publisher_status("py")[0] == "failed")
-        status, error = engine.publisher_status("py")
+        _, error = engine.publisher_status("py")
         assert error is not None and "account-1:2" in error
         # The checkpoint never passed the refused record: the whole batch is still behind.
         assert sum(lag.events_behind for lag in engine.publisher_lag("py").values()) == 3
@@ -177,7 +177,9 @@ def test_payload_formats() -> None:
         assert b.headers["ce_id"] == "account-7:2" and b.headers["ce_type"] == "bank.v1.AccountCredited"
         assert b.headers["ce_subject"] == "account-7" and b.headers["ce_sequence"] == "2"
         s = json.loads(sinks["structured"].records[0].value)
-        assert s["specversion"] == "1.0" and s["id"] == "account-7:1" and s["data"] == {"accountId": "account-7", "balance": "100"}
+        assert (
+            s["specversion"] == "1.0" and s["id"] == "account-7:1" and s["data"] == {"accountId": "account-7", "balance": "100"}
+        )
         raw = json.loads(sinks["structured-bytes"].records[0].value)
         assert AccountOpened.FromString(base64.b64decode(raw["data_base64"])) == opened
     finally:

@@ -72,7 +72,9 @@ def test_broker_stopped_under_load_loses_nothing(durable_broker: Broker) -> None
         wait_for(lambda: caught_up(engine, "kafka"), what="the first events to be published")
         durable_broker.stop()
         write_history(engine, accounts, credits=10, first_credit=7)
-        wait_for(lambda: engine.publisher_stats("kafka")["failures"] > 0, what="a publish left unacknowledged by the stopped broker")
+        wait_for(
+            lambda: engine.publisher_stats("kafka")["failures"] > 0, what="a publish left unacknowledged by the stopped broker"
+        )
         assert engine.publisher_status("kafka") == ("running", None)
         assert sum(lag.events_behind for lag in engine.publisher_lag("kafka").values()) > 0
         durable_broker.start()

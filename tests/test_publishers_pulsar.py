@@ -57,7 +57,9 @@ def test_broker_stopped_under_load_loses_nothing(broker: Broker) -> None:
         wait_for(lambda: caught_up(engine, "pulsar"), what="the first events to be published")
         broker.stop()
         write_history(engine, accounts, credits=10, first_credit=7)
-        wait_for(lambda: engine.publisher_stats("pulsar")["failures"] > 0, what="a publish left unacknowledged by the stopped broker")
+        wait_for(
+            lambda: engine.publisher_stats("pulsar")["failures"] > 0, what="a publish left unacknowledged by the stopped broker"
+        )
         assert engine.publisher_status("pulsar") == ("running", None)
         broker.start()
         wait_for(lambda: caught_up(engine, "pulsar"), timeout=90, what="the publisher to catch up after the outage")

@@ -9,13 +9,12 @@ Quick start::
         state, revision = engine.send_command("account-1", OpenAccount(initial_balance=100))
 """
 
-from ego import errors
+from ego import errors, publishers
 from ego._ego import __version__
 from ego.behaviors import DurableStateBehavior, EventSourcedBehavior
 from ego.encryption import Encryption, KeyStoreProtocol
 from ego.engine import Engine, EntityOptions, ShardLag
 from ego.errors import EgoError
-from ego import publishers
 from ego.logs import Logger, StdLogger
 from ego.projections import (
     Delete,
@@ -56,8 +55,8 @@ __all__ = [
     "RocksDBStore",
     "ShardLag",
     "SnapshotCriteria",
-    "StatePublisher",
     "Sql",
+    "StatePublisher",
     "StdLogger",
     "Subscription",
     "Telemetry",

@@ -96,6 +96,7 @@ class Engine(_ego.EngineCore):
     logger: Logger
     #: Encryption at rest (None: records are stored in clear).
     encryption: Encryption | None
+    _publishers: dict[str, PublisherRunner]
 
     def __new__(
         cls,
@@ -159,7 +160,7 @@ class Engine(_ego.EngineCore):
             if s is not None and all(s is not d for d in distinct):
                 distinct.append(s)
         self.stores = tuple(distinct)
-        self._publishers: dict[str, PublisherRunner] = {}
+        self._publishers = {}
         _engines.add(self)
         return self
 

@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -153,9 +154,7 @@ class NatsPublisher:
             try:
                 await self._js.stream_info(self.stream)
             except self._nats.js.errors.NotFoundError:
-                await self._js.add_stream(
-                    name=self.stream, subjects=self.stream_subjects, duplicate_window=self.duplicate_window
-                )
+                await self._js.add_stream(name=self.stream, subjects=self.stream_subjects, duplicate_window=self.duplicate_window)
         return self._js
 
     async def _publish(self, records: list[Record]) -> list[BaseException | None] | None:
@@ -221,8 +220,6 @@ class NatsPublisher:
             if self._nc is not None and not self._nc.is_closed:
                 await self._nc.close()
 
-        try:
+        with contextlib.suppress(Exception):  # closing is best effort
             self._loop.run(shut(), timeout=5)
-        except Exception:  # pragma: no cover - closing is best effort
-            pass
         self._loop.stop()

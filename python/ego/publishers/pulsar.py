@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -206,7 +207,5 @@ class PulsarPublisher:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        try:
+        with contextlib.suppress(Exception):  # closing is best effort
             self._client.close()
-        except Exception:  # pragma: no cover - closing is best effort
-            pass

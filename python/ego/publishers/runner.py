@@ -140,5 +140,3 @@ async def _await(result: Awaitable[Any]) -> None:
 
 def _position(source: Source) -> int:
     return int(getattr(source, "position", 0))
-
-

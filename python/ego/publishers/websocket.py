@@ -30,6 +30,7 @@ A peer that acknowledges::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -169,8 +170,6 @@ class WebSocketPublisher:
             if self._ws is not None:
                 await self._ws.close()
 
-        try:
+        with contextlib.suppress(Exception):  # closing is best effort
             self._loop.run(shut(), timeout=5)
-        except Exception:  # pragma: no cover - closing is best effort
-            pass
         self._loop.stop()
