@@ -340,10 +340,7 @@ impl Projection {
                     if self.stopping() {
                         return Attempt::Stopped;
                     }
-                    self.sink.log(
-                        "warning",
-                        format!("{:?}: {} (retrying in {transient_backoff:?})", self.name, f.message),
-                    );
+                    self.sink.log("warning", format!("{:?}: {} (retrying in {transient_backoff:?})", self.name, f.message));
                     if self.sleep(transient_backoff).await {
                         return Attempt::Stopped;
                     }
@@ -437,11 +434,12 @@ async fn run_shard(p: Arc<Projection>, shard: u32) {
             let Some(heads) = p.persist("reading shard heads", || p.events.shard_heads()).await else { return };
             let head = heads.iter().find(|h| h.shard == shard).map_or(0, |h| h.position);
             let events = p.events.clone();
-            let Some(start) = p.persist("finding the start", || {
-                let events = events.clone();
-                Box::pin(async move { first_after(&events, shard, after, head).await })
-            })
-            .await
+            let Some(start) = p
+                .persist("finding the start", || {
+                    let events = events.clone();
+                    Box::pin(async move { first_after(&events, shard, after, head).await })
+                })
+                .await
             else {
                 return;
             };

@@ -158,10 +158,14 @@ impl Sink for PySink {
             let _ = done.send(result.map_err(|e| failure(py, e)));
         });
         if !self.worker.run(job) {
-            return Box::pin(async { Err(HandlerFailure { message: "the projection's thread stopped".into(), original: None, transient: false }) });
+            return Box::pin(async {
+                Err(HandlerFailure { message: "the projection's thread stopped".into(), original: None, transient: false })
+            });
         }
         Box::pin(async move {
-            rx.await.unwrap_or_else(|_| Err(HandlerFailure { message: "the handler call was dropped".into(), original: None, transient: false }))
+            rx.await.unwrap_or_else(|_| {
+                Err(HandlerFailure { message: "the handler call was dropped".into(), original: None, transient: false })
+            })
         })
     }
 
