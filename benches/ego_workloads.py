@@ -109,12 +109,14 @@ def workload_b(
     burst: bool = False,
     telemetry: str = "off",
     encrypt: bool = False,
+    keys: bool = False,
 ) -> dict[str, float]:
     """`accounts` accounts x `credits` credits, issued concurrently through the asyncio API:
     each round sends one credit to every account and gathers the replies (1,000 concurrent
     callers). With `burst`, all `accounts x credits` commands are sent at once and gathered
     (every account then has `credits` commands waiting: what batching is for). `telemetry`:
-    see `telemetry_settings`. `encrypt`: encryption at rest on (the built-in key store)."""
+    see `telemetry_settings`. `encrypt`: encryption at rest on (the built-in key store).
+    `keys`: every credit carries its own idempotency key."""
 
     async def run() -> dict[str, float]:
         with engine_on(kind, batch, **telemetry_settings(telemetry), **encryption_settings(encrypt)) as engine:
@@ -127,7 +129,10 @@ def workload_b(
             started = time.perf_counter()
             if burst:
                 await asyncio.gather(*[send(i, credit) for _ in range(credits) for i in ids])
-            for _ in range(0 if burst else credits):
+            for round_ in range(0 if burst else credits):
+                if keys:
+                    await asyncio.gather(*[send(i, credit, idempotency_key=f"{i}/{round_}") for i in ids])
+                    continue
                 if latency:
                     t0 = time.perf_counter()
                     futures = [send(i, credit) for i in ids]

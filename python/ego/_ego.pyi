@@ -98,6 +98,7 @@ class EntityOptions:
         batch_flush_window: float | None = None,
         mailbox_capacity: int | None = None,
         retention: Any = None,
+        idempotency_window: int | None = None,
         inline: bool = True,
     ) -> Self: ...
     @property
@@ -114,6 +115,8 @@ class EntityOptions:
     def retention(self) -> Any: ...
     @property
     def inline(self) -> bool: ...
+    @property
+    def idempotency_window(self) -> int: ...
 
 @disjoint_base
 class NativeStore:

@@ -219,6 +219,7 @@ class Engine(_ego.EngineCore):
         mailbox_capacity: int = 10_000,
         retention: RetentionPolicy | None = None,
         inline: bool = True,
+        idempotency_window: int = 1000,
     ) -> tuple[Any, int]:
         """Spawns an entity with this behaviour (its id is ``behavior.id()``), recovers its
         state from the stores and returns ``(state, revision)``. Idempotent: if the entity
@@ -240,6 +241,8 @@ class Engine(_ego.EngineCore):
           event loop's thread). Set it False for behaviours whose handlers block (sleep,
           network or disk I/O): every command then runs on the engine's bridge threads, and
           the caller (or its event loop) only waits for the reply.
+        - ``idempotency_window``: how many of its most recent idempotency keys the entity
+          remembers (see ``send_command(..., idempotency_key=...)``).
         """
         options = EntityOptions(
             snapshot_interval=snapshot_interval,
@@ -249,6 +252,7 @@ class Engine(_ego.EngineCore):
             mailbox_capacity=mailbox_capacity,
             retention=retention,
             inline=inline,
+            idempotency_window=idempotency_window,
         )
         return self._spawn(_entity_id(behavior), behavior, options)
 
@@ -261,6 +265,7 @@ class Engine(_ego.EngineCore):
         batch_flush_window: float = 0.005,
         mailbox_capacity: int = 10_000,
         inline: bool = True,
+        idempotency_window: int = 1000,
     ) -> tuple[Any, int]:
         """Spawns a durable-state entity (the Go library's ``DurableStateEntity``): like
         :meth:`entity`, but only for :class:`~ego.DurableStateBehavior` (snapshots do not
@@ -274,6 +279,7 @@ class Engine(_ego.EngineCore):
             batch_flush_window=batch_flush_window,
             mailbox_capacity=mailbox_capacity,
             inline=inline,
+            idempotency_window=idempotency_window,
         )
 
     def register_entity_type(
@@ -288,6 +294,7 @@ class Engine(_ego.EngineCore):
         mailbox_capacity: int = 10_000,
         retention: RetentionPolicy | None = None,
         inline: bool = True,
+        idempotency_window: int = 1000,
     ) -> None:
         """Lets entities activate on their first command: a command (or ``get_state``) for an
         id that is not in memory and starts with ``prefix`` creates the entity with
@@ -305,6 +312,7 @@ class Engine(_ego.EngineCore):
             mailbox_capacity=mailbox_capacity,
             retention=retention,
             inline=inline,
+            idempotency_window=idempotency_window,
         )
         if not callable(factory):
             raise ConfigurationError(f"factory must be callable, got {factory!r}")

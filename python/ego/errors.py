@@ -21,6 +21,7 @@ __all__ = [
     "EntityNotFoundError",
     "EntityStoppedError",
     "HandlerContractError",
+    "IdempotencyKeyReusedError",
     "InternalError",
     "InvalidEntityIdError",
     "InvalidMessageError",
@@ -73,6 +74,14 @@ class InvalidMessageError(ValidationError, TypeError):
 
 class MessageTooLargeError(ValidationError):
     """An event or state whose encoding is over the configured size limit."""
+
+
+class IdempotencyKeyReusedError(ValidationError):
+    """A command was sent under an idempotency key that the entity saw with another command.
+    Nothing was applied. ``entity_id`` and ``idempotency_key`` name them."""
+
+    entity_id: str
+    idempotency_key: str
 
 
 class ConfigurationError(EgoError):

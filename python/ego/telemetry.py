@@ -126,11 +126,13 @@ def _senders(engine: Any, tracer: Any) -> tuple[Callable[..., Any], Callable[...
     from opentelemetry import trace
     from opentelemetry.trace import Status, StatusCode
 
-    def send_command(entity_id: str, command: Any, timeout: float | None = None) -> tuple[Any, int]:
+    def send_command(
+        entity_id: str, command: Any, timeout: float | None = None, idempotency_key: str | None = None
+    ) -> tuple[Any, int]:
         attributes = {"ego.entity_id": entity_id, "ego.command_type": _type_name(command)}
         with tracer.start_as_current_span("ego.send_command", attributes=attributes) as span:
             try:
-                state, revision = observed(entity_id, command, timeout, trace.set_span_in_context(span))
+                state, revision = observed(entity_id, command, timeout, trace.set_span_in_context(span), idempotency_key)
             except BaseException as e:
                 span.set_attribute("ego.outcome", _outcome(e))
                 raise
@@ -150,11 +152,11 @@ def _senders(engine: Any, tracer: Any) -> tuple[Callable[..., Any], Callable[...
             span.set_attribute("ego.revision", future.result()[1])
         span.end()
 
-    def send_command_async(entity_id: str, command: Any) -> Any:
+    def send_command_async(entity_id: str, command: Any, idempotency_key: str | None = None) -> Any:
         attributes = {"ego.entity_id": entity_id, "ego.command_type": _type_name(command)}
         span = tracer.start_span("ego.send_command", attributes=attributes)
         try:
-            future = observed_async(entity_id, command, trace.set_span_in_context(span))
+            future = observed_async(entity_id, command, trace.set_span_in_context(span), idempotency_key)
         except BaseException as e:
             span.set_attribute("ego.outcome", _outcome(e))
             span.record_exception(e)

@@ -2,7 +2,7 @@ from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -40,24 +40,36 @@ class Event(_message.Message):
     is_erased: bool
     def __init__(self, persistence_id: _Optional[str] = ..., sequence_number: _Optional[int] = ..., is_deleted: _Optional[bool] = ..., event: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., timestamp: _Optional[int] = ..., shard: _Optional[int] = ..., encryption_key_id: _Optional[str] = ..., is_encrypted: _Optional[bool] = ..., position: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., is_erased: _Optional[bool] = ...) -> None: ...
 
+class IdempotencyRecord(_message.Message):
+    __slots__ = ("key", "command_hash", "revision")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_HASH_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    command_hash: int
+    revision: int
+    def __init__(self, key: _Optional[str] = ..., command_hash: _Optional[int] = ..., revision: _Optional[int] = ...) -> None: ...
+
 class Snapshot(_message.Message):
-    __slots__ = ("persistence_id", "sequence_number", "state", "timestamp", "encryption_key_id", "is_encrypted")
+    __slots__ = ("persistence_id", "sequence_number", "state", "timestamp", "encryption_key_id", "is_encrypted", "idempotency_keys")
     PERSISTENCE_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_NUMBER_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     ENCRYPTION_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     IS_ENCRYPTED_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEYS_FIELD_NUMBER: _ClassVar[int]
     persistence_id: str
     sequence_number: int
     state: _any_pb2.Any
     timestamp: int
     encryption_key_id: str
     is_encrypted: bool
-    def __init__(self, persistence_id: _Optional[str] = ..., sequence_number: _Optional[int] = ..., state: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., timestamp: _Optional[int] = ..., encryption_key_id: _Optional[str] = ..., is_encrypted: _Optional[bool] = ...) -> None: ...
+    idempotency_keys: _containers.RepeatedCompositeFieldContainer[IdempotencyRecord]
+    def __init__(self, persistence_id: _Optional[str] = ..., sequence_number: _Optional[int] = ..., state: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., timestamp: _Optional[int] = ..., encryption_key_id: _Optional[str] = ..., is_encrypted: _Optional[bool] = ..., idempotency_keys: _Optional[_Iterable[_Union[IdempotencyRecord, _Mapping]]] = ...) -> None: ...
 
 class DurableState(_message.Message):
-    __slots__ = ("persistence_id", "version_number", "resulting_state", "timestamp", "shard", "encryption_key_id", "is_encrypted")
+    __slots__ = ("persistence_id", "version_number", "resulting_state", "timestamp", "shard", "encryption_key_id", "is_encrypted", "idempotency_keys")
     PERSISTENCE_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_NUMBER_FIELD_NUMBER: _ClassVar[int]
     RESULTING_STATE_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +77,7 @@ class DurableState(_message.Message):
     SHARD_FIELD_NUMBER: _ClassVar[int]
     ENCRYPTION_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     IS_ENCRYPTED_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEYS_FIELD_NUMBER: _ClassVar[int]
     persistence_id: str
     version_number: int
     resulting_state: _any_pb2.Any
@@ -72,7 +85,8 @@ class DurableState(_message.Message):
     shard: int
     encryption_key_id: str
     is_encrypted: bool
-    def __init__(self, persistence_id: _Optional[str] = ..., version_number: _Optional[int] = ..., resulting_state: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., timestamp: _Optional[int] = ..., shard: _Optional[int] = ..., encryption_key_id: _Optional[str] = ..., is_encrypted: _Optional[bool] = ...) -> None: ...
+    idempotency_keys: _containers.RepeatedCompositeFieldContainer[IdempotencyRecord]
+    def __init__(self, persistence_id: _Optional[str] = ..., version_number: _Optional[int] = ..., resulting_state: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., timestamp: _Optional[int] = ..., shard: _Optional[int] = ..., encryption_key_id: _Optional[str] = ..., is_encrypted: _Optional[bool] = ..., idempotency_keys: _Optional[_Iterable[_Union[IdempotencyRecord, _Mapping]]] = ...) -> None: ...
 
 class DataKey(_message.Message):
     __slots__ = ("persistence_id", "key_id", "master_key_id", "wrapped_key", "created_at")

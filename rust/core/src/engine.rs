@@ -15,6 +15,7 @@ use crate::bridge::{self, Job, Queue};
 use crate::crypto::keys::KeyRing;
 use crate::crypto::layer::encrypt_stores;
 use crate::entity::cell::{DispatchError, Dispatched, Entity, Msg, Phase};
+use crate::entity::idempotency::IdempotencyKey;
 use crate::entity::{dispatch, jobs, passivation};
 use crate::error::{Error, Result};
 use crate::event_stream::{Stream, Subscription};
@@ -26,6 +27,9 @@ use crate::projection::{Projection, ProjectionOptions, RebuildPlan, Sink, Status
 use crate::registry::Registry;
 use crate::shared::{EntityType, Shared};
 use crate::store::{OffsetStore, SnapshotCriteria, Stores};
+
+/// Longest idempotency key, in UTF-8 bytes.
+pub const MAX_KEY_BYTES: usize = 255;
 
 /// Outcome of [`Engine::stop_entity`].
 pub enum Stopped<H: Host> {
@@ -211,7 +215,25 @@ impl<H: Host> Engine<H> {
 
     /// Sends a command.
     pub fn send(&self, cx: H::Cx<'_>, id: &str, command: H::Command, reply: H::Reply) -> Result<Dispatched<H>, Fail<H::Failure>> {
-        self.route(cx, id, Msg::Command(command, reply))
+        self.route(cx, id, Msg::Command(command, reply, None))
+    }
+
+    /// Sends a command under an idempotency key: applied once, whatever the repeats (see
+    /// [`crate::entity::idempotency`]).
+    pub fn send_keyed(
+        &self,
+        cx: H::Cx<'_>,
+        id: &str,
+        command: H::Command,
+        key: Option<IdempotencyKey>,
+        reply: H::Reply,
+    ) -> Result<Dispatched<H>, Fail<H::Failure>> {
+        if let Some(k) = &key {
+            if k.key.is_empty() || k.key.len() > MAX_KEY_BYTES || k.key.chars().any(char::is_control) {
+                return Err(Error::invalid(format!("an idempotency key is 1 to {MAX_KEY_BYTES} bytes without control characters")).into());
+            }
+        }
+        self.route(cx, id, Msg::Command(command, reply, key.map(Box::new)))
     }
 
     /// Asks for the confirmed state and revision (read-only; in order with earlier commands).

@@ -23,7 +23,7 @@ mod generated {
     include!(concat!(env!("OUT_DIR"), "/ego.v1.rs"));
 }
 
-pub use generated::{DataKey, DurableState, Erasure, Event, Offset, Snapshot};
+pub use generated::{DataKey, DurableState, Erasure, Event, IdempotencyRecord, Offset, Snapshot};
 
 /// The type URL prefix protobuf uses for `Any`.
 pub const TYPE_URL_PREFIX: &str = "type.googleapis.com/";

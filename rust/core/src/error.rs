@@ -79,6 +79,9 @@ pub enum Error {
     /// entity, sequence number or kind of record.
     #[error("entity {persistence_id:?}, sequence number {sequence_number}: {detail}")]
     Decryption { persistence_id: Arc<str>, sequence_number: u64, detail: Arc<str> },
+    /// A command sent under an idempotency key the entity saw with another command.
+    #[error("entity {id:?}: the idempotency key {key:?} was used by another command")]
+    IdempotencyKeyReused { id: Arc<str>, key: Arc<str> },
     /// ego itself failed (a bug, or the interpreter refused something ego needs); never a
     /// user's handler error.
     #[error("internal error: {0}")]

@@ -21,6 +21,8 @@ pub struct EntityOptions {
     /// every command runs on the bridge threads: a handler that blocks never blocks a caller
     /// (or its event loop).
     pub inline: bool,
+    /// How many of its most recent idempotency keys an entity remembers.
+    pub idempotency_window: usize,
 }
 
 /// What to delete after a successful snapshot (the Go library's `RetentionPolicy`).
@@ -46,6 +48,7 @@ impl Default for EntityOptions {
             mailbox_capacity: 10_000,
             retention: None,
             inline: true,
+            idempotency_window: 1000,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! failed. The entity's activation code drives it and parks the result.
 
 use crate::entity::cell::{Entity, Work};
+use crate::entity::idempotency::KeyWindow;
 use crate::envelope::{DurableState, Event, Snapshot};
 use crate::error::{Error, Result};
 use crate::future::{ready, BoxFuture};
@@ -27,6 +28,8 @@ pub(crate) enum Progress<H: Host> {
 /// A recovery in progress.
 pub(crate) struct Recovery<H: Host> {
     state: Option<H::State>,
+    /// The idempotency keys found (made on the first one).
+    keys: Option<Box<KeyWindow>>,
     /// Next sequence number to replay.
     next: u64,
     revision: u64,
@@ -54,7 +57,7 @@ pub(crate) enum Fetched {
 impl<H: Host> Recovery<H> {
     /// A recovery from the start.
     pub(crate) fn new() -> Box<Self> {
-        Box::new(Recovery { state: None, next: 1, revision: 0, stage: Stage::Start })
+        Box::new(Recovery { state: None, keys: None, next: 1, revision: 0, stage: Stage::Start })
     }
 }
 
@@ -79,7 +82,9 @@ pub(crate) fn step<H: Host>(
         }
         if rec.stage == Stage::Done {
             let state = rec.state.take().expect("recovered state");
-            return Progress::Done(Work::new(state, rec.revision));
+            let mut work = Work::new(state, rec.revision);
+            work.keys = rec.keys.take();
+            return Progress::Done(work);
         }
         let read = match next_read(sh, e, rec) {
             Ok(read) => read,
@@ -135,6 +140,11 @@ fn map<T: Send + 'static>(fut: BoxFuture<'static, Result<T>>, f: fn(T) -> Fetche
     Box::pin(async move { fut.await.map(f) })
 }
 
+/// The recovered window of idempotency keys, made on the first key found.
+fn keys_of<'r, H: Host>(rec: &'r mut Recovery<H>, e: &Entity<H>) -> &'r mut KeyWindow {
+    rec.keys.get_or_insert_with(|| Box::new(KeyWindow::new(e.options.idempotency_window)))
+}
+
 fn absorb<H: Host>(
     sh: &Shared<H>,
     cx: H::Cx<'_>,
@@ -148,6 +158,9 @@ fn absorb<H: Host>(
             match snapshot.and_then(|s| s.state.clone().map(|st| (s, st))) {
                 Some((s, st)) => {
                     rec.state = Some(host.decode_state(cx, &e.behavior, &e.id, s.sequence_number, &st)?);
+                    if !s.idempotency_keys.is_empty() {
+                        keys_of(rec, e).absorb_records(&s.idempotency_keys);
+                    }
                     rec.next = s.sequence_number + 1;
                     rec.revision = s.sequence_number;
                 }
@@ -173,6 +186,9 @@ fn absorb<H: Host>(
                 }
                 let state = rec.state.take().expect("state before replay");
                 rec.state = Some(host.apply_stored(cx, &e.behavior, event, state)?);
+                if !event.metadata.is_empty() {
+                    keys_of(rec, e).absorb_event(event);
+                }
                 rec.next += 1;
                 rec.revision = event.sequence_number;
             }
@@ -190,6 +206,9 @@ fn absorb<H: Host>(
                 Some(ds) => {
                     let st = ds.resulting_state.clone().unwrap_or_default();
                     rec.state = Some(host.decode_state(cx, &e.behavior, &e.id, ds.version_number, &st)?);
+                    if !ds.idempotency_keys.is_empty() {
+                        keys_of(rec, e).absorb_records(&ds.idempotency_keys);
+                    }
                     rec.revision = ds.version_number;
                 }
                 None => rec.state = Some(host.initial_state(cx, &e.behavior)?),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ego_core::engine::Stopped;
+use ego_core::entity::idempotency::{command_hash, IdempotencyKey};
 use ego_core::entity::Dispatched;
 use ego_core::error::Error;
 use ego_core::host::Kind;
@@ -68,6 +69,20 @@ fn store_of<'py>(obj: Option<&Bound<'py, PyAny>>, roles: &[&[&str]]) -> PyResult
             Err(_) => PyStore::new(o, roles).map(|s| Some(StoreArg::Python(s))),
         },
     }
+}
+
+/// The idempotency key of `command`: the key and the hash of the command's type and bytes.
+fn keyed(core: &Core, command: &Bound<'_, PyAny>, key: &str) -> PyResult<IdempotencyKey> {
+    let py = command.py();
+    let info = core
+        .shared()
+        .host()
+        .types
+        .info(command)?
+        .ok_or_else(|| invalid_message(py, format!("a command must be a protobuf message, got {}", describe(command))))?;
+    let bytes = command.call_method0(pyo3::intern!(py, "SerializeToString"))?;
+    let bytes = bytes.cast::<pyo3::types::PyBytes>().map_err(PyErr::from)?;
+    Ok(IdempotencyKey { key: key.into(), command_hash: command_hash(&info.type_url, bytes.as_bytes()) })
 }
 
 /// One shard's lag as Python gets it: (shard, events behind, ns behind, offset, head).
@@ -280,8 +295,8 @@ impl EngineCore {
     /// Sends a command and waits for `(state, revision)`. A rejection raises the exception
     /// the behaviour raised. `timeout` is in seconds (None: wait as long as it takes);
     /// `trace_context` is an OpenTelemetry context the command's spans get as parent (with
-    /// traces on).
-    #[pyo3(signature = (entity_id, command, timeout=None, trace_context=None))]
+    /// traces on); `idempotency_key`: see `ego.Engine.send_command`.
+    #[pyo3(signature = (entity_id, command, timeout=None, trace_context=None, idempotency_key=None))]
     fn send_command(
         &self,
         py: Python<'_>,
@@ -289,12 +304,14 @@ impl EngineCore {
         command: &Bound<'_, PyAny>,
         timeout: Option<f64>,
         trace_context: Option<Py<PyAny>>,
+        idempotency_key: Option<&str>,
     ) -> PyResult<Py<PyAny>> {
         let core = self.core(py)?;
         let timer = Self::timer(&core);
         Self::check_message(&core, py, "a command", command)?;
+        let key = idempotency_key.map(|k| keyed(&core, command, k)).transpose()?;
         let command = PyCommand { msg: command.clone().unbind(), trace: trace_context };
-        let result = self.blocking(py, entity_id, timeout, |core, reply| core.send(py, entity_id, command, reply));
+        let result = self.blocking(py, entity_id, timeout, |core, reply| core.send_keyed(py, entity_id, command, key, reply));
         if let Some((sent, t)) = timer {
             t.latency.record(sent.elapsed());
         }
@@ -323,19 +340,22 @@ impl EngineCore {
     }
 
     /// Sends a command; returns an asyncio future of `(state, revision)` (see `send_command`).
-    #[pyo3(signature = (entity_id, command, trace_context=None))]
+    #[pyo3(signature = (entity_id, command, trace_context=None, idempotency_key=None))]
     fn send_command_async(
         &self,
         py: Python<'_>,
         entity_id: &str,
         command: &Bound<'_, PyAny>,
         trace_context: Option<Py<PyAny>>,
+        idempotency_key: Option<&str>,
     ) -> PyResult<Py<PyAny>> {
+        let mut key = None;
         if let Ok(core) = self.core(py) {
             Self::check_message(&core, py, "a command", command)?;
+            key = idempotency_key.map(|k| keyed(&core, command, k)).transpose()?;
         }
         let command = PyCommand { msg: command.clone().unbind(), trace: trace_context };
-        self.non_blocking_timed(py, true, |core, reply| core.send(py, entity_id, command, reply))
+        self.non_blocking_timed(py, true, |core, reply| core.send_keyed(py, entity_id, command, key, reply))
     }
 
     /// The confirmed `(state, revision)` of an entity, after the commands sent before.

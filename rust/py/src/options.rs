@@ -64,7 +64,7 @@ fn retention_of(py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<RetentionP
 impl EntityOptions {
     #[new]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (*, snapshot_interval=None, passivate_after=None, batch_threshold=None, batch_flush_window=None, mailbox_capacity=None, retention=None, inline=true))]
+    #[pyo3(signature = (*, snapshot_interval=None, passivate_after=None, batch_threshold=None, batch_flush_window=None, mailbox_capacity=None, retention=None, idempotency_window=None, inline=true))]
     fn new(
         py: Python<'_>,
         snapshot_interval: Option<&Bound<'_, PyAny>>,
@@ -73,6 +73,7 @@ impl EntityOptions {
         batch_flush_window: Option<&Bound<'_, PyAny>>,
         mailbox_capacity: Option<&Bound<'_, PyAny>>,
         retention: Option<&Bound<'_, PyAny>>,
+        idempotency_window: Option<&Bound<'_, PyAny>>,
         inline: bool,
     ) -> PyResult<Self> {
         let mut core = ego_core::options::EntityOptions { inline, ..Default::default() };
@@ -94,6 +95,13 @@ impl EntityOptions {
                 return Err(configuration(py, "mailbox_capacity must be a positive int, got 0".into()));
             }
             core.mailbox_capacity = n as usize;
+        }
+        if let Some(v) = idempotency_window {
+            let n = non_negative_int(py, "idempotency_window", v)?;
+            if n == 0 {
+                return Err(configuration(py, "idempotency_window must be a positive int, got 0".into()));
+            }
+            core.idempotency_window = n as usize;
         }
         let retention = retention.filter(|v| !v.is_none());
         if let Some(v) = retention {
@@ -139,6 +147,12 @@ impl EntityOptions {
     #[getter]
     fn inline(&self) -> bool {
         self.core.inline
+    }
+
+    /// How many of its most recent idempotency keys an entity remembers.
+    #[getter]
+    fn idempotency_window(&self) -> usize {
+        self.core.idempotency_window
     }
 
     /// What to delete after each successful snapshot (an `ego.RetentionPolicy`), or None.

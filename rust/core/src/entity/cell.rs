@@ -14,6 +14,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use crate::clock::monotonic_millis;
+use crate::entity::idempotency::{IdempotencyKey, KeyWindow};
 use crate::envelope::{DurableState, Event};
 use crate::error::Error;
 use crate::event_stream::Published;
@@ -41,21 +42,20 @@ pub enum Phase {
 
 /// A message in a mailbox.
 pub(crate) enum Msg<H: Host> {
-    Command(H::Command, H::Reply),
+    /// A command, with its idempotency key when it has one (boxed: rare, and every message of
+    /// every mailbox carries the field).
+    Command(H::Command, H::Reply, Option<Box<IdempotencyKey>>),
     /// Read the confirmed state.
     Query(H::Reply),
     /// Stop the entity after the messages before this one. `erased`: it is being erased (the
     /// messages after this one get `EntityErased` rather than `EntityStopped`).
-    Stop {
-        reply: H::Reply,
-        erased: bool,
-    },
+    Stop { reply: H::Reply, erased: bool },
 }
 
 impl<H: Host> Msg<H> {
     pub(crate) fn into_reply(self) -> H::Reply {
         match self {
-            Msg::Command(_, r) | Msg::Query(r) | Msg::Stop { reply: r, .. } => r,
+            Msg::Command(_, r, _) | Msg::Query(r) | Msg::Stop { reply: r, .. } => r,
         }
     }
 }
@@ -115,6 +115,8 @@ pub(crate) struct Work<H: Host> {
     pub(crate) published: Vec<Published>,
     /// The state may be ahead of the store (a handler failed half-way, a write failed).
     pub(crate) broken: bool,
+    /// The most recent idempotency keys (only for entities that were sent keyed commands).
+    pub(crate) keys: Option<Box<KeyWindow>>,
 }
 
 impl<H: Host> Work<H> {
@@ -129,6 +131,7 @@ impl<H: Host> Work<H> {
             inflight_trace: None,
             published: Vec::new(),
             broken: false,
+            keys: None,
         }
     }
 

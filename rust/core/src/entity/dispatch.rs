@@ -106,13 +106,13 @@ pub(crate) fn drive<H: Host>(
             continue;
         }
         match msg {
-            Msg::Command(command, reply) => {
+            Msg::Command(command, reply, key) => {
                 if !is_own && !sh.host.begin(cx, &reply) {
                     continue;
                 }
                 Stats::add(&sh.stats.commands, 1);
                 let trace = if sh.tracing { sh.host.trace_command(cx, &e.id, &e.behavior, &command) } else { None };
-                let step = process::process(sh, cx, e, &mut work, &command);
+                let step = process::process(sh, cx, e, &mut work, &command, key.as_deref());
                 if let Some(trace) = trace {
                     process::end_command_trace(sh, cx, &mut work, trace, &step);
                 }

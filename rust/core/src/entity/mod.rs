@@ -3,6 +3,7 @@
 //! - [`cell`]: an entity's data (phase, mailbox, working set).
 //! - [`dispatch`]: handing a message to an entity (inline or queued) and driving its mailbox.
 //! - [`process`]: running the behaviour for one command.
+//! - [`idempotency`]: commands applied once under a key (the window of recent keys).
 //! - [`write`]: the write path: batches, group writes, completions and replies.
 //! - [`snapshot`]: snapshots when the revision crosses an interval.
 //! - [`retention`]: what a snapshot lets go (old events and snapshots).
@@ -20,6 +21,7 @@
 pub(crate) mod activation;
 pub mod cell;
 pub(crate) mod dispatch;
+pub mod idempotency;
 pub(crate) mod jobs;
 pub(crate) mod passivation;
 pub(crate) mod process;

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use crate::clock::now_nanos;
 use crate::entity::cell::{Entity, Work};
+use crate::entity::idempotency::{tag_event, IdempotencyKey, KeyWindow, Seen};
 use crate::envelope::{Any, DurableState, Event};
+use crate::error::Error;
 use crate::host::{Fail, Host, Kind, Outcome};
 use crate::shared::Shared;
 
@@ -16,6 +18,11 @@ pub(crate) enum Step<H: Host> {
     Done(Result<H::Output, Fail<H::Failure>>),
     /// Its events or new state joined the batch; the reply once the batch is written.
     Batched(H::Output),
+}
+
+/// The entity's window of idempotency keys, made on first use.
+fn window<'w, H: Host>(work: &'w mut Work<H>, e: &Entity<H>) -> &'w mut KeyWindow {
+    work.keys.get_or_insert_with(|| Box::new(KeyWindow::new(e.options.idempotency_window)))
 }
 
 /// Ends a command's span; the first traced command of a batch parents the batch's write.
@@ -31,17 +38,32 @@ pub(crate) fn end_command_trace<H: Host>(sh: &Shared<H>, cx: H::Cx<'_>, work: &m
     }
 }
 
-/// Runs the behaviour for one command.
+/// Runs the behaviour for one command (sent under `key`, if any).
 pub(crate) fn process<H: Host>(
     sh: &Arc<Shared<H>>,
     cx: H::Cx<'_>,
     e: &Arc<Entity<H>>,
     work: &mut Work<H>,
     command: &H::Command,
+    key: Option<&IdempotencyKey>,
 ) -> Step<H> {
     let host = &sh.host;
     let limit = sh.config.max_message_bytes;
     let state = work.state.as_ref().expect("a driven entity has its state");
+    if let Some(key) = key {
+        match work.keys.as_deref().map_or(Seen::New, |w| w.seen(key)) {
+            Seen::New => {}
+            Seen::Applied(revision) => {
+                // Applied before: answered, nothing written. When its write is still to come
+                // (it is in this batch), the answer waits for it like the original's.
+                let output = host.output(cx, state, revision);
+                return if revision > work.revision { Step::Batched(output) } else { Step::Done(Ok(output)) };
+            }
+            Seen::Reused => {
+                return Step::Done(Err(Fail::Engine(Error::IdempotencyKeyReused { id: e.id.clone(), key: key.key.clone() })));
+            }
+        }
+    }
     match e.kind {
         Kind::EventSourced => {
             let events = match host.handle_command(cx, &e.behavior, command, state) {
@@ -84,6 +106,11 @@ pub(crate) fn process<H: Host>(
                     ..Default::default()
                 });
             }
+            if let Some(key) = key {
+                tag_event(work.batch.events.last_mut().expect("an event"), key);
+                let revision = work.pending;
+                window(work, e).insert(key.key.clone(), key.command_hash, revision);
+            }
             Step::Batched(host.output(cx, work.state.as_ref().expect("state"), work.pending))
         }
         Kind::DurableState => {
@@ -104,12 +131,17 @@ pub(crate) fn process<H: Host>(
                 Err(f) => return Step::Done(Err(f)),
             };
             work.pending += 1;
+            if let Some(key) = key {
+                let revision = work.pending;
+                window(work, e).insert(key.key.clone(), key.command_hash, revision);
+            }
             work.batch.durable = Some(Box::new(DurableState {
                 persistence_id: e.id.to_string(),
                 version_number: work.pending,
                 resulting_state: Some(encoded),
                 timestamp: now_nanos(),
                 shard: e.shard,
+                idempotency_keys: work.keys.as_deref().map(KeyWindow::records).unwrap_or_default(),
                 ..Default::default()
             }));
             let output = host.output(cx, &next, work.pending);

@@ -31,11 +31,15 @@ pub(crate) fn maybe_snapshot<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Ar
             return;
         }
     };
+    // The keys applied up to the snapshot (keys of a batch still to be written are above it).
+    let idempotency_keys =
+        work.keys.as_deref().map(|w| w.records().into_iter().filter(|r| r.revision <= work.revision).collect()).unwrap_or_default();
     let snapshot = Snapshot {
         persistence_id: e.id.to_string(),
         sequence_number: work.revision,
         state: Some(state),
         timestamp: now_nanos(),
+        idempotency_keys,
         ..Default::default()
     };
     let then: Option<Box<dyn FnOnce() + Send>> = e.options.retention.clone().map(|policy| {

@@ -218,7 +218,7 @@ impl SnapshotStore for PgStore {
         self.read(move |inner, client| async move {
             let (a, b, c, d) = criteria_params(&criteria);
             let sql = format!(
-                "SELECT persistence_id, sequence_number, timestamp, type_url, payload, encryption_key_id, is_encrypted FROM {} \
+                "SELECT persistence_id, sequence_number, timestamp, type_url, payload, encryption_key_id, is_encrypted, idempotency FROM {} \
                  WHERE persistence_id = $1 AND sequence_number BETWEEN $2 AND $3 AND timestamp BETWEEN $4 AND $5 \
                  ORDER BY sequence_number DESC LIMIT 1",
                 inner.names.snapshots
@@ -248,7 +248,7 @@ impl StateStore for PgStore {
         let pid = persistence_id.to_string();
         self.read(move |inner, client| async move {
             let sql = format!(
-                "SELECT persistence_id, version, shard, timestamp, type_url, payload, encryption_key_id, is_encrypted FROM {} WHERE persistence_id = $1",
+                "SELECT persistence_id, version, shard, timestamp, type_url, payload, encryption_key_id, is_encrypted, idempotency FROM {} WHERE persistence_id = $1",
                 inner.names.states
             );
             let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;

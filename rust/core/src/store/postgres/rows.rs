@@ -5,7 +5,7 @@ use prost::Message;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use crate::envelope::{Any, DurableState, Event, Snapshot};
+use crate::envelope::{Any, DurableState, Event, IdempotencyRecord, Snapshot};
 use crate::store::SqlValue;
 
 /// An event row as an envelope.
@@ -42,7 +42,19 @@ pub(super) fn snapshot_of(row: &Row) -> Snapshot {
         timestamp: row.get("timestamp"),
         encryption_key_id: key.unwrap_or_default(),
         is_encrypted: row.get("is_encrypted"),
+        idempotency_keys: idempotency_of(row),
     }
+}
+
+/// The `idempotency` column: the records, encoded as the `idempotency_keys` field of an
+/// envelope (NULL when there are none).
+pub(super) fn idempotency_column(records: &[IdempotencyRecord]) -> Option<Vec<u8>> {
+    (!records.is_empty()).then(|| Snapshot { idempotency_keys: records.to_vec(), ..Default::default() }.encode_to_vec())
+}
+
+fn idempotency_of(row: &Row) -> Vec<IdempotencyRecord> {
+    let bytes: Option<Vec<u8>> = row.get("idempotency");
+    bytes.and_then(|b| Snapshot::decode(&*b).ok()).map(|s| s.idempotency_keys).unwrap_or_default()
 }
 
 /// A durable-state row as an envelope.
@@ -56,6 +68,7 @@ pub(super) fn state_of(row: &Row) -> DurableState {
         shard: row.get::<_, i32>("shard") as u32,
         encryption_key_id: key.unwrap_or_default(),
         is_encrypted: row.get("is_encrypted"),
+        idempotency_keys: idempotency_of(row),
     }
 }
 

@@ -7,7 +7,7 @@ use super::errors::{chain, db_error};
 use crate::error::{Error, Result};
 
 /// Schema version this code writes.
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 
 /// Checks that `name` is a plain SQL identifier.
 pub fn check_identifier(what: &str, name: &str, allow_empty: bool) -> Result<()> {
@@ -150,6 +150,19 @@ pub(super) async fn migrate(pool: &Pool, n: &Names) -> Result<()> {
              INSERT INTO {m} (version) VALUES (2);",
             keys = n.keys,
             erasures = n.erasures,
+            m = n.migrations,
+        ))
+        .await
+        .map_err(db_error)?;
+    }
+    if current < 3 {
+        // The windows of idempotency keys kept with snapshots and durable states.
+        tx.batch_execute(&format!(
+            "ALTER TABLE {snapshots} ADD COLUMN idempotency bytea;
+             ALTER TABLE {states} ADD COLUMN idempotency bytea;
+             INSERT INTO {m} (version) VALUES (3);",
+            snapshots = n.snapshots,
+            states = n.states,
             m = n.migrations,
         ))
         .await

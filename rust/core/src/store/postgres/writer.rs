@@ -22,7 +22,7 @@ use tokio_postgres::{Client, Statement, Transaction};
 
 use super::connection::{connect, to_i64, Inner, Op, Request};
 use super::errors::{chain, db_error, is_connection_error, is_retryable};
-use super::rows::EVENT_COLUMNS;
+use super::rows::{idempotency_column, EVENT_COLUMNS};
 use crate::envelope::{DurableState, Event, Snapshot};
 use crate::error::{Error, Result};
 use crate::store::check_batch;
@@ -422,21 +422,22 @@ async fn write_states(step: &mut Step<'_, '_>, state_chains: &mut BTreeMap<Strin
     let keys: Vec<Option<&str>> =
         finals.iter().map(|s| (!s.encryption_key_id.is_empty()).then_some(s.encryption_key_id.as_str())).collect();
     let encrypted: Vec<bool> = finals.iter().map(|s| s.is_encrypted).collect();
-    let columns = "unnest($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::int8[], $6::text[], $7::bytea[], $8::text[], $9::bool[]) \
-                   AS t(persistence_id, expected, version, shard, timestamp, type_url, payload, encryption_key_id, is_encrypted)";
+    let idempotency: Vec<Option<Vec<u8>>> = finals.iter().map(|s| idempotency_column(&s.idempotency_keys)).collect();
+    let columns = "unnest($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::int8[], $6::text[], $7::bytea[], $8::text[], $9::bool[], $10::bytea[]) \
+                   AS t(persistence_id, expected, version, shard, timestamp, type_url, payload, encryption_key_id, is_encrypted, idempotency)";
     let update = format!(
         "UPDATE {st} AS s SET version = t.version, shard = t.shard, timestamp = t.timestamp, type_url = t.type_url, payload = t.payload, \
-         encryption_key_id = t.encryption_key_id, is_encrypted = t.is_encrypted FROM {columns} \
+         encryption_key_id = t.encryption_key_id, is_encrypted = t.is_encrypted, idempotency = t.idempotency FROM {columns} \
          WHERE s.persistence_id = t.persistence_id AND s.version = t.expected RETURNING s.persistence_id",
         st = n.states
     );
     let insert = format!(
-        "INSERT INTO {st} (persistence_id, version, shard, timestamp, type_url, payload, encryption_key_id, is_encrypted) \
-         SELECT t.persistence_id, t.version, t.shard, t.timestamp, t.type_url, t.payload, t.encryption_key_id, t.is_encrypted \
+        "INSERT INTO {st} (persistence_id, version, shard, timestamp, type_url, payload, encryption_key_id, is_encrypted, idempotency) \
+         SELECT t.persistence_id, t.version, t.shard, t.timestamp, t.type_url, t.payload, t.encryption_key_id, t.is_encrypted, t.idempotency \
          FROM {columns} WHERE t.expected = 0 ON CONFLICT DO NOTHING RETURNING persistence_id",
         st = n.states
     );
-    let extra: [&(dyn ToSql + Sync); 7] = [&versions_col, &shards, &timestamps, &type_urls, &payloads, &keys, &encrypted];
+    let extra: [&(dyn ToSql + Sync); 8] = [&versions_col, &shards, &timestamps, &type_urls, &payloads, &keys, &encrypted, &idempotency];
     let lost = compare_and_set(
         step.tx,
         step.statements,
@@ -478,14 +479,16 @@ async fn write_snapshots(step: &mut Step<'_, '_>, results: &[Result<()>]) -> PgR
     let payloads: Vec<&[u8]> = rows.iter().map(|s| s.state.as_ref().map_or(&[][..], |a| &a.value[..])).collect();
     let keys: Vec<Option<&str>> = rows.iter().map(|s| (!s.encryption_key_id.is_empty()).then_some(s.encryption_key_id.as_str())).collect();
     let encrypted: Vec<bool> = rows.iter().map(|s| s.is_encrypted).collect();
+    let idempotency: Vec<Option<Vec<u8>>> = rows.iter().map(|s| idempotency_column(&s.idempotency_keys)).collect();
     let sql = format!(
-        "INSERT INTO {} (persistence_id, sequence_number, timestamp, type_url, payload, encryption_key_id, is_encrypted) \
-         SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::bytea[], $6::text[], $7::bool[]) \
+        "INSERT INTO {} (persistence_id, sequence_number, timestamp, type_url, payload, encryption_key_id, is_encrypted, idempotency) \
+         SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::bytea[], $6::text[], $7::bool[], $8::bytea[]) \
          ON CONFLICT (persistence_id, sequence_number) DO UPDATE SET timestamp = EXCLUDED.timestamp, type_url = EXCLUDED.type_url, \
-         payload = EXCLUDED.payload, encryption_key_id = EXCLUDED.encryption_key_id, is_encrypted = EXCLUDED.is_encrypted",
+         payload = EXCLUDED.payload, encryption_key_id = EXCLUDED.encryption_key_id, is_encrypted = EXCLUDED.is_encrypted, \
+         idempotency = EXCLUDED.idempotency",
         n.snapshots
     );
     let insert = prepared(step.tx, step.statements, &sql).await?;
-    step.tx.execute(&insert, &[&pids, &seqs, &timestamps, &type_urls, &payloads, &keys, &encrypted]).await?;
+    step.tx.execute(&insert, &[&pids, &seqs, &timestamps, &type_urls, &payloads, &keys, &encrypted, &idempotency]).await?;
     Ok(())
 }
