@@ -1,0 +1,79 @@
+"""Instructions per command of a workload, counted by valgrind's callgrind, for this checkout
+and optionally a baseline checkout: a comparison that holds on a loaded, noisy machine, where
+timings do not (the counts are the same whatever else runs).
+
+    python benches/instructions.py [--baseline ../ego-old] [--workload a|b] [--small 2000 --large 6000]
+
+Each build runs the workload twice, with `small` and `large` commands; the difference of the
+two totals divided by the difference of the sizes is the cost of one command, with start-up
+(imports, engine start) cancelled out. Workload "a": one account, commands one after another
+(the inline path); "b": 100 accounts, asyncio, concurrent. In-memory store. Needs valgrind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+PROGRAM = """
+import sys
+sys.path.insert(0, {benches!r})
+import ego_workloads as w
+n = {n}
+if {workload!r} == "b":
+    w.workload_b("memory", accounts=100, credits=n // 100)
+else:
+    w.workload_a("memory", commands=n)
+"""
+
+
+def instructions(checkout: Path, workload: str, n: int) -> int:
+    benches = checkout / "benches"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        run = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                str(checkout / ".venv" / "bin" / "python"),
+                "-c",
+                PROGRAM.format(benches=str(benches), n=n, workload=workload),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=3600,
+            cwd=benches,
+        )
+    found = re.search(r"Collected : (\d+)", run.stderr)
+    if run.returncode != 0 or not found:
+        raise RuntimeError(f"callgrind failed in {checkout}:\n{run.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def per_command(checkout: Path, workload: str, small: int, large: int) -> float:
+    return (instructions(checkout, workload, large) - instructions(checkout, workload, small)) / (large - small)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", type=Path, help="another checkout with its own .venv (make build there)")
+    parser.add_argument("--workload", choices=("a", "b"), default="a")
+    parser.add_argument("--small", type=int, default=2000)
+    parser.add_argument("--large", type=int, default=6000)
+    args = parser.parse_args()
+    candidate = per_command(HERE.parent, args.workload, args.small, args.large)
+    print(f"workload {args.workload}, in memory: {candidate:,.0f} instructions per command (this checkout)")
+    if args.baseline:
+        base = per_command(args.baseline.resolve(), args.workload, args.small, args.large)
+        print(f"  baseline: {base:,.0f} instructions per command")
+        print(f"  this / baseline: {candidate / base:.4f} (a throughput of about {base / candidate:.3f}x the baseline's)")
+
+
+if __name__ == "__main__":
+    main()
