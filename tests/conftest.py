@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,3 +70,23 @@ def pg_url() -> str:
             pytest.fail(f"PostgreSQL is required in CI and unreachable at {PG_URL}: {e}")
         pytest.skip(f"PostgreSQL unreachable at {PG_URL}: {e}")
     return PG_URL
+
+
+@pytest.fixture(params=["memory", "rocksdb", "postgres"])
+def reopenable(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Any]]:
+    """A factory that opens the same data again on each call, on each store kind (close the
+    previous store first; an in-memory store is the same object each time). PostgreSQL tables
+    get a fresh prefix and are dropped afterwards."""
+    if request.param == "memory":
+        shared = ego.MemoryStore()
+        yield lambda: shared
+        return
+    if request.param == "rocksdb":
+        yield lambda: ego.RocksDBStore(tmp_path / "db")
+        return
+    url = request.getfixturevalue("pg_url")
+    prefix = f"r{uuid.uuid4().hex[:8]}_"
+    yield lambda: ego.PostgresStore(url, table_prefix=prefix)
+    cleanup = ego.PostgresStore(url, table_prefix=prefix)
+    cleanup.drop_tables()
+    cleanup.close()

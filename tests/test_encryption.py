@@ -8,7 +8,7 @@ import asyncio
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,32 +52,6 @@ class Wallet(ego.DurableStateBehavior[Any, Account]):
 
 
 StoreFactory = Callable[[], ego.stores.NativeStore]
-
-
-@pytest.fixture(params=["memory", "rocksdb", "postgres"])
-def reopenable(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
-    """Opens the same data again on each call (the previous store must be closed first)."""
-    kind = request.param
-    if kind == "memory":
-        shared = ego.MemoryStore()
-        yield lambda: shared
-        return
-    if kind == "rocksdb":
-        yield lambda: ego.RocksDBStore(tmp_path / "db")
-        return
-    url = request.getfixturevalue("pg_url")
-    prefix = f"enc{uuid.uuid4().hex[:8]}_"
-    made: list[ego.PostgresStore] = []
-
-    def open_pg() -> ego.PostgresStore:
-        s = ego.PostgresStore(url, table_prefix=prefix)
-        made.append(s)
-        return s
-
-    yield open_pg
-    cleanup = ego.PostgresStore(url, table_prefix=prefix)
-    cleanup.drop_tables()
-    cleanup.close()
 
 
 def engine_on(store: Any, enc: ego.Encryption | None = None, **kw: Any) -> ego.Engine:

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,23 +24,6 @@ def wait_until(predicate: Callable[[], bool], message: str, timeout: float = 10.
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {message}"
         time.sleep(0.005)
-
-
-@pytest.fixture(params=["memory", "rocksdb", "postgres"])
-def reopenable(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
-    """Opens the same data again on each call (the previous store must be closed first)."""
-    if request.param == "memory":
-        shared = ego.MemoryStore()
-        yield lambda: shared
-    elif request.param == "rocksdb":
-        yield lambda: ego.RocksDBStore(tmp_path / "db")
-    else:
-        url = request.getfixturevalue("pg_url")
-        prefix = f"idem{uuid.uuid4().hex[:8]}_"
-        yield lambda: ego.PostgresStore(url, table_prefix=prefix)
-        cleanup = ego.PostgresStore(url, table_prefix=prefix)
-        cleanup.drop_tables()
-        cleanup.close()
 
 
 class Wallet(ego.DurableStateBehavior[Any, Account]):
