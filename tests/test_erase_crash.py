@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -78,17 +79,19 @@ def verify(db: Path, acked: dict[str, int], erased: set[str], erasing: set[str])
                     if not e.erased:
                         _ = e.event  # decodes: the key is there
 
-            engine.add_projection("all", count, start="beginning")
+            # A new name each time: offsets are kept, and the whole journal must be read.
+            name = f"all-{uuid.uuid4().hex[:8]}"
+            engine.add_projection(name, count, start="beginning")
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
-                lag = engine.projection_lag("all")
-                if all(s.events_behind == 0 for s in lag.values()) and engine.is_projection_running("all"):
+                lag = engine.projection_lag(name)
+                if all(s.events_behind == 0 for s in lag.values()) and engine.is_projection_running(name):
                     done.set()
                     break
                 time.sleep(0.02)
-            assert done.is_set(), engine.projection_status("all")
+            assert done.is_set(), engine.projection_status(name)
             assert seen["tombstones"] > 0 or not found_erased
-            engine.remove_projection("all")
+            engine.remove_projection(name)
     finally:
         store.close()
     return found_erased
