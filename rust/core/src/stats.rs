@@ -16,7 +16,7 @@ pub struct Stats {
     pub writes: AtomicU64,
     /// Failed store writes.
     pub write_failures: AtomicU64,
-    /// Snapshots submitted.
+    /// Snapshots written (counted once the store acknowledged them).
     pub snapshots: AtomicU64,
     /// Entities recovered (activations and reloads).
     pub recoveries: AtomicU64,

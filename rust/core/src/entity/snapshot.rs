@@ -1,6 +1,7 @@
 //! Snapshots: after a write that made the revision cross a multiple of the entity's
 //! `snapshot_interval` (a command with many events never skips one), the state is encoded and
-//! written in the background; the retention policy runs after it succeeded.
+//! written in the background; once the store has it, it is counted (`stats()["snapshots"]`)
+//! and the retention policy runs.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use crate::entity::retention;
 use crate::envelope::Snapshot;
 use crate::host::{Host, Kind};
 use crate::shared::Shared;
+use crate::stats::Stats;
 
 /// Whether a write from revision `before` to `after` crossed a snapshot boundary.
 pub(crate) fn snapshot_due<H: Host>(e: &Entity<H>, before: u64, after: u64) -> bool {
@@ -42,10 +44,16 @@ pub(crate) fn maybe_snapshot<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Ar
         idempotency_keys,
         ..Default::default()
     };
-    let then: Option<Box<dyn FnOnce() + Send>> = e.options.retention.clone().map(|policy| {
-        let (sh, id, shard, seq) = (sh.clone(), e.id.clone(), e.shard, work.revision);
-        Box::new(move || retention::retain(&sh, id, shard, seq, policy)) as Box<dyn FnOnce() + Send>
-    });
+    // Once the store has it: count it, then apply the retention policy.
+    let then: Box<dyn FnOnce() + Send> = {
+        let (sh, id, shard, seq, policy) = (sh.clone(), e.id.clone(), e.shard, work.revision, e.options.retention.clone());
+        Box::new(move || {
+            Stats::add(&sh.stats.snapshots, 1);
+            if let Some(policy) = policy {
+                retention::retain(&sh, id, shard, seq, policy);
+            }
+        })
+    };
     background::write(
         sh,
         format!("snapshot of {:?} at {}", e.id, work.revision),
@@ -53,6 +61,6 @@ pub(crate) fn maybe_snapshot<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Ar
             let store = store.clone();
             move || store.write_snapshot(snapshot.clone())
         },
-        then,
+        Some(then),
     );
 }
