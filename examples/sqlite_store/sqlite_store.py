@@ -6,7 +6,10 @@ protocol (ego.stores.StoreProtocol) that passes ego's conformance suite.
 
 One file holds events (with a per-shard position), snapshots, durable states and projection
 offsets. Writes run in `BEGIN IMMEDIATE` transactions, so they are serialized and positions
-become visible in commit order. Methods may be called from several threads.
+become visible in commit order. Methods may be called from several threads. SQLite integers
+are 64-bit signed: bounds are read through `ego.stores.clamp_bound` (a huge limit means all,
+a negative one is a ValidationError) and written numbers checked with `check_storable`, as
+every store of ego does.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import threading
 from collections.abc import Sequence
 
 from ego.errors import ConcurrencyError, MessageTooLargeError, ValidationError
-from ego.stores import SnapshotCriteria
+from ego.stores import MAX_STORED, SnapshotCriteria, check_shard, check_storable, clamp_bound
 from ego.v1 import DurableState, Event, Snapshot
 
 SCHEMA = """
@@ -34,13 +37,6 @@ CREATE TABLE IF NOT EXISTS states (persistence_id TEXT PRIMARY KEY, version INTE
 CREATE TABLE IF NOT EXISTS offsets (projection TEXT NOT NULL, shard INTEGER NOT NULL, position INTEGER NOT NULL,
     PRIMARY KEY (projection, shard));
 """
-
-I64_MAX = 2**63 - 1
-
-
-def _i64(v: int) -> int:
-    return min(v, I64_MAX)
-
 
 class SqliteStore:
     """Events, snapshots, durable state and offsets in one SQLite file."""
@@ -67,6 +63,7 @@ class SqliteStore:
         for i, e in enumerate(events):
             if e.persistence_id != pid or e.sequence_number != first + i:
                 raise ValidationError("write_events takes contiguous events of one persistence id")
+            check_storable(e.sequence_number, "sequence number")
             if len(e.event.value) > self.max_event_bytes:
                 raise MessageTooLargeError(
                     f"event of {len(e.event.value)} bytes exceeds the limit of {self.max_event_bytes} bytes"
@@ -103,12 +100,21 @@ class SqliteStore:
                 raise
 
     def replay_events(
-        self, persistence_id: str, from_sequence_number: int = 1, to_sequence_number: int = I64_MAX, max_count: int = I64_MAX
+        self,
+        persistence_id: str,
+        from_sequence_number: int = 1,
+        to_sequence_number: int = MAX_STORED,
+        max_count: int = MAX_STORED,
     ) -> list[Event]:
+        first = clamp_bound(from_sequence_number, "from_sequence_number", MAX_STORED + 1)
+        last = clamp_bound(to_sequence_number, "to_sequence_number")
+        limit = clamp_bound(max_count, "max_count")
+        if first > MAX_STORED:
+            return []
         with self._lock:
             rows = self._db.execute(
                 "SELECT envelope FROM events WHERE persistence_id = ? AND sequence_number BETWEEN ? AND ? ORDER BY sequence_number LIMIT ?",
-                (persistence_id, _i64(from_sequence_number), _i64(to_sequence_number), _i64(max_count)),
+                (persistence_id, first, last, limit),
             ).fetchall()
         return [Event.FromString(r[0]) for r in rows]
 
@@ -118,12 +124,14 @@ class SqliteStore:
         return row[0] if row else 0
 
     def delete_events(self, persistence_id: str, to_sequence_number: int) -> None:
+        last = clamp_bound(to_sequence_number, "to_sequence_number")
         with self._lock:
-            self._db.execute(
-                "DELETE FROM events WHERE persistence_id = ? AND sequence_number <= ?", (persistence_id, _i64(to_sequence_number))
-            )
+            self._db.execute("DELETE FROM events WHERE persistence_id = ? AND sequence_number <= ?", (persistence_id, last))
 
     def persistence_ids(self, page_size: int, after: str | None = None) -> tuple[list[str], str | None]:
+        page_size = clamp_bound(page_size, "page_size", MAX_STORED - 1)
+        if page_size == 0:
+            raise ValidationError("page_size must be at least 1")
         with self._lock:
             rows = self._db.execute(
                 "SELECT persistence_id FROM heads WHERE persistence_id > ? ORDER BY persistence_id LIMIT ?",
@@ -133,10 +141,10 @@ class SqliteStore:
         return ids, (ids[-1] if len(rows) > page_size else None)
 
     def shard_events(self, shard: int, after_position: int = 0, max_count: int = 1000) -> list[Event]:
+        params = (check_shard(shard), clamp_bound(after_position, "after_position"), clamp_bound(max_count, "max_count"))
         with self._lock:
             rows = self._db.execute(
-                "SELECT envelope FROM events WHERE shard = ? AND position > ? ORDER BY position LIMIT ?",
-                (shard, after_position, max_count),
+                "SELECT envelope FROM events WHERE shard = ? AND position > ? ORDER BY position LIMIT ?", params
             ).fetchall()
         return [Event.FromString(r[0]) for r in rows]
 
@@ -150,6 +158,7 @@ class SqliteStore:
     # -- snapshots ----------------------------------------------------------------------------
 
     def write_snapshot(self, snapshot: Snapshot) -> None:
+        check_storable(snapshot.sequence_number, "snapshot sequence number")
         with self._lock:
             self._db.execute(
                 "INSERT INTO snapshots VALUES (?, ?, ?, ?) ON CONFLICT (persistence_id, sequence_number) "
@@ -158,8 +167,12 @@ class SqliteStore:
             )
 
     def _select(self, criteria: SnapshotCriteria | None) -> tuple[int, int, int, int]:
+        # SnapshotCriteria keeps timestamps in int64 and sequence numbers in uint64: a lower
+        # bound above what is stored selects nothing.
         c = criteria or SnapshotCriteria()
-        return (_i64(c.min_sequence_number), _i64(c.max_sequence_number), c.min_timestamp, c.max_timestamp)
+        if c.min_sequence_number > MAX_STORED:
+            return (1, 0, 0, 0)
+        return (c.min_sequence_number, min(c.max_sequence_number, MAX_STORED), c.min_timestamp, c.max_timestamp)
 
     def latest_snapshot(self, persistence_id: str, criteria: SnapshotCriteria | None = None) -> Snapshot | None:
         with self._lock:
@@ -180,6 +193,8 @@ class SqliteStore:
     # -- durable state ------------------------------------------------------------------------
 
     def write_state(self, state: DurableState, expected_version: int) -> None:
+        check_storable(state.version_number, "durable state version")
+        expected_version = clamp_bound(expected_version, "expected_version", 2**64 - 1)
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
@@ -213,6 +228,9 @@ class SqliteStore:
     # -- offsets ------------------------------------------------------------------------------
 
     def write_offsets(self, projection: str, offsets: list[tuple[int, int]]) -> None:
+        for shard, position in offsets:
+            check_shard(shard)
+            check_storable(clamp_bound(position, "position", 2**64), "position")
         with self._lock:
             self._db.executemany(
                 "INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT (projection, shard) DO UPDATE SET position = excluded.position",

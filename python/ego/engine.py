@@ -24,6 +24,7 @@ from ego.publishers.protocol import EventPublisher
 from ego.publishers.runner import PublisherRunner
 from ego.stores import MemoryStore, Store
 from ego.telemetry import Telemetry
+from ego.timestamps import I64_MAX, I64_MIN, to_nanos
 
 __all__ = ["Engine", "EntityOptions", "ShardLag"]
 
@@ -47,11 +48,14 @@ class ShardLag:
     events_behind: int
     """Events written but not handled yet."""
     time_behind: float
-    """Seconds between the newest event and the last handled one (0 when caught up)."""
+    """Seconds between the newest event and the last handled one (0 when caught up), as a
+    float: approximate below the microsecond; ``time_behind_ns`` is exact."""
     offset: int
     """The last handled position."""
     head: int
     """The newest position."""
+    time_behind_ns: int = 0
+    """``time_behind`` exactly, in nanoseconds (an ``int``)."""
 
 
 class Engine(_ego.EngineCore):
@@ -438,7 +442,7 @@ class Engine(_ego.EngineCore):
     def projection_lag(self, name: str) -> dict[int, ShardLag]:
         """Events and time behind, per shard."""
         return {
-            shard: ShardLag(events_behind=behind, time_behind=nanos / 1e9, offset=offset, head=head)
+            shard: ShardLag(events_behind=behind, time_behind=nanos / 1e9, offset=offset, head=head, time_behind_ns=nanos)
             for shard, behind, nanos, offset, head in self._projection_lag(name)
         }
 
@@ -446,16 +450,34 @@ class Engine(_ego.EngineCore):
         """Counters of a projection: events, batches, dead_letters, store_retries."""
         return self._projection_stats(name)
 
-    def rebuild_projection(self, name: str, from_time: datetime.datetime | float | None = None) -> None:
-        """Hands the projection again exactly the events written after ``from_time`` (a
-        datetime, or Unix seconds; None: from the beginning). Its read model should be reset to
-        that point first."""
-        if from_time is None:
-            after = -(2**63)
-        elif isinstance(from_time, datetime.datetime):
-            after = int(from_time.timestamp() * 1e9)
+    def rebuild_projection(
+        self, name: str, from_time: datetime.datetime | float | None = None, *, from_timestamp_ns: int | None = None
+    ) -> None:
+        """Hands the projection again exactly the events written after a point in time (their
+        timestamp is later than it; None: from the beginning). Its read model should be reset
+        to that point first.
+
+        - ``from_time``: a :class:`datetime.datetime`, converted exactly (a naive one is local
+          time), or Unix seconds: an ``int`` is exact, a ``float`` is approximate (about a
+          quarter of a microsecond at today's dates; see :mod:`ego.timestamps`).
+        - ``from_timestamp_ns``: the point as Unix nanoseconds, exactly as events carry it
+          (``PersistedEvent.timestamp_ns``); give one or the other.
+
+        Raises :class:`~ego.errors.ValidationError` for an unknown projection, a value of
+        another type, or both arguments. Example::
+
+            engine.rebuild_projection("balances", datetime(2026, 11, 1, tzinfo=timezone.utc))
+        """
+        if from_time is not None and from_timestamp_ns is not None:
+            raise ValidationError("give from_time or from_timestamp_ns, not both")
+        if from_timestamp_ns is not None:
+            if not isinstance(from_timestamp_ns, int):
+                raise ValidationError(f"from_timestamp_ns must be an int, got {type(from_timestamp_ns).__name__}")
+            after = min(max(from_timestamp_ns, I64_MIN), I64_MAX)
+        elif from_time is None:
+            after = I64_MIN
         else:
-            after = int(float(from_time) * 1e9)
+            after = to_nanos(from_time)
         self._rebuild_projection(name, after)
 
     # -- publishers ------------------------------------------------------------------------

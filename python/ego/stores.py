@@ -15,40 +15,150 @@ A store object can serve as events store, snapshot store and state store at once
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Awaitable, Sequence
 from typing import Any, Literal, Protocol, TypeVar, Union, runtime_checkable
 
 from ego import _ego
+from ego.errors import ValidationError
+from ego.timestamps import unix_nanos
 from ego.v1.envelopes_pb2 import DurableState, Event, Snapshot
 
-__all__ = ["EncryptedStore", "MemoryStore", "NativeStore", "RocksDBStore", "SnapshotCriteria"]
+__all__ = [
+    "MAX_STORED",
+    "EncryptedStore",
+    "MemoryStore",
+    "NativeStore",
+    "RocksDBStore",
+    "SnapshotCriteria",
+    "check_shard",
+    "check_storable",
+    "clamp_bound",
+]
 
 U64_MAX = 2**64 - 1
 I64_MIN = -(2**63)
 I64_MAX = 2**63 - 1
+#: The largest sequence number, version or position a store keeps (PostgreSQL's ``bigint``).
+MAX_STORED = I64_MAX
+
+
+def clamp_bound(value: int, name: str, maximum: int = MAX_STORED) -> int:
+    """A count or bound given to a store (a limit, page size, sequence number or position),
+    checked and clamped the way every store reads it: not an ``int`` or negative is a
+    :class:`~ego.errors.ValidationError`; above ``maximum`` (by default the largest number a
+    store keeps) it is ``maximum``, which means "all". For stores written in Python over a
+    backend with 64-bit signed integers (SQL)::
+
+        rows = db.execute("... LIMIT ?", (clamp_bound(max_count, "max_count"),))
+    """
+    if not isinstance(value, int):
+        raise ValidationError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValidationError(f"{name} must not be negative, got {value}")
+    return min(value, maximum)
+
+
+def check_storable(value: int, what: str) -> int:
+    """A sequence number, version or position about to be written: above
+    :data:`MAX_STORED` (2**63 - 1) it is a :class:`~ego.errors.ValidationError` on every store
+    (none would read it back the same). Returns ``value``.
+
+        check_storable(snapshot.sequence_number, "snapshot sequence number")
+    """
+    if value > MAX_STORED:
+        raise ValidationError(f"a {what} is at most 2**63 - 1, got {value}")
+    return value
+
+
+def check_shard(shard: int) -> int:
+    """A shard number given to a store: an ``int`` from 0 to ``2**32 - 1``, otherwise a
+    :class:`~ego.errors.ValidationError` (a shard is a name, not a bound: nothing is
+    clamped). Returns ``shard``.
+
+        rows = db.execute("... WHERE shard = ?", (check_shard(shard),))
+    """
+    if not isinstance(shard, int):
+        raise ValidationError(f"shard must be an int, got {type(shard).__name__}")
+    if not 0 <= shard < 2**32:
+        raise ValidationError(f"shard must be from 0 to 2**32 - 1, got {shard}")
+    return shard
 
 
 class SnapshotCriteria:
-    """Which snapshots an operation selects (all bounds inclusive)."""
+    """Which snapshots an operation selects (all bounds inclusive).
 
-    __slots__ = ("max_sequence_number", "max_timestamp", "min_sequence_number", "min_timestamp")
+    Sequence numbers are non-negative ``int`` (negative: :class:`~ego.errors.ValidationError`;
+    beyond ``2**64 - 1``: no limit). Timestamps are Unix nanoseconds, as an ``int`` or a
+    :class:`datetime.datetime` (converted exactly, see :mod:`ego.timestamps`); a float is
+    refused. Bounds outside what stores keep are normalised so that every store gives the same
+    answer: a lower bound above every storable value selects nothing.
+
+        SnapshotCriteria(max_sequence_number=100, min_timestamp=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    """
+
+    __slots__ = ("_max_sequence_number", "_max_timestamp", "_min_sequence_number", "_min_timestamp")
 
     def __init__(
         self,
         *,
         min_sequence_number: int = 0,
         max_sequence_number: int = U64_MAX,
-        min_timestamp: int = I64_MIN,
-        max_timestamp: int = I64_MAX,
+        min_timestamp: int | datetime.datetime = I64_MIN,
+        max_timestamp: int | datetime.datetime = I64_MAX,
     ) -> None:
-        self.min_sequence_number = min_sequence_number
-        self.max_sequence_number = max_sequence_number
-        self.min_timestamp = min_timestamp
-        self.max_timestamp = max_timestamp
+        min_seq = _sequence_bound(min_sequence_number, "min_sequence_number")
+        max_seq = _sequence_bound(max_sequence_number, "max_sequence_number")
+        min_ts = _timestamp_bound(min_timestamp, "min_timestamp")
+        max_ts = _timestamp_bound(max_timestamp, "max_timestamp")
+        if min_seq > U64_MAX or min_ts > I64_MAX or max_ts < I64_MIN:
+            min_seq, max_seq, min_ts, max_ts = U64_MAX, 0, I64_MAX, I64_MIN  # selects nothing
+        self._min_sequence_number = min_seq
+        self._max_sequence_number = min(max_seq, U64_MAX)
+        self._min_timestamp = max(min_ts, I64_MIN)
+        self._max_timestamp = min(max_ts, I64_MAX)
+
+    @property
+    def min_sequence_number(self) -> int:
+        return self._min_sequence_number
+
+    @property
+    def max_sequence_number(self) -> int:
+        return self._max_sequence_number
+
+    @property
+    def min_timestamp(self) -> int:
+        return self._min_timestamp
+
+    @property
+    def max_timestamp(self) -> int:
+        return self._max_timestamp
+
+    def __repr__(self) -> str:
+        return (
+            f"SnapshotCriteria(min_sequence_number={self._min_sequence_number}, max_sequence_number={self._max_sequence_number}, "
+            f"min_timestamp={self._min_timestamp}, max_timestamp={self._max_timestamp})"
+        )
 
     def _args(self) -> tuple[int, int, int, int]:
-        return (self.min_sequence_number, self.max_sequence_number, self.min_timestamp, self.max_timestamp)
+        return (self._min_sequence_number, self._max_sequence_number, self._min_timestamp, self._max_timestamp)
+
+
+def _sequence_bound(value: int, name: str) -> int:
+    if not isinstance(value, int):
+        raise ValidationError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValidationError(f"{name} must not be negative, got {value}")
+    return value
+
+
+def _timestamp_bound(value: int | datetime.datetime, name: str) -> int:
+    if isinstance(value, datetime.datetime):
+        return unix_nanos(value)
+    if not isinstance(value, int):
+        raise ValidationError(f"{name} is Unix nanoseconds (an int) or a datetime, got {type(value).__name__}")
+    return value
 
 
 T = TypeVar("T")
@@ -66,6 +176,12 @@ class EventsStoreProtocol(Protocol):
       event a position in its shard, increasing in commit order.
     - "Not found" is a value (``[]``, ``0``), never an exception.
     - Deleting events never lowers the highest sequence number.
+    - Bounds (limits, page sizes, sequence numbers, positions): negative is a
+      :class:`~ego.errors.ValidationError`, beyond what is stored means "no limit"
+      (:func:`clamp_bound`); a page size of 0 is a ``ValidationError``. A sequence number
+      written above :data:`MAX_STORED` is a ``ValidationError`` (:func:`check_storable`), a
+      shard outside 0 .. 2**32 - 1 too (:func:`check_shard`). The engine itself passes
+      ``2**64 - 1`` for "no limit".
 
     Raise :mod:`ego.errors` exceptions for failures that have a meaning (a
     ``ConcurrencyError``, a ``MessageTooLargeError``); any other exception becomes a

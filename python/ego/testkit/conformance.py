@@ -28,13 +28,19 @@ from typing import Any
 
 import pytest
 
-from ego.errors import ConcurrencyError, MessageTooLargeError
+from ego.errors import ConcurrencyError, MessageTooLargeError, ValidationError
 from ego.stores import SnapshotCriteria
 from ego.v1 import DurableState, Event, Snapshot
 
 __all__ = ["EventsStoreConformance", "OffsetStoreConformance", "SnapshotStoreConformance", "StateStoreConformance", "make_event"]
 
 TYPE_URL = "type.googleapis.com/egotest.Note"
+
+#: Bounds beyond anything stored: each means "no limit" (or, as a lower bound, "nothing").
+HUGE = (2**63 - 1, 2**63, 2**64 - 1)
+#: Every call that takes a bound is held to the same answer at 0, 1, the huge values and
+#: negative values (a ``ValidationError``) on every store.
+U64_MAX = 2**64 - 1
 
 
 def make_event(pid: str, seq: int, *, payload: bytes | None = None, timestamp: int | None = None, shard: int = 0) -> Event:
@@ -315,6 +321,83 @@ class EventsStoreConformance(_Base):
         assert after == before
         assert reopened.highest_sequence_number(written) == 5
 
+    # -- bounds at the extremes: the same answer on every store -------------------------------
+
+    @pytest.mark.parametrize(
+        ("which", "value", "expected"),
+        [
+            ("from", 0, [1, 2, 3, 4, 5]),
+            ("from", 1, [1, 2, 3, 4, 5]),
+            *(("from", v, []) for v in HUGE),
+            ("to", 0, []),
+            ("to", 1, [1]),
+            *(("to", v, [1, 2, 3, 4, 5]) for v in HUGE),
+            ("max", 0, []),
+            ("max", 1, [1]),
+            *(("max", v, [1, 2, 3, 4, 5]) for v in HUGE),
+        ],
+    )
+    def test_25_replay_bounds_at_the_extremes(self, store: Any, written: str, which: str, value: int, expected: list[int]) -> None:
+        bounds = {"from": 1, "to": U64_MAX, "max": U64_MAX, which: value}
+        assert _seqs(store.replay_events(written, bounds["from"], bounds["to"], bounds["max"])) == expected
+
+    @pytest.mark.parametrize(("value", "expected"), [(0, [1, 2, 3, 4, 5]), (1, [2, 3, 4, 5]), *((v, []) for v in HUGE)])
+    def test_26_delete_to_at_the_extremes(self, store: Any, written: str, value: int, expected: list[int]) -> None:
+        store.delete_events(written, value)
+        assert _seqs(store.replay_events(written, 1, U64_MAX, U64_MAX)) == expected
+        assert store.highest_sequence_number(written) == 5
+
+    def test_27_negative_bounds_are_validation_errors(self, store: Any, written: str) -> None:
+        for args in ((-1, 5, 10), (1, -1, 10), (1, 5, -1)):
+            with pytest.raises(ValidationError):
+                store.replay_events(written, *args)
+        with pytest.raises(ValidationError):
+            store.delete_events(written, -1)
+        with pytest.raises(ValidationError):
+            store.persistence_ids(-1, None)
+        for args in ((-1, 0, 10), (0, -1, 10), (0, 0, -1)):
+            with pytest.raises(ValidationError):
+                store.shard_events(*args)
+        assert _seqs(store.replay_events(written, 1, U64_MAX, U64_MAX)) == [1, 2, 3, 4, 5]
+
+    def test_28_persistence_ids_page_size_at_the_extremes(self, store: Any) -> None:
+        prefix = f"bound-{uuid.uuid4().hex[:12]}"
+        ids = [f"{prefix}-a", f"{prefix}-b"]
+        for i in ids:
+            store.write_events([make_event(i, 1)])
+        with pytest.raises(ValidationError):
+            store.persistence_ids(0, prefix)  # a page of 0 could never move its cursor
+        assert store.persistence_ids(1, prefix) == ([ids[0]], ids[0])
+        assert store.persistence_ids(1, ids[0])[0] == [ids[1]]
+        for page_size in HUGE:
+            page, cursor = store.persistence_ids(page_size, prefix)
+            assert [i for i in page if i.startswith(prefix)] == ids
+            assert cursor is None
+
+    def test_29_shard_events_bounds_at_the_extremes(self, store: Any) -> None:
+        shard = self._shard()
+        pid = f"bounds-{uuid.uuid4().hex[:8]}"
+        store.write_events([make_event(pid, s, shard=shard) for s in (1, 2, 3)])
+        everything = store.shard_events(shard, 0, U64_MAX)
+        assert _seqs(everything) == [1, 2, 3]
+        first = everything[0].position
+        assert _seqs(store.shard_events(shard, first, U64_MAX)) == [2, 3]
+        assert _seqs(store.shard_events(shard, 0, 0)) == []
+        assert _seqs(store.shard_events(shard, 0, 1)) == [1]
+        for value in HUGE:
+            assert store.shard_events(shard, value, U64_MAX) == []
+            assert _seqs(store.shard_events(shard, 0, value)) == [1, 2, 3]
+        for bad in (-1, 2**32, 2**64):
+            with pytest.raises(ValidationError):
+                store.shard_events(bad, 0, 10)
+
+    def test_30_numbers_beyond_what_stores_keep_are_refused(self, store: Any, pid: str) -> None:
+        with pytest.raises(ValidationError):
+            store.write_events([make_event(pid, 2**63)])
+        assert store.highest_sequence_number(pid) == 0
+        assert store.replay_events(pid, 0, U64_MAX, U64_MAX) == []
+
+
 
 def _snapshot(pid: str, seq: int, timestamp: int, state: bytes | None = None) -> Snapshot:
     s = Snapshot(persistence_id=pid, sequence_number=seq, timestamp=timestamp)
@@ -386,6 +469,56 @@ class SnapshotStoreConformance(_Base):
         store.write_snapshot(s)
         assert store.latest_snapshot(pid) == s
 
+    # -- bounds at the extremes: the same answer on every store -------------------------------
+
+    @pytest.mark.parametrize(
+        ("field", "value", "expected"),
+        [
+            ("max_sequence_number", 0, None),
+            ("max_sequence_number", 1, None),
+            *(("max_sequence_number", v, 4) for v in (*HUGE, 2**70)),
+            ("min_sequence_number", 0, 4),
+            ("min_sequence_number", 1, 4),
+            *(("min_sequence_number", v, None) for v in (*HUGE, 2**70)),
+            ("max_timestamp", 0, None),
+            ("max_timestamp", 1, None),
+            ("max_timestamp", -(2**63) - 1, None),
+            ("max_timestamp", -(2**64), None),
+            *(("max_timestamp", v, 4) for v in HUGE),
+            ("min_timestamp", -(2**64), 4),
+            ("min_timestamp", 0, 4),
+            *(("min_timestamp", v, None) for v in HUGE),
+        ],
+    )
+    def test_12_criteria_at_the_extremes(
+        self, store: Any, snaps: tuple[str, list[Snapshot]], field: str, value: int, expected: int | None
+    ) -> None:
+        pid, made = snaps
+        found = store.latest_snapshot(pid, SnapshotCriteria(**{field: value}))
+        assert found == (None if expected is None else made[expected])
+
+    def test_13_negative_sequence_bounds_and_float_timestamps_are_refused(self) -> None:
+        for kwargs in ({"min_sequence_number": -1}, {"max_sequence_number": -1}, {"max_timestamp": 1.5}):
+            with pytest.raises(ValidationError):
+                SnapshotCriteria(**kwargs)  # type: ignore[arg-type]
+
+    def test_14_delete_at_the_extremes(self, store: Any, snaps: tuple[str, list[Snapshot]]) -> None:
+        pid, made = snaps
+        for value in HUGE:
+            store.delete_snapshots(pid, SnapshotCriteria(min_sequence_number=value))
+        assert store.latest_snapshot(pid) == made[4]
+        store.delete_snapshots(pid, SnapshotCriteria(max_sequence_number=U64_MAX, max_timestamp=2**64))
+        assert store.latest_snapshot(pid) is None
+
+    def test_15_sequence_numbers_beyond_what_stores_keep_are_refused(self, store: Any, pid: str) -> None:
+        with pytest.raises(ValidationError):
+            store.write_snapshot(_snapshot(pid, 2**63, 1))
+        assert store.latest_snapshot(pid) is None
+        top = _snapshot(pid, 2**63 - 1, 2**63 - 1)
+        store.write_snapshot(top)
+        assert store.latest_snapshot(pid) == top
+
+
 
 def _state(pid: str, version: int, value: bytes) -> DurableState:
     s = DurableState(persistence_id=pid, version_number=version, timestamp=time.time_ns(), shard=2)
@@ -442,6 +575,31 @@ class StateStoreConformance(_Base):
         store.delete_state(pid)
         assert store.read_state(pid) is None
 
+    # -- bounds at the extremes: the same answer on every store -------------------------------
+
+    def test_06_expected_version_at_the_extremes(self, store: Any, pid: str) -> None:
+        for expected in HUGE:
+            with pytest.raises(ConcurrencyError):
+                store.write_state(_state(pid, 1, b"one"), expected)
+        assert store.read_state(pid) is None
+        with pytest.raises(ValidationError):
+            store.write_state(_state(pid, 1, b"one"), -1)
+        store.write_state(_state(pid, 1, b"one"), 0)
+        for expected in (0, *HUGE):
+            with pytest.raises(ConcurrencyError):
+                store.write_state(_state(pid, 2, b"two"), expected)
+        found = store.read_state(pid)
+        assert found is not None and (found.version_number, found.resulting_state.value) == (1, b"one")
+
+    def test_07_versions_beyond_what_stores_keep_are_refused(self, store: Any, pid: str) -> None:
+        with pytest.raises(ValidationError):
+            store.write_state(_state(pid, 2**63, b"too far"), 0)
+        assert store.read_state(pid) is None
+        top = _state(pid, 2**63 - 1, b"top")
+        store.write_state(top, 0)
+        assert store.read_state(pid) == top
+
+
 
 class OffsetStoreConformance(_Base):
     """Cases for the offset store (projection positions)."""
@@ -473,3 +631,11 @@ class OffsetStoreConformance(_Base):
         assert store.read_offsets(projection) == [(0, 1)]
         store.reset_offsets(projection)
         assert store.read_offsets(projection + "x") == [(0, 2)]
+
+    def test_04_positions_at_the_extremes(self, store: Any, projection: str) -> None:
+        store.write_offsets(projection, [(0, 0), (1, 1), (2, 2**63 - 1), (2**32 - 1, 7)])
+        assert store.read_offsets(projection) == [(0, 0), (1, 1), (2, 2**63 - 1), (2**32 - 1, 7)]
+        for bad in ((0, 2**63), (0, 2**64 - 1), (0, -1), (-1, 5), (2**32, 5)):
+            with pytest.raises(ValidationError):
+                store.write_offsets(projection + "-bad", [bad])
+        assert store.read_offsets(projection + "-bad") == []

@@ -3,11 +3,13 @@
 //! - [`host`]: runs Python behaviours for the core (the `Host` implementation).
 //! - [`reply`]: where outcomes go (blocked threads, asyncio futures resolved in bulk).
 //! - [`engine`], [`store`], [`options`]: the classes Python sees.
+//! - [`bounds`]: integers from Python that become store bounds, read alike for every store.
 //! - [`errors`]: the one mapping from core errors to `ego.errors` exceptions.
 //! - [`wait`]: the one way a Python thread blocks (GIL released, Ctrl-C answered).
 //! - [`types`]: protobuf message type caches.
 //! - [`telemetry`], [`logs`]: OpenTelemetry spans and counters; the engine's logger.
 
+mod bounds;
 mod engine;
 mod errors;
 mod host;

@@ -8,6 +8,7 @@ use ego_core::envelope::{Any, DurableState, Event};
 use ego_core::error::Error;
 use prost::Message;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyTuple};
 
 use crate::errors::to_pyerr;
@@ -69,6 +70,16 @@ fn adapter_error(py: Python<'_>, pid: &str, seq: u64, e: PyErr) -> Error {
     Error::Recovery { id: pid.into(), detail: format!("event {seq}: {}", e.value(py)).into() }
 }
 
+/// The UTC `datetime` of Unix nanoseconds (exact integer arithmetic, floored to the
+/// microsecond), by `ego.timestamps.from_unix_nanos`.
+fn datetime_of<'py>(py: Python<'py>, nanos: i64) -> PyResult<Bound<'py, PyAny>> {
+    static CONVERT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    CONVERT
+        .get_or_try_init(py, || py.import("ego.timestamps")?.getattr("from_unix_nanos").map(Bound::unbind))?
+        .bind(py)
+        .call1((nanos,))
+}
+
 /// An event as the journal has it.
 #[pyclass(module = "ego._ego", frozen, name = "PersistedEvent")]
 pub struct PersistedEvent {
@@ -98,10 +109,21 @@ impl PersistedEvent {
     fn position(&self) -> u64 {
         self.event.position
     }
-    /// Unix time in nanoseconds when the command that produced it was processed.
+    /// Unix time in nanoseconds when the command that produced it was processed (exact; the
+    /// same as `timestamp_ns`).
     #[getter]
     fn timestamp(&self) -> i64 {
         self.event.timestamp
+    }
+    /// Unix time in nanoseconds when the command that produced it was processed (exact).
+    #[getter]
+    fn timestamp_ns(&self) -> i64 {
+        self.event.timestamp
+    }
+    /// `timestamp_ns` as a UTC `datetime`, floored to the microsecond.
+    #[getter]
+    fn datetime<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        datetime_of(py, self.event.timestamp)
     }
     /// `type.googleapis.com/<message name>` as stored.
     #[getter]
@@ -188,9 +210,20 @@ impl PersistedState {
     fn version(&self) -> u64 {
         self.state.version_number
     }
+    /// Unix time in nanoseconds when the state was written (exact; the same as `timestamp_ns`).
     #[getter]
     fn timestamp(&self) -> i64 {
         self.state.timestamp
+    }
+    /// Unix time in nanoseconds when the state was written (exact).
+    #[getter]
+    fn timestamp_ns(&self) -> i64 {
+        self.state.timestamp
+    }
+    /// `timestamp_ns` as a UTC `datetime`, floored to the microsecond.
+    #[getter]
+    fn datetime<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        datetime_of(py, self.state.timestamp)
     }
     #[getter]
     fn type_url(&self) -> &str {

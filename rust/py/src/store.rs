@@ -17,6 +17,7 @@ use prost::Message;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use crate::bounds;
 use crate::errors::{configuration, validation, IntoPy};
 
 /// A runtime for store calls made directly from Python (outside any engine).
@@ -98,8 +99,13 @@ fn decode<M: Message + Default>(py: Python<'_>, what: &str, bytes: &[u8]) -> PyR
     M::decode(bytes).map_err(|e| Error::invalid(format!("not an encoded {what}: {e}"))).py(py)
 }
 
-fn criteria(min_seq: u64, max_seq: u64, min_ts: i64, max_ts: i64) -> SnapshotCriteria {
-    SnapshotCriteria { min_sequence_number: min_seq, max_sequence_number: max_seq, min_timestamp: min_ts, max_timestamp: max_ts }
+fn criteria(min_seq: &Bound<'_, PyAny>, max_seq: &Bound<'_, PyAny>, min_ts: &Bound<'_, PyAny>, max_ts: &Bound<'_, PyAny>) -> PyResult<SnapshotCriteria> {
+    Ok(SnapshotCriteria {
+        min_sequence_number: bounds::bound(min_seq, "min_sequence_number")?,
+        max_sequence_number: bounds::bound(max_seq, "max_sequence_number")?,
+        min_timestamp: bounds::timestamp(min_ts, "min_timestamp")?,
+        max_timestamp: bounds::timestamp(max_ts, "max_timestamp")?,
+    })
 }
 
 #[pymethods]
@@ -223,13 +229,14 @@ impl NativeStore {
     }
 
     /// `(key, value)` pairs of the read model whose key starts with `prefix`, in key order.
-    #[pyo3(signature = (prefix, limit=10_000))]
+    #[pyo3(signature = (prefix, limit=None))]
     fn read_model_scan<'py>(
         &self,
         py: Python<'py>,
         prefix: &[u8],
-        limit: usize,
+        limit: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>> {
+        let limit = limit.map_or(Ok(10_000), |l| bounds::count(l, "limit"))?;
         let rows = match &self.backend {
             Backend::Memory(s) => s.read_model_scan(prefix, limit),
             Backend::Rocks(s) => s.read_model_scan(prefix, limit).py(py)?,
@@ -239,7 +246,9 @@ impl NativeStore {
     }
 
     /// Saves positions of a projection: `[(shard, position), ...]`.
-    fn write_offsets(&self, py: Python<'_>, projection: &str, offsets: Vec<(u32, u64)>) -> PyResult<()> {
+    fn write_offsets(&self, py: Python<'_>, projection: &str, offsets: Vec<(Bound<'_, PyAny>, Bound<'_, PyAny>)>) -> PyResult<()> {
+        let offsets =
+            offsets.iter().map(|(s, p)| Ok((bounds::shard(s)?, bounds::bound(p, "position")?))).collect::<PyResult<Vec<_>>>()?;
         wait(py, self.offsets().write_offsets(projection, offsets))
     }
 
@@ -262,10 +271,13 @@ impl NativeStore {
         &self,
         py: Python<'py>,
         persistence_id: &str,
-        from_sequence_number: u64,
-        to_sequence_number: u64,
-        max_count: u64,
+        from_sequence_number: &Bound<'py, PyAny>,
+        to_sequence_number: &Bound<'py, PyAny>,
+        max_count: &Bound<'py, PyAny>,
     ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let from_sequence_number = bounds::bound(from_sequence_number, "from_sequence_number")?;
+        let to_sequence_number = bounds::bound(to_sequence_number, "to_sequence_number")?;
+        let max_count = bounds::bound(max_count, "max_count")?;
         let events = wait(py, self.events().replay_events(persistence_id, from_sequence_number, to_sequence_number, max_count))?;
         Ok(events.iter().map(|e| PyBytes::new(py, &e.encode_to_vec())).collect())
     }
@@ -276,18 +288,33 @@ impl NativeStore {
     }
 
     /// Deletes the events of the id up to `to_sequence_number` (inclusive).
-    fn delete_events(&self, py: Python<'_>, persistence_id: &str, to_sequence_number: u64) -> PyResult<()> {
+    fn delete_events(&self, py: Python<'_>, persistence_id: &str, to_sequence_number: &Bound<'_, PyAny>) -> PyResult<()> {
+        let to_sequence_number = bounds::bound(to_sequence_number, "to_sequence_number")?;
         wait(py, self.events().delete_events(persistence_id, to_sequence_number))
     }
 
     /// One page of persistence ids after `after`: `(ids, next cursor or None)`.
     #[pyo3(signature = (page_size, after=None))]
-    fn persistence_ids(&self, py: Python<'_>, page_size: usize, after: Option<String>) -> PyResult<(Vec<String>, Option<String>)> {
+    fn persistence_ids(
+        &self,
+        py: Python<'_>,
+        page_size: &Bound<'_, PyAny>,
+        after: Option<String>,
+    ) -> PyResult<(Vec<String>, Option<String>)> {
+        let page_size = bounds::count(page_size, "page_size")?;
         let page = wait(py, self.events().persistence_ids(page_size, after))?;
         Ok((page.ids, page.next))
     }
 
-    fn _shard_events<'py>(&self, py: Python<'py>, shard: u32, after_position: u64, max_count: usize) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    fn _shard_events<'py>(
+        &self,
+        py: Python<'py>,
+        shard: &Bound<'py, PyAny>,
+        after_position: &Bound<'py, PyAny>,
+        max_count: &Bound<'py, PyAny>,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let (shard, after_position) = (bounds::shard(shard)?, bounds::bound(after_position, "after_position")?);
+        let max_count = bounds::count(max_count, "max_count")?;
         let events = wait(py, self.events().shard_events(shard, after_position, max_count))?;
         Ok(events.iter().map(|e| PyBytes::new(py, &e.encode_to_vec())).collect())
     }
@@ -307,12 +334,13 @@ impl NativeStore {
         &self,
         py: Python<'py>,
         persistence_id: &str,
-        min_seq: u64,
-        max_seq: u64,
-        min_ts: i64,
-        max_ts: i64,
+        min_seq: &Bound<'py, PyAny>,
+        max_seq: &Bound<'py, PyAny>,
+        min_ts: &Bound<'py, PyAny>,
+        max_ts: &Bound<'py, PyAny>,
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        let found = wait(py, self.snapshots().latest_snapshot(persistence_id, criteria(min_seq, max_seq, min_ts, max_ts)))?;
+        let criteria = criteria(min_seq, max_seq, min_ts, max_ts)?;
+        let found = wait(py, self.snapshots().latest_snapshot(persistence_id, criteria))?;
         Ok(found.map(|s| PyBytes::new(py, &s.encode_to_vec())))
     }
 
@@ -320,15 +348,17 @@ impl NativeStore {
         &self,
         py: Python<'_>,
         persistence_id: &str,
-        min_seq: u64,
-        max_seq: u64,
-        min_ts: i64,
-        max_ts: i64,
+        min_seq: &Bound<'_, PyAny>,
+        max_seq: &Bound<'_, PyAny>,
+        min_ts: &Bound<'_, PyAny>,
+        max_ts: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        wait(py, self.snapshots().delete_snapshots(persistence_id, criteria(min_seq, max_seq, min_ts, max_ts)))
+        let criteria = criteria(min_seq, max_seq, min_ts, max_ts)?;
+        wait(py, self.snapshots().delete_snapshots(persistence_id, criteria))
     }
 
-    fn _write_state(&self, py: Python<'_>, state: Vec<u8>, expected_version: u64) -> PyResult<()> {
+    fn _write_state(&self, py: Python<'_>, state: Vec<u8>, expected_version: &Bound<'_, PyAny>) -> PyResult<()> {
+        let expected_version = bounds::bound(expected_version, "expected_version")?;
         let state = decode::<DurableState>(py, "DurableState", &state)?;
         wait(py, self.states().write_state(state, expected_version))
     }

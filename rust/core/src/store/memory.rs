@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{check_batch, EventsStore, IdPage, KeySlot, KeyVault, OffsetStore, ShardHead, SnapshotCriteria, SnapshotStore, StateStore};
+use super::{
+    check_batch, check_offsets, check_page_size, check_snapshot, check_state, EventsStore, IdPage, KeySlot, KeyVault, OffsetStore,
+    ShardHead, SnapshotCriteria, SnapshotStore, StateStore,
+};
 use crate::envelope::{DataKey, DurableState, Event, Snapshot};
 use crate::error::{Error, Result};
 use crate::future::ready;
@@ -202,6 +205,9 @@ impl EventsStore for MemoryStore {
     }
 
     fn persistence_ids(&self, page_size: usize, after: Option<String>) -> BoxFuture<'static, Result<IdPage>> {
+        if let Err(e) = check_page_size(page_size) {
+            return ready(Err(e));
+        }
         let data = self.inner.lock();
         let mut ids: Vec<&Arc<str>> = data.journals.keys().filter(|id| after.as_ref().is_none_or(|a| &***id > a.as_str())).collect();
         ids.sort_unstable();
@@ -237,7 +243,7 @@ impl EventsStore for MemoryStore {
 
 impl SnapshotStore for MemoryStore {
     fn write_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'static, Result<()>> {
-        if let Err(e) = crate::ids::validate_id(&snapshot.persistence_id) {
+        if let Err(e) = crate::ids::validate_id(&snapshot.persistence_id).and_then(|()| check_snapshot(&snapshot)) {
             return ready(Err(e));
         }
         let mut data = self.inner.lock();
@@ -265,7 +271,7 @@ impl SnapshotStore for MemoryStore {
 
 impl StateStore for MemoryStore {
     fn write_state(&self, state: DurableState, expected_version: u64) -> BoxFuture<'static, Result<()>> {
-        if let Err(e) = crate::ids::validate_id(&state.persistence_id) {
+        if let Err(e) = crate::ids::validate_id(&state.persistence_id).and_then(|()| check_state(&state)) {
             return ready(Err(e));
         }
         let mut data = self.inner.lock();
@@ -289,6 +295,9 @@ impl StateStore for MemoryStore {
 
 impl OffsetStore for MemoryStore {
     fn write_offsets(&self, projection: &str, offsets: Vec<(u32, u64)>) -> BoxFuture<'static, Result<()>> {
+        if let Err(e) = check_offsets(&offsets) {
+            return ready(Err(e));
+        }
         self.inner.lock().offsets.entry(projection.to_string()).or_default().extend(offsets);
         ready(Ok(()))
     }
@@ -310,6 +319,9 @@ impl OffsetStore for MemoryStore {
         writes: Vec<crate::store::ReadModelWrite>,
     ) -> BoxFuture<'static, Result<()>> {
         use crate::store::ReadModelWrite;
+        if let Err(e) = check_offsets(&offsets) {
+            return ready(Err(e));
+        }
         if writes.iter().any(|w| matches!(w, ReadModelWrite::Sql { .. })) {
             return ready(Err(Error::Configuration("an in-memory offset store commits key-value writes (Put, Delete), not SQL".into())));
         }

@@ -9,6 +9,9 @@
 //! - Each event gets a store-assigned position in its shard, strictly increasing in commit
 //!   order; `shard_events` reads after a position and never skips a committed event.
 //! - Durable state writes are compare-and-set on the stored version.
+//! - Bounds: a count or bound beyond what is stored (up to `u64::MAX`) means "all"; sequence
+//!   numbers, versions and positions written are at most [`MAX_STORED`] (`check_*`), the same
+//!   on every store.
 //!
 //! Operations return futures so that network stores can be asynchronous; embedded stores
 //! return futures that are already finished (except synced writes), which the engine polls
@@ -220,5 +223,42 @@ pub fn check_batch(events: &[Event]) -> Result<(&str, u64)> {
     if first.sequence_number == 0 {
         return Err(Error::invalid("sequence numbers start at 1"));
     }
+    check_storable("sequence number", first.sequence_number + (events.len() as u64 - 1))?;
     Ok((pid, first.sequence_number))
+}
+
+/// The largest sequence number, version or position a store keeps: PostgreSQL's `bigint`,
+/// and the same on every store so that data can move between them.
+pub const MAX_STORED: u64 = i64::MAX as u64;
+
+/// Refuses a sequence number, version or position above [`MAX_STORED`] (a `ValidationError`),
+/// the same way on every store: a store never stores a number it would read back different.
+pub fn check_storable(what: &str, value: u64) -> Result<()> {
+    if value > MAX_STORED {
+        return Err(Error::invalid(format!("a {what} is at most 2**63 - 1, got {value}")));
+    }
+    Ok(())
+}
+
+/// Checks a snapshot given to `write_snapshot`.
+pub fn check_snapshot(snapshot: &Snapshot) -> Result<()> {
+    check_storable("snapshot sequence number", snapshot.sequence_number)
+}
+
+/// Checks a durable state given to `write_state`.
+pub fn check_state(state: &DurableState) -> Result<()> {
+    check_storable("durable state version", state.version_number)
+}
+
+/// Checks the positions given to `write_offsets`.
+pub fn check_offsets(offsets: &[(u32, u64)]) -> Result<()> {
+    offsets.iter().try_for_each(|(_, position)| check_storable("position", *position))
+}
+
+/// Refuses a page size of 0 for `persistence_ids` (such a page could never move its cursor).
+pub fn check_page_size(page_size: usize) -> Result<()> {
+    if page_size == 0 {
+        return Err(Error::invalid("page_size must be at least 1"));
+    }
+    Ok(())
 }

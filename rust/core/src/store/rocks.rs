@@ -37,7 +37,10 @@ use rocksdb::{
 use tokio::sync::oneshot;
 
 use super::rocks_status::{read_error, write_error, Status};
-use super::{check_batch, EventsStore, IdPage, OffsetStore, ShardHead, SnapshotCriteria, SnapshotStore, StateStore};
+use super::{
+    check_batch, check_offsets, check_page_size, check_snapshot, check_state, EventsStore, IdPage, OffsetStore, ShardHead,
+    SnapshotCriteria, SnapshotStore, StateStore,
+};
 use crate::envelope::{DurableState, Event, Snapshot};
 use crate::error::{Error, Result};
 use crate::future::ready;
@@ -957,7 +960,7 @@ impl EventsStore for RocksStore {
         self.submit(Op::DeleteEvents(persistence_id.to_string(), to))
     }
     fn persistence_ids(&self, page_size: usize, after: Option<String>) -> BoxFuture<'static, Result<IdPage>> {
-        ready(self.ids(page_size, after))
+        ready(check_page_size(page_size).and_then(|()| self.ids(page_size, after)))
     }
     fn shard_events(&self, shard: u32, after: u64, max: usize) -> BoxFuture<'static, Result<Vec<Event>>> {
         ready(self.shard_read(shard, after, max))
@@ -972,7 +975,7 @@ impl EventsStore for RocksStore {
 
 impl SnapshotStore for RocksStore {
     fn write_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'static, Result<()>> {
-        if let Err(e) = crate::ids::validate_id(&snapshot.persistence_id) {
+        if let Err(e) = crate::ids::validate_id(&snapshot.persistence_id).and_then(|()| check_snapshot(&snapshot)) {
             return ready(Err(e));
         }
         self.submit(Op::PutSnapshot(snapshot))
@@ -990,6 +993,9 @@ impl SnapshotStore for RocksStore {
 
 impl StateStore for RocksStore {
     fn write_state(&self, state: DurableState, expected_version: u64) -> BoxFuture<'static, Result<()>> {
+        if let Err(e) = check_state(&state) {
+            return ready(Err(e));
+        }
         self.submit(Op::PutState(state, expected_version))
     }
     fn read_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<Option<DurableState>>> {
@@ -1008,6 +1014,9 @@ impl OffsetStore for RocksStore {
         if projection.contains('\0') {
             return ready(Err(Error::invalid("a projection name cannot contain NUL")));
         }
+        if let Err(e) = check_offsets(&offsets) {
+            return ready(Err(e));
+        }
         self.submit(Op::PutOffsets(projection.to_string(), offsets, Vec::new()))
     }
 
@@ -1019,6 +1028,9 @@ impl OffsetStore for RocksStore {
     ) -> BoxFuture<'static, Result<()>> {
         if projection.contains('\0') {
             return ready(Err(Error::invalid("a projection name cannot contain NUL")));
+        }
+        if let Err(e) = check_offsets(&offsets) {
+            return ready(Err(e));
         }
         self.submit(Op::PutOffsets(projection.to_string(), offsets, writes))
     }

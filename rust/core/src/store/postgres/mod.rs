@@ -48,7 +48,7 @@ use schema::{migrate, Names};
 use crate::envelope::{DurableState, Event, Snapshot};
 use crate::error::{Error, Result};
 use crate::future::BoxFuture;
-use crate::store::{EventsStore, IdPage, ShardHead, SnapshotCriteria, SnapshotStore, StateStore};
+use crate::store::{check_page_size, EventsStore, IdPage, ShardHead, SnapshotCriteria, SnapshotStore, StateStore, MAX_STORED};
 
 /// The PostgreSQL store. Cloning gives another handle on the same store.
 #[derive(Clone)]
@@ -129,8 +129,10 @@ impl PgStore {
     }
 }
 
-fn criteria_params(c: &SnapshotCriteria) -> (i64, i64, i64, i64) {
-    (to_i64(c.min_sequence_number), to_i64(c.max_sequence_number), c.min_timestamp, c.max_timestamp)
+/// The criteria as `bigint` parameters; None when they cannot match a stored snapshot (a lower
+/// bound above the largest stored sequence number).
+fn criteria_params(c: &SnapshotCriteria) -> Option<(i64, i64, i64, i64)> {
+    (c.min_sequence_number <= MAX_STORED).then(|| (to_i64(c.min_sequence_number), to_i64(c.max_sequence_number), c.min_timestamp, c.max_timestamp))
 }
 
 impl EventsStore for PgStore {
@@ -141,7 +143,7 @@ impl EventsStore for PgStore {
     fn replay_events(&self, persistence_id: &str, from: u64, to: u64, max: u64) -> BoxFuture<'static, Result<Vec<Event>>> {
         let pid = persistence_id.to_string();
         self.read(move |inner, client| async move {
-            if from > to || max == 0 {
+            if from > to || max == 0 || from > MAX_STORED {
                 return Ok(Vec::new());
             }
             let sql = format!(
@@ -172,11 +174,14 @@ impl EventsStore for PgStore {
     }
 
     fn persistence_ids(&self, page_size: usize, after: Option<String>) -> BoxFuture<'static, Result<IdPage>> {
+        if let Err(e) = check_page_size(page_size) {
+            return crate::future::ready(Err(e));
+        }
         self.read(move |inner, client| async move {
             let sql =
                 format!("SELECT persistence_id FROM {} WHERE persistence_id > $1 ORDER BY persistence_id LIMIT $2", inner.names.heads);
             let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
-            let rows = client.query(&stmt, &[&after.unwrap_or_default(), &(page_size as i64 + 1)]).await.map_err(db_error)?;
+            let rows = client.query(&stmt, &[&after.unwrap_or_default(), &to_i64(page_size as u64).saturating_add(1)]).await.map_err(db_error)?;
             let mut ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
             let more = ids.len() > page_size;
             ids.truncate(page_size);
@@ -190,7 +195,7 @@ impl EventsStore for PgStore {
             let sql =
                 format!("SELECT {EVENT_COLUMNS} FROM {} WHERE shard = $1 AND position > $2 ORDER BY position LIMIT $3", inner.names.events);
             let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
-            let rows = client.query(&stmt, &[&(shard as i32), &to_i64(after), &(max as i64)]).await.map_err(db_error)?;
+            let rows = client.query(&stmt, &[&(shard as i32), &to_i64(after), &to_i64(max as u64)]).await.map_err(db_error)?;
             Ok(rows.iter().map(event_of).collect())
         })
     }
@@ -203,7 +208,10 @@ impl EventsStore for PgStore {
             );
             let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
             let rows = client.query(&stmt, &[]).await.map_err(db_error)?;
-            Ok(rows.iter().map(|r| ShardHead { shard: r.get::<_, i32>(0) as u32, position: r.get::<_, i64>(1) as u64, timestamp: r.get(2) }).collect())
+            let mut heads: Vec<ShardHead> =
+                rows.iter().map(|r| ShardHead { shard: r.get::<_, i32>(0) as u32, position: r.get::<_, i64>(1) as u64, timestamp: r.get(2) }).collect();
+            heads.sort_unstable_by_key(|h| h.shard); // int4 columns: shards from 2**31 read back negative
+            Ok(heads)
         })
     }
 }
@@ -216,7 +224,7 @@ impl SnapshotStore for PgStore {
     fn latest_snapshot(&self, persistence_id: &str, criteria: SnapshotCriteria) -> BoxFuture<'static, Result<Option<Snapshot>>> {
         let pid = persistence_id.to_string();
         self.read(move |inner, client| async move {
-            let (a, b, c, d) = criteria_params(&criteria);
+            let Some((a, b, c, d)) = criteria_params(&criteria) else { return Ok(None) };
             let sql = format!(
                 "SELECT persistence_id, sequence_number, timestamp, type_url, payload, encryption_key_id, is_encrypted, idempotency FROM {} \
                  WHERE persistence_id = $1 AND sequence_number BETWEEN $2 AND $3 AND timestamp BETWEEN $4 AND $5 \
@@ -230,7 +238,7 @@ impl SnapshotStore for PgStore {
     }
 
     fn delete_snapshots(&self, persistence_id: &str, criteria: SnapshotCriteria) -> BoxFuture<'static, Result<()>> {
-        let (a, b, c, d) = criteria_params(&criteria);
+        let Some((a, b, c, d)) = criteria_params(&criteria) else { return crate::future::ready(Ok(())) };
         let sql = format!(
             "DELETE FROM {} WHERE persistence_id = $1 AND sequence_number BETWEEN $2 AND $3 AND timestamp BETWEEN $4 AND $5",
             self.inner.names.snapshots

@@ -7,10 +7,13 @@ use super::errors::db_error;
 use super::PgStore;
 use crate::error::{Error, Result};
 use crate::future::BoxFuture;
-use crate::store::{OffsetStore, ReadModelWrite};
+use crate::store::{check_offsets, OffsetStore, ReadModelWrite};
 
 impl OffsetStore for PgStore {
     fn write_offsets(&self, projection: &str, offsets: Vec<(u32, u64)>) -> BoxFuture<'static, Result<()>> {
+        if let Err(e) = check_offsets(&offsets) {
+            return crate::future::ready(Err(e));
+        }
         let projection = projection.to_string();
         self.read(move |inner, client| async move {
             let shards: Vec<i32> = offsets.iter().map(|(s, _)| *s as i32).collect();
@@ -31,7 +34,10 @@ impl OffsetStore for PgStore {
             let sql = format!("SELECT shard, position FROM {} WHERE projection = $1 ORDER BY shard", inner.names.offsets);
             let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
             let rows = client.query(&stmt, &[&projection]).await.map_err(db_error)?;
-            Ok(rows.iter().map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, i64>(1) as u64)).collect())
+            // Shards are stored as int4: those from 2**31 read back negative, so sort as u32.
+            let mut offsets: Vec<(u32, u64)> = rows.iter().map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, i64>(1) as u64)).collect();
+            offsets.sort_unstable_by_key(|(shard, _)| *shard);
+            Ok(offsets)
         })
     }
 
@@ -43,6 +49,9 @@ impl OffsetStore for PgStore {
     fn commit(&self, projection: &str, offsets: Vec<(u32, u64)>, writes: Vec<ReadModelWrite>) -> BoxFuture<'static, Result<()>> {
         if writes.is_empty() {
             return self.write_offsets(projection, offsets);
+        }
+        if let Err(e) = check_offsets(&offsets) {
+            return crate::future::ready(Err(e));
         }
         let projection = projection.to_string();
         self.read(move |inner, mut client| async move {

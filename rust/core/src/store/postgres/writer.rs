@@ -25,7 +25,7 @@ use super::errors::{chain, db_error, is_connection_error, is_retryable};
 use super::rows::{idempotency_column, EVENT_COLUMNS};
 use crate::envelope::{DurableState, Event, Snapshot};
 use crate::error::{Error, Result};
-use crate::store::check_batch;
+use crate::store::{check_batch, check_snapshot, check_state};
 
 /// Most requests merged into one transaction.
 const MAX_GROUP: usize = 2048;
@@ -252,8 +252,8 @@ fn validate(inner: &Inner, group: &[Request]) -> Vec<Result<()>> {
                 }
                 Ok(())
             }),
-            Op::PutState(s, _) => crate::ids::validate_id(&s.persistence_id),
-            Op::PutSnapshot(s) => crate::ids::validate_id(&s.persistence_id),
+            Op::PutState(s, _) => crate::ids::validate_id(&s.persistence_id).and_then(|()| check_state(s)),
+            Op::PutSnapshot(s) => crate::ids::validate_id(&s.persistence_id).and_then(|()| check_snapshot(s)),
         })
         .collect()
 }
