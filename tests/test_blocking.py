@@ -55,6 +55,17 @@ def test_timeout_of_a_queued_command_says_it_did_not_start(engine: ego.Engine) -
     assert engine.get_state("slow")[1] == 1
 
 
+def test_a_handler_running_inline_is_not_interrupted_by_the_timeout(engine: ego.Engine) -> None:
+    # The entity is idle: the caller runs the handler on its own thread (docs/guide.md,
+    # "Timeouts"). The command ran and was written, so its outcome comes back, late.
+    engine.entity(Slow("inline"))
+    started = time.monotonic()
+    state, revision = engine.send_command("inline", Credit(amount=300), timeout=0.05)
+    assert time.monotonic() - started >= 0.3
+    assert (state.balance, revision) == (1, 1)
+    assert engine.get_state("inline")[1] == 1
+
+
 def test_other_threads_run_while_a_caller_waits(engine: ego.Engine) -> None:
     engine.entity(Slow("slow"))
     engine.entity(Slow("fast"))

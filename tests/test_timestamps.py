@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import datetime
 import doctest
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
+from test_projections import wait_for
 
 import ego
 from ego import timestamps
@@ -25,13 +24,6 @@ UTC = datetime.timezone.utc
 # A microsecond-precise UTC time (the case): 2026-01-01 12:00:00.000054.
 T = datetime.datetime(2026, 1, 1, 12, 0, 0, 54, tzinfo=UTC)
 T_NS = 1_767_268_800_000_054_000
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
 
 
 def event(pid: str, seq: int, timestamp: int, shard: int = 0) -> Event:
@@ -98,14 +90,14 @@ def around_t() -> tuple[ego.MemoryStore, ego.Engine, Seen]:
     engine.start()
     seen = Seen()
     engine.add_projection("p", seen)
-    wait_for(lambda: caught_up(engine, "p") and len(seen.seqs) == 4, "the projection to catch up")
+    wait_for(lambda: caught_up(engine, "p") and len(seen.seqs) == 4, what="the projection to catch up")
     return store, engine, seen
 
 
 def rebuilt(engine: ego.Engine, seen: Seen, **point: Any) -> list[int]:
     seen.seqs.clear()
     engine.rebuild_projection("p", **point)
-    wait_for(lambda: caught_up(engine, "p"), "the rebuild to finish")
+    wait_for(lambda: caught_up(engine, "p"), what="the rebuild to finish")
     return sorted(seen.seqs)
 
 
@@ -138,7 +130,7 @@ def test_persisted_events_and_states_carry_exact_nanoseconds_and_a_datetime() ->
     with ego.Engine("times", store=store) as engine:
         seen: list[ego.PersistedEvent] = []
         engine.add_projection("p", seen.extend)
-        wait_for(lambda: len(seen) == 2, "both events")
+        wait_for(lambda: len(seen) == 2, what="both events")
         first, second = seen
         assert (first.timestamp_ns, first.timestamp, first.datetime) == (T_NS + 999, T_NS + 999, T)
         assert second.timestamp_ns == -1
@@ -172,7 +164,7 @@ def test_lag_time_is_exact_in_nanoseconds() -> None:
 
     with ego.Engine("times", store=store) as engine:
         engine.add_projection("p", fail_on_the_second, batch_size=1)
-        wait_for(lambda: not engine.is_projection_running("p"), "the projection to stop on event 2")
+        wait_for(lambda: not engine.is_projection_running("p"), what="the projection to stop on event 2")
         lag = engine.projection_lag("p")[0]
     assert (lag.events_behind, lag.time_behind_ns) == (1, gap)
     assert lag.time_behind == gap / 1e9
