@@ -170,7 +170,9 @@ def _cases() -> list[Any]:
             for point in ES_POINTS:
                 if point in ("latest_snapshot", "write_snapshot") and not snapshots:
                     continue
-                cases.append(pytest.param("event_sourced", batching, snapshots, point, id=f"es-{point}-b{int(batching)}-s{int(snapshots)}"))
+                cases.append(
+                    pytest.param("event_sourced", batching, snapshots, point, id=f"es-{point}-b{int(batching)}-s{int(snapshots)}")
+                )
         for point in DS_POINTS:
             cases.append(pytest.param("durable", batching, False, point, id=f"ds-{point}-b{int(batching)}"))
     return cases

@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS offsets (projection TEXT NOT NULL, shard INTEGER NOT 
     PRIMARY KEY (projection, shard));
 """
 
+
 class SqliteStore:
     """Events, snapshots, durable state and offsets in one SQLite file."""
 

@@ -337,7 +337,9 @@ class EventsStoreConformance(_Base):
             *(("max", v, [1, 2, 3, 4, 5]) for v in HUGE),
         ],
     )
-    def test_25_replay_bounds_at_the_extremes(self, store: Any, written: str, which: str, value: int, expected: list[int]) -> None:
+    def test_25_replay_bounds_at_the_extremes(
+        self, store: Any, written: str, which: str, value: int, expected: list[int]
+    ) -> None:
         bounds = {"from": 1, "to": U64_MAX, "max": U64_MAX, which: value}
         assert _seqs(store.replay_events(written, bounds["from"], bounds["to"], bounds["max"])) == expected
 
@@ -396,7 +398,6 @@ class EventsStoreConformance(_Base):
             store.write_events([make_event(pid, 2**63)])
         assert store.highest_sequence_number(pid) == 0
         assert store.replay_events(pid, 0, U64_MAX, U64_MAX) == []
-
 
 
 def _snapshot(pid: str, seq: int, timestamp: int, state: bytes | None = None) -> Snapshot:
@@ -498,9 +499,10 @@ class SnapshotStoreConformance(_Base):
         assert found == (None if expected is None else made[expected])
 
     def test_13_negative_sequence_bounds_and_float_timestamps_are_refused(self) -> None:
+        kwargs: dict[str, Any]
         for kwargs in ({"min_sequence_number": -1}, {"max_sequence_number": -1}, {"max_timestamp": 1.5}):
             with pytest.raises(ValidationError):
-                SnapshotCriteria(**kwargs)  # type: ignore[arg-type]
+                SnapshotCriteria(**kwargs)
 
     def test_14_delete_at_the_extremes(self, store: Any, snaps: tuple[str, list[Snapshot]]) -> None:
         pid, made = snaps
@@ -517,7 +519,6 @@ class SnapshotStoreConformance(_Base):
         top = _snapshot(pid, 2**63 - 1, 2**63 - 1)
         store.write_snapshot(top)
         assert store.latest_snapshot(pid) == top
-
 
 
 def _state(pid: str, version: int, value: bytes) -> DurableState:
@@ -598,7 +599,6 @@ class StateStoreConformance(_Base):
         top = _state(pid, 2**63 - 1, b"top")
         store.write_state(top, 0)
         assert store.read_state(pid) == top
-
 
 
 class OffsetStoreConformance(_Base):

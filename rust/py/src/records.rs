@@ -74,10 +74,7 @@ fn adapter_error(py: Python<'_>, pid: &str, seq: u64, e: PyErr) -> Error {
 /// microsecond), by `ego.timestamps.from_unix_nanos`.
 fn datetime_of<'py>(py: Python<'py>, nanos: i64) -> PyResult<Bound<'py, PyAny>> {
     static CONVERT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    CONVERT
-        .get_or_try_init(py, || py.import("ego.timestamps")?.getattr("from_unix_nanos").map(Bound::unbind))?
-        .bind(py)
-        .call1((nanos,))
+    CONVERT.get_or_try_init(py, || py.import("ego.timestamps")?.getattr("from_unix_nanos").map(Bound::unbind))?.bind(py).call1((nanos,))
 }
 
 /// An event as the journal has it.

@@ -99,7 +99,12 @@ fn decode<M: Message + Default>(py: Python<'_>, what: &str, bytes: &[u8]) -> PyR
     M::decode(bytes).map_err(|e| Error::invalid(format!("not an encoded {what}: {e}"))).py(py)
 }
 
-fn criteria(min_seq: &Bound<'_, PyAny>, max_seq: &Bound<'_, PyAny>, min_ts: &Bound<'_, PyAny>, max_ts: &Bound<'_, PyAny>) -> PyResult<SnapshotCriteria> {
+fn criteria(
+    min_seq: &Bound<'_, PyAny>,
+    max_seq: &Bound<'_, PyAny>,
+    min_ts: &Bound<'_, PyAny>,
+    max_ts: &Bound<'_, PyAny>,
+) -> PyResult<SnapshotCriteria> {
     Ok(SnapshotCriteria {
         min_sequence_number: bounds::bound(min_seq, "min_sequence_number")?,
         max_sequence_number: bounds::bound(max_seq, "max_sequence_number")?,
@@ -247,8 +252,7 @@ impl NativeStore {
 
     /// Saves positions of a projection: `[(shard, position), ...]`.
     fn write_offsets(&self, py: Python<'_>, projection: &str, offsets: Vec<(Bound<'_, PyAny>, Bound<'_, PyAny>)>) -> PyResult<()> {
-        let offsets =
-            offsets.iter().map(|(s, p)| Ok((bounds::shard(s)?, bounds::bound(p, "position")?))).collect::<PyResult<Vec<_>>>()?;
+        let offsets = offsets.iter().map(|(s, p)| Ok((bounds::shard(s)?, bounds::bound(p, "position")?))).collect::<PyResult<Vec<_>>>()?;
         wait(py, self.offsets().write_offsets(projection, offsets))
     }
 

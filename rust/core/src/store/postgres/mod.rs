@@ -132,7 +132,8 @@ impl PgStore {
 /// The criteria as `bigint` parameters; None when they cannot match a stored snapshot (a lower
 /// bound above the largest stored sequence number).
 fn criteria_params(c: &SnapshotCriteria) -> Option<(i64, i64, i64, i64)> {
-    (c.min_sequence_number <= MAX_STORED).then(|| (to_i64(c.min_sequence_number), to_i64(c.max_sequence_number), c.min_timestamp, c.max_timestamp))
+    (c.min_sequence_number <= MAX_STORED)
+        .then(|| (to_i64(c.min_sequence_number), to_i64(c.max_sequence_number), c.min_timestamp, c.max_timestamp))
 }
 
 impl EventsStore for PgStore {
@@ -181,7 +182,8 @@ impl EventsStore for PgStore {
             let sql =
                 format!("SELECT persistence_id FROM {} WHERE persistence_id > $1 ORDER BY persistence_id LIMIT $2", inner.names.heads);
             let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
-            let rows = client.query(&stmt, &[&after.unwrap_or_default(), &to_i64(page_size as u64).saturating_add(1)]).await.map_err(db_error)?;
+            let rows =
+                client.query(&stmt, &[&after.unwrap_or_default(), &to_i64(page_size as u64).saturating_add(1)]).await.map_err(db_error)?;
             let mut ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
             let more = ids.len() > page_size;
             ids.truncate(page_size);
