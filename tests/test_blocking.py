@@ -64,6 +64,15 @@ def test_a_handler_running_inline_is_not_interrupted_by_the_timeout(engine: ego.
     assert time.monotonic() - started >= 0.3
     assert (state.balance, revision) == (1, 1)
     assert engine.get_state("inline")[1] == 1
+    # With inline running off, the handler runs on a bridge thread: the timeout bounds the
+    # wait, and the command, which started, still finishes.
+    engine.entity(Slow("bridged"), inline=False)
+    started = time.monotonic()
+    with pytest.raises(errors.CommandTimeoutError) as info:
+        engine.send_command("bridged", Credit(amount=1000), timeout=0.05)
+    assert time.monotonic() - started < 0.9
+    assert info.value.started is True
+    assert engine.get_state("bridged")[1] == 1
 
 
 def test_other_threads_run_while_a_caller_waits(engine: ego.Engine) -> None:
