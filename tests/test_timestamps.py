@@ -188,3 +188,22 @@ def test_snapshot_criteria_take_datetimes_exactly() -> None:
     assert latest(max_timestamp=T.astimezone().replace(tzinfo=None)) == 2
     with pytest.raises(ValidationError):
         SnapshotCriteria(max_timestamp=T_NS / 1e9)  # type: ignore[arg-type]
+
+
+def test_a_publisher_starting_at_a_datetime_publishes_exactly_the_events_after_it(around_t: Any) -> None:
+    _, engine, _ = around_t
+
+    class Collect:
+        def __init__(self) -> None:
+            self.ids: list[str] = []
+
+        def publish(self, records: list[Any]) -> None:
+            self.ids.extend(r.id for r in records)
+
+    try:
+        publisher = Collect()
+        engine.add_event_publisher(publisher, name="from-t", start=T)
+        wait_for(lambda: all(lag.events_behind == 0 for lag in engine.publisher_lag("from-t").values()), what="publishing")
+        assert publisher.ids == ["timed:3", "timed:4"]
+    finally:
+        engine.stop()

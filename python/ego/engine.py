@@ -507,7 +507,8 @@ class Engine(_ego.EngineCore):
 
         - ``name``: the publisher's name (default: the publisher's ``id``, e.g. ``"ego-kafka"``).
         - ``start``: where a publisher with no checkpoint begins: ``"earliest"``, ``"latest"``
-          or a ``datetime`` (the first event after it, per shard).
+          or a ``datetime`` (the first event after it, per shard; converted exactly, a naive
+          one is local time: :mod:`ego.timestamps`).
         - ``offset_store``: where the checkpoints are kept (default: the engine's events store).
         - ``on_refused``: what a record the broker refuses for good does:
           ``RecoveryPolicy.FAIL`` (the publisher stops; ``publisher_status`` tells why) or
@@ -533,7 +534,7 @@ class Engine(_ego.EngineCore):
             raise ValidationError(f'a publisher named "{name}" is already running')
         start_after: int | None = None
         if isinstance(start, datetime.datetime):
-            start_after = int(start.timestamp() * 1e9)
+            start_after = to_nanos(start)  # exact (a naive datetime is local time)
         elif start not in ("earliest", "latest"):
             raise ConfigurationError(f'start must be "earliest", "latest" or a datetime, got {start!r}')
         if not isinstance(batch_size, int) or batch_size < 1:
