@@ -207,9 +207,18 @@ def test_every_documented_metric_moves_as_documented() -> None:
         if any(e.sequence_number == 3 for e in events):
             raise RuntimeError("stop at 3")
 
+    class Publisher:
+        """Refuses the record of event 3 (not a broker outage: the publisher stops)."""
+
+        def publish(self, records: list[Any]) -> None:
+            if any(r.id == "p-1:3" for r in records):
+                raise RuntimeError("refused")
+
     with ego.Engine("metered", store=journal, telemetry=projections.telemetry(traces=False)) as engine:
         engine.add_projection("p", handler, batch_size=1)
+        engine.add_event_publisher(Publisher(), name="pub", batch_size=1)
         wait_for(lambda: not engine.is_projection_running("p"), what="the projection to stop at event 3")
+        wait_for(lambda: engine.publisher_status("pub")[0] == "failed", what="the publisher to stop at event 3")
         m = projections.metrics()
         shard0 = (("ego.projection", "p"), ("ego.shard", 0))
         assert m[("ego.projection.events", (("ego.projection", "p"),))] == 2
@@ -218,5 +227,13 @@ def test_every_documented_metric_moves_as_documented() -> None:
         assert m[("ego.projection.lag", shard0)] == pytest.approx(2.500000001, abs=1e-9)
         assert m[("ego.projection.events_behind", (("ego.projection", "p"), ("ego.shard", 1)))] == 0
         checked |= {"ego.projection.events", "ego.projection.events_behind", "ego.projection.offset", "ego.projection.lag"}
+        publisher = (("ego.publisher", "pub"),)
+        pub0 = (("ego.publisher", "pub"), ("ego.shard", 0))
+        assert (m[("ego.publisher.published", publisher)], m[("ego.publisher.failures", publisher)]) == (2, 1)
+        assert m[("ego.publisher.events_behind", pub0)] == 1
+        assert m[("ego.publisher.lag", pub0)] == pytest.approx(2.500000001, abs=1e-9)
+        # A publisher is not a projection in the projection metrics.
+        assert not any(dict(k[1]).get("ego.projection", "").startswith("publisher:") for k in m)
+        checked |= {"ego.publisher.published", "ego.publisher.failures", "ego.publisher.events_behind", "ego.publisher.lag"}
     projections.meter_provider.shutdown()
     assert documented_instruments() == checked, "a documented metric without a check here (or one not documented)"
