@@ -125,6 +125,8 @@ class NatsPublisher:
             js_errors.ServiceUnavailableError,
             js_errors.ServerError,
             asyncio.TimeoutError,
+            # nats-py cancels the pending acknowledgements of a connection it lost.
+            asyncio.CancelledError,
             OSError,
         )
 
@@ -197,6 +199,8 @@ class NatsPublisher:
                 elif not f.done():
                     f.cancel()
                     results[i] = BrokerUnavailableError(f"not acknowledged within {self.ack_timeout} s")
+                elif f.cancelled():
+                    results[i] = BrokerUnavailableError("the acknowledgement was cancelled: the connection was lost")
                 elif f.exception() is not None:
                     results[i] = self._failure(f.exception())
                 if results[i] is not None:
