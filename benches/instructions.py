@@ -2,12 +2,18 @@
 and optionally a baseline checkout: a comparison that holds on a loaded, noisy machine, where
 timings do not (the counts are the same whatever else runs).
 
-    python benches/instructions.py [--baseline ../ego-old] [--workload a|b] [--small 2000 --large 6000]
+    python benches/instructions.py [--baseline ../ego-old] [--workload a|b|c] [--small 2000 --large 6000]
+    python benches/instructions.py --workload c --option encrypt --small 2 --large 6
+    python benches/instructions.py --workload b --option keys
+
+`--option` compares this checkout with an option off and on (encryption at rest, an idempotency
+key on every command) instead of two builds.
 
 Each build runs the workload twice, with `small` and `large` commands; the difference of the
 two totals divided by the difference of the sizes is the cost of one command, with start-up
 (imports, engine start) cancelled out. Workload "a": one account, commands one after another
-(the inline path); "b": 100 accounts, asyncio, concurrent. In-memory store. Needs valgrind.
+(the inline path); "b": 100 accounts, asyncio, concurrent; "c": loads (recoveries) of an
+account with 10,000 events, sizes counting loads, not commands. In-memory store. Needs valgrind.
 """
 
 from __future__ import annotations
@@ -25,14 +31,17 @@ import sys
 sys.path.insert(0, {benches!r})
 import ego_workloads as w
 n = {n}
+options = {options!r}
 if {workload!r} == "b":
-    w.workload_b("memory", accounts=100, credits=n // 100)
+    w.workload_b("memory", accounts=100, credits=n // 100, **options)
+elif {workload!r} == "c":
+    w.workload_c("memory", events=10_000, loads=n, **options)
 else:
-    w.workload_a("memory", commands=n)
+    w.workload_a("memory", commands=n, **options)
 """
 
 
-def instructions(checkout: Path, workload: str, n: int) -> int:
+def instructions(checkout: Path, workload: str, n: int, options: dict[str, bool] | None = None) -> int:
     benches = checkout / "benches"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
@@ -43,7 +52,7 @@ def instructions(checkout: Path, workload: str, n: int) -> int:
                 f"--callgrind-out-file={out}",
                 str(checkout / ".venv" / "bin" / "python"),
                 "-c",
-                PROGRAM.format(benches=str(benches), n=n, workload=workload),
+                PROGRAM.format(benches=str(benches), n=n, workload=workload, options=options or {}),
             ],
             capture_output=True,
             text=True,
@@ -56,19 +65,27 @@ def instructions(checkout: Path, workload: str, n: int) -> int:
     return int(found.group(1))
 
 
-def per_command(checkout: Path, workload: str, small: int, large: int) -> float:
-    return (instructions(checkout, workload, large) - instructions(checkout, workload, small)) / (large - small)
+def per_command(checkout: Path, workload: str, small: int, large: int, options: dict[str, bool] | None = None) -> float:
+    return (instructions(checkout, workload, large, options) - instructions(checkout, workload, small, options)) / (large - small)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", type=Path, help="another checkout with its own .venv (make build there)")
-    parser.add_argument("--workload", choices=("a", "b"), default="a")
+    parser.add_argument("--workload", choices=("a", "b", "c"), default="a")
+    parser.add_argument("--option", choices=("encrypt", "keys"), help="compare this checkout with the option off and on")
     parser.add_argument("--small", type=int, default=2000)
     parser.add_argument("--large", type=int, default=6000)
     args = parser.parse_args()
+    unit = "load" if args.workload == "c" else "command"
+    if args.option:
+        off = per_command(HERE.parent, args.workload, args.small, args.large)
+        on = per_command(HERE.parent, args.workload, args.small, args.large, {args.option: True})
+        print(f"workload {args.workload}, in memory: {off:,.0f} instructions per {unit} without {args.option}, {on:,.0f} with it")
+        print(f"  with / without: {on / off:.4f} (a throughput of about {off / on:.3f}x)")
+        return
     candidate = per_command(HERE.parent, args.workload, args.small, args.large)
-    print(f"workload {args.workload}, in memory: {candidate:,.0f} instructions per command (this checkout)")
+    print(f"workload {args.workload}, in memory: {candidate:,.0f} instructions per {unit} (this checkout)")
     if args.baseline:
         base = per_command(args.baseline.resolve(), args.workload, args.small, args.large)
         print(f"  baseline: {base:,.0f} instructions per command")
