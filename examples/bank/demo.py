@@ -19,6 +19,10 @@ import sys
 import time
 from pathlib import Path
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgress
+
 import ego
 
 from bank_pb2 import AccountCredited, AccountDebited, AccountOpened, Credit, Debit, OpenAccount
@@ -26,33 +30,32 @@ from domain import AccountBehavior, InsufficientFunds
 
 
 class Progress:
-    """A one-line progress bar (redrawn in a terminal, printed once when done otherwise)."""
+    """The commands done, as a rich progress bar on standard error (the same library as the
+    `ego` command line's): redrawn in a terminal, printed once when done otherwise."""
 
     def __init__(self, total: int, label: str) -> None:
-        self.total, self.label, self.done = total, label, 0
-        self.started = time.perf_counter()
-        self.interactive = sys.stdout.isatty()
-        self.last_draw = 0.0
+        self.total, self.done = total, 0
+        self.started = self.last_draw = time.perf_counter()
+        self.bar = RichProgress(
+            TextColumn("  {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+        )
+        self.task = self.bar.add_task(label, total=total, rate="")
+        self.bar.start()
 
     def advance(self, n: int = 1) -> None:
         self.done += n
         now = time.perf_counter()
         if now - self.last_draw > 0.1 or self.done == self.total:
             self.last_draw = now
-            self.draw(now)
-
-    def draw(self, now: float) -> None:
-        width = 40
-        filled = width * self.done // self.total
-        rate = self.done / max(now - self.started, 1e-9)
-        bar = "#" * filled + "." * (width - filled)
-        percent = 100 * self.done // self.total
-        line = f"  {self.label} [{bar}] {percent:3d}%  {self.done:,}/{self.total:,}  {rate:,.0f}/s"
-        if self.interactive:
-            sys.stdout.write("\r" + line + ("\n" if self.done == self.total else ""))
-        elif self.done == self.total:
-            sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+            rate = self.done / max(now - self.started, 1e-9)
+            self.bar.update(self.task, completed=self.done, rate=f"{rate:,.0f}/s")
+            if self.done == self.total:
+                self.bar.stop()
 
 
 class Balances:

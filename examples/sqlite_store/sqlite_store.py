@@ -226,6 +226,19 @@ class SqliteStore:
         with self._lock:
             self._db.execute("DELETE FROM states WHERE persistence_id = ?", (persistence_id,))
 
+    def state_ids(self, page_size: int, after: str | None = None) -> tuple[list[str], str | None]:
+        """Optional (for tools: ``ego entities``, migration): ids of stored states in byte order."""
+        page_size = clamp_bound(page_size, "page_size", MAX_STORED - 1)
+        if page_size == 0:
+            raise ValidationError("page_size must be at least 1")
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT persistence_id FROM states WHERE persistence_id > ? ORDER BY persistence_id LIMIT ?",
+                (after or "", page_size + 1),
+            ).fetchall()
+        ids = [r[0] for r in rows[:page_size]]
+        return ids, (ids[-1] if len(rows) > page_size else None)
+
     # -- offsets ------------------------------------------------------------------------------
 
     def write_offsets(self, projection: str, offsets: list[tuple[int, int]]) -> None:
@@ -248,3 +261,9 @@ class SqliteStore:
     def reset_offsets(self, projection: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM offsets WHERE projection = ?", (projection,))
+
+    def projection_names(self) -> list[str]:
+        """Optional (for tools: ``ego projections``, migration): projections with offsets."""
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT projection FROM offsets ORDER BY projection").fetchall()
+        return [r[0] for r in rows]

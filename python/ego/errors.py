@@ -29,6 +29,7 @@ __all__ = [
     "MailboxFullError",
     "MasterKeyError",
     "MessageTooLargeError",
+    "MigrationError",
     "OutcomeUnknownError",
     "PublishError",
     "PublishRefusedError",
@@ -243,3 +244,10 @@ class PublishRefusedError(PublishError):
     """The broker refused a record for good (too large, not authorised, no such topic). The
     publisher's failure policy decides: stop, or hand the record to the dead-letter handler and
     go on."""
+
+
+class MigrationError(EgoError):
+    """A migration or import cannot go on: the target holds different data than the source
+    for an id (it is not the target of this migration), a store cannot list what must be
+    copied, or the source's data is not what the importer expects. ``verify`` reports
+    differences instead of raising."""

@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol, TypeVar, Union, runtime_checkable
 from ego import _ego
 from ego.errors import ValidationError
 from ego.timestamps import unix_nanos
-from ego.v1.envelopes_pb2 import DurableState, Event, Snapshot
+from ego.v1.envelopes_pb2 import DataKey, DurableState, Event, Snapshot
 
 __all__ = [
     "MAX_STORED",
@@ -269,6 +269,17 @@ class NativeStore(_ego.NativeStore):
         """The stored durable state, or ``None``."""
         raw = self._read_state(persistence_id)
         return None if raw is None else DurableState.FromString(raw)
+
+    def list_keys(self, after: str | None = None, max_count: int = 1000) -> list[DataKey]:
+        """Wrapped data keys of the store's key vault (encryption at rest), in persistence id
+        order after ``after`` (exclusive), at most ``max_count``. The keys stay wrapped by
+        their master key: copying them to another store keeps its ciphertext readable."""
+        return [DataKey.FromString(b) for b in self._list_keys(after, max_count)]
+
+    def put_key(self, key: DataKey) -> bool:
+        """Stores a wrapped data key unless the id has a key or an erasure record already;
+        ``True`` when the vault holds this key afterwards (for migration tools)."""
+        return self._put_key(key.SerializeToString())
 
     def __enter__(self) -> Any:
         return self

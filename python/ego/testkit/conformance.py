@@ -218,6 +218,19 @@ class EventsStoreConformance(_Base):
                 break
         assert seen == ids
 
+    def test_19b_persistence_ids_in_byte_order(self, store: Any) -> None:
+        """Ids page in the byte order of their UTF-8 encoding, whatever a database's collation."""
+        prefix = f"order-{uuid.uuid4().hex[:8]}-"
+        ids = [prefix + suffix for suffix in ("b", "B", "a", "A", "_", "\u00e9", "a-1", "a1", "Z")]
+        for i in ids:
+            store.write_events([make_event(i, 1)])
+        seen: list[str] = []
+        after: str | None = prefix
+        while after is not None:
+            page, after = store.persistence_ids(2, after)
+            seen.extend(i for i in page if i.startswith(prefix))
+        assert seen == sorted(ids, key=lambda i: i.encode())
+
     #: True for a store that encrypts what it writes (an encrypted view, :meth:`ego.stores.NativeStore.encrypted`):
     #: it must give back exactly what it was given, but cannot take records encrypted elsewhere.
     encrypts: bool = False
@@ -600,6 +613,24 @@ class StateStoreConformance(_Base):
         store.write_state(top, 0)
         assert store.read_state(pid) == top
 
+    def test_08_state_ids_paging_in_byte_order(self, store: Any, pid: str) -> None:
+        """``state_ids`` (optional for stores written in Python): every stored id once, in
+        UTF-8 byte order, paged with an exclusive cursor; a deleted state is not listed."""
+        if not hasattr(store, "state_ids"):
+            pytest.skip("this store does not list its durable states")
+        ids = [f"{pid}-{suffix}" for suffix in ("b", "B", "a", "A", "_", "\u00e9", "a-1", "a1", "Z")]
+        for i in ids:
+            store.write_state(_state(i, 1, b"x"), 0)
+        store.delete_state(ids[0])
+        seen: list[str] = []
+        after: str | None = pid
+        while after is not None:
+            page, after = store.state_ids(2, after)
+            seen.extend(i for i in page if i.startswith(pid))
+        assert seen == sorted(ids[1:], key=lambda i: i.encode())
+        with pytest.raises(ValidationError):
+            store.state_ids(0)
+
 
 class OffsetStoreConformance(_Base):
     """Cases for the offset store (projection positions)."""
@@ -639,3 +670,15 @@ class OffsetStoreConformance(_Base):
             with pytest.raises(ValidationError):
                 store.write_offsets(projection + "-bad", [bad])
         assert store.read_offsets(projection + "-bad") == []
+
+    def test_05_projection_names(self, store: Any, projection: str) -> None:
+        """``projection_names`` (optional for stores written in Python): the projections with
+        offsets, in byte order; a reset projection is not listed."""
+        if not hasattr(store, "projection_names"):
+            pytest.skip("this store does not list its projections")
+        names = [projection + "-B", projection + "-a", projection, projection + "x"]
+        for n in names:
+            store.write_offsets(n, [(0, 1), (1, 2)])
+        store.reset_offsets(projection + "x")
+        listed = [n for n in store.projection_names() if n.startswith(projection)]
+        assert listed == sorted(names[:3], key=lambda n: n.encode())

@@ -464,6 +464,55 @@ impl<H: Host> Engine<H> {
         self.start_projection(name, p.sink.clone(), offsets, p.options.clone(), Some((after_nanos, plan)))
     }
 
+    /// Moves the offset of projection `name` on `shard` to `position` (at most the shard's
+    /// head): the next event it handles there is the first after that position. To skip an
+    /// event its handler cannot handle yet, or to replay from an earlier point. The
+    /// projection's tasks stop after the batch in hand, the offset is written, and they start
+    /// again (a failed projection starts again too; a paused one stays paused).
+    pub fn set_projection_offset(&self, name: &str, shard: u32, position: u64) -> Result<()> {
+        let p = self.projection(name).ok_or_else(|| Error::invalid(format!("no projection named {name:?}")))?;
+        let shards = self.shared.config.shards;
+        if shard >= shards {
+            return Err(Error::invalid(format!("shard {shard} does not exist: this engine has shards 0 to {}", shards - 1)));
+        }
+        let events = self.shared.stores.events.clone().ok_or_else(|| Error::Configuration("projections need an events store".into()))?;
+        let head = self.shared.runtime.block_on(events.shard_heads())?.into_iter().find(|h| h.shard == shard).map_or(0, |h| h.position);
+        if position > head {
+            return Err(Error::invalid(format!("position {position} is beyond the head of shard {shard} ({head})")));
+        }
+        let paused = p.status() == Status::Paused;
+        block_on(p.stop());
+        let offsets = p.offsets.clone();
+        self.shared.runtime.block_on(offsets.write_offsets(name, vec![(shard, position)]))?;
+        if paused {
+            return Ok(());
+        }
+        self.shared.projections.lock().remove(name);
+        self.start_projection(name, p.sink.clone(), offsets, p.options.clone(), None)
+    }
+
+    /// Pauses projection `name`: its tasks stop after the batch in hand and its offsets stay
+    /// where they are until [`Engine::resume_projection`]. Idempotent.
+    pub fn pause_projection(&self, name: &str) -> Result<()> {
+        let p = self.projection(name).ok_or_else(|| Error::invalid(format!("no projection named {name:?}")))?;
+        block_on(p.stop());
+        p.mark_paused();
+        Ok(())
+    }
+
+    /// Starts a paused (or failed, or stopped) projection again from its saved offsets; a
+    /// running one is left alone.
+    pub fn resume_projection(&self, name: &str) -> Result<()> {
+        self.check_running()?;
+        let p = self.projection(name).ok_or_else(|| Error::invalid(format!("no projection named {name:?}")))?;
+        if p.status() == Status::Running {
+            return Ok(());
+        }
+        block_on(p.stop());
+        self.shared.projections.lock().remove(name);
+        self.start_projection(name, p.sink.clone(), p.offsets.clone(), p.options.clone(), None)
+    }
+
     /// Names of the projections.
     pub fn projection_names(&self) -> Vec<String> {
         self.shared.projections.lock().keys().cloned().collect()

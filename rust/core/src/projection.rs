@@ -114,6 +114,9 @@ pub enum Status {
     /// Stopped by a handler failure its policy did not absorb.
     Failed(String),
     Stopped,
+    /// Paused by the operator ([`crate::engine::Engine::pause_projection`]): its offsets stay
+    /// where they are until it is resumed.
+    Paused,
 }
 
 /// Lag of one shard.
@@ -232,6 +235,11 @@ impl Projection {
         if *status == Status::Running {
             *status = Status::Stopped;
         }
+    }
+
+    /// Marks a stopped projection as paused.
+    pub(crate) fn mark_paused(&self) {
+        *self.status.lock() = Status::Paused;
     }
 
     fn stopping(&self) -> bool {

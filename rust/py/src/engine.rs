@@ -487,13 +487,15 @@ impl EngineCore {
         crate::wait::bounded(py, || core.remove_projection(name)).map_err(|e| to_pyerr(py, &e))
     }
 
-    /// `(status, error)`: "running", "failed" (with the error) or "stopped"; None if unknown.
+    /// `(status, error)`: "running", "failed" (with the error), "stopped" or "paused"; None if
+    /// unknown.
     fn _projection_status(&self, py: Python<'_>, name: &str) -> PyResult<Option<(&'static str, Option<String>)>> {
         use ego_core::projection::Status;
         Ok(self.core(py)?.projection(name).map(|p| match p.status() {
             Status::Running => ("running", None),
             Status::Failed(why) => ("failed", Some(why)),
             Status::Stopped => ("stopped", None),
+            Status::Paused => ("paused", None),
         }))
     }
 
@@ -525,6 +527,37 @@ impl EngineCore {
     fn _rebuild_projection(&self, py: Python<'_>, name: &str, after_nanos: i64) -> PyResult<()> {
         let core = self.core(py)?;
         crate::wait::bounded(py, || core.rebuild_projection(name, after_nanos)).map_err(|e| to_pyerr(py, &e))
+    }
+
+    /// Moves the offset of projection ``name`` on ``shard`` to ``position`` (an ``int`` from 0
+    /// to the shard's head): the next event it handles there is the first after that position.
+    /// Use it to skip an event the handler cannot handle until its code is fixed
+    /// (``position`` = that event's ``position``), or to replay from an earlier point. The
+    /// projection's tasks stop after the batch in hand and start again from the new offset (a
+    /// failed projection too; a paused one stays paused). Raises ``ValidationError`` for an
+    /// unknown projection, a shard the engine does not have or a position beyond the head.
+    ///
+    ///     engine.set_projection_offset("balances", 3, event.position)
+    fn set_projection_offset(&self, py: Python<'_>, name: &str, shard: &Bound<'_, PyAny>, position: &Bound<'_, PyAny>) -> PyResult<()> {
+        let (shard, position) = (crate::bounds::shard(shard)?, crate::bounds::bound(position, "position")?);
+        let core = self.core(py)?;
+        crate::wait::bounded(py, || core.set_projection_offset(name, shard, position)).map_err(|e| to_pyerr(py, &e))
+    }
+
+    /// Pauses projection ``name``: it stops after the batch in hand and keeps its offsets
+    /// until ``resume_projection`` (its status is ``"paused"``). Idempotent. Raises
+    /// ``ValidationError`` for an unknown projection.
+    fn pause_projection(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        let core = self.core(py)?;
+        crate::wait::bounded(py, || core.pause_projection(name)).map_err(|e| to_pyerr(py, &e))
+    }
+
+    /// Starts projection ``name`` again from its saved offsets after ``pause_projection`` (or a
+    /// failure); a running projection is left alone. Raises ``ValidationError`` for an unknown
+    /// projection.
+    fn resume_projection(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        let core = self.core(py)?;
+        crate::wait::bounded(py, || core.resume_projection(name)).map_err(|e| to_pyerr(py, &e))
     }
 
     /// Names of the projections.

@@ -29,6 +29,13 @@ mod worker;
 
 use pyo3::prelude::*;
 
+/// The shard an engine with ``shards`` shards gives entity ``entity_id`` (0 to shards - 1),
+/// for tools that write events of their own (importers).
+#[pyfunction]
+fn shard_of(entity_id: &str, shards: u32) -> u32 {
+    ego_core::ids::shard_of(entity_id, shards)
+}
+
 /// The Rust core of ego.
 #[pymodule]
 fn _ego(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -39,6 +46,7 @@ fn _ego(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<records::PersistedEvent>()?;
     m.add_class::<records::PersistedState>()?;
     m.add_class::<subscription::SubscriptionCore>()?;
+    m.add_function(wrap_pyfunction!(shard_of, m)?)?;
     m.add("LATENCY_BOUNDS_MS", telemetry::LATENCY_BOUNDS_MS.to_vec())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -25,12 +25,16 @@ pub const SNAPSHOTS: &[&str] = &["write_snapshot", "latest_snapshot", "delete_sn
 pub const STATES: &[&str] = &["write_state", "read_state", "delete_state"];
 pub const OFFSETS: &[&str] = &["write_offsets", "read_offsets", "reset_offsets"];
 pub const KEYS: &[&str] = &["get_or_create_key", "get_key", "erase_key"];
+/// Optional methods, for tools (listing, migration): without them the store cannot be listed.
+const LISTING: [&str; 2] = ["state_ids", "projection_names"];
 
 /// A store implemented in Python.
 #[derive(Clone)]
 pub struct PyStore {
     obj: Arc<Py<PyAny>>,
     worker: Arc<Worker>,
+    /// Which of [`LISTING`] the object has.
+    listing: [bool; 2],
 }
 
 static ENVELOPES: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -50,7 +54,13 @@ impl PyStore {
                 &Error::Configuration(format!("{} is not a store: it lacks {}", crate::types::describe(obj), missing.join(", ")).into()),
             ));
         }
-        Ok(PyStore { obj: Arc::new(obj.clone().unbind()), worker: Arc::new(Worker::start("ego-pystore")?) })
+        let listing = LISTING.map(|m| obj.hasattr(m).unwrap_or(false));
+        Ok(PyStore { obj: Arc::new(obj.clone().unbind()), worker: Arc::new(Worker::start("ego-pystore")?), listing })
+    }
+
+    /// `Error::Configuration` when the object lacks the optional method `LISTING[i]`.
+    fn lacks(&self, i: usize) -> Option<Error> {
+        (!self.listing[i]).then(|| Error::Configuration(format!("this Python store has no {}() method", LISTING[i]).into()))
     }
 
     pub(crate) fn call<T: Send + 'static>(
@@ -205,6 +215,20 @@ impl StateStore for PyStore {
         let pid = persistence_id.to_string();
         self.call("delete_state", move |py| Ok(vec![s(py, &pid)]), |_, _| Ok(()))
     }
+
+    fn state_ids(&self, page_size: usize, after: Option<String>) -> BoxFuture<'static, Result<IdPage>> {
+        if let Some(e) = self.lacks(0) {
+            return Box::pin(async move { Err(e) });
+        }
+        self.call(
+            "state_ids",
+            move |py| Ok(vec![int(py, page_size)?, after.into_pyobject(py)?.into_any()]),
+            |_, v| {
+                let (ids, next): (Vec<String>, Option<String>) = v.extract()?;
+                Ok(IdPage { ids, next })
+            },
+        )
+    }
 }
 
 impl OffsetStore for PyStore {
@@ -221,5 +245,12 @@ impl OffsetStore for PyStore {
     fn reset_offsets(&self, projection: &str) -> BoxFuture<'static, Result<()>> {
         let p = projection.to_string();
         self.call("reset_offsets", move |py| Ok(vec![s(py, &p)]), |_, _| Ok(()))
+    }
+
+    fn projection_names(&self) -> BoxFuture<'static, Result<Vec<String>>> {
+        if let Some(e) = self.lacks(1) {
+            return Box::pin(async move { Err(e) });
+        }
+        self.call("projection_names", |_| Ok(vec![]), |_, v| v.extract())
     }
 }

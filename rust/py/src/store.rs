@@ -372,6 +372,51 @@ impl NativeStore {
         Ok(found.map(|s| PyBytes::new(py, &s.encode_to_vec())))
     }
 
+    /// One page of the ids of stored durable states after `after`: `(ids, next cursor or None)`.
+    #[pyo3(signature = (page_size, after=None))]
+    fn state_ids(&self, py: Python<'_>, page_size: &Bound<'_, PyAny>, after: Option<String>) -> PyResult<(Vec<String>, Option<String>)> {
+        let page_size = bounds::count(page_size, "page_size")?;
+        let page = wait(py, self.states().state_ids(page_size, after))?;
+        Ok((page.ids, page.next))
+    }
+
+    /// Names of the projections with saved offsets, sorted.
+    fn projection_names(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        wait(py, self.offsets().projection_names())
+    }
+
+    /// Wrapped data keys of the key vault after `after` (exclusive), at most `max_count`, as
+    /// encoded `DataKey` envelopes.
+    #[pyo3(signature = (after=None, max_count=1000))]
+    fn _list_keys<'py>(&self, py: Python<'py>, after: Option<String>, max_count: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let max_count = bounds::count(max_count, "max_count")?;
+        let keys = wait(py, self.vault().list_keys(after, max_count))?;
+        Ok(keys.iter().map(|k| PyBytes::new(py, &k.encode_to_vec())).collect())
+    }
+
+    /// Stores an encoded `DataKey` unless the id has a key or an erasure record already;
+    /// `True` when the vault holds this key afterwards.
+    fn _put_key(&self, py: Python<'_>, key: Vec<u8>) -> PyResult<bool> {
+        let key = decode::<ego_core::envelope::DataKey>(py, "DataKey", &key)?;
+        let expected = key.clone();
+        let slot = wait(py, self.vault().create_key(key))?;
+        Ok(slot == ego_core::store::KeySlot::Key(expected))
+    }
+
+    /// Erasure records `(persistence id, erased at in Unix ns)` after `after` (exclusive), at
+    /// most `max_count`, in id order.
+    #[pyo3(signature = (after=None, max_count=1000))]
+    fn list_erasures(&self, py: Python<'_>, after: Option<String>, max_count: &Bound<'_, PyAny>) -> PyResult<Vec<(String, i64)>> {
+        let max_count = bounds::count(max_count, "max_count")?;
+        wait(py, self.vault().list_erasures(after, max_count))
+    }
+
+    /// Records the erasure of an id at `erased_at` (Unix ns) in the key vault and deletes its
+    /// key (crypto-shredding). Idempotent: a second erasure keeps the first record.
+    fn record_erasure(&self, py: Python<'_>, persistence_id: &str, erased_at: i64) -> PyResult<()> {
+        wait(py, self.vault().erase_key(persistence_id, erased_at))
+    }
+
     /// Deletes the durable state of the id.
     fn delete_state(&self, py: Python<'_>, persistence_id: &str) -> PyResult<()> {
         wait(py, self.states().delete_state(persistence_id))

@@ -295,6 +295,10 @@ impl StateStore for EncryptedStates {
         self.inner.delete_state(persistence_id)
     }
 
+    fn state_ids(&self, page_size: usize, after: Option<String>) -> BoxFuture<'static, Result<IdPage>> {
+        self.inner.state_ids(page_size, after)
+    }
+
     fn close(&self) -> BoxFuture<'static, Result<()>> {
         self.inner.close()
     }

@@ -291,6 +291,19 @@ impl StateStore for MemoryStore {
         self.inner.lock().states.remove(persistence_id);
         ready(Ok(()))
     }
+
+    fn state_ids(&self, page_size: usize, after: Option<String>) -> BoxFuture<'static, Result<IdPage>> {
+        if let Err(e) = check_page_size(page_size) {
+            return ready(Err(e));
+        }
+        let data = self.inner.lock();
+        let mut ids: Vec<&String> = data.states.keys().filter(|id| after.as_ref().is_none_or(|a| id.as_str() > a.as_str())).collect();
+        ids.sort_unstable();
+        let more = ids.len() > page_size;
+        let ids: Vec<String> = ids.into_iter().take(page_size).cloned().collect();
+        let next = if more { ids.last().cloned() } else { None };
+        ready(Ok(IdPage { ids, next }))
+    }
 }
 
 impl OffsetStore for MemoryStore {
@@ -310,6 +323,12 @@ impl OffsetStore for MemoryStore {
     fn reset_offsets(&self, projection: &str) -> BoxFuture<'static, Result<()>> {
         self.inner.lock().offsets.remove(projection);
         ready(Ok(()))
+    }
+
+    fn projection_names(&self) -> BoxFuture<'static, Result<Vec<String>>> {
+        let mut names: Vec<String> = self.inner.lock().offsets.iter().filter(|(_, o)| !o.is_empty()).map(|(n, _)| n.clone()).collect();
+        names.sort_unstable();
+        ready(Ok(names))
     }
 
     fn commit(
@@ -375,6 +394,19 @@ impl KeyVault for MemoryStore {
             None => data.keys.range::<String, _>(..),
         };
         ready(Ok(range.take(max).map(|(_, k)| k.clone()).collect()))
+    }
+
+    fn list_erasures(&self, after: Option<String>, max: usize) -> BoxFuture<'static, Result<Vec<(String, i64)>>> {
+        let data = self.inner.lock();
+        let mut out: Vec<(String, i64)> = data
+            .erasures
+            .iter()
+            .filter(|(id, _)| after.as_ref().is_none_or(|a| id.as_str() > a.as_str()))
+            .map(|(id, at)| (id.clone(), *at))
+            .collect();
+        out.sort_unstable();
+        out.truncate(max);
+        ready(Ok(out))
     }
 
     fn replace_key(&self, key: DataKey, expected_master: &str) -> BoxFuture<'static, Result<bool>> {

@@ -117,6 +117,13 @@ pub trait StateStore: Send + Sync + 'static {
     fn read_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<Option<DurableState>>>;
     /// Deletes the stored state (a later read gives none).
     fn delete_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<()>>;
+    /// Ids of the stored durable states in ascending byte order, after `after` (exclusive):
+    /// one page, like [`EventsStore::persistence_ids`]. For tools (listing, migration); a
+    /// store that cannot list answers [`Error::Configuration`].
+    fn state_ids(&self, page_size: usize, after: Option<String>) -> BoxFuture<'static, Result<IdPage>> {
+        let _ = (page_size, after);
+        crate::future::ready(Err(Error::Configuration("this state store cannot list its ids".into())))
+    }
     /// See [`EventsStore::close`].
     fn close(&self) -> BoxFuture<'static, Result<()>> {
         crate::future::ready(Ok(()))
@@ -131,6 +138,11 @@ pub trait OffsetStore: Send + Sync + 'static {
     fn read_offsets(&self, projection: &str) -> BoxFuture<'static, Result<Vec<(u32, u64)>>>;
     /// Forgets every offset of `projection` (it starts from the beginning again).
     fn reset_offsets(&self, projection: &str) -> BoxFuture<'static, Result<()>>;
+    /// Names of the projections with saved offsets, in ascending byte order. For tools; a
+    /// store that cannot list answers [`Error::Configuration`].
+    fn projection_names(&self) -> BoxFuture<'static, Result<Vec<String>>> {
+        crate::future::ready(Err(Error::Configuration("this offset store cannot list its projections".into())))
+    }
     /// Saves offsets together with a handler's read-model writes, atomically. Stores that
     /// cannot refuse writes (offsets alone are always accepted).
     fn commit(&self, projection: &str, offsets: Vec<(u32, u64)>, writes: Vec<ReadModelWrite>) -> BoxFuture<'static, Result<()>> {
@@ -166,6 +178,9 @@ pub trait KeyVault: Send + Sync + 'static {
     fn erase_key(&self, persistence_id: &str, erased_at: i64) -> BoxFuture<'static, Result<()>>;
     /// Keys in ascending persistence id order after `after` (exclusive), at most `max`.
     fn list_keys(&self, after: Option<String>, max: usize) -> BoxFuture<'static, Result<Vec<DataKey>>>;
+    /// Erasure records `(persistence id, erased at in Unix ns)` in ascending persistence id
+    /// order after `after` (exclusive), at most `max`.
+    fn list_erasures(&self, after: Option<String>, max: usize) -> BoxFuture<'static, Result<Vec<(String, i64)>>>;
     /// Replaces the id's key with `key` if the stored one was wrapped by `expected_master`
     /// (master-key rotation); `false` when it was not (already re-wrapped, or erased).
     fn replace_key(&self, key: DataKey, expected_master: &str) -> BoxFuture<'static, Result<bool>>;

@@ -446,8 +446,14 @@ impl RocksStore {
     }
 
     fn ids(&self, page_size: usize, after: Option<String>) -> Result<IdPage> {
+        self.key_page(CF_HEADS, page_size, after)
+    }
+
+    /// One page of the keys (persistence ids) of a column family keyed by id.
+    fn key_page(&self, family: &str, page_size: usize, after: Option<String>) -> Result<IdPage> {
+        check_page_size(page_size)?;
         let db = self.db()?;
-        let mut it = db.raw_iterator_cf(cf(&db, CF_HEADS));
+        let mut it = db.raw_iterator_cf(cf(&db, family));
         match &after {
             Some(a) => {
                 it.seek(a.as_bytes());
@@ -560,6 +566,22 @@ impl RocksStore {
             let shard = key.get(projection.len() + 1..).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes).unwrap_or(0);
             out.push((shard, be64(it.value().unwrap_or_default()).unwrap_or(0)));
             it.next();
+        }
+        it.status().map_err(map_err)?;
+        Ok(out)
+    }
+
+    /// Names of the projections with offsets (keys are `projection \0 shard`).
+    fn projections(&self) -> Result<Vec<String>> {
+        let db = self.db()?;
+        let mut it = db.raw_iterator_cf(cf(&db, CF_OFFSETS));
+        it.seek_to_first();
+        let mut out = Vec::new();
+        while it.valid() {
+            let key = it.key().unwrap_or_default();
+            let name = String::from_utf8_lossy(&key[..key.iter().position(|b| *b == 0).unwrap_or(key.len())]).into_owned();
+            it.seek(journal_end(&name));
+            out.push(name);
         }
         it.status().map_err(map_err)?;
         Ok(out)
@@ -1004,6 +1026,11 @@ impl StateStore for RocksStore {
     fn delete_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<()>> {
         self.submit(Op::DeleteState(persistence_id.to_string()))
     }
+
+    fn state_ids(&self, page_size: usize, after: Option<String>) -> BoxFuture<'static, Result<IdPage>> {
+        ready(self.key_page(CF_STATES, page_size, after))
+    }
+
     fn close(&self) -> BoxFuture<'static, Result<()>> {
         ready(self.shutdown())
     }
@@ -1041,5 +1068,9 @@ impl OffsetStore for RocksStore {
 
     fn reset_offsets(&self, projection: &str) -> BoxFuture<'static, Result<()>> {
         self.submit(Op::ResetOffsets(projection.to_string()))
+    }
+
+    fn projection_names(&self) -> BoxFuture<'static, Result<Vec<String>>> {
+        ready(self.projections())
     }
 }

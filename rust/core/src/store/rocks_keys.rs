@@ -94,6 +94,29 @@ impl RocksStore {
         Ok(out)
     }
 
+    fn erasures_after(&self, after: Option<String>, max: usize) -> Result<Vec<(String, i64)>> {
+        let db = self.db()?;
+        let mut it = db.raw_iterator_cf(cf(&db, CF_ERASURES));
+        match &after {
+            Some(a) => {
+                it.seek(a.as_bytes());
+                if it.valid() && it.key() == Some(a.as_bytes()) {
+                    it.next();
+                }
+            }
+            None => it.seek_to_first(),
+        }
+        let mut out = Vec::new();
+        while it.valid() && out.len() < max {
+            let pid = String::from_utf8_lossy(it.key().unwrap_or_default()).into_owned();
+            let record = Erasure::decode(it.value().unwrap_or_default()).map_err(|e| corrupt(&pid, e))?;
+            out.push((pid, record.erased_at));
+            it.next();
+        }
+        it.status().map_err(map_err)?;
+        Ok(out)
+    }
+
     fn replace(&self, key: DataKey, expected_master: &str) -> Result<bool> {
         let _guard = self.keys_lock().lock();
         match self.slot(&key.persistence_id)? {
@@ -127,6 +150,10 @@ impl KeyVault for RocksStore {
 
     fn list_keys(&self, after: Option<String>, max: usize) -> BoxFuture<'static, Result<Vec<DataKey>>> {
         ready(self.keys_after(after, max))
+    }
+
+    fn list_erasures(&self, after: Option<String>, max: usize) -> BoxFuture<'static, Result<Vec<(String, i64)>>> {
+        ready(self.erasures_after(after, max))
     }
 
     fn replace_key(&self, key: DataKey, expected_master: &str) -> BoxFuture<'static, Result<bool>> {

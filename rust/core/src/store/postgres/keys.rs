@@ -96,11 +96,24 @@ impl KeyVault for PgStore {
 
     fn list_keys(&self, after: Option<String>, max: usize) -> BoxFuture<'static, Result<Vec<DataKey>>> {
         self.read(move |inner, client| async move {
-            let sql = format!("SELECT {KEY_COLUMNS} FROM {} WHERE persistence_id > $1 ORDER BY persistence_id LIMIT $2", inner.names.keys);
+            let sql = format!("SELECT {KEY_COLUMNS} FROM {} WHERE persistence_id COLLATE "C" > $1 ORDER BY persistence_id COLLATE "C" LIMIT $2", inner.names.keys);
             let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
             let limit = i64::try_from(max).unwrap_or(i64::MAX);
             let rows = client.query(&stmt, &[&after.unwrap_or_default(), &limit]).await.map_err(db_error)?;
             Ok(rows.iter().map(key_of).collect())
+        })
+    }
+
+    fn list_erasures(&self, after: Option<String>, max: usize) -> BoxFuture<'static, Result<Vec<(String, i64)>>> {
+        self.read(move |inner, client| async move {
+            let sql = format!(
+                "SELECT persistence_id, erased_at FROM {} WHERE persistence_id COLLATE \"C\" > $1 ORDER BY persistence_id COLLATE \"C\" LIMIT $2",
+                inner.names.erasures
+            );
+            let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
+            let limit = i64::try_from(max).unwrap_or(i64::MAX);
+            let rows = client.query(&stmt, &[&after.unwrap_or_default(), &limit]).await.map_err(db_error)?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
         })
     }
 

@@ -179,8 +179,10 @@ impl EventsStore for PgStore {
             return crate::future::ready(Err(e));
         }
         self.read(move |inner, client| async move {
-            let sql =
-                format!("SELECT persistence_id FROM {} WHERE persistence_id > $1 ORDER BY persistence_id LIMIT $2", inner.names.heads);
+            let sql = format!(
+                "SELECT persistence_id FROM {} WHERE persistence_id COLLATE \"C\" > $1 ORDER BY persistence_id COLLATE \"C\" LIMIT $2",
+                inner.names.heads
+            );
             let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
             let rows =
                 client.query(&stmt, &[&after.unwrap_or_default(), &to_i64(page_size as u64).saturating_add(1)]).await.map_err(db_error)?;
@@ -269,5 +271,25 @@ impl StateStore for PgStore {
     fn delete_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<()>> {
         let sql = format!("DELETE FROM {} WHERE persistence_id = $1", self.inner.names.states);
         self.exec(sql, vec![Box::new(persistence_id.to_string())])
+    }
+
+    fn state_ids(&self, page_size: usize, after: Option<String>) -> BoxFuture<'static, Result<IdPage>> {
+        if let Err(e) = check_page_size(page_size) {
+            return crate::future::ready(Err(e));
+        }
+        self.read(move |inner, client| async move {
+            let sql = format!(
+                "SELECT persistence_id FROM {} WHERE persistence_id COLLATE \"C\" > $1 ORDER BY persistence_id COLLATE \"C\" LIMIT $2",
+                inner.names.states
+            );
+            let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
+            let rows =
+                client.query(&stmt, &[&after.unwrap_or_default(), &to_i64(page_size as u64).saturating_add(1)]).await.map_err(db_error)?;
+            let mut ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            let more = ids.len() > page_size;
+            ids.truncate(page_size);
+            let next = if more { ids.last().cloned() } else { None };
+            Ok(IdPage { ids, next })
+        })
     }
 }

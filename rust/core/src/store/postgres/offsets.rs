@@ -46,6 +46,14 @@ impl OffsetStore for PgStore {
         self.exec(sql, vec![Box::new(projection.to_string())])
     }
 
+    fn projection_names(&self) -> BoxFuture<'static, Result<Vec<String>>> {
+        self.read(move |inner, client| async move {
+            let sql = format!("SELECT DISTINCT projection COLLATE \"C\" AS p FROM {} ORDER BY p", inner.names.offsets);
+            let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
+            Ok(client.query(&stmt, &[]).await.map_err(db_error)?.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
     fn commit(&self, projection: &str, offsets: Vec<(u32, u64)>, writes: Vec<ReadModelWrite>) -> BoxFuture<'static, Result<()>> {
         if writes.is_empty() {
             return self.write_offsets(projection, offsets);

@@ -7,7 +7,7 @@ use super::errors::{chain, db_error};
 use crate::error::{Error, Result};
 
 /// Schema version this code writes.
-const SCHEMA_VERSION: i32 = 3;
+const SCHEMA_VERSION: i32 = 4;
 
 /// Checks that `name` is a plain SQL identifier.
 pub fn check_identifier(what: &str, name: &str, allow_empty: bool) -> Result<()> {
@@ -163,6 +163,24 @@ pub(super) async fn migrate(pool: &Pool, n: &Names) -> Result<()> {
              INSERT INTO {m} (version) VALUES (3);",
             snapshots = n.snapshots,
             states = n.states,
+            m = n.migrations,
+        ))
+        .await
+        .map_err(db_error)?;
+    }
+    if current < 4 {
+        // Paging through ids in byte order (as RocksDB and the memory store list them),
+        // whatever the database's collation: `COLLATE "C"` comparisons need their own index.
+        tx.batch_execute(&format!(
+            "CREATE INDEX ON {heads} ((persistence_id COLLATE \"C\"));
+             CREATE INDEX ON {states} ((persistence_id COLLATE \"C\"));
+             CREATE INDEX ON {keys} ((persistence_id COLLATE \"C\"));
+             CREATE INDEX ON {erasures} ((persistence_id COLLATE \"C\"));
+             INSERT INTO {m} (version) VALUES (4);",
+            heads = n.heads,
+            states = n.states,
+            keys = n.keys,
+            erasures = n.erasures,
             m = n.migrations,
         ))
         .await
