@@ -50,7 +50,7 @@ def test_round_trip_rocksdb_postgres_rocksdb_is_byte_identical(tmp_path: Path, p
     middle, _ = pg()
     report = migrate(source, middle)
     assert report.verification is not None and report.verification.ok, report.verification
-    assert report.streams == 30 and report.states == 5 and report.events > 400
+    assert report.streams == 30 and report.states == 5 and report.events > 300
     back = ego.RocksDBStore(tmp_path / "b")
     again = migrate(middle, back)
     assert again.verification is not None and again.verification.ok
@@ -157,8 +157,7 @@ def test_verify_catches_one_tampered_event(tmp_path: Path, pg: Any, capsys: pyte
     source = ego.RocksDBStore(tmp_path / "a")
     fill(source, accounts=8, commands=80, durable=2)
     source.close()
-    target, url = pg()
-    target.close()
+    _, url = pg()
     src_url = f"rocksdb://{tmp_path / 'a'}"
     capsys.readouterr()
     assert main(["migrate", src_url, url, "--json"]) == 0

@@ -243,7 +243,7 @@ def state(store: str, entity_id: str, modules: tuple[str, ...], descriptor_sets:
         return
     import json
 
-    output.stdout.print_json(json.dumps(result, ensure_ascii=False))
+    output.stdout().print_json(json.dumps(result, ensure_ascii=False))
 
 
 @click.command()
@@ -361,8 +361,8 @@ def check(ctx: click.Context, store: str, modules: tuple[str, ...], descriptor_s
             [(report.streams, report.events, report.snapshots, report.states, len(report.faults))],
         )
         for f in report.faults:
-            output.stdout.print(f"[red]fault[/red] {f}", highlight=False)
+            output.stdout().print(f"[red]fault[/red] {f}", highlight=False)
         if report.unknown_types:
-            output.stderr.print(f"not decoded (unknown types): {', '.join(sorted(report.unknown_types))}", highlight=False)
+            output.stderr().print(f"not decoded (unknown types): {', '.join(sorted(report.unknown_types))}", highlight=False)
     if report.faults:
         ctx.exit(1)

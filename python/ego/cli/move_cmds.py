@@ -34,7 +34,7 @@ def _print_verification(report: VerifyReport) -> None:
         [(report.streams, report.events, report.snapshots, report.states, report.keys, report.erasures, len(report.differences))],
     )
     for d in report.differences:
-        output.stdout.print(f"[red]differs[/red] {d}", highlight=False)
+        output.stdout().print(f"[red]differs[/red] {d}", highlight=False)
 
 
 @click.command("migrate")
@@ -91,7 +91,7 @@ def migrate_cmd(ctx: click.Context, source: str, target: str, check: bool, worke
             caption=f"resumed after {report.resumed_at} streams" if report.resumed_at else None,
         )
         for name, n in report.replays.items():
-            output.stderr.print(f"projection {name!r} lagged: it will handle about {n} events a second time", highlight=False)
+            output.stderr().print(f"projection {name!r} lagged: it will handle about {n} events a second time", highlight=False)
         if report.verification is not None:
             _print_verification(report.verification)
     if report.verification is not None and not report.verification.ok:

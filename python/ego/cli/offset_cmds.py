@@ -43,7 +43,7 @@ def set_offset(store: str, projection: str, shard: int, position: int, as_json: 
     if as_json:
         output.as_json({"projection": projection, "shard": shard, "previous": before, "offset": position, "head": head})
     else:
-        output.stdout.print(
+        output.stdout().print(
             f"{projection} shard {shard}: offset {before if before is not None else 'none'} -> {position} (head {head})"
         )
 

@@ -16,8 +16,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-stdout = Console(soft_wrap=True)
-stderr = Console(stderr=True)
+
+def stdout() -> Console:
+    """A console on standard output (made per use: it follows redirections and ``COLUMNS``)."""
+    return Console(soft_wrap=True)
+
+
+def stderr() -> Console:
+    """A console on standard error."""
+    return Console(stderr=True)
 
 
 def iso(nanos: int) -> str:
@@ -39,13 +46,14 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
         t.add_column(c, overflow="fold")
     for row in rows:
         t.add_row(*("" if v is None else str(v) for v in row))
-    stdout.print(t)
+    stdout().print(t)
 
 
 @contextmanager
 def progress(enabled: bool = True) -> Iterator[Any]:
     """A rich progress display on standard error; yields ``update(phase, done, total)``."""
-    if not enabled or not stderr.is_terminal:
+    console = stderr()
+    if not enabled or not console.is_terminal:
 
         def quiet(phase: str, done: int, total: int | None) -> None:
             return None
@@ -58,7 +66,7 @@ def progress(enabled: bool = True) -> Iterator[Any]:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=stderr,
+        console=console,
         transient=False,
     ) as p:
 

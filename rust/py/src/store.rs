@@ -387,9 +387,14 @@ impl NativeStore {
 
     /// Wrapped data keys of the key vault after `after` (exclusive), at most `max_count`, as
     /// encoded `DataKey` envelopes.
-    #[pyo3(signature = (after=None, max_count=1000))]
-    fn _list_keys<'py>(&self, py: Python<'py>, after: Option<String>, max_count: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyBytes>>> {
-        let max_count = bounds::count(max_count, "max_count")?;
+    #[pyo3(signature = (after=None, max_count=None))]
+    fn _list_keys<'py>(
+        &self,
+        py: Python<'py>,
+        after: Option<String>,
+        max_count: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let max_count = max_count.map_or(Ok(1000), |m| bounds::count(m, "max_count"))?;
         let keys = wait(py, self.vault().list_keys(after, max_count))?;
         Ok(keys.iter().map(|k| PyBytes::new(py, &k.encode_to_vec())).collect())
     }
@@ -405,9 +410,9 @@ impl NativeStore {
 
     /// Erasure records `(persistence id, erased at in Unix ns)` after `after` (exclusive), at
     /// most `max_count`, in id order.
-    #[pyo3(signature = (after=None, max_count=1000))]
-    fn list_erasures(&self, py: Python<'_>, after: Option<String>, max_count: &Bound<'_, PyAny>) -> PyResult<Vec<(String, i64)>> {
-        let max_count = bounds::count(max_count, "max_count")?;
+    #[pyo3(signature = (after=None, max_count=None))]
+    fn list_erasures(&self, py: Python<'_>, after: Option<String>, max_count: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<(String, i64)>> {
+        let max_count = max_count.map_or(Ok(1000), |m| bounds::count(m, "max_count"))?;
         wait(py, self.vault().list_erasures(after, max_count))
     }
 

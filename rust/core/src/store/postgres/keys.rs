@@ -96,7 +96,10 @@ impl KeyVault for PgStore {
 
     fn list_keys(&self, after: Option<String>, max: usize) -> BoxFuture<'static, Result<Vec<DataKey>>> {
         self.read(move |inner, client| async move {
-            let sql = format!("SELECT {KEY_COLUMNS} FROM {} WHERE persistence_id COLLATE "C" > $1 ORDER BY persistence_id COLLATE "C" LIMIT $2", inner.names.keys);
+            let sql = format!(
+                "SELECT {KEY_COLUMNS} FROM {} WHERE persistence_id COLLATE \"C\" > $1 ORDER BY persistence_id COLLATE \"C\" LIMIT $2",
+                inner.names.keys
+            );
             let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
             let limit = i64::try_from(max).unwrap_or(i64::MAX);
             let rows = client.query(&stmt, &[&after.unwrap_or_default(), &limit]).await.map_err(db_error)?;
