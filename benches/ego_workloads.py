@@ -154,6 +154,36 @@ def workload_b(
     return asyncio.run(run())
 
 
+def workload_bulk(
+    kind: str, api: str = "sync", accounts: int = 1000, credits: int = 20, per_call: int = 1000
+) -> dict[str, float]:
+    """Workload B's commands (`accounts` accounts x `credits` credits) through the bulk API:
+    `send_commands` (api="sync") or `send_commands_async` (api="async"), `per_call` pairs per
+    call (1,000: one round of B per call, every account once)."""
+
+    async def run() -> dict[str, float]:
+        with engine_on(kind) as engine:
+            ids = [f"acc-{i}" for i in range(accounts)]
+            await asyncio.gather(*(engine.send_command_async(i, OpenAccount(initial_balance=0)) for i in ids))
+            credit = Credit(amount=1)
+            pairs = [(i, credit) for _ in range(credits) for i in ids]
+            calls = [pairs[k : k + per_call] for k in range(0, len(pairs), per_call)]
+            gc.collect()
+            started = time.perf_counter()
+            if api == "sync":
+                for call in calls:
+                    engine.send_commands(call)
+            else:
+                for call in calls:
+                    await engine.send_commands_async(call)
+            elapsed = time.perf_counter() - started
+            state, revision = await engine.get_state_async(ids[-1])
+            assert (state.balance, revision) == (credits, credits + 1)
+            return {"cmds_per_s": accounts * credits / elapsed}
+
+    return asyncio.run(run())
+
+
 def encryption_settings(on: bool) -> dict[str, object]:
     """Engine options with encryption at rest on (a fixed master key) or off."""
     return {"encryption": ego.Encryption(master_key=bytes(range(32)))} if on else {}

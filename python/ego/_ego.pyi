@@ -2,7 +2,7 @@
 
 import asyncio
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from os import PathLike
 from typing import Any
 
@@ -61,6 +61,12 @@ class EngineCore:
     def send_command_async(
         self, entity_id: str, command: Any, trace_context: Any = None, idempotency_key: str | None = None
     ) -> asyncio.Future[tuple[Any, int]]: ...
+    def send_commands(
+        self, pairs: Iterable[tuple[str, Any]], timeout: float | None = None, return_exceptions: bool = True
+    ) -> list[tuple[Any, int] | BaseException]: ...
+    def send_commands_async(
+        self, pairs: Iterable[tuple[str, Any]], return_exceptions: bool = True
+    ) -> asyncio.Future[list[tuple[Any, int] | BaseException]]: ...
     def _telemetry_snapshot(self) -> dict[str, Any]: ...
     def get_state(self, entity_id: str, timeout: float | None = None) -> tuple[Any, int]: ...
     def get_state_async(self, entity_id: str) -> asyncio.Future[tuple[Any, int]]: ...

@@ -87,6 +87,12 @@ class Engine(_ego.EngineCore):
 
     - ``send_command(entity_id, command, timeout=None) -> (state, revision)``
     - ``send_command_async(entity_id, command) -> asyncio.Future[(state, revision)]``
+    - ``send_commands(pairs, timeout=None, return_exceptions=True) -> list`` and
+      ``send_commands_async(pairs, return_exceptions=True) -> asyncio.Future[list]``: many
+      ``(entity_id, command)`` pairs in one call; slot ``i`` of the list is pair ``i``'s
+      ``(state, revision)`` or the exception of its rejected or failed command (raises
+      ``EngineClosedError`` when stopped, ``ValidationError`` when ``pairs`` is not iterable).
+      Example: ``outcomes = engine.send_commands([("a-1", Credit(amount=5)), ("a-2", Credit(amount=7))])``.
     - ``get_state(entity_id, timeout=None)`` / ``get_state_async(entity_id)``: the confirmed
       state, after the commands sent before the query.
     - ``stop_entity(entity_id)``, ``is_live(entity_id)``, ``live_count()``.

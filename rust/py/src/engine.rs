@@ -17,11 +17,11 @@ use parking_lot::RwLock;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
-use crate::errors::{configuration, contract_error, fail_to_pyerr, invalid_message, to_pyerr};
+use crate::errors::{configuration, contract_error, fail_to_pyerr, invalid_message, to_pyerr, validation};
 use crate::host::{PyCommand, PyHost};
 use crate::options::EntityOptions;
 use crate::pystore::PyStore;
-use crate::reply::{outcome_into_result, settle_now, waker_for, AsyncReply, Reply, SyncSlot};
+use crate::reply::{outcome_into_result, settle_now, waker_for, AsyncReply, Bulk, Reply, SyncSlot};
 use crate::store::NativeStore;
 use crate::telemetry::Telemetry;
 use crate::types::describe;
@@ -167,6 +167,62 @@ impl EngineCore {
         }
         Ok(future.unbind())
     }
+
+    /// Hands every `(entity_id, command)` pair of `items` to its entity, in order, filling
+    /// slot `i` of `bulk` with the outcome of pair `i` (at once when it ran inline, later from
+    /// its reply). A malformed pair fills its slot with a typed error; the others go on.
+    fn dispatch_bulk(core: &Core, py: Python<'_>, bulk: &Arc<Bulk>, items: &[Bound<'_, PyAny>]) {
+        for (i, item) in items.iter().enumerate() {
+            let (id, command) = match pair_of(core, py, item) {
+                Ok(p) => p,
+                Err(e) => {
+                    bulk.settle(i, Err(ego_core::host::Fail::Handler(e)));
+                    continue;
+                }
+            };
+            let command = PyCommand::new(command.unbind());
+            match core.send_keyed(py, id.to_str().unwrap_or_default(), command, None, bulk.reply(i)) {
+                Ok(Dispatched::Done(outcome)) => bulk.settle(i, outcome),
+                Ok(Dispatched::Queued) => {}
+                Err(fail) => bulk.settle(i, Err(fail)),
+            }
+        }
+    }
+
+    /// The items of a bulk call's `pairs` (any iterable).
+    fn bulk_items<'py>(pairs: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        if let Ok(list) = pairs.cast::<pyo3::types::PyList>() {
+            return Ok(list.iter().collect());
+        }
+        pairs
+            .try_iter()
+            .map_err(|_| {
+                validation(pairs.py(), format!("pairs must be an iterable of (entity_id, command) pairs, got {}", describe(pairs)))
+            })?
+            .collect()
+    }
+}
+
+/// The entity id and command of one bulk pair, or the typed error of a malformed one.
+fn pair_of<'py>(
+    core: &Core,
+    py: Python<'py>,
+    item: &Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, pyo3::types::PyString>, Bound<'py, PyAny>)> {
+    let tuple = item.cast::<pyo3::types::PyTuple>().ok().filter(|t| t.len() == 2);
+    let (id, command) = match tuple {
+        Some(t) => (t.get_item(0)?, t.get_item(1)?),
+        None => match item.cast::<pyo3::types::PyList>().ok().filter(|l| l.len() == 2) {
+            Some(l) => (l.get_item(0)?, l.get_item(1)?),
+            None => return Err(validation(py, format!("a bulk item must be an (entity_id, command) pair, got {}", describe(item)))),
+        },
+    };
+    if !id.is_instance_of::<pyo3::types::PyString>() {
+        return Err(to_pyerr(py, &Error::InvalidEntityId { id: describe(&id), reason: "an entity id must be a str" }));
+    }
+    let id = id.cast_into::<pyo3::types::PyString>().map_err(PyErr::from)?;
+    EngineCore::check_message(core, py, "a command", &command)?;
+    Ok((id, command))
 }
 
 #[pymethods]
@@ -316,6 +372,52 @@ impl EngineCore {
             t.latency.record(sent.elapsed());
         }
         result
+    }
+
+    /// Sends many commands: `pairs` is an iterable of `(entity_id, command)`; returns a list
+    /// whose slot `i` is the outcome of pair `i`: `(state, revision)`, or the exception
+    /// instance of a rejected or failed command (with `return_exceptions=False`, the first
+    /// such exception is raised once every command has its outcome). See
+    /// `ego.Engine.send_commands`.
+    #[pyo3(signature = (pairs, timeout=None, return_exceptions=true))]
+    fn send_commands(
+        &self,
+        py: Python<'_>,
+        pairs: &Bound<'_, PyAny>,
+        timeout: Option<f64>,
+        return_exceptions: bool,
+    ) -> PyResult<Py<PyAny>> {
+        let core = self.core(py)?;
+        let items = Self::bulk_items(pairs)?;
+        let bulk = Bulk::new(items.len(), None, return_exceptions);
+        Self::dispatch_bulk(&core, py, &bulk, &items);
+        if bulk.dispatched() {
+            return bulk.result(py, None);
+        }
+        let id_of = |i: usize| items[i].get_item(0).and_then(|id| id.extract::<String>()).unwrap_or_default();
+        bulk.wait(py, timeout, &id_of)
+    }
+
+    /// Async twin of `send_commands`: an asyncio future of the list.
+    #[pyo3(signature = (pairs, return_exceptions=true))]
+    fn send_commands_async(&self, py: Python<'_>, pairs: &Bound<'_, PyAny>, return_exceptions: bool) -> PyResult<Py<PyAny>> {
+        let get_loop = GET_RUNNING_LOOP.get_or_try_init(py, || py.import("asyncio")?.getattr("get_running_loop").map(Bound::unbind))?;
+        let event_loop = get_loop.bind(py).call0()?;
+        let future = event_loop.call_method0(pyo3::intern!(py, "create_future"))?;
+        let prepared = self.core(py).and_then(|core| Ok((core, Self::bulk_items(pairs)?)));
+        let (core, items) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                future.call_method1(pyo3::intern!(py, "set_exception"), (e.into_value(py),))?;
+                return Ok(future.unbind());
+            }
+        };
+        let bulk = Bulk::new(items.len(), Some((future.clone().unbind(), waker_for(&event_loop)?)), return_exceptions);
+        Self::dispatch_bulk(&core, py, &bulk, &items);
+        if bulk.dispatched() {
+            bulk.settle_future(py)?;
+        }
+        Ok(future.unbind())
     }
 
     /// What telemetry exports: outcomes (commands per (entity type, outcome)), the latency histogram

@@ -338,6 +338,7 @@ impl Host for PyHost {
         match reply {
             Reply::Sync(r) => r.begin(),
             Reply::Async(r) => !r.future().bind(py).call_method0(pyo3::intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(true),
+            Reply::Bulk(r) => r.begin(py),
         }
     }
 
@@ -345,6 +346,7 @@ impl Host for PyHost {
         match reply {
             Reply::Sync(r) => r.fill(outcome),
             Reply::Async(r) => r.fill(outcome),
+            Reply::Bulk(r) => r.fill(outcome),
         }
     }
 

@@ -30,6 +30,8 @@ pub enum Reply {
     Sync(SyncReply),
     /// An asyncio future.
     Async(AsyncReply),
+    /// One slot of a bulk call.
+    Bulk(BulkReply),
 }
 
 enum SlotState {
@@ -157,32 +159,34 @@ impl Drop for SyncReply {
 /// the GIL, and one byte written to a pipe wakes the loop, whose reader callback (`drain`)
 /// settles every queued future in one go. One wake-up per batch of replies, not per reply.
 pub struct LoopWaker {
-    queue: Mutex<Vec<(Py<PyAny>, Settle)>>,
+    queue: Mutex<Vec<Settle>>,
     armed: AtomicBool,
     write_fd: RawFd,
     read_fd: RawFd,
 }
 
-/// What to do with a queued future.
+/// What to do on the loop.
 enum Settle {
-    /// A command's outcome.
-    Outcome(Outcome),
-    /// Just wake whoever awaits it (result `None`).
-    Wake,
+    /// Settle a future with a command's outcome.
+    Outcome(Py<PyAny>, Outcome),
+    /// Just wake whoever awaits the future (result `None`).
+    Wake(Py<PyAny>),
+    /// Settle a bulk call's future with its list.
+    Bulk(Arc<Bulk>),
 }
 
 impl LoopWaker {
     fn push(&self, future: Py<PyAny>, outcome: Outcome) {
-        self.enqueue(future, Settle::Outcome(outcome));
+        self.enqueue(Settle::Outcome(future, outcome));
     }
 
     /// Resolves `future` with `None` on its loop (no GIL needed).
     pub fn wake(&self, future: Py<PyAny>) {
-        self.enqueue(future, Settle::Wake);
+        self.enqueue(Settle::Wake(future));
     }
 
-    fn enqueue(&self, future: Py<PyAny>, settle: Settle) {
-        self.queue.lock().push((future, settle));
+    fn enqueue(&self, settle: Settle) {
+        self.queue.lock().push(settle);
         if !self.armed.swap(true, Ordering::AcqRel) {
             self.signal();
         }
@@ -214,20 +218,34 @@ impl LoopWaker {
         while matches!((&*file).read(&mut buf), Ok(n) if n > 0) {}
         self.armed.store(false, Ordering::Release);
         let items = std::mem::take(&mut *self.queue.lock());
-        for (future, settle) in items {
-            let future = future.bind(py);
-            if future.call_method0(pyo3::intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(true) {
-                continue;
-            }
+        for settle in items {
             let done = match settle {
-                Settle::Outcome(outcome) => settle_now(py, future, outcome),
-                Settle::Wake => future.call_method1(pyo3::intern!(py, "set_result"), (py.None(),)).map(|_| ()),
+                Settle::Bulk(bulk) => bulk.settle_future(py),
+                Settle::Outcome(future, outcome) => {
+                    let future = future.bind(py);
+                    if is_done(future) {
+                        continue;
+                    }
+                    settle_now(py, future, outcome)
+                }
+                Settle::Wake(future) => {
+                    let future = future.bind(py);
+                    if is_done(future) {
+                        continue;
+                    }
+                    future.call_method1(pyo3::intern!(py, "set_result"), (py.None(),)).map(|_| ())
+                }
             };
             if let Err(e) = done {
                 crate::logs::log_std(py, "error", &format!("failed to deliver a reply: {e}"));
             }
         }
     }
+}
+
+/// Whether a future is done (or cannot tell: then nothing is delivered to it).
+fn is_done(future: &Bound<'_, PyAny>) -> bool {
+    future.call_method0(pyo3::intern!(future.py(), "done")).and_then(|d| d.is_truthy()).unwrap_or(true)
 }
 
 /// The reader callback registered with the loop (`loop.add_reader(fd, drain)`).
@@ -378,4 +396,241 @@ pub fn settle_now(py: Python<'_>, future: &Bound<'_, PyAny>, outcome: Outcome) -
     let method = if ok { pyo3::intern!(py, "set_result") } else { pyo3::intern!(py, "set_exception") };
     future.call_method1(method, (value,))?;
     Ok(())
+}
+
+/// One command of a bulk call, as it stands.
+enum BulkSlot {
+    /// Not run yet.
+    Waiting,
+    /// Queued and started (its outcome is on the way).
+    Started,
+    /// Its outcome.
+    Done(Outcome),
+    /// Its reply was dropped without an outcome (an internal error, or the command was
+    /// dropped unstarted after the caller gave up).
+    Dropped,
+}
+
+struct BulkState {
+    slots: Vec<BulkSlot>,
+    /// Slots not done, plus one while the caller is still dispatching.
+    remaining: usize,
+    /// The caller gave up (timeout, Ctrl-C): commands not started yet are dropped.
+    abandoned: bool,
+}
+
+/// The shared result of a bulk call (`send_commands`, `send_commands_async`): slot `i` is
+/// filled by the reply of command `i`, from whatever thread settles it (no GIL needed); the
+/// last one wakes the blocked caller, or queues the whole list for the future's loop (one
+/// wake-up for the whole call). The list is built in one pass, once.
+pub struct Bulk {
+    state: Mutex<BulkState>,
+    ready: Condvar,
+    /// The asyncio future of the call and its loop's waker (None: a blocked caller).
+    future: Option<(Py<PyAny>, Arc<LoopWaker>)>,
+    return_exceptions: bool,
+}
+
+impl Bulk {
+    /// A bulk result of `n` slots. The caller holds one count until [`Bulk::dispatched`].
+    pub fn new(n: usize, future: Option<(Py<PyAny>, Arc<LoopWaker>)>, return_exceptions: bool) -> Arc<Bulk> {
+        let mut slots = Vec::with_capacity(n);
+        slots.resize_with(n, || BulkSlot::Waiting);
+        Arc::new(Bulk {
+            state: Mutex::new(BulkState { slots, remaining: n + 1, abandoned: false }),
+            ready: Condvar::new(),
+            future,
+            return_exceptions,
+        })
+    }
+
+    /// The reply end of slot `i`.
+    pub fn reply(self: &Arc<Self>, i: usize) -> Reply {
+        Reply::Bulk(BulkReply { bulk: Some(self.clone()), index: i })
+    }
+
+    /// Counts one slot done; `true` when it was the last.
+    fn count_down(state: &mut BulkState) -> bool {
+        state.remaining -= 1;
+        state.remaining == 0
+    }
+
+    /// Fills slot `i` (a slot whose reply was dropped inline gets its real outcome: the
+    /// engine returned it instead of replying). Done slots are left as they are.
+    pub fn settle(self: &Arc<Self>, i: usize, outcome: Outcome) {
+        let mut state = self.state.lock();
+        // No slot: the caller took the result already (it gave up waiting).
+        let last = match state.slots.get_mut(i) {
+            Some(slot @ (BulkSlot::Waiting | BulkSlot::Started)) => {
+                *slot = BulkSlot::Done(outcome);
+                Self::count_down(&mut state)
+            }
+            Some(slot @ BulkSlot::Dropped) => {
+                *slot = BulkSlot::Done(outcome);
+                false
+            }
+            Some(BulkSlot::Done(_)) | None => false,
+        };
+        drop(state);
+        if last {
+            self.complete();
+        }
+    }
+
+    fn drop_slot(self: &Arc<Self>, i: usize) {
+        let mut state = self.state.lock();
+        let last = match state.slots.get_mut(i) {
+            Some(slot @ (BulkSlot::Waiting | BulkSlot::Started)) => {
+                *slot = BulkSlot::Dropped;
+                Self::count_down(&mut state)
+            }
+            _ => false,
+        };
+        drop(state);
+        if last {
+            self.complete();
+        }
+    }
+
+    /// Marks command `i` started; `false` when the caller gave up (then it does not run).
+    fn begin(&self, py: Python<'_>, i: usize) -> bool {
+        if self.future.as_ref().is_some_and(|(future, _)| is_done(future.bind(py))) {
+            return false;
+        }
+        let mut state = self.state.lock();
+        if state.abandoned {
+            return false;
+        }
+        match state.slots.get_mut(i) {
+            Some(slot @ BulkSlot::Waiting) => {
+                *slot = BulkSlot::Started;
+                true
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// Every slot is done: wakes the blocked caller, or queues the list for the future's loop.
+    fn complete(self: &Arc<Self>) {
+        match &self.future {
+            None => {
+                self.ready.notify_all();
+            }
+            Some((_, waker)) => waker.enqueue(Settle::Bulk(self.clone())),
+        }
+    }
+
+    /// The caller finished dispatching: `true` when every slot is already done (then nobody
+    /// else completes the call: the caller builds the result itself).
+    pub fn dispatched(&self) -> bool {
+        let mut state = self.state.lock();
+        Self::count_down(&mut state)
+    }
+
+    /// Waits (GIL released) up to `until` for every slot.
+    fn wait_until(&self, until: Instant) -> Option<()> {
+        let mut state = self.state.lock();
+        loop {
+            if state.remaining == 0 {
+                return Some(());
+            }
+            if self.ready.wait_until(&mut state, until).timed_out() {
+                return (state.remaining == 0).then_some(());
+            }
+        }
+    }
+
+    /// Blocks until every command has its outcome, the timeout, or a signal; then the list.
+    /// On a timeout, commands not started are dropped and their slots (and those of commands
+    /// still running) hold a `CommandTimeoutError` (`started` tells which).
+    /// `id_of(i)` names the entity of slot `i` (for its timeout error).
+    pub fn wait(&self, py: Python<'_>, timeout: Option<f64>, id_of: &dyn Fn(usize) -> String) -> PyResult<Py<PyAny>> {
+        let started_at = Instant::now();
+        let deadline = timeout.map(|t| started_at + Duration::from_secs_f64(t.max(0.0)));
+        match crate::wait::until(py, deadline, |until| self.wait_until(until)) {
+            Waited::Ready(()) => self.result(py, None),
+            Waited::Interrupted(interrupt) => {
+                self.state.lock().abandoned = true;
+                Err(interrupt)
+            }
+            Waited::TimedOut => self.result(py, Some((started_at.elapsed().as_secs_f64(), id_of))),
+        }
+    }
+
+    /// Builds the list in one pass (taking the slots). `timed_out`: the seconds waited and
+    /// the entity of each slot, when the caller gives up on the slots still open.
+    pub fn result(&self, py: Python<'_>, timed_out: Option<(f64, &dyn Fn(usize) -> String)>) -> PyResult<Py<PyAny>> {
+        let slots = {
+            let mut state = self.state.lock();
+            state.abandoned = true;
+            std::mem::take(&mut state.slots)
+        };
+        let mut first_error = None;
+        let mut items = Vec::with_capacity(slots.len());
+        for (i, slot) in slots.into_iter().enumerate() {
+            let (ok, value) = match slot {
+                BulkSlot::Done(outcome) => outcome_value(py, outcome),
+                BulkSlot::Dropped => outcome_value(py, dropped()),
+                BulkSlot::Waiting | BulkSlot::Started => {
+                    let started = matches!(slot, BulkSlot::Started);
+                    let (seconds, id_of) = timed_out.unwrap_or((0.0, &|_| String::new()));
+                    let error = Error::Timeout { id: id_of(i).into(), seconds, started };
+                    (false, to_pyerr(py, &error).into_value(py).into_any())
+                }
+            };
+            if !ok && !self.return_exceptions && first_error.is_none() {
+                first_error = Some(value.clone_ref(py));
+            }
+            items.push(value);
+        }
+        if let Some(e) = first_error {
+            return Err(PyErr::from_value(e.into_bound(py)));
+        }
+        Ok(pyo3::types::PyList::new(py, items)?.into_any().unbind())
+    }
+
+    /// Settles the call's future with the result (on the loop's thread).
+    pub fn settle_future(&self, py: Python<'_>) -> PyResult<()> {
+        let Some((future, _)) = &self.future else { return Ok(()) };
+        let future = future.bind(py);
+        if future.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
+            // Cancelled by its caller: nothing to deliver (still take the slots).
+            let _ = self.result(py, None);
+            return Ok(());
+        }
+        match self.result(py, None) {
+            Ok(list) => future.call_method1(pyo3::intern!(py, "set_result"), (list,))?,
+            Err(e) => future.call_method1(pyo3::intern!(py, "set_exception"), (e.into_value(py),))?,
+        };
+        Ok(())
+    }
+}
+
+/// The reply end of one slot of a [`Bulk`].
+pub struct BulkReply {
+    bulk: Option<Arc<Bulk>>,
+    index: usize,
+}
+
+impl BulkReply {
+    /// Marks the command started; `false` when the caller gave up.
+    pub fn begin(&self, py: Python<'_>) -> bool {
+        self.bulk.as_ref().is_some_and(|b| b.begin(py, self.index))
+    }
+
+    /// Delivers the outcome.
+    pub fn fill(mut self, outcome: Outcome) {
+        if let Some(bulk) = self.bulk.take() {
+            bulk.settle(self.index, outcome);
+        }
+    }
+}
+
+impl Drop for BulkReply {
+    fn drop(&mut self) {
+        if let Some(bulk) = self.bulk.take() {
+            bulk.drop_slot(self.index);
+        }
+    }
 }
