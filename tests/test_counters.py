@@ -216,8 +216,10 @@ def test_every_documented_metric_moves_as_documented() -> None:
 
     with ego.Engine("metered", store=journal, telemetry=projections.telemetry(traces=False)) as engine:
         engine.add_projection("p", handler, batch_size=1)
+        engine.add_projection("s", handler, batch_size=1, recovery=ego.Recovery(ego.RecoveryPolicy.SKIP))
         engine.add_event_publisher(Publisher(), name="pub", batch_size=1)
         wait_for(lambda: not engine.is_projection_running("p"), what="the projection to stop at event 3")
+        engine.wait_for_projection("s", timeout=10)
         wait_for(lambda: engine.publisher_status("pub")[0] == "failed", what="the publisher to stop at event 3")
         m = projections.metrics()
         shard0 = (("ego.projection", "p"), ("ego.shard", 0))
@@ -226,7 +228,12 @@ def test_every_documented_metric_moves_as_documented() -> None:
         assert m[("ego.projection.offset", shard0)] == journal.replay_events("p-1", 2, 2)[0].position
         assert m[("ego.projection.lag", shard0)] == pytest.approx(2.500000001, abs=1e-9)
         assert m[("ego.projection.events_behind", (("ego.projection", "p"), ("ego.shard", 1)))] == 0
+        assert m[("ego.projection.failures", (("ego.projection", "p"),))] == 1
+        assert m[("ego.projection.dead_letters", (("ego.projection", "p"),))] == 0
+        skipping = (("ego.projection", "s"),)
+        assert (m[("ego.projection.failures", skipping)], m[("ego.projection.dead_letters", skipping)]) == (1, 1)
         checked |= {"ego.projection.events", "ego.projection.events_behind", "ego.projection.offset", "ego.projection.lag"}
+        checked |= {"ego.projection.failures", "ego.projection.dead_letters"}
         publisher = (("ego.publisher", "pub"),)
         pub0 = (("ego.publisher", "pub"), ("ego.shard", 0))
         assert (m[("ego.publisher.published", publisher)], m[("ego.publisher.failures", publisher)]) == (2, 1)

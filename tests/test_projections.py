@@ -271,12 +271,42 @@ def test_transactional_read_model_with_the_offset(store_kind: str, make_store: A
 
 
 def test_sql_writes_need_a_postgres_offset_store(engine: ego.Engine) -> None:
+    # A write the offset store cannot do is the handler's failure: under the default policy
+    # (fail) the projection stops and says why; nothing is retried as a store outage.
     engine.register_entity_type(Multi)
     engine.add_projection("bad", lambda events: [ego.Sql("SELECT 1")], transactional=True)
     engine.send_command("m", Credit(amount=1))
-    time.sleep(0.3)
-    assert engine.is_projection_running("bad")
-    assert engine.projection_stats("bad")["store_retries"] >= 1
+    with pytest.raises(errors.ProjectionFailedError, match="commits key-value writes"):
+        engine.wait_for_projection("bad", timeout=10)
+    status, error = engine.projection_status("bad")
+    assert status == "failed" and error is not None and "read-model writes were refused" in error
+    stats = engine.projection_stats("bad")
+    assert (stats["failures"], stats["store_retries"], stats["events"]) == (1, 0, 0)
+
+
+def test_a_refused_write_goes_to_the_dead_letter_handler_under_a_skipping_policy(engine: ego.Engine) -> None:
+    engine.register_entity_type(Multi)
+    dead: list[tuple[str, int, BaseException]] = []
+
+    def handler(events: list[ego.PersistedEvent]) -> list[Any]:
+        # Event 2 asks for a write this (in-memory) offset store cannot do.
+        return [ego.Sql("SELECT 1") if e.sequence_number == 2 else ego.Put(b"k", b"v") for e in events]
+
+    engine.add_projection(
+        "skip",
+        handler,
+        transactional=True,
+        recovery=ego.Recovery(policy=ego.RecoveryPolicy.RETRY_AND_SKIP, attempts=2, backoff=0.001),
+        dead_letter=lambda name, pid, event, seq, error: dead.append((pid, seq, error)),
+    )
+    engine.send_command("m", Credit(amount=3))  # Multi: one event per unit
+    engine.wait_for_projection("skip", timeout=10)
+    assert [(pid, seq) for pid, seq, _ in dead] == [("m", 2)]
+    assert isinstance(dead[0][2], errors.ReadModelWriteError)
+    assert engine.is_projection_running("skip")
+    assert engine.projection_stats("skip")["dead_letters"] == 1
+    (store,) = engine.stores
+    assert store.read_model_get(b"k") == b"v"
 
 
 class Upcaster:

@@ -100,3 +100,55 @@ def test_check_invariant_finds_a_counterexample() -> None:
             lambda: Overdraft("a"), commands, lambda state, _: state.balance >= 0, setup=[OpenAccount(initial_balance=0)]
         )
     assert "the invariant does not hold after command 0:\n    [0] bank.v1.Debit { amount: 1 }\n" in str(info.value)
+
+
+def test_then_rejected_gives_the_exception_to_check() -> None:
+    from domain import InsufficientFunds
+
+    scenario = EventSourcedScenario(AccountBehavior("acc-1")).given(AccountOpened(account_id="acc-1", balance=10))
+    seen: list[BaseException] = []
+    error = scenario.when(Debit(amount=50)).then_rejected(InsufficientFunds, check=seen.append).rejection
+    assert isinstance(error, InsufficientFunds)
+    assert error.args == ("balance 10 < 50",)
+    assert seen == [error]
+    # A check that fails fails the scenario with its own assertion.
+    with pytest.raises(AssertionError, match="wrong amount"):
+        scenario.then_rejected(InsufficientFunds, check=lambda e: _fail("wrong amount"))
+    assert scenario.when(Credit(amount=1)).rejection is None
+
+
+def _fail(message: str) -> None:
+    raise AssertionError(message)
+
+
+def test_a_persisted_event_built_in_a_test_feeds_a_projection_handler() -> None:
+    balances: dict[str, int] = {}
+
+    def handler(events: list[ego.PersistedEvent]) -> None:
+        for e in events:
+            if isinstance(e.event, AccountCredited):
+                balances[e.persistence_id] = balances.get(e.persistence_id, 0) + e.event.amount
+
+    event = ego.PersistedEvent(
+        "acc-1", 3, AccountCredited(amount=7), shard=2, position=11, timestamp_ns=1_000, metadata={"k": "v"}
+    )
+    handler([event, ego.PersistedEvent("acc-1", 4, AccountCredited(amount=1))])
+    assert balances == {"acc-1": 8}
+    assert (event.persistence_id, event.sequence_number, event.shard, event.position) == ("acc-1", 3, 2, 11)
+    assert (event.timestamp_ns, event.metadata, event.event_id) == (1_000, {"k": "v"}, "acc-1:3")
+    assert event.type_url == "type.googleapis.com/bank.v1.AccountCredited"
+    with pytest.raises(ego.errors.InvalidMessageError):
+        ego.PersistedEvent("acc-1", 1, {"amount": 1})
+    with pytest.raises(ego.errors.ValidationError):
+        ego.PersistedEvent("acc-1", 0, AccountCredited(amount=1))
+    with pytest.raises(ego.errors.InvalidEntityIdError):
+        ego.PersistedEvent("", 1, AccountCredited(amount=1))
+
+
+def test_the_postgres_fixture_gives_an_engine_on_tables_of_its_own(ego_postgres_engine: ego.Engine, pg_url: str) -> None:
+    ego_postgres_engine.register_entity_type(AccountBehavior, prefix="acc-")
+    state, revision = ego_postgres_engine.send_command("acc-1", OpenAccount(initial_balance=5))
+    assert (state.balance, revision) == (5, 1)
+    (store,) = ego_postgres_engine.stores
+    assert isinstance(store, ego.PostgresStore)
+    assert store.highest_sequence_number("acc-1") == 1

@@ -14,6 +14,7 @@ from ego._ego import __version__
 from ego.behaviors import DurableStateBehavior, EventSourcedBehavior
 from ego.encryption import Encryption, KeyStoreProtocol
 from ego.engine import Engine, EntityOptions, ShardLag
+from ego.entity_ref import EntityRef
 from ego.errors import EgoError
 from ego.logs import Logger, StdLogger
 from ego.projections import (
@@ -39,6 +40,7 @@ __all__ = [
     "Encryption",
     "Engine",
     "EntityOptions",
+    "EntityRef",
     "EventAdapter",
     "EventPublisher",
     "EventSourcedBehavior",

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable
 from os import PathLike
 from typing import Any
 
+from google.protobuf.message import Message
 from typing_extensions import Self, disjoint_base, final
 
 __all__ = [
@@ -53,13 +54,18 @@ class EngineCore:
     def send_command(
         self,
         entity_id: str,
-        command: Any,
+        command: Message,
         timeout: float | None = None,
         trace_context: Any = None,
         idempotency_key: str | None = None,
     ) -> tuple[Any, int]: ...
     def send_command_async(
-        self, entity_id: str, command: Any, trace_context: Any = None, idempotency_key: str | None = None
+        self,
+        entity_id: str,
+        command: Message,
+        trace_context: Any = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
     ) -> asyncio.Future[tuple[Any, int]]: ...
     def send_commands(
         self, pairs: Iterable[tuple[str, Any]], timeout: float | None = None, return_exceptions: bool = True
@@ -93,6 +99,7 @@ class EngineCore:
         transactional: bool,
         start_after: int | None = None,
         kind: str = "projection",
+        event_types: list[str] | None = None,
     ) -> None: ...
     def remove_projection(self, name: str) -> None: ...
     def _projection_status(self, name: str) -> tuple[str, str | None] | None: ...
@@ -198,6 +205,17 @@ class LoopDrain:
 class PersistedEvent:
     """An event as the journal has it; ``event`` decodes it (through the event adapters)."""
 
+    def __new__(
+        cls,
+        persistence_id: str,
+        sequence_number: int,
+        event: Any,
+        *,
+        shard: int = 0,
+        position: int = 0,
+        timestamp_ns: int | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> Self: ...
     @property
     def persistence_id(self) -> str: ...
     @property

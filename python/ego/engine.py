@@ -6,10 +6,11 @@ import asyncio
 import atexit
 import contextlib
 import datetime
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from google.protobuf.message import Message
 
@@ -17,7 +18,8 @@ from ego import _ego
 from ego._ego import EntityOptions
 from ego.behaviors import DurableStateBehavior, EventSourcedBehavior
 from ego.encryption import Encryption
-from ego.errors import ConfigurationError, ValidationError
+from ego.entity_ref import EntityRef
+from ego.errors import ConfigurationError, InvalidEntityIdError, ProjectionFailedError, ProjectionTimeoutError, ValidationError
 from ego.logs import Logger, StdLogger
 from ego.projections import EventAdapter, PersistedEvent, Recovery, RecoveryPolicy, RetentionPolicy, Subscription
 from ego.publishers.protocol import EventPublisher
@@ -29,6 +31,7 @@ from ego.timestamps import I64_MAX, I64_MIN, to_nanos
 __all__ = ["Engine", "EntityOptions", "ShardLag"]
 
 S = TypeVar("S", bound=Message)
+C = TypeVar("C", bound=Message)
 Behavior = EventSourcedBehavior[Any, Any, Any] | DurableStateBehavior[Any, Any]
 
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
@@ -107,6 +110,10 @@ class Engine(_ego.EngineCore):
     #: Encryption at rest (None: records are stored in clear).
     encryption: Encryption | None
     _publishers: dict[str, PublisherRunner]
+    # The configuration a restart brings back (see start()).
+    _entity_types: dict[str, tuple[Callable[[str], Behavior], EntityOptions]]
+    _projection_args: dict[str, tuple[Any, ...]]
+    _spawned: dict[str, tuple[Behavior, EntityOptions]]
 
     def __new__(
         cls,
@@ -171,20 +178,61 @@ class Engine(_ego.EngineCore):
                 distinct.append(s)
         self.stores = tuple(distinct)
         self._publishers = {}
+        self._entity_types = {}
+        self._projection_args = {}
+        self._spawned = {}
         _engines.add(self)
         return self
 
-    def __init__(self, name: str = "ego", **settings: Any) -> None:
-        # Everything happens in __new__ (the Rust base class is built there).
+    def __init__(
+        self,
+        name: str = "ego",
+        *,
+        store: Store | None = None,
+        events_store: Store | None = None,
+        snapshot_store: Store | None = None,
+        state_store: Store | None = None,
+        shards: int = 8,
+        max_message_bytes: int = 1 << 20,
+        replay_page_size: int = 1024,
+        io_threads: int = 2,
+        bridge_threads: int = 4,
+        event_adapters: Sequence[EventAdapter] = (),
+        telemetry: Telemetry | None = None,
+        logger: Logger | None = None,
+        encryption: Encryption | None = None,
+    ) -> None:
+        # Everything happens in __new__ (the Rust base class is built there); the signature
+        # is repeated so that type checkers check the settings.
         pass
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Starts the engine (its bridge threads and I/O runtime). Idempotent."""
+        """Starts the engine (its bridge threads and I/O runtime). Idempotent.
+
+        Configure first, then start: entity types registered and projections added before
+        ``start()`` begin with it. A restart (``stop()`` then ``start()``) keeps the
+        configuration: the entity types, the projections (they resume from their offsets) and
+        the entities spawned with :meth:`entity` (recovered again here; one that fails to
+        recover is logged and left out). Publishers are closed by ``stop()``: add them again.
+        """
         if self.running:
             return
         super().start()
+        try:
+            for prefix, (factory, options) in self._entity_types.items():
+                self._register(prefix, factory, options)
+            for args in self._projection_args.values():
+                self._add_projection(*args)
+        except BaseException:
+            super().stop(0.0)
+            raise
+        for entity_id, (behavior, options) in list(self._spawned.items()):
+            try:
+                self._spawn(entity_id, behavior, options)
+            except Exception as e:
+                self.logger.warning("a spawned entity failed to recover on start", entity_id=entity_id, error=repr(e))
         if self.telemetry is not None:
             self.telemetry._attach(self)
         self.logger.info("engine started", engine=self.name)
@@ -254,6 +302,8 @@ class Engine(_ego.EngineCore):
         - ``idempotency_window``: how many of its most recent idempotency keys the entity
           remembers (see ``send_command(..., idempotency_key=...)``).
         """
+        if isinstance(behavior, DurableStateBehavior):
+            _refuse_snapshot_options(type(behavior), snapshot_interval, retention)
         options = EntityOptions(
             snapshot_interval=snapshot_interval,
             passivate_after=passivate_after,
@@ -264,7 +314,20 @@ class Engine(_ego.EngineCore):
             inline=inline,
             idempotency_window=idempotency_window,
         )
-        return self._spawn(_entity_id(behavior), behavior, options)
+        entity_id = _entity_id(behavior)
+        outcome = self._spawn(entity_id, behavior, options)
+        self._spawned[entity_id] = (behavior, options)
+        return outcome
+
+    def stop_entity(self, entity_id: str, timeout: float | None = None) -> None:
+        """Stops an entity after the commands already sent to it (those sent later get
+        :class:`~ego.errors.EntityStoppedError`). A later command activates it again only
+        through a registered entity type; a restart of the engine does not bring it back.
+
+        :raises EntityNotFoundError: no entity with this id is known.
+        """
+        self._spawned.pop(entity_id, None)
+        super().stop_entity(entity_id, timeout)
 
     def durable_state_entity(
         self,
@@ -313,7 +376,13 @@ class Engine(_ego.EngineCore):
 
         The factory may return a new behaviour per entity or one shared instance (ego does not
         call ``id()`` on it: the entity id is the one the command was sent to).
+
+        :raises ConfigurationError: a bad option, or ``snapshot_interval``/``retention`` for a
+            durable-state behaviour class (they do not apply: the whole state is stored on
+            every change).
         """
+        if isinstance(factory, type) and issubclass(factory, DurableStateBehavior):
+            _refuse_snapshot_options(factory, snapshot_interval, retention)
         options = EntityOptions(
             snapshot_interval=snapshot_interval,
             passivate_after=passivate_after,
@@ -326,7 +395,34 @@ class Engine(_ego.EngineCore):
         )
         if not callable(factory):
             raise ConfigurationError(f"factory must be callable, got {factory!r}")
-        self._register(prefix, factory, options)
+        if not isinstance(prefix, str) or _has_control(prefix):
+            raise ValidationError("an entity type prefix is a str without control characters")
+        if self.running:
+            self._register(prefix, factory, options)
+        self._entity_types[prefix] = (factory, options)
+
+    @overload
+    def entity_ref(self, behavior: type[EventSourcedBehavior[C, Any, S]], entity_id: str) -> EntityRef[C, S]: ...
+    @overload
+    def entity_ref(self, behavior: type[DurableStateBehavior[C, S]], entity_id: str) -> EntityRef[C, S]: ...
+    def entity_ref(self, behavior: type[Any], entity_id: str) -> EntityRef[Any, Any]:
+        """A typed handle on the entity ``entity_id`` served by ``behavior`` (its class):
+        ``send(command)`` and ``get_state()`` return the behaviour's state type, and a type
+        checker refuses commands of other types. Nothing is looked up or activated here.
+
+        :raises ConfigurationError: ``behavior`` is not a behaviour class.
+        :raises InvalidEntityIdError: the id is not valid.
+
+        Example::
+
+            account = engine.entity_ref(AccountBehavior, "account-1")
+            state, revision = account.send(Credit(amount=5))   # state: Account
+        """
+        if not (isinstance(behavior, type) and issubclass(behavior, (EventSourcedBehavior, DurableStateBehavior))):
+            raise ConfigurationError(f"entity_ref() takes a behaviour class, got {behavior!r}")
+        if not isinstance(entity_id, str) or not entity_id or len(entity_id.encode()) > 255 or _has_control(entity_id):
+            raise InvalidEntityIdError(f"invalid entity id {entity_id!r}: 1 to 255 bytes of UTF-8 without control characters")
+        return EntityRef(self, entity_id)
 
     # -- encryption and erasure ------------------------------------------------------------
 
@@ -353,6 +449,7 @@ class Engine(_ego.EngineCore):
             engine.erase_entity("customer-42")
         """
         super().erase_entity(entity_id, delete_data, timeout)
+        self._spawned.pop(entity_id, None)
 
     async def erase_entity_async(self, entity_id: str, *, delete_data: bool = False, timeout: float | None = None) -> None:
         """:meth:`erase_entity` for asyncio callers (runs in the loop's default executor)."""
@@ -384,6 +481,7 @@ class Engine(_ego.EngineCore):
         poll_interval: float = 0.5,
         start: str = "beginning",
         transactional: bool = False,
+        event_types: Sequence[type[Message]] | None = None,
     ) -> None:
         """Starts a projection named ``name``.
 
@@ -403,6 +501,16 @@ class Engine(_ego.EngineCore):
         - ``transactional``: the handler returns read-model writes (:class:`~ego.Sql` for a
           PostgreSQL offset store, :class:`~ego.Put`/:class:`~ego.Delete` for RocksDB or
           in-memory ones) that are committed in one transaction with the offset: exactly once.
+          A statement the offset store refuses is the handler's failure (``recovery`` decides;
+          :class:`~ego.errors.ReadModelWriteError`).
+        - ``event_types``: protobuf message classes; the handler gets only events of these
+          types (the others are passed over, and the offsets move past them). None: all.
+
+        Entity types and projections may be added before :meth:`start`; they begin with it.
+
+        Example::
+
+            engine.add_projection("credits", count_credits, event_types=[AccountCredited])
         """
         if start not in ("beginning", "end"):
             raise ConfigurationError(f'start must be "beginning" or "end", got {start!r}')
@@ -416,8 +524,15 @@ class Engine(_ego.EngineCore):
             )
         if offset_store is None:
             offset_store = self.stores[0] if self.stores else None
+        type_urls: list[str] | None = None
+        if event_types is not None:
+            type_urls = []
+            for t in event_types:
+                if not (isinstance(t, type) and issubclass(t, Message)):
+                    raise ConfigurationError(f"event_types takes protobuf message classes, got {t!r}")
+                type_urls.append(f"type.googleapis.com/{t.DESCRIPTOR.full_name}")
         recovery = recovery or Recovery()
-        self._add_projection(
+        args = (
             name,
             target,
             per_event,
@@ -431,7 +546,28 @@ class Engine(_ego.EngineCore):
             poll_interval,
             start == "end",
             transactional,
+            None,
+            "projection",
+            type_urls,
         )
+        if self.running:
+            self._add_projection(*args)
+        elif name in self._projection_args:
+            raise ConfigurationError(f"a projection named {name!r} is already added")
+        elif not isinstance(name, str) or not name or "\0" in name:
+            raise ValidationError("a projection name must be a non-empty str without NUL")
+        self._projection_args[name] = args
+
+    def remove_projection(self, name: str) -> None:
+        """Stops and forgets a projection (its offsets stay in its offset store); a restart
+        does not bring it back. Raises :class:`~ego.errors.ValidationError` for an unknown
+        name."""
+        if not self.running:
+            if self._projection_args.pop(name, None) is None:
+                raise ValidationError(f'no projection named "{name}"')
+            return
+        super().remove_projection(name)
+        self._projection_args.pop(name, None)
 
     def is_projection_running(self, name: str) -> bool:
         """Whether the projection runs (False once a failure stopped it, or unknown)."""
@@ -451,6 +587,57 @@ class Engine(_ego.EngineCore):
             shard: ShardLag(events_behind=behind, time_behind=nanos / 1e9, offset=offset, head=head, time_behind_ns=nanos)
             for shard, behind, nanos, offset, head in self._projection_lag(name)
         }
+
+    def wait_for_projection(self, name: str, timeout: float | None = 30.0) -> None:
+        """Waits until the projection has handled every event the journal held when this was
+        called (in every shard), e.g. before reading its read model in a test or after a
+        migration. ``timeout`` in seconds (None: as long as it takes).
+
+        :raises ValidationError: no projection with this name.
+        :raises ProjectionFailedError: the projection stopped on a failure (the message has
+            its error) or was stopped.
+        :raises ProjectionTimeoutError: still behind at the deadline (a ``TimeoutError``).
+
+        Example::
+
+            engine.send_command("account-1", Credit(amount=5))
+            engine.wait_for_projection("balances", timeout=5)
+        """
+        targets = {shard: lag.head for shard, lag in self.projection_lag(name).items()}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.001
+        while True:
+            lag = self.projection_lag(name)
+            if all(lag[s].offset >= head for s, head in targets.items() if s in lag):
+                return
+            self._check_projection_alive(name)
+            if deadline is not None and time.monotonic() >= deadline:
+                behind = sum(max(0, head - lag[s].offset) for s, head in targets.items() if s in lag)
+                raise ProjectionTimeoutError(f"projection {name!r} is still {behind} event(s) behind after {timeout}s")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    async def wait_for_projection_async(self, name: str, timeout: float | None = 30.0) -> None:
+        """:meth:`wait_for_projection` for asyncio callers (polls without blocking the loop)."""
+        targets = {shard: lag.head for shard, lag in self.projection_lag(name).items()}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.001
+        while True:
+            lag = self.projection_lag(name)
+            if all(lag[s].offset >= head for s, head in targets.items() if s in lag):
+                return
+            self._check_projection_alive(name)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ProjectionTimeoutError(f"projection {name!r} is still behind after {timeout}s")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def _check_projection_alive(self, name: str) -> None:
+        status, error = self.projection_status(name)
+        if status == "failed":
+            raise ProjectionFailedError(f"projection {name!r} failed: {error}")
+        if status == "stopped":
+            raise ProjectionFailedError(f"projection {name!r} is stopped")
 
     def projection_stats(self, name: str) -> dict[str, int]:
         """Counters of a projection: events, batches, dead_letters, store_retries."""
@@ -633,6 +820,22 @@ def _entity_id(behavior: object) -> str:
     if not isinstance(entity_id, str):
         raise ConfigurationError(f"{type(behavior).__name__}.id() must return a str, got {entity_id!r}")
     return entity_id
+
+
+def _has_control(text: str) -> bool:
+    """Whether `text` has a control character (Unicode category Cc, as the core checks)."""
+    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
+
+
+def _refuse_snapshot_options(behavior: type, snapshot_interval: int, retention: RetentionPolicy | None) -> None:
+    """Durable-state entities store their whole state on every change: snapshots and their
+    retention do not apply, so asking for them is a mistake worth saying."""
+    given = [n for n, v in (("snapshot_interval", snapshot_interval), ("retention", retention)) if v]
+    if given:
+        raise ConfigurationError(
+            f"{', '.join(given)} do not apply to {behavior.__name__}, a durable-state behaviour "
+            "(its whole state is stored on every change)"
+        )
 
 
 def _publisher_key(name: str) -> str:

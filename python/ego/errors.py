@@ -31,9 +31,12 @@ __all__ = [
     "MessageTooLargeError",
     "MigrationError",
     "OutcomeUnknownError",
+    "ProjectionFailedError",
+    "ProjectionTimeoutError",
     "PublishError",
     "PublishRefusedError",
     "PublisherClosedError",
+    "ReadModelWriteError",
     "RecoveryError",
     "StorageFullError",
     "StoreError",
@@ -251,3 +254,23 @@ class MigrationError(EgoError):
     for an id (it is not the target of this migration), a store cannot list what must be
     copied, or the source's data is not what the importer expects. ``verify`` reports
     differences instead of raising."""
+
+
+class ProjectionFailedError(EgoError):
+    """A projection waited for (``engine.wait_for_projection``) stopped: a failure its policy
+    did not absorb (the message has the error; ``engine.projection_status`` too), or it was
+    stopped."""
+
+
+class ProjectionTimeoutError(EgoError, TimeoutError):
+    """A projection waited for (``engine.wait_for_projection``) was still behind at the
+    deadline. It keeps running."""
+
+
+class ReadModelWriteError(StoreError):
+    """The offset store refused a transactional projection's read-model writes: wrong SQL (a
+    missing table, a syntax error), a parameter the column does not take, a broken constraint,
+    or a write this store cannot do (a ``Put`` to a PostgreSQL offset store, ``Sql`` to a
+    RocksDB one). Nothing of the batch was committed. It is the handler's failure: the
+    projection's failure policy decides (retry, stop, or skip to the dead-letter handler, which
+    gets this error), and ``projection_status`` shows it once the projection stopped."""

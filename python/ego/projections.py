@@ -15,7 +15,11 @@ last batch over again) unless the handler's writes are committed together with t
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import enum
+import json
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -23,6 +27,8 @@ from typing import Any, Protocol, runtime_checkable
 from google.protobuf.message import Message
 
 from ego import _ego
+from ego.errors import HandlerContractError
+from ego.timestamps import to_nanos
 
 __all__ = [
     "Delete",
@@ -91,7 +97,45 @@ class RetentionPolicy:
 @dataclass(frozen=True)
 class Sql:
     """An SQL statement a transactional projection handler returns: committed in the same
-    transaction as the projection's offset (PostgreSQL offset stores)."""
+    transaction as the projection's offset (PostgreSQL offset stores).
+
+    ``params`` are bound to ``$1``, ``$2``, ... (never formatted into the text). Python types
+    and the column types they bind to:
+
+    ============================== ===========================================================
+    ``None``                       NULL (any column)
+    ``bool``                       ``boolean``
+    ``int``                        ``smallint``, ``integer``, ``bigint``, ``real``, ``double
+                                   precision``, ``numeric``, ``json``/``jsonb``; beyond 64 bits:
+                                   ``numeric``
+    ``float``                      ``real``, ``double precision``, ``numeric``
+    ``decimal.Decimal``            ``numeric`` (exactly; NaN and infinities too), ``text``
+    ``str``                        ``text``, ``varchar``, ``char``; ``json``/``jsonb`` (the
+                                   str is JSON text, checked by PostgreSQL)
+    ``dict``, ``list``             ``json``/``jsonb`` (``json.dumps``), ``text``
+    ``bytes``, ``bytearray``,      ``bytea``
+    ``memoryview``
+    ``datetime.datetime``          ``timestamptz`` (an aware one exactly; a naive one is local
+                                   time, as in :mod:`ego.timestamps`) and ``timestamp`` (its
+                                   wall-clock time; an aware one in UTC); microseconds
+    ``datetime.date``              ``date``
+    ``datetime.time``              ``time`` (without time zone)
+    ``datetime.timedelta``         ``interval``
+    ``uuid.UUID``                  ``uuid``, ``bytea``
+    ``enum.Enum``                  its value
+    ============================== ===========================================================
+
+    Another type, or a type the column does not take, fails the batch under the projection's
+    failure policy (:class:`~ego.errors.HandlerContractError` for an unsupported type,
+    :class:`~ego.errors.ReadModelWriteError` for a refused statement): nothing is committed.
+
+    Unqualified table names resolve in the store's schema first
+    (``PostgresStore(schema=...)``), then in ``public``.
+
+    Example::
+
+        ego.Sql("INSERT INTO balances (id, amount) VALUES ($1, $2)", ("account-1", Decimal("10.50")))
+    """
 
     sql: str
     params: tuple[Any, ...] = ()
@@ -183,3 +227,61 @@ class Subscription:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_EPOCH = datetime.datetime(1970, 1, 1)
+_EPOCH_DATE = datetime.date(1970, 1, 1)
+
+
+def _micros(delta: datetime.timedelta) -> int:
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def sql_param(value: Any) -> tuple[Any, ...]:
+    """How the binding sends an :class:`Sql` parameter of a type it does not read itself:
+    ``(kind, *fields)``. Internal; :class:`Sql` documents the types. Raises
+    :class:`~ego.errors.HandlerContractError` for any other type."""
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if value is None:
+        return ("null",)
+    if isinstance(value, bool):
+        return ("bool", bool(value))
+    if isinstance(value, float):
+        return ("float", float(value))
+    if isinstance(value, str):
+        return ("text", str(value))
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return ("bytes", bytes(value))
+    if isinstance(value, int):
+        if -(2**63) <= value < 2**63:
+            return ("int", int(value))
+        return ("numeric", str(int(value)))
+    if isinstance(value, decimal.Decimal):
+        if value.is_nan():
+            return ("numeric", "NaN")
+        if value.is_infinite():
+            return ("numeric", "-Infinity" if value < 0 else "Infinity")
+        return ("numeric", format(value, "f"))
+    if isinstance(value, (dict, list)):
+        return ("json", json.dumps(value))
+    if isinstance(value, datetime.datetime):
+        utc_micros = to_nanos(value) // 1000
+        if value.tzinfo is None or value.utcoffset() is None:
+            wall = value
+        else:
+            wall = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+        return ("timestamp", utc_micros, _micros(wall - _EPOCH))
+    if isinstance(value, datetime.date):
+        return ("date", (value - _EPOCH_DATE).days)
+    if isinstance(value, datetime.time):
+        if value.tzinfo is not None and value.utcoffset() is not None:
+            raise HandlerContractError("a time with a time zone cannot be an SQL parameter (timetz is not supported)")
+        return ("time", ((value.hour * 60 + value.minute) * 60 + value.second) * 1_000_000 + value.microsecond)
+    if isinstance(value, datetime.timedelta):
+        return ("interval", value.seconds * 1_000_000 + value.microseconds, value.days)
+    if isinstance(value, uuid.UUID):
+        return ("uuid", value.bytes)
+    raise HandlerContractError(
+        f"an SQL parameter of type {type(value).__name__} is not supported (see ego.Sql for the types it binds)"
+    )

@@ -41,7 +41,8 @@ count:
 - ``ego.background.failures`` (counter): snapshot and retention writes that still failed after
   their retries (each is also logged as a warning)
 - ``ego.entities.active`` (gauge)
-- ``ego.projection.events`` (counter; ``ego.projection``)
+- ``ego.projection.events``, ``ego.projection.failures`` (handler calls that failed, refused
+  read-model writes included), ``ego.projection.dead_letters`` (counters; ``ego.projection``)
 - ``ego.projection.events_behind``, ``ego.projection.lag`` (seconds),
   ``ego.projection.offset`` (gauges; ``ego.projection``, ``ego.shard``)
 - ``ego.publisher.published``, ``ego.publisher.failures`` (counters; ``ego.publisher``),
@@ -221,8 +222,11 @@ def _instrument(meter: Any, engine: Any) -> None:
     def publishers() -> list[str]:
         return list(engine.publisher_names()) if engine.running else []
 
-    def projection_events(_: CallbackOptions) -> list[Observation]:
-        return [Observation(engine._projection_stats(name)["events"], {"ego.projection": name}) for name in projections()]
+    def projection_counter(key: str) -> Callback:
+        def observe(_: CallbackOptions) -> list[Observation]:
+            return [Observation(engine._projection_stats(name)[key], {"ego.projection": name}) for name in projections()]
+
+        return observe
 
     def lag(field: str) -> Callback:
         def observe(_: CallbackOptions) -> list[Observation]:
@@ -266,7 +270,17 @@ def _instrument(meter: Any, engine: Any) -> None:
         description="Snapshot and retention writes that failed after their retries",
     )
     m.create_observable_gauge("ego.entities.active", [simple("active_entities")], description="Entities in memory")
-    m.create_observable_counter("ego.projection.events", [projection_events], description="Events handled by projections")
+    m.create_observable_counter(
+        "ego.projection.events", [projection_counter("events")], description="Events handled by projections"
+    )
+    m.create_observable_counter(
+        "ego.projection.failures",
+        [projection_counter("failures")],
+        description="Handler calls that failed, refused read-model writes included (before retries, skips or a stop)",
+    )
+    m.create_observable_counter(
+        "ego.projection.dead_letters", [projection_counter("dead_letters")], description="Events a skipping policy skipped"
+    )
     m.create_observable_gauge("ego.projection.events_behind", [lag("events_behind")], description="Events not handled yet")
     m.create_observable_gauge("ego.projection.lag", [lag("time_behind")], unit="s", description="Time behind the newest event")
     m.create_observable_gauge("ego.projection.offset", [lag("offset")], description="Last handled position")

@@ -23,7 +23,7 @@ A scenario can go on: each `when` starts from the state the previous one left.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from google.protobuf import text_format
@@ -73,9 +73,26 @@ class _Scenario:
         if not self._ran:
             raise ScenarioError("call when(command) before then_*()")
 
-    def then_rejected(self, error: type[BaseException] = Exception, match: str | None = None) -> Any:
+    @property
+    def rejection(self) -> BaseException | None:
+        """The exception that rejected the last command (None when it was accepted), to check
+        its attributes after :meth:`then_rejected`::
+
+            error = scenario.when(Debit(amount=50)).then_rejected(InsufficientFunds).rejection
+            assert error.args == ("balance 10 < 50",)
+        """
+        self._require_run()
+        return self._error
+
+    def then_rejected(
+        self,
+        error: type[BaseException] = Exception,
+        match: str | None = None,
+        check: Callable[[Any], object] | None = None,
+    ) -> Any:
         """The last command was rejected with `error` (a subclass counts); `match` is a regex
-        searched in its message. State and revision are unchanged."""
+        searched in its message; `check(exception)` runs your own assertions on it (or take it
+        from :attr:`rejection`). State and revision are unchanged."""
         self._require_run()
         if self._error is None:
             raise ScenarioError(f"expected the command to be rejected with {error.__name__}, but it was accepted")
@@ -85,6 +102,8 @@ class _Scenario:
             ) from self._error
         if match is not None and not re.search(match, str(self._error)):
             raise ScenarioError(f"the rejection {type(self._error).__name__}: {self._error!s} does not match {match!r}")
+        if check is not None:
+            check(self._error)
         return self
 
     def _accepted(self) -> None:

@@ -82,6 +82,12 @@ pub enum Error {
     /// A command sent under an idempotency key the entity saw with another command.
     #[error("entity {id:?}: the idempotency key {key:?} was used by another command")]
     IdempotencyKeyReused { id: Arc<str>, key: Arc<str> },
+    /// The offset store refused a projection's read-model writes (wrong SQL, a parameter the
+    /// column does not take, a write of a kind this store cannot do): nothing of the batch was
+    /// committed. Not retried as a store outage: it is the handler's failure, under the
+    /// projection's failure policy.
+    #[error("the read-model writes were refused: {0}")]
+    ReadModelRefused(Arc<str>),
     /// ego itself failed (a bug, or the interpreter refused something ego needs); never a
     /// user's handler error.
     #[error("internal error: {0}")]

@@ -289,17 +289,40 @@ impl Projection {
         self.stopping()
     }
 
-    /// Hands a batch to the sink under the failure policy. `Ok(None)`: the projection is
-    /// stopping before the batch was handled (nothing to commit). `Err` stops the projection.
-    async fn deliver(&self, shard: u32, batch: Arc<[Event]>) -> std::result::Result<Option<Vec<ReadModelWrite>>, String> {
+    /// Commits the offset `last` of `shard` with the handler's read-model writes. Store
+    /// outages are retried with backoff; a refusal of the writes (`ReadModelRefused`) is the
+    /// handler's failure and comes back as such. `Ok(false)`: the projection is stopping.
+    async fn commit(&self, shard: u32, last: u64, writes: Vec<ReadModelWrite>) -> std::result::Result<bool, HandlerFailure> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.offsets.commit(&self.name, vec![(shard, last)], writes.clone()).await {
+                Ok(()) => return Ok(true),
+                Err(e @ Error::ReadModelRefused(_)) => return Err(e.into()),
+                Err(e) => {
+                    self.stats.store_retries.fetch_add(1, Ordering::Relaxed);
+                    self.sink.log("warning", format!("projection {:?}: committing the offset failed, retrying in {backoff:?}: {e}", self.name));
+                    if self.sleep(backoff).await {
+                        return Ok(false);
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Hands a batch to the sink under the failure policy and commits what it wrote with the
+    /// offset `last` (the read-model writes are part of handling: a refused commit is a failed
+    /// attempt). `Ok(false)`: the projection is stopping before the batch was committed.
+    /// `Err` stops the projection.
+    async fn deliver(&self, shard: u32, batch: Arc<[Event]>, last: u64) -> std::result::Result<bool, String> {
         let r = &self.options.on_failure;
         let attempts = match r.policy {
             FailurePolicy::Fail | FailurePolicy::Skip => 1,
             _ => r.attempts.max(1),
         };
-        let failure = match self.attempt(shard, batch.clone(), attempts).await {
-            Attempt::Done(writes) => return Ok(Some(writes)),
-            Attempt::Stopped => return Ok(None),
+        let failure = match self.attempt(shard, batch.clone(), attempts, last).await {
+            Attempt::Done => return Ok(true),
+            Attempt::Stopped => return Ok(false),
             Attempt::Failed(f) => f,
         };
         match r.policy {
@@ -310,39 +333,59 @@ impl Projection {
                 if batch.len() == 1 {
                     self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
                     self.sink.dead_letter(batch[0].clone(), failure).await;
-                    return Ok(Some(Vec::new()));
+                    return Ok(self.commit_offset(shard, last).await);
                 }
-                // Find the failing events: hand the batch over one event at a time.
-                let mut writes = Vec::new();
+                // Find the failing events: hand the batch over one event at a time, each
+                // committed with its own writes.
                 for e in batch.iter() {
-                    match self.attempt(shard, Arc::from(vec![e.clone()]), attempts).await {
-                        Attempt::Done(w) => writes.extend(w),
-                        Attempt::Stopped => return Ok(None),
+                    match self.attempt(shard, Arc::from(vec![e.clone()]), attempts, e.position).await {
+                        Attempt::Done => {}
+                        Attempt::Stopped => return Ok(false),
                         Attempt::Failed(f) => {
                             self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
                             self.sink.dead_letter(e.clone(), f).await;
+                            if !self.commit_offset(shard, e.position).await {
+                                return Ok(false);
+                            }
                         }
                     }
                     if self.stopping() {
-                        return Ok(None);
+                        return Ok(false);
                     }
                 }
-                Ok(Some(writes))
+                if batch.last().is_some_and(|e| e.position < last) {
+                    return Ok(self.commit_offset(shard, last).await);
+                }
+                Ok(true)
             }
         }
     }
 
-    /// Calls the sink up to `attempts` times; transient failures are retried without limit
-    /// and without using up attempts.
-    async fn attempt(&self, shard: u32, batch: Arc<[Event]>, attempts: u32) -> Attempt {
+    /// Commits the offset alone (no writes can be refused); `false` when stopping.
+    async fn commit_offset(&self, shard: u32, last: u64) -> bool {
+        self.commit(shard, last, Vec::new()).await.unwrap_or(false)
+    }
+
+    /// Calls the sink up to `attempts` times and commits its writes with the offset `last`;
+    /// transient failures are retried without limit and without using up attempts.
+    async fn attempt(&self, shard: u32, batch: Arc<[Event]>, attempts: u32, last: u64) -> Attempt {
         let r = &self.options.on_failure;
         let mut backoff = r.backoff;
         let mut transient_backoff = r.backoff;
-        let mut last = None;
+        let mut last_failure = None;
         let mut a = 0;
         while a < attempts {
             match self.sink.handle(shard, batch.clone()).await {
-                Ok(w) => return Attempt::Done(w),
+                Ok(w) => match self.commit(shard, last, w).await {
+                    Ok(true) => return Attempt::Done,
+                    Ok(false) => return Attempt::Stopped,
+                    Err(f) => {
+                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        self.sink.log("warning", format!("projection {:?}: {}", self.name, f.message));
+                        transient_backoff = r.backoff;
+                        last_failure = Some(f);
+                    }
+                },
                 Err(f) if f.transient => {
                     self.stats.transient_failures.fetch_add(1, Ordering::Relaxed);
                     if self.stopping() {
@@ -358,7 +401,7 @@ impl Projection {
                 Err(f) => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
                     transient_backoff = r.backoff;
-                    last = Some(f);
+                    last_failure = Some(f);
                 }
             }
             a += 1;
@@ -367,7 +410,7 @@ impl Projection {
             }
             backoff = (backoff * 2).min(r.max_backoff);
         }
-        match last {
+        match last_failure {
             Some(f) => Attempt::Failed(f),
             None => Attempt::Stopped,
         }
@@ -493,26 +536,23 @@ async fn run_shard(p: Arc<Projection>, shard: u32) {
                 p.filters.lock().remove(&shard);
             }
         }
-        let writes = if batch.is_empty() {
-            Vec::new()
+        if batch.is_empty() {
+            if !p.commit_offset(shard, last).await {
+                return;
+            }
         } else {
             let count = batch.len() as u64;
-            match p.deliver(shard, Arc::from(batch)).await {
-                Ok(None) => return,
-                Ok(Some(w)) => {
+            match p.deliver(shard, Arc::from(batch), last).await {
+                Ok(false) => return,
+                Ok(true) => {
                     p.stats.events.fetch_add(count, Ordering::Relaxed);
                     p.stats.batches.fetch_add(1, Ordering::Relaxed);
-                    w
                 }
                 Err(why) => {
                     p.fail(why);
                     return;
                 }
             }
-        };
-        let offsets = p.offsets.clone();
-        if p.persist("committing the offset", || offsets.commit(&name, vec![(shard, last)], writes.clone())).await.is_none() {
-            return;
         }
         offset = last;
         p.positions.lock().insert(shard, offset);
@@ -521,13 +561,14 @@ async fn run_shard(p: Arc<Projection>, shard: u32) {
 
 impl From<Error> for HandlerFailure {
     fn from(e: Error) -> Self {
-        HandlerFailure { message: e.to_string().into(), original: None, transient: false }
+        HandlerFailure { message: e.to_string().into(), original: Some(Arc::new(e)), transient: false }
     }
 }
 
 /// What handing a batch to the sink came to.
 enum Attempt {
-    Done(Vec<ReadModelWrite>),
+    /// Handled and committed.
+    Done,
     Failed(HandlerFailure),
     /// The projection is stopping; the batch is not handled.
     Stopped,

@@ -85,6 +85,21 @@ fn keyed(core: &Core, command: &Bound<'_, PyAny>, key: &str) -> PyResult<Idempot
     Ok(IdempotencyKey { key: key.into(), command_hash: command_hash(&info.type_url, bytes.as_bytes()) })
 }
 
+/// A handler that sends its own entity a command (or asks for its state, or stops it) and
+/// waits would wait for itself until its timeout: refused at once.
+fn refuse_waiting_for_itself(py: Python<'_>, entity_id: &str) -> PyResult<()> {
+    if ego_core::entity::is_handling(entity_id) {
+        return Err(contract_error(
+            py,
+            format!(
+                "a handler of entity {entity_id:?} cannot send a command to its own entity and wait for it (it would wait for \
+                 itself): return the events (or state) instead, or use send_command_async without awaiting it in the handler"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// One shard's lag as Python gets it: (shard, events behind, ns behind, offset, head).
 type LagRow = (u32, u64, i64, u64, u64);
 
@@ -109,6 +124,7 @@ impl EngineCore {
         send: impl FnOnce(&Core, Reply) -> Result<Dispatched<PyHost>, ego_core::host::Fail<PyErr>>,
     ) -> PyResult<Py<PyAny>> {
         let core = self.core(py)?;
+        refuse_waiting_for_itself(py, entity_id)?;
         let (slot, reply) = SyncSlot::pair();
         let dispatched = send(&core, reply);
         match dispatched {
@@ -129,14 +145,16 @@ impl EngineCore {
         py: Python<'_>,
         send: impl FnOnce(&Core, Reply) -> Result<Dispatched<PyHost>, ego_core::host::Fail<PyErr>>,
     ) -> PyResult<Py<PyAny>> {
-        self.non_blocking_timed(py, false, send)
+        self.non_blocking_timed(py, false, None, send)
     }
 
-    /// `non_blocking`, counting the latency when `timed` and metrics are on.
+    /// `non_blocking`, counting the latency when `timed` and metrics are on; `deadline`: the
+    /// entity id and the seconds after which the future fails with `CommandTimeoutError`.
     fn non_blocking_timed(
         &self,
         py: Python<'_>,
         timed: bool,
+        deadline: Option<(&str, f64)>,
         send: impl FnOnce(&Core, Reply) -> Result<Dispatched<PyHost>, ego_core::host::Fail<PyErr>>,
     ) -> PyResult<Py<PyAny>> {
         let get_loop = GET_RUNNING_LOOP.get_or_try_init(py, || py.import("asyncio")?.getattr("get_running_loop").map(Bound::unbind))?;
@@ -150,7 +168,8 @@ impl EngineCore {
             }
         };
         let timer = if timed { Self::timer(&core) } else { None };
-        let reply = AsyncReply::new(future.clone().unbind(), waker_for(&event_loop)?);
+        let started = deadline.map(|_| Arc::new(std::sync::atomic::AtomicBool::new(false)));
+        let reply = AsyncReply::new(future.clone().unbind(), waker_for(&event_loop)?).watched(started.clone());
         let reply = Reply::Async(if timer.is_some() { reply.timed(timer.clone()) } else { reply });
         let dispatched = crate::reply::inline(&future, || send(&core, reply), |d| !matches!(d, Ok(Dispatched::Queued)));
         match dispatched {
@@ -160,7 +179,12 @@ impl EngineCore {
                 }
                 settle_now(py, &future, outcome)?
             }
-            Ok(Dispatched::Queued) => {}
+            Ok(Dispatched::Queued) => {
+                if let (Some((id, seconds)), Some(started)) = (deadline, started) {
+                    let expiry = Py::new(py, crate::reply::Expiry { started, id: id.into(), seconds })?;
+                    event_loop.call_method1(pyo3::intern!(py, "call_later"), (seconds.max(0.0), expiry, &future))?;
+                }
+            }
             Err(fail) => {
                 future.call_method1(pyo3::intern!(py, "set_exception"), (fail_to_pyerr(py, fail).into_value(py),))?;
             }
@@ -442,7 +466,10 @@ impl EngineCore {
     }
 
     /// Sends a command; returns an asyncio future of `(state, revision)` (see `send_command`).
-    #[pyo3(signature = (entity_id, command, trace_context=None, idempotency_key=None))]
+    /// `timeout` (seconds, None: none): the future fails with `CommandTimeoutError` then; a
+    /// command that has not started by then is dropped (`started=False`), as when the caller
+    /// cancels the future.
+    #[pyo3(signature = (entity_id, command, trace_context=None, idempotency_key=None, timeout=None))]
     fn send_command_async(
         &self,
         py: Python<'_>,
@@ -450,6 +477,7 @@ impl EngineCore {
         command: &Bound<'_, PyAny>,
         trace_context: Option<Py<PyAny>>,
         idempotency_key: Option<&str>,
+        timeout: Option<f64>,
     ) -> PyResult<Py<PyAny>> {
         let mut key = None;
         if let Ok(core) = self.core(py) {
@@ -457,7 +485,8 @@ impl EngineCore {
             key = idempotency_key.map(|k| keyed(&core, command, k)).transpose()?;
         }
         let command = PyCommand { msg: command.clone().unbind(), trace: trace_context };
-        self.non_blocking_timed(py, true, |core, reply| core.send_keyed(py, entity_id, command, key, reply))
+        let deadline = timeout.map(|t| (entity_id, t));
+        self.non_blocking_timed(py, true, deadline, |core, reply| core.send_keyed(py, entity_id, command, key, reply))
     }
 
     /// The confirmed `(state, revision)` of an entity, after the commands sent before.
@@ -502,6 +531,7 @@ impl EngineCore {
     #[pyo3(signature = (entity_id, timeout=None))]
     fn stop_entity(&self, py: Python<'_>, entity_id: &str, timeout: Option<f64>) -> PyResult<()> {
         let core = self.core(py)?;
+        refuse_waiting_for_itself(py, entity_id)?;
         let (slot, reply) = SyncSlot::pair();
         let stopped = core.stop_entity(py, entity_id, reply);
         match stopped.map_err(|f| fail_to_pyerr(py, f))? {
@@ -533,7 +563,7 @@ impl EngineCore {
     }
 
     /// Starts a projection (see `ego.Engine.add_projection`).
-    #[pyo3(signature = (name, handler, per_event, offset_store, batch_size, policy, attempts, backoff, max_backoff, dead_letter, poll_interval, start_at_end, transactional, start_after=None, kind="projection"))]
+    #[pyo3(signature = (name, handler, per_event, offset_store, batch_size, policy, attempts, backoff, max_backoff, dead_letter, poll_interval, start_at_end, transactional, start_after=None, kind="projection", event_types=None))]
     #[allow(clippy::too_many_arguments)]
     fn _add_projection(
         &self,
@@ -553,6 +583,7 @@ impl EngineCore {
         transactional: bool,
         start_after: Option<i64>,
         kind: &str,
+        event_types: Option<Vec<String>>,
     ) -> PyResult<()> {
         use ego_core::projection::{FailurePolicy, OnFailure, ProjectionOptions};
         let core = self.core(py)?;
@@ -579,7 +610,7 @@ impl EngineCore {
         let kind = if kind == "publisher" { "publisher" } else { "projection" };
         let shape = if per_event { crate::projection::Shape::PerEvent } else { crate::projection::Shape::Batch };
         let host = core.shared().host();
-        let sink = crate::projection::PySink::new(name, handler, shape, dead_letter, transactional, kind, host)?;
+        let sink = crate::projection::PySink::new(name, handler, shape, dead_letter, transactional, kind, host)?.only(event_types);
         core.add_projection(name, Arc::new(sink), offsets, options).map_err(|e| to_pyerr(py, &e))
     }
 

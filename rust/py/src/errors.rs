@@ -72,6 +72,7 @@ pub fn to_pyerr(py: Python<'_>, e: &Error) -> PyErr {
         Error::Contract(_) => make(py, "HandlerContractError", msg, &[]),
         Error::Recovery { id, .. } => make(py, "RecoveryError", msg, &[("entity_id", text(id))]),
         Error::Internal(_) => make(py, "InternalError", msg, &[]),
+        Error::ReadModelRefused(_) => make(py, "ReadModelWriteError", msg, &[]),
         Error::IdempotencyKeyReused { id, key } => {
             make(py, "IdempotencyKeyReusedError", msg, &[("entity_id", text(id)), ("idempotency_key", text(key))])
         }

@@ -337,7 +337,13 @@ impl Host for PyHost {
     fn begin(&self, py: Python<'_>, reply: &Reply) -> bool {
         match reply {
             Reply::Sync(r) => r.begin(),
-            Reply::Async(r) => !r.future().bind(py).call_method0(pyo3::intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(true),
+            Reply::Async(r) => {
+                let live = !r.future().bind(py).call_method0(pyo3::intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(true);
+                if live {
+                    r.mark_started();
+                }
+                live
+            }
             Reply::Bulk(r) => r.begin(py),
         }
     }

@@ -40,6 +40,8 @@ pub struct PySink {
     log: Arc<Log>,
     /// Batch spans, when the engine traces.
     telemetry: Option<Arc<Telemetry>>,
+    /// The type URLs of the events the handler wants (None: all).
+    event_types: Option<Arc<std::collections::HashSet<String>>>,
 }
 
 impl PySink {
@@ -63,7 +65,15 @@ impl PySink {
             worker: Arc::new(Worker::start(&format!("ego-projection-{name}"))?),
             log: host.log.clone(),
             telemetry: host.telemetry.clone().filter(|t| t.tracing.is_some()),
+            event_types: None,
         })
+    }
+
+    /// Hands the handler only events of these type URLs (None: all); the others are passed
+    /// over (their offsets still advance).
+    pub fn only(mut self, event_types: Option<Vec<String>>) -> Self {
+        self.event_types = event_types.map(|t| Arc::new(t.into_iter().collect()));
+        self
     }
 }
 
@@ -96,26 +106,68 @@ fn writes(value: &Bound<'_, PyAny>) -> PyResult<Vec<ReadModelWrite>> {
     Ok(out)
 }
 
+/// An `ego.Sql` parameter: the common types here, the others through
+/// `ego.projections.sql_param` (which documents them).
 fn sql_value(v: &Bound<'_, PyAny>) -> PyResult<SqlValue> {
-    Ok(if v.is_none() {
-        SqlValue::Null
-    } else if let Ok(b) = v.cast::<pyo3::types::PyBool>() {
-        SqlValue::Bool(b.is_true())
-    } else if let Ok(i) = v.extract::<i64>() {
-        SqlValue::Int(i)
-    } else if let Ok(f) = v.extract::<f64>() {
-        SqlValue::Float(f)
-    } else if let Ok(s) = v.extract::<String>() {
-        SqlValue::Text(s)
+    use pyo3::types::{PyBool, PyFloat, PyInt, PyString};
+    if v.is_none() {
+        return Ok(SqlValue::Null);
+    }
+    if let Ok(b) = v.cast::<PyBool>() {
+        return Ok(SqlValue::Bool(b.is_true()));
+    }
+    if v.is_exact_instance_of::<PyInt>() {
+        if let Ok(i) = v.extract::<i64>() {
+            return Ok(SqlValue::Int(i));
+        }
+    } else if v.is_exact_instance_of::<PyFloat>() {
+        return Ok(SqlValue::Float(v.extract()?));
+    } else if v.is_exact_instance_of::<PyString>() {
+        return Ok(SqlValue::Text(v.extract()?));
     } else if let Ok(b) = v.cast::<PyBytes>() {
-        SqlValue::Bytes(b.as_bytes().to_vec())
-    } else {
-        return Err(crate::errors::contract_error(v.py(), format!("unsupported SQL parameter {}", crate::types::describe(v))));
+        return Ok(SqlValue::Bytes(b.as_bytes().to_vec()));
+    }
+    static SQL_PARAM: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+    let py = v.py();
+    let convert = SQL_PARAM.get_or_try_init(py, || py.import("ego.projections")?.getattr("sql_param").map(Bound::unbind))?;
+    let out = convert.bind(py).call1((v,))?;
+    let kind: String = out.get_item(0)?.extract()?;
+    let at = |i: usize| out.get_item(i);
+    Ok(match kind.as_str() {
+        "null" => SqlValue::Null,
+        "bool" => SqlValue::Bool(at(1)?.extract()?),
+        "int" => SqlValue::Int(at(1)?.extract()?),
+        "float" => SqlValue::Float(at(1)?.extract()?),
+        "text" => SqlValue::Text(at(1)?.extract()?),
+        "bytes" => SqlValue::Bytes(at(1)?.extract()?),
+        "numeric" => SqlValue::Numeric(at(1)?.extract()?),
+        "json" => SqlValue::Json(at(1)?.extract()?),
+        "timestamp" => SqlValue::Timestamp { utc_micros: at(1)?.extract()?, wall_micros: at(2)?.extract()? },
+        "date" => SqlValue::Date(at(1)?.extract()?),
+        "time" => SqlValue::Time(at(1)?.extract()?),
+        "interval" => SqlValue::Interval { micros: at(1)?.extract()?, days: at(2)?.extract()?, months: 0 },
+        "uuid" => SqlValue::Uuid(at(1)?.extract::<Vec<u8>>()?.try_into().map_err(|_| crate::errors::internal(py, "a UUID of other than 16 bytes"))?),
+        other => return Err(crate::errors::internal(py, format!("unknown SQL parameter kind {other:?}"))),
     })
 }
 
 impl Sink for PySink {
     fn handle(&self, shard: u32, events: Arc<[Event]>) -> BoxFuture<'static, Result<Vec<ReadModelWrite>, HandlerFailure>> {
+        let events = match &self.event_types {
+            None => events,
+            Some(types) => {
+                let wanted = |e: &Event| e.event.as_ref().is_some_and(|a| types.contains(&a.type_url));
+                if events.iter().all(wanted) {
+                    events
+                } else {
+                    let kept: Vec<Event> = events.iter().filter(|e| wanted(e)).cloned().collect();
+                    if kept.is_empty() {
+                        return Box::pin(async { Ok(Vec::new()) });
+                    }
+                    Arc::from(kept)
+                }
+            }
+        };
         let (done, rx) = oneshot::channel();
         let (handler, decoder, shape, transactional) = (self.handler.clone(), self.decoder.clone(), self.shape, self.transactional);
         let (name, telemetry, log, kind) = (self.name.clone(), self.telemetry.clone(), self.log.clone(), self.kind);
@@ -174,9 +226,13 @@ impl Sink for PySink {
         let (done, rx) = oneshot::channel();
         let (name, decoder, log) = (self.name.clone(), self.decoder.clone(), self.log.clone());
         let job: Job = Box::new(move |py, event_loop| {
-            let err: Py<PyAny> = match f.original.as_ref().and_then(|o| o.downcast_ref::<PyErr>()) {
-                Some(e) => e.clone_ref(py).into_value(py).into_any(),
-                None => crate::errors::to_pyerr(py, &ego_core::error::Error::Storage(f.message.clone())).into_value(py).into_any(),
+            let original = f.original.as_ref();
+            let err: Py<PyAny> = if let Some(e) = original.and_then(|o| o.downcast_ref::<PyErr>()) {
+                e.clone_ref(py).into_value(py).into_any()
+            } else if let Some(e) = original.and_then(|o| o.downcast_ref::<ego_core::error::Error>()) {
+                crate::errors::to_pyerr(py, e).into_value(py).into_any()
+            } else {
+                crate::errors::to_pyerr(py, &ego_core::error::Error::Storage(f.message.clone())).into_value(py).into_any()
             };
             let (pid, seq) = (event.persistence_id.clone(), event.sequence_number);
             let result = Py::new(py, PersistedEvent { event, decoder })

@@ -84,8 +84,52 @@ pub struct PersistedEvent {
     pub decoder: Arc<Decoder>,
 }
 
+/// The decoder of events built in Python (no event adapters).
+fn plain_decoder() -> Arc<Decoder> {
+    static PLAIN: std::sync::OnceLock<Arc<Decoder>> = std::sync::OnceLock::new();
+    PLAIN.get_or_init(|| Arc::new(Decoder { types: Arc::new(Types::default()), adapters: Vec::new() })).clone()
+}
+
 #[pymethods]
 impl PersistedEvent {
+    /// An event as a projection handler would get it, for tests of handlers: `event` is the
+    /// protobuf message; `timestamp_ns` defaults to now. The engine never needs this.
+    #[new]
+    #[pyo3(signature = (persistence_id, sequence_number, event, *, shard=0, position=0, timestamp_ns=None, metadata=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        persistence_id: String,
+        sequence_number: u64,
+        event: &Bound<'_, PyAny>,
+        shard: u32,
+        position: u64,
+        timestamp_ns: Option<i64>,
+        metadata: Option<std::collections::HashMap<String, String>>,
+    ) -> PyResult<Self> {
+        ego_core::ids::validate_id(&persistence_id).map_err(|e| to_pyerr(py, &e))?;
+        if sequence_number == 0 {
+            return Err(to_pyerr(py, &Error::invalid("sequence numbers start at 1")));
+        }
+        let decoder = plain_decoder();
+        let info = decoder.types.info(event)?.ok_or_else(|| {
+            crate::errors::invalid_message(py, format!("an event must be a protobuf message, got {}", describe(event)))
+        })?;
+        let bytes = event.call_method0(pyo3::intern!(py, "SerializeToString"))?;
+        let bytes = bytes.cast::<PyBytes>().map_err(PyErr::from)?;
+        let event = Event {
+            persistence_id,
+            sequence_number,
+            event: Some(Any::new(info.type_url.to_string(), bytes.as_bytes().to_vec())),
+            timestamp: timestamp_ns.unwrap_or_else(ego_core::clock::now_nanos),
+            shard,
+            position,
+            metadata: metadata.unwrap_or_default(),
+            ..Event::default()
+        };
+        Ok(PersistedEvent { event, decoder })
+    }
+
     /// The entity id.
     #[getter]
     fn persistence_id(&self) -> &str {

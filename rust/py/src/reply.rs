@@ -293,12 +293,27 @@ pub struct AsyncReply {
     inner: Option<(Py<PyAny>, Arc<LoopWaker>)>,
     /// When the command was sent, to count its latency (telemetry with metrics only).
     timer: Option<(Instant, Arc<crate::telemetry::Telemetry>)>,
+    /// Set when the command starts, for a caller with a timeout ([`Expiry`]).
+    started: Option<Arc<AtomicBool>>,
 }
 
 impl AsyncReply {
     /// A reply for `future`, woken through `waker`.
     pub fn new(future: Py<PyAny>, waker: Arc<LoopWaker>) -> Self {
-        AsyncReply { inner: Some((future, waker)), timer: None }
+        AsyncReply { inner: Some((future, waker)), timer: None, started: None }
+    }
+
+    /// Records in `started` when the command starts.
+    pub fn watched(mut self, started: Option<Arc<AtomicBool>>) -> Self {
+        self.started = started;
+        self
+    }
+
+    /// Marks the command started (called with the GIL, like the expiry).
+    pub fn mark_started(&self) {
+        if let Some(s) = &self.started {
+            s.store(true, Ordering::Release);
+        }
     }
 
     /// Counts the command's latency when the outcome is delivered.
@@ -632,5 +647,29 @@ impl Drop for BulkReply {
         if let Some(bulk) = self.bulk.take() {
             bulk.drop_slot(self.index);
         }
+    }
+}
+
+/// The timeout of an asyncio caller (`send_command_async(..., timeout=)`): scheduled with
+/// `loop.call_later`, it fails the future with `CommandTimeoutError` unless the outcome came
+/// first. A command that has not started by then is dropped (it finds its future done); one
+/// that started runs on, and the error says its outcome is unknown.
+#[pyclass(module = "ego._ego", frozen)]
+pub struct Expiry {
+    pub started: Arc<AtomicBool>,
+    pub id: Arc<str>,
+    pub seconds: f64,
+}
+
+#[pymethods]
+impl Expiry {
+    fn __call__(&self, py: Python<'_>, future: &Bound<'_, PyAny>) -> PyResult<()> {
+        if future.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
+            return Ok(());
+        }
+        let started = self.started.load(Ordering::Acquire);
+        let err = to_pyerr(py, &Error::Timeout { id: self.id.clone(), seconds: self.seconds, started });
+        future.call_method1(pyo3::intern!(py, "set_exception"), (err.into_value(py),))?;
+        Ok(())
     }
 }

@@ -30,3 +30,4 @@ pub(crate) mod snapshot;
 pub(crate) mod write;
 
 pub use cell::{Dispatched, Entity, Phase};
+pub use process::is_handling;

@@ -20,6 +20,40 @@ pub(crate) enum Step<H: Host> {
     Batched(H::Output),
 }
 
+thread_local! {
+    /// The entities whose handlers run on this thread, innermost last (a handler may send a
+    /// command that runs inline): the address and length of each id.
+    static HANDLING: std::cell::RefCell<Vec<(usize, usize)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Marks the entity's handler as running on this thread while it lives.
+struct Handling;
+
+impl Handling {
+    fn enter(id: &str) -> Handling {
+        HANDLING.with(|h| h.borrow_mut().push((id.as_ptr() as usize, id.len())));
+        Handling
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        HANDLING.with(|h| h.borrow_mut().pop());
+    }
+}
+
+/// Whether a handler of entity `id` is running on this thread (a caller about to wait for
+/// `id` would then wait for itself).
+pub fn is_handling(id: &str) -> bool {
+    HANDLING.with(|h| {
+        h.borrow().iter().any(|&(ptr, len)| {
+            // SAFETY: the id belongs to an entity whose handler is on this thread's stack
+            // (the guard is dropped before the entity can go), so it is alive.
+            len == id.len() && unsafe { std::slice::from_raw_parts(ptr as *const u8, len) } == id.as_bytes()
+        })
+    })
+}
+
 /// The entity's window of idempotency keys, made on first use.
 fn window<'w, H: Host>(work: &'w mut Work<H>, e: &Entity<H>) -> &'w mut KeyWindow {
     work.keys.get_or_insert_with(|| Box::new(KeyWindow::new(e.options.idempotency_window)))
@@ -66,7 +100,11 @@ pub(crate) fn process<H: Host>(
     }
     match e.kind {
         Kind::EventSourced => {
-            let events = match host.handle_command(cx, &e.behavior, command, state) {
+            let handled = {
+                let _handling = Handling::enter(&e.id);
+                host.handle_command(cx, &e.behavior, command, state)
+            };
+            let events = match handled {
                 Ok(events) => events,
                 Err(f) => return Step::Done(Err(f)),
             };
@@ -121,7 +159,11 @@ pub(crate) fn process<H: Host>(
                     return Step::Done(Err(f));
                 }
             };
-            let next = match host.handle_durable(cx, &e.behavior, command, state) {
+            let handled = {
+                let _handling = Handling::enter(&e.id);
+                host.handle_durable(cx, &e.behavior, command, state)
+            };
+            let next = match handled {
                 Ok(Some(next)) => next,
                 Ok(None) => return Step::Done(Ok(host.output(cx, state, work.pending))),
                 Err(f) => return Step::Done(Err(f)),

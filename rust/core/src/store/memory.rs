@@ -342,7 +342,7 @@ impl OffsetStore for MemoryStore {
             return ready(Err(e));
         }
         if writes.iter().any(|w| matches!(w, ReadModelWrite::Sql { .. })) {
-            return ready(Err(Error::Configuration("an in-memory offset store commits key-value writes (Put, Delete), not SQL".into())));
+            return ready(Err(Error::ReadModelRefused("an in-memory offset store commits key-value writes (Put, Delete), not SQL".into())));
         }
         let mut data = self.inner.lock();
         for w in writes {

@@ -149,7 +149,7 @@ pub trait OffsetStore: Send + Sync + 'static {
         if writes.is_empty() {
             return self.write_offsets(projection, offsets);
         }
-        crate::future::ready(Err(Error::Configuration("this offset store cannot commit read-model writes with offsets".into())))
+        crate::future::ready(Err(Error::ReadModelRefused("this offset store cannot commit read-model writes with offsets".into())))
     }
 }
 
@@ -207,6 +207,20 @@ pub enum SqlValue {
     Float(f64),
     Text(String),
     Bytes(Vec<u8>),
+    /// A decimal number in plain notation (`-12.50`), or `NaN`, `Infinity`, `-Infinity`.
+    Numeric(String),
+    /// JSON text (for `json` and `jsonb` columns).
+    Json(String),
+    /// A point in time: microseconds since the Unix epoch in UTC (for `timestamptz`), and the
+    /// wall-clock time as if it were UTC (for `timestamp` without time zone).
+    Timestamp { utc_micros: i64, wall_micros: i64 },
+    /// Days since 1970-01-01.
+    Date(i32),
+    /// Microseconds since midnight.
+    Time(i64),
+    /// A duration: microseconds, days and months, as PostgreSQL's `interval` keeps them.
+    Interval { micros: i64, days: i32, months: i32 },
+    Uuid([u8; 16]),
 }
 
 /// The stores an engine runs on. Any of them may be missing when the engine does not need it.

@@ -765,7 +765,7 @@ impl Writer {
             Op::PutOffsets(projection, offsets, writes) => {
                 use crate::store::ReadModelWrite;
                 if writes.iter().any(|w| matches!(w, ReadModelWrite::Sql { .. })) {
-                    Err(Error::Configuration("a RocksDB offset store commits key-value writes (Put, Delete), not SQL".into()))
+                    Err(Error::ReadModelRefused("a RocksDB offset store commits key-value writes (Put, Delete), not SQL".into()))
                 } else {
                     for w in writes {
                         match w {

@@ -3,7 +3,7 @@
 use tokio_postgres::types::ToSql;
 
 use super::connection::to_i64;
-use super::errors::db_error;
+use super::errors::{chain, db_error, is_retryable};
 use super::PgStore;
 use crate::error::{Error, Result};
 use crate::future::BoxFuture;
@@ -64,13 +64,17 @@ impl OffsetStore for PgStore {
         let projection = projection.to_string();
         self.read(move |inner, mut client| async move {
             let tx = client.transaction().await.map_err(db_error)?;
-            for w in &writes {
+            // Unqualified table names in the read model's SQL resolve in the store's schema
+            // first (for this transaction only).
+            let path = format!("SET LOCAL search_path TO {}, public", inner.names.schema);
+            tx.batch_execute(&path).await.map_err(db_error)?;
+            for (i, w) in writes.iter().enumerate() {
                 match w {
                     ReadModelWrite::Sql { sql, params } => {
                         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-                        tx.execute(sql.as_str(), &refs).await.map_err(db_error)?;
+                        tx.execute(sql.as_str(), &refs).await.map_err(|e| refused(e, i, sql))?;
                     }
-                    _ => return Err(Error::Configuration("a PostgreSQL offset store commits SQL writes only".into())),
+                    _ => return Err(Error::ReadModelRefused("a PostgreSQL offset store commits SQL writes (ego.Sql) only, not Put or Delete".into())),
                 }
             }
             let shards: Vec<i32> = offsets.iter().map(|(s, _)| *s as i32).collect();
@@ -86,3 +90,18 @@ impl OffsetStore for PgStore {
         })
     }
 }
+
+/// The error of a read-model statement: a refusal (the handler's failure: wrong SQL, a
+/// parameter the column does not take, a constraint) unless the connection or the server
+/// failed, which is retried like any store outage.
+fn refused(e: tokio_postgres::Error, index: usize, sql: &str) -> Error {
+    let transient_class = e.code().is_some_and(|c| ["08", "40", "53", "57", "58"].iter().any(|k| c.code().starts_with(k)));
+    let serializing = e.to_string().starts_with("error serializing parameter");
+    if serializing || (e.as_db_error().is_some() && !transient_class && !is_retryable(&e)) {
+        let detail = e.as_db_error().map_or_else(|| chain(&e), |d| d.to_string());
+        let sql: String = sql.chars().take(200).collect();
+        return Error::ReadModelRefused(format!("statement {} ({sql:?}): {detail}", index + 1).into());
+    }
+    db_error(e)
+}
+

@@ -87,14 +87,55 @@ impl ToSql for SqlValue {
                 Type::INT4 => i32::try_from(*v)?.to_sql(ty, out),
                 Type::FLOAT4 => (*v as f32).to_sql(ty, out),
                 Type::FLOAT8 => (*v as f64).to_sql(ty, out),
+                Type::NUMERIC => numeric(&v.to_string(), out),
+                Type::JSON | Type::JSONB => json(&v.to_string(), ty, out),
                 _ => v.to_sql(ty, out),
             },
             SqlValue::Float(v) => match *ty {
                 Type::FLOAT4 => (*v as f32).to_sql(ty, out),
+                Type::NUMERIC => numeric(&v.to_string(), out),
+                Type::JSON | Type::JSONB if v.is_finite() => json(&v.to_string(), ty, out),
                 _ => v.to_sql(ty, out),
             },
-            SqlValue::Text(v) => v.to_sql(ty, out),
+            // A str into a json column is JSON text (PostgreSQL checks it).
+            SqlValue::Text(v) | SqlValue::Json(v) if matches!(*ty, Type::JSON | Type::JSONB) => json(v, ty, out),
+            SqlValue::Text(v) | SqlValue::Json(v) => v.to_sql(ty, out),
             SqlValue::Bytes(v) => v.to_sql(ty, out),
+            SqlValue::Numeric(v) => match *ty {
+                Type::NUMERIC => numeric(v, out),
+                Type::TEXT | Type::VARCHAR => v.to_sql(ty, out),
+                _ => Err(mismatch("a Decimal", ty)),
+            },
+            SqlValue::Timestamp { utc_micros, wall_micros } => match *ty {
+                Type::TIMESTAMPTZ => pg_micros(*utc_micros)?.to_sql(&Type::INT8, out),
+                Type::TIMESTAMP => pg_micros(*wall_micros)?.to_sql(&Type::INT8, out),
+                _ => Err(mismatch("a datetime", ty)),
+            },
+            SqlValue::Date(days) => match *ty {
+                Type::DATE => days.checked_sub(PG_EPOCH_DAYS).ok_or("date out of range")?.to_sql(&Type::INT4, out),
+                _ => Err(mismatch("a date", ty)),
+            },
+            SqlValue::Time(micros) => match *ty {
+                Type::TIME => micros.to_sql(&Type::INT8, out),
+                _ => Err(mismatch("a time", ty)),
+            },
+            SqlValue::Interval { micros, days, months } => match *ty {
+                Type::INTERVAL => {
+                    out.extend_from_slice(&micros.to_be_bytes());
+                    out.extend_from_slice(&days.to_be_bytes());
+                    out.extend_from_slice(&months.to_be_bytes());
+                    Ok(tokio_postgres::types::IsNull::No)
+                }
+                _ => Err(mismatch("a timedelta", ty)),
+            },
+            SqlValue::Uuid(bytes) => match *ty {
+                Type::UUID => {
+                    out.extend_from_slice(bytes);
+                    Ok(tokio_postgres::types::IsNull::No)
+                }
+                Type::BYTEA => bytes.as_slice().to_sql(ty, out),
+                _ => Err(mismatch("a UUID", ty)),
+            },
         }
     }
 
@@ -103,4 +144,82 @@ impl ToSql for SqlValue {
     }
 
     tokio_postgres::types::to_sql_checked!();
+}
+
+type ToSqlResult = std::result::Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>>;
+
+/// Days from 1970-01-01 to PostgreSQL's epoch, 2000-01-01.
+const PG_EPOCH_DAYS: i32 = 10_957;
+
+/// Unix microseconds as microseconds since PostgreSQL's epoch.
+fn pg_micros(unix_micros: i64) -> std::result::Result<i64, Box<dyn std::error::Error + Sync + Send>> {
+    Ok(unix_micros.checked_sub(PG_EPOCH_DAYS as i64 * 86_400_000_000).ok_or("datetime out of range")?)
+}
+
+fn mismatch(what: &str, ty: &tokio_postgres::types::Type) -> Box<dyn std::error::Error + Sync + Send> {
+    format!("cannot bind {what} to a parameter of type {ty}").into()
+}
+
+/// JSON text as a `json` or `jsonb` value (jsonb's binary form is a version byte and the text).
+fn json(text: &str, ty: &tokio_postgres::types::Type, out: &mut bytes::BytesMut) -> ToSqlResult {
+    if *ty == tokio_postgres::types::Type::JSONB {
+        out.extend_from_slice(&[1]);
+    }
+    out.extend_from_slice(text.as_bytes());
+    Ok(tokio_postgres::types::IsNull::No)
+}
+
+/// A decimal in plain notation as PostgreSQL's binary `numeric`: digit count, weight (of the
+/// first base-10000 digit), sign, display scale, then the base-10000 digits.
+pub(super) fn numeric(text: &str, out: &mut bytes::BytesMut) -> ToSqlResult {
+    let (negative, body) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let special = |sign: u16, out: &mut bytes::BytesMut| {
+        for v in [0u16, 0, sign, 0] {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        Ok(tokio_postgres::types::IsNull::No)
+    };
+    match body {
+        "NaN" => return special(0xC000, out),
+        "Infinity" | "inf" => return special(if negative { 0xF000 } else { 0xD000 }, out),
+        _ => {}
+    }
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    if int.is_empty() && frac.is_empty() || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return Err(format!("not a decimal number: {text:?}").into());
+    }
+    let dscale = u16::try_from(frac.len()).ok().filter(|s| *s <= 0x3FFF).ok_or("too many decimal places")?;
+    let int_digits = format!("{}{int}", "0".repeat((4 - int.len() % 4) % 4));
+    let frac_digits = format!("{frac}{}", "0".repeat((4 - frac.len() % 4) % 4));
+    let groups: Vec<i16> = int_digits
+        .as_bytes()
+        .chunks(4)
+        .chain(frac_digits.as_bytes().chunks(4))
+        .map(|c| c.iter().fold(0i16, |acc, d| acc * 10 + (d - b'0') as i16))
+        .collect();
+    let mut weight = i16::try_from(int_digits.len() / 4).map_err(|_| "number too large")? - 1;
+    let mut start = 0;
+    while start < groups.len() && groups[start] == 0 {
+        start += 1;
+        weight -= 1;
+    }
+    let mut end = groups.len();
+    while end > start && groups[end - 1] == 0 {
+        end -= 1;
+    }
+    let digits = &groups[start..end];
+    if digits.is_empty() {
+        weight = 0;
+    }
+    out.extend_from_slice(&(digits.len() as i16).to_be_bytes());
+    out.extend_from_slice(&weight.to_be_bytes());
+    out.extend_from_slice(&(if negative && !digits.is_empty() { 0x4000u16 } else { 0 }).to_be_bytes());
+    out.extend_from_slice(&dscale.to_be_bytes());
+    for d in digits {
+        out.extend_from_slice(&d.to_be_bytes());
+    }
+    Ok(tokio_postgres::types::IsNull::No)
 }
