@@ -482,6 +482,7 @@ class Engine(_ego.EngineCore):
         start: str = "beginning",
         transactional: bool = False,
         event_types: Sequence[type[Message]] | None = None,
+        on_other_journal: str = "fail",
     ) -> None:
         """Starts a projection named ``name``.
 
@@ -505,6 +506,10 @@ class Engine(_ego.EngineCore):
           :class:`~ego.errors.ReadModelWriteError`).
         - ``event_types``: protobuf message classes; the handler gets only events of these
           types (the others are passed over, and the offsets move past them). None: all.
+        - ``on_other_journal``: offsets record the journal they belong to. When they belong
+          to another journal than the engine's (the journal moved to a new store, the offset
+          store stayed), ``"fail"`` raises :class:`~ego.errors.JournalMismatchError`;
+          ``"start_over"`` forgets them and starts from ``start`` on this journal.
 
         Entity types and projections may be added before :meth:`start`; they begin with it.
 
@@ -514,6 +519,8 @@ class Engine(_ego.EngineCore):
         """
         if start not in ("beginning", "end"):
             raise ConfigurationError(f'start must be "beginning" or "end", got {start!r}')
+        if on_other_journal not in ("fail", "start_over"):
+            raise ConfigurationError(f'on_other_journal must be "fail" or "start_over", got {on_other_journal!r}')
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigurationError(f"batch_size must be a positive int, got {batch_size!r}")
         per_event = not callable(handler) and callable(getattr(handler, "handle", None))
@@ -549,6 +556,7 @@ class Engine(_ego.EngineCore):
             None,
             "projection",
             type_urls,
+            on_other_journal == "start_over",
         )
         if self.running:
             self._add_projection(*args)

@@ -25,6 +25,7 @@ __all__ = [
     "InternalError",
     "InvalidEntityIdError",
     "InvalidMessageError",
+    "JournalMismatchError",
     "KeyNotFoundError",
     "MailboxFullError",
     "MasterKeyError",
@@ -274,3 +275,16 @@ class ReadModelWriteError(StoreError):
     RocksDB one). Nothing of the batch was committed. It is the handler's failure: the
     projection's failure policy decides (retry, stop, or skip to the dead-letter handler, which
     gets this error), and ``projection_status`` shows it once the projection stopped."""
+
+
+class JournalMismatchError(ConfigurationError):
+    """A projection's offsets belong to another journal than the engine's: the journal moved
+    to a new store (or was recreated) while the offset store stayed. Their positions mean
+    nothing in this journal, so the projection is not started. Add it with
+    ``on_other_journal="start_over"`` to start it over on this journal (reset its read model
+    first), or give it the offset store that belongs to this journal. ``projection``,
+    ``recorded_journal`` and ``journal`` name them."""
+
+    projection: str
+    recorded_journal: str
+    journal: str

@@ -68,6 +68,12 @@ impl<H: Host> Engine<H> {
             .enable_all()
             .build()
             .map_err(Error::storage)?;
+        // The journal's identity and shard count: an engine with another shard count than the
+        // journal's events were written with is refused here.
+        let journal = match &stores.events {
+            Some(events) => runtime.block_on(events.claim_journal(config.shards))?,
+            None => None,
+        };
         let tracing = host.tracing();
         let threads = config.bridge_threads.max(1);
         let shared = Arc::new(Shared {
@@ -87,6 +93,7 @@ impl<H: Host> Engine<H> {
             stream: Stream::default(),
             tracing,
             keys,
+            journal,
         });
         let mut bridge = Vec::with_capacity(shared.queue.threads());
         for me in 0..shared.queue.threads() {
@@ -400,7 +407,16 @@ impl<H: Host> Engine<H> {
     /// order; `offsets` keeps its positions.
     pub fn add_projection(&self, name: &str, sink: Arc<dyn Sink>, offsets: Arc<dyn OffsetStore>, options: ProjectionOptions) -> Result<()> {
         self.check_running()?;
+        if let Some(journal) = &self.shared.journal {
+            let check = crate::projection::check_offsets_journal(&offsets, name, &journal.id, options.start_over_on_other_journal);
+            self.shared.runtime.block_on(check)?;
+        }
         self.start_projection(name, sink, offsets, options, None)
+    }
+
+    /// The events store's journal as it recorded itself (None: the store records nothing).
+    pub fn journal(&self) -> Option<&crate::store::JournalInfo> {
+        self.shared.journal.as_ref()
     }
 
     fn start_projection(

@@ -65,6 +65,9 @@ pub struct ProjectionOptions {
     /// A projection without offsets starts after this point in time (Unix ns, exclusive):
     /// in each shard, at the first event with a later timestamp. Overrides `start_at_end`.
     pub start_after: Option<i64>,
+    /// Offsets recorded against another journal are forgotten and the projection starts over
+    /// (otherwise adding it is an [`Error::JournalChanged`]).
+    pub start_over_on_other_journal: bool,
 }
 
 impl Default for ProjectionOptions {
@@ -75,6 +78,7 @@ impl Default for ProjectionOptions {
             poll_interval: Duration::from_millis(500),
             start_at_end: false,
             start_after: None,
+            start_over_on_other_journal: false,
         }
     }
 }
@@ -562,6 +566,24 @@ async fn run_shard(p: Arc<Projection>, shard: u32) {
 impl From<Error> for HandlerFailure {
     fn from(e: Error) -> Self {
         HandlerFailure { message: e.to_string().into(), original: Some(Arc::new(e)), transient: false }
+    }
+}
+
+/// Checks that the offsets of `projection` belong to the journal `journal` (recording it when
+/// nothing is recorded yet): positions of another journal mean nothing in this one. With
+/// `start_over`, offsets of another journal are forgotten (the projection starts from its
+/// configured start again); otherwise they are an [`Error::JournalChanged`].
+pub async fn check_offsets_journal(offsets: &Arc<dyn OffsetStore>, projection: &str, journal: &str, start_over: bool) -> Result<()> {
+    match offsets.offsets_journal(projection).await? {
+        Some(recorded) if recorded == journal => Ok(()),
+        Some(recorded) if !start_over => {
+            Err(Error::JournalChanged { projection: projection.into(), recorded: recorded.into(), current: journal.into() })
+        }
+        Some(_) => {
+            offsets.reset_offsets(projection).await?;
+            offsets.record_offsets_journal(projection, journal).await
+        }
+        None => offsets.record_offsets_journal(projection, journal).await,
     }
 }
 

@@ -51,6 +51,8 @@ pub struct Shared<H: Host> {
     /// The data keys, when records are encrypted (the stores above are then the encrypting
     /// wrappers of `crate::crypto::layer`).
     pub(crate) keys: Option<Arc<KeyRing>>,
+    /// The events store's journal, as it recorded itself (None: it records nothing).
+    pub(crate) journal: Option<crate::store::JournalInfo>,
 }
 
 impl<H: Host> Shared<H> {

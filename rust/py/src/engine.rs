@@ -563,7 +563,7 @@ impl EngineCore {
     }
 
     /// Starts a projection (see `ego.Engine.add_projection`).
-    #[pyo3(signature = (name, handler, per_event, offset_store, batch_size, policy, attempts, backoff, max_backoff, dead_letter, poll_interval, start_at_end, transactional, start_after=None, kind="projection", event_types=None))]
+    #[pyo3(signature = (name, handler, per_event, offset_store, batch_size, policy, attempts, backoff, max_backoff, dead_letter, poll_interval, start_at_end, transactional, start_after=None, kind="projection", event_types=None, start_over_on_other_journal=false))]
     #[allow(clippy::too_many_arguments)]
     fn _add_projection(
         &self,
@@ -584,6 +584,7 @@ impl EngineCore {
         start_after: Option<i64>,
         kind: &str,
         event_types: Option<Vec<String>>,
+        start_over_on_other_journal: bool,
     ) -> PyResult<()> {
         use ego_core::projection::{FailurePolicy, OnFailure, ProjectionOptions};
         let core = self.core(py)?;
@@ -606,12 +607,13 @@ impl EngineCore {
             poll_interval: secs(poll_interval),
             start_at_end,
             start_after,
+            start_over_on_other_journal,
         };
         let kind = if kind == "publisher" { "publisher" } else { "projection" };
         let shape = if per_event { crate::projection::Shape::PerEvent } else { crate::projection::Shape::Batch };
         let host = core.shared().host();
         let sink = crate::projection::PySink::new(name, handler, shape, dead_letter, transactional, kind, host)?.only(event_types);
-        core.add_projection(name, Arc::new(sink), offsets, options).map_err(|e| to_pyerr(py, &e))
+        crate::wait::bounded(py, || core.add_projection(name, Arc::new(sink), offsets, options)).map_err(|e| to_pyerr(py, &e))
     }
 
     /// Stops and forgets a projection (its offsets stay in its offset store).

@@ -73,6 +73,12 @@ pub fn to_pyerr(py: Python<'_>, e: &Error) -> PyErr {
         Error::Recovery { id, .. } => make(py, "RecoveryError", msg, &[("entity_id", text(id))]),
         Error::Internal(_) => make(py, "InternalError", msg, &[]),
         Error::ReadModelRefused(_) => make(py, "ReadModelWriteError", msg, &[]),
+        Error::JournalChanged { projection, recorded, current } => make(
+            py,
+            "JournalMismatchError",
+            msg,
+            &[("projection", text(projection)), ("recorded_journal", text(recorded)), ("journal", text(current))],
+        ),
         Error::IdempotencyKeyReused { id, key } => {
             make(py, "IdempotencyKeyReusedError", msg, &[("entity_id", text(id)), ("idempotency_key", text(key))])
         }

@@ -152,6 +152,10 @@ impl EventsStore for EncryptedEvents {
         self.inner.highest_sequence_number(persistence_id)
     }
 
+    fn claim_journal(&self, shards: u32) -> BoxFuture<'static, Result<Option<crate::store::JournalInfo>>> {
+        self.inner.claim_journal(shards)
+    }
+
     fn delete_events(&self, persistence_id: &str, to: u64) -> BoxFuture<'static, Result<()>> {
         self.inner.delete_events(persistence_id, to)
     }

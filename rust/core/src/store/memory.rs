@@ -7,8 +7,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::{
-    check_batch, check_offsets, check_page_size, check_snapshot, check_state, EventsStore, IdPage, KeySlot, KeyVault, OffsetStore,
-    ShardHead, SnapshotCriteria, SnapshotStore, StateStore,
+    check_batch, check_offsets, check_page_size, check_snapshot, check_state, settle_claim, EventsStore, IdPage, JournalInfo, KeySlot,
+    KeyVault, OffsetStore, ShardHead, SnapshotCriteria, SnapshotStore, StateStore,
 };
 use crate::envelope::{DataKey, DurableState, Event, Snapshot};
 use crate::error::{Error, Result};
@@ -40,6 +40,8 @@ struct Data {
     /// The key vault: wrapped data keys and erasure records (Unix ns), by persistence id.
     keys: BTreeMap<String, DataKey>,
     erasures: Map<String, i64>,
+    journal: Option<JournalInfo>,
+    offsets_journals: Map<String, String>,
 }
 
 struct Journal {
@@ -165,6 +167,15 @@ impl MemoryStore {
 impl EventsStore for MemoryStore {
     fn write_events(&self, events: Vec<Event>) -> BoxFuture<'static, Result<()>> {
         ready(self.append(events))
+    }
+
+    fn claim_journal(&self, shards: u32) -> BoxFuture<'static, Result<Option<JournalInfo>>> {
+        let mut data = self.inner.lock();
+        let has_events = data.logs.values().any(|l| !l.is_empty());
+        ready(settle_claim(data.journal.clone(), shards, has_events).map(|(info, _)| {
+            data.journal = Some(info.clone());
+            Some(info)
+        }))
     }
 
     fn replay_events(&self, persistence_id: &str, from: u64, to: u64, max: u64) -> BoxFuture<'static, Result<Vec<Event>>> {
@@ -329,6 +340,15 @@ impl OffsetStore for MemoryStore {
         let mut names: Vec<String> = self.inner.lock().offsets.iter().filter(|(_, o)| !o.is_empty()).map(|(n, _)| n.clone()).collect();
         names.sort_unstable();
         ready(Ok(names))
+    }
+
+    fn offsets_journal(&self, projection: &str) -> BoxFuture<'static, Result<Option<String>>> {
+        ready(Ok(self.inner.lock().offsets_journals.get(projection).cloned()))
+    }
+
+    fn record_offsets_journal(&self, projection: &str, journal: &str) -> BoxFuture<'static, Result<()>> {
+        self.inner.lock().offsets_journals.insert(projection.to_string(), journal.to_string());
+        ready(Ok(()))
     }
 
     fn commit(

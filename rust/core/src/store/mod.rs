@@ -65,6 +65,52 @@ pub trait EventsStore: Send + Sync + 'static {
     fn close(&self) -> BoxFuture<'static, Result<()>> {
         crate::future::ready(Ok(()))
     }
+    /// The journal's identity and shard count, recorded in the store the first time an engine
+    /// uses it (with its `shards`). An engine with another shard count is refused
+    /// ([`Error::Configuration`]) once the journal holds events (an event's shard is fixed
+    /// when it is written, so changing the count is a migration); an empty journal takes the
+    /// new count. `None`: the store records nothing (stores written in Python), and nothing is
+    /// checked.
+    fn claim_journal(&self, shards: u32) -> BoxFuture<'static, Result<Option<JournalInfo>>> {
+        let _ = shards;
+        crate::future::ready(Ok(None))
+    }
+}
+
+/// What a journal records about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalInfo {
+    /// Made at random when the journal was first used: offsets record it, so a projection
+    /// never resumes from another journal's positions.
+    pub id: String,
+    /// The shard count its events were written with.
+    pub shards: u32,
+}
+
+/// A new random journal identity (128 bits, hex).
+pub fn new_journal_id() -> String {
+    let mut bytes = [0u8; 16];
+    rand::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The answer of a store to an engine claiming its journal with `shards`: `recorded` is what
+/// the store holds (None: first use), `has_events` whether the journal holds any. Returns
+/// what to record (None: nothing changes) or the refusal.
+pub fn settle_claim(recorded: Option<JournalInfo>, shards: u32, has_events: bool) -> Result<(JournalInfo, bool)> {
+    match recorded {
+        None => Ok((JournalInfo { id: new_journal_id(), shards }, true)),
+        Some(info) if info.shards == shards => Ok((info, false)),
+        Some(info) if !has_events => Ok((JournalInfo { id: info.id, shards }, true)),
+        Some(info) => Err(Error::Configuration(
+            format!(
+                "this store's journal was written with {} shards, and this engine has {shards}: an event's shard is fixed \
+                 when it is written, so give the engine shards={} (changing the shard count of a journal is a migration)",
+                info.shards, info.shards
+            )
+            .into(),
+        )),
+    }
 }
 
 /// Which snapshots an operation selects (all bounds inclusive).
@@ -150,6 +196,17 @@ pub trait OffsetStore: Send + Sync + 'static {
             return self.write_offsets(projection, offsets);
         }
         crate::future::ready(Err(Error::ReadModelRefused("this offset store cannot commit read-model writes with offsets".into())))
+    }
+    /// The identity of the journal `projection`'s offsets belong to, as last recorded.
+    /// `None`: not recorded (or the store does not record it: stores written in Python).
+    fn offsets_journal(&self, projection: &str) -> BoxFuture<'static, Result<Option<String>>> {
+        let _ = projection;
+        crate::future::ready(Ok(None))
+    }
+    /// Records the journal `projection`'s offsets belong to.
+    fn record_offsets_journal(&self, projection: &str, journal: &str) -> BoxFuture<'static, Result<()>> {
+        let _ = (projection, journal);
+        crate::future::ready(Ok(()))
     }
 }
 

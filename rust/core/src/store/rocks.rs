@@ -38,7 +38,7 @@ use tokio::sync::oneshot;
 
 use super::rocks_status::{read_error, write_error, Status};
 use super::{
-    check_batch, check_offsets, check_page_size, check_snapshot, check_state, EventsStore, IdPage, OffsetStore, ShardHead,
+    check_batch, check_offsets, check_page_size, check_snapshot, check_state, EventsStore, IdPage, JournalInfo, OffsetStore, ShardHead,
     SnapshotCriteria, SnapshotStore, StateStore,
 };
 use crate::envelope::{DurableState, Event, Snapshot};
@@ -59,6 +59,10 @@ pub(super) const CF_ERASURES: &str = "erasures";
 const FAMILIES: [&str; 10] =
     [CF_EVENTS, CF_LOG, CF_HEADS, CF_SNAPSHOTS, CF_STATES, CF_META, CF_OFFSETS, CF_READ_MODEL, CF_KEYS, CF_ERASURES];
 const POS_PREFIX: &[u8] = b"pos";
+/// Keys of the `meta` family (none starts with `POS_PREFIX`).
+const META_JOURNAL_ID: &[u8] = b"journal-id";
+const META_JOURNAL_SHARDS: &[u8] = b"journal-shards";
+const META_OFFSETS_JOURNAL: &[u8] = b"offsets-journal/";
 /// Most requests merged into one group commit.
 const MAX_GROUP: usize = 8192;
 
@@ -117,6 +121,8 @@ struct Inner {
     closed: AtomicBool,
     /// Serializes the key vault's read-then-write operations (rocks_keys.rs).
     keys_lock: Mutex<()>,
+    /// Serializes claims of the journal (read, then record).
+    claim_lock: tokio::sync::Mutex<()>,
 }
 
 /// Removes a directory from [`OPEN_PATHS`] when dropped.
@@ -151,6 +157,8 @@ enum Op {
     DeleteEvents(String, u64),
     PutOffsets(String, Vec<(u32, u64)>, Vec<crate::store::ReadModelWrite>),
     ResetOffsets(String),
+    /// Keys of the `meta` family (what the journal records about itself).
+    PutMeta(Vec<(Vec<u8>, Vec<u8>)>),
     Close,
 }
 
@@ -370,6 +378,7 @@ impl RocksStore {
                 writer: Mutex::new(Some(handle)),
                 closed: AtomicBool::new(false),
                 keys_lock: Mutex::new(()),
+                claim_lock: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -550,6 +559,25 @@ impl RocksStore {
             detail: "undecodable durable state".into(),
         })?;
         Ok(Some(state))
+    }
+
+    /// What the journal recorded about itself (see `EventsStore::claim_journal`).
+    fn journal_info(&self) -> Result<Option<JournalInfo>> {
+        let db = self.db()?;
+        let id = db.get_cf(cf(&db, CF_META), META_JOURNAL_ID).map_err(map_err)?;
+        let shards = db.get_cf(cf(&db, CF_META), META_JOURNAL_SHARDS).map_err(map_err)?;
+        Ok(match (id, shards) {
+            (Some(id), Some(shards)) => Some(JournalInfo {
+                id: String::from_utf8_lossy(&id).into_owned(),
+                shards: u32::from_be_bytes(shards.as_slice().try_into().map_err(|_| Error::storage("bad journal shard count"))?),
+            }),
+            _ => None,
+        })
+    }
+
+    fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let db = self.db()?;
+        db.get_cf(cf(&db, CF_META), key).map_err(map_err)
     }
 
     fn offsets(&self, projection: &str) -> Result<Vec<(u32, u64)>> {
@@ -752,6 +780,12 @@ impl Writer {
         }
         let result = match req.op {
             Op::Append(events) => self.add_events(group, events),
+            Op::PutMeta(pairs) => {
+                for (k, v) in pairs {
+                    group.batch.put_cf(self.cf(CF_META), k, v);
+                }
+                Ok(())
+            }
             Op::PutSnapshot(s) => {
                 group.batch.put_cf(self.cf(CF_SNAPSHOTS), journal_key(&s.persistence_id, s.sequence_number), s.encode_to_vec());
                 Ok(())
@@ -993,6 +1027,23 @@ impl EventsStore for RocksStore {
     fn close(&self) -> BoxFuture<'static, Result<()>> {
         ready(self.shutdown())
     }
+    fn claim_journal(&self, shards: u32) -> BoxFuture<'static, Result<Option<JournalInfo>>> {
+        let store = self.clone();
+        Box::pin(async move {
+            let _claim = store.inner.claim_lock.lock().await;
+            let recorded = store.journal_info()?;
+            let has_events = !store.heads()?.is_empty();
+            let (info, changed) = crate::store::settle_claim(recorded, shards, has_events)?;
+            if changed {
+                let pairs = vec![
+                    (META_JOURNAL_ID.to_vec(), info.id.clone().into_bytes()),
+                    (META_JOURNAL_SHARDS.to_vec(), info.shards.to_be_bytes().to_vec()),
+                ];
+                store.submit(Op::PutMeta(pairs)).await?;
+            }
+            Ok(Some(info))
+        })
+    }
 }
 
 impl SnapshotStore for RocksStore {
@@ -1072,5 +1123,15 @@ impl OffsetStore for RocksStore {
 
     fn projection_names(&self) -> BoxFuture<'static, Result<Vec<String>>> {
         ready(self.projections())
+    }
+
+    fn offsets_journal(&self, projection: &str) -> BoxFuture<'static, Result<Option<String>>> {
+        let key = [META_OFFSETS_JOURNAL, projection.as_bytes()].concat();
+        ready(self.meta(&key).map(|v| v.map(|v| String::from_utf8_lossy(&v).into_owned())))
+    }
+
+    fn record_offsets_journal(&self, projection: &str, journal: &str) -> BoxFuture<'static, Result<()>> {
+        let key = [META_OFFSETS_JOURNAL, projection.as_bytes()].concat();
+        self.submit(Op::PutMeta(vec![(key, journal.as_bytes().to_vec())]))
     }
 }

@@ -25,6 +25,7 @@
 
 mod connection;
 mod errors;
+mod journal;
 mod keys;
 mod offsets;
 mod rows;
@@ -83,8 +84,8 @@ impl PgStore {
         let n = &self.inner.names;
         let client = self.inner.pool.get().await.map_err(Error::storage)?;
         let sql = format!(
-            "DROP TABLE IF EXISTS {}, {}, {}, {}, {}, {}, {}, {}, {}",
-            n.events, n.heads, n.shards, n.snapshots, n.states, n.offsets, n.keys, n.erasures, n.migrations
+            "DROP TABLE IF EXISTS {}, {}, {}, {}, {}, {}, {}, {}, {}, {}",
+            n.events, n.heads, n.shards, n.snapshots, n.states, n.offsets, n.keys, n.erasures, n.meta, n.migrations
         );
         client.batch_execute(&sql).await.map_err(db_error)
     }
@@ -217,6 +218,10 @@ impl EventsStore for PgStore {
             heads.sort_unstable_by_key(|h| h.shard); // int4 columns: shards from 2**31 read back negative
             Ok(heads)
         })
+    }
+
+    fn claim_journal(&self, shards: u32) -> BoxFuture<'static, Result<Option<crate::store::JournalInfo>>> {
+        self.read(move |inner, client| async move { journal::claim(&inner, client, shards).await.map(Some) })
     }
 }
 

@@ -41,6 +41,14 @@ impl OffsetStore for PgStore {
         })
     }
 
+    fn offsets_journal(&self, projection: &str) -> BoxFuture<'static, Result<Option<String>>> {
+        self.read_offsets_journal(projection)
+    }
+
+    fn record_offsets_journal(&self, projection: &str, journal: &str) -> BoxFuture<'static, Result<()>> {
+        self.write_offsets_journal(projection, journal)
+    }
+
     fn reset_offsets(&self, projection: &str) -> BoxFuture<'static, Result<()>> {
         let sql = format!("DELETE FROM {} WHERE projection = $1", self.inner.names.offsets);
         self.exec(sql, vec![Box::new(projection.to_string())])

@@ -7,7 +7,7 @@ use super::errors::{chain, db_error};
 use crate::error::{Error, Result};
 
 /// Schema version this code writes.
-const SCHEMA_VERSION: i32 = 4;
+const SCHEMA_VERSION: i32 = 5;
 
 /// Checks that `name` is a plain SQL identifier.
 pub fn check_identifier(what: &str, name: &str, allow_empty: bool) -> Result<()> {
@@ -37,6 +37,7 @@ pub(super) struct Names {
     pub(super) keys: String,
     pub(super) erasures: String,
     pub(super) migrations: String,
+    pub(super) meta: String,
 }
 
 impl Names {
@@ -53,6 +54,7 @@ impl Names {
             keys: t("keys"),
             erasures: t("erasures"),
             migrations: t("migrations"),
+            meta: t("meta"),
         }
     }
 }
@@ -181,6 +183,18 @@ pub(super) async fn migrate(pool: &Pool, n: &Names) -> Result<()> {
             states = n.states,
             keys = n.keys,
             erasures = n.erasures,
+            m = n.migrations,
+        ))
+        .await
+        .map_err(db_error)?;
+    }
+    if current < 5 {
+        // What the journal records about itself (its identity, its shard count) and which
+        // journal each projection's offsets belong to.
+        tx.batch_execute(&format!(
+            "CREATE TABLE {meta} (key text PRIMARY KEY, value text NOT NULL);
+             INSERT INTO {m} (version) VALUES (5);",
+            meta = n.meta,
             m = n.migrations,
         ))
         .await
