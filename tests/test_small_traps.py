@@ -16,6 +16,7 @@ from ego import errors
 
 from bank_pb2 import Account, AccountCredited, AccountOpened, Credit, OpenAccount
 from domain import AccountBehavior
+from egotest.messages_pb2 import Increment
 
 
 class Gate(ego.EventSourcedBehavior[Message, Message, Account]):
@@ -146,3 +147,31 @@ def test_a_projection_gets_only_the_event_types_it_asks_for(engine: ego.Engine) 
     assert all(lag.events_behind == 0 for lag in engine.projection_lag("credits").values())
     with pytest.raises(errors.ConfigurationError):
         engine.add_projection("bad", handler, event_types=["bank.v1.AccountCredited"])  # type: ignore[list-item]
+
+
+def test_metadata_sent_with_a_command_is_stored_with_its_events(engine: ego.Engine) -> None:
+    from test_event_sourced import Multi
+
+    seen: list[tuple[int, dict[str, str]]] = []
+    engine.register_entity_type(Multi, prefix="multi-")
+    engine.register_entity_type(CounterBehavior, prefix="counter-")
+    engine.add_projection("meta", lambda events: seen.extend((e.sequence_number, e.metadata) for e in events))
+    engine.send_command("multi-1", Credit(amount=2), metadata={"correlation_id": "c-1", "user": "ann"})
+    asyncio.run(_send_async(engine))
+    engine.send_command("multi-1", Credit(amount=1))
+    engine.wait_for_projection("meta", timeout=10)
+    assert seen == [
+        (1, {"correlation_id": "c-1", "user": "ann"}),
+        (2, {"correlation_id": "c-1", "user": "ann"}),
+        (3, {"correlation_id": "c-2"}),
+        (4, {}),
+    ]
+    with pytest.raises(errors.ValidationError, match="ego's own"):
+        engine.send_command("multi-1", Credit(amount=1), metadata={"ego.idempotency_key": "x"})
+    # A durable state has no metadata: refused rather than dropped.
+    with pytest.raises(errors.ValidationError, match="durable-state"):
+        engine.send_command("counter-1", Increment(by=1), metadata={"k": "v"})
+
+
+async def _send_async(engine: ego.Engine) -> None:
+    await engine.send_command_async("multi-1", Credit(amount=1), metadata={"correlation_id": "c-2"})

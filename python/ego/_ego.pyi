@@ -58,6 +58,7 @@ class EngineCore:
         timeout: float | None = None,
         trace_context: Any = None,
         idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> tuple[Any, int]: ...
     def send_command_async(
         self,
@@ -66,6 +67,7 @@ class EngineCore:
         trace_context: Any = None,
         idempotency_key: str | None = None,
         timeout: float | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> asyncio.Future[tuple[Any, int]]: ...
     def send_commands(
         self, pairs: Iterable[tuple[str, Any]], timeout: float | None = None, return_exceptions: bool = True

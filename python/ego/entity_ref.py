@@ -37,13 +37,28 @@ class EntityRef(Generic[C, S]):
         self._engine = engine
         self.entity_id = entity_id
 
-    def send(self, command: C, *, timeout: float | None = None, idempotency_key: str | None = None) -> tuple[S, int]:
+    def send(
+        self,
+        command: C,
+        *,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> tuple[S, int]:
         """:meth:`ego.Engine.send_command` for this entity: ``(state, revision)``."""
-        return cast("tuple[S, int]", self._engine.send_command(self.entity_id, command, timeout, None, idempotency_key))
+        outcome = self._engine.send_command(self.entity_id, command, timeout, None, idempotency_key, metadata)
+        return cast("tuple[S, int]", outcome)
 
-    async def send_async(self, command: C, *, timeout: float | None = None, idempotency_key: str | None = None) -> tuple[S, int]:
+    async def send_async(
+        self,
+        command: C,
+        *,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> tuple[S, int]:
         """``send_command_async`` for this entity, awaited: ``(state, revision)``."""
-        future = self._engine.send_command_async(self.entity_id, command, None, idempotency_key, timeout)
+        future = self._engine.send_command_async(self.entity_id, command, None, idempotency_key, timeout, metadata)
         return cast("tuple[S, int]", await future)
 
     def get_state(self, *, timeout: float | None = None) -> tuple[S, int]:

@@ -101,6 +101,13 @@ pub trait Host: Send + Sync + Sized + 'static {
     /// The state of an entity that has no stored history.
     fn initial_state(&self, cx: Self::Cx<'_>, behavior: &Self::Behavior) -> Result<Self::State, Fail<Self::Failure>>;
 
+    /// Metadata the caller attached to `command`, stored with each of its events (None:
+    /// none, the usual case).
+    fn command_metadata<'c>(&self, command: &'c Self::Command) -> Option<&'c std::collections::HashMap<String, String>> {
+        let _ = command;
+        None
+    }
+
     /// Runs an event-sourced command handler.
     fn handle_command<'a>(
         &self,

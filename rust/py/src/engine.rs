@@ -85,6 +85,24 @@ fn keyed(core: &Core, command: &Bound<'_, PyAny>, key: &str) -> PyResult<Idempot
     Ok(IdempotencyKey { key: key.into(), command_hash: command_hash(&info.type_url, bytes.as_bytes()) })
 }
 
+/// Metadata a caller attached to a command: keys of ego's own (`ego.`) are refused, and an
+/// empty mapping is none.
+fn checked_metadata(
+    py: Python<'_>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> PyResult<Option<Box<std::collections::HashMap<String, String>>>> {
+    match metadata {
+        None => Ok(None),
+        Some(m) if m.is_empty() => Ok(None),
+        Some(m) => {
+            if let Some(k) = m.keys().find(|k| k.starts_with("ego.")) {
+                return Err(crate::errors::validation(py, format!("metadata keys starting with \"ego.\" are ego's own: {k:?}")));
+            }
+            Ok(Some(Box::new(m)))
+        }
+    }
+}
+
 /// A handler that sends its own entity a command (or asks for its state, or stops it) and
 /// waits would wait for itself until its timeout: refused at once.
 fn refuse_waiting_for_itself(py: Python<'_>, entity_id: &str) -> PyResult<()> {
@@ -376,7 +394,8 @@ impl EngineCore {
     /// the behaviour raised. `timeout` is in seconds (None: wait as long as it takes);
     /// `trace_context` is an OpenTelemetry context the command's spans get as parent (with
     /// traces on); `idempotency_key`: see `ego.Engine.send_command`.
-    #[pyo3(signature = (entity_id, command, timeout=None, trace_context=None, idempotency_key=None))]
+    #[pyo3(signature = (entity_id, command, timeout=None, trace_context=None, idempotency_key=None, metadata=None))]
+    #[allow(clippy::too_many_arguments)]
     fn send_command(
         &self,
         py: Python<'_>,
@@ -385,12 +404,13 @@ impl EngineCore {
         timeout: Option<f64>,
         trace_context: Option<Py<PyAny>>,
         idempotency_key: Option<&str>,
+        metadata: Option<std::collections::HashMap<String, String>>,
     ) -> PyResult<Py<PyAny>> {
         let core = self.core(py)?;
         let timer = Self::timer(&core);
         Self::check_message(&core, py, "a command", command)?;
         let key = idempotency_key.map(|k| keyed(&core, command, k)).transpose()?;
-        let command = PyCommand { msg: command.clone().unbind(), trace: trace_context };
+        let command = PyCommand { msg: command.clone().unbind(), trace: trace_context, metadata: checked_metadata(py, metadata)? };
         let result = self.blocking(py, entity_id, timeout, |core, reply| core.send_keyed(py, entity_id, command, key, reply));
         if let Some((sent, t)) = timer {
             t.latency.record(sent.elapsed());
@@ -469,7 +489,8 @@ impl EngineCore {
     /// `timeout` (seconds, None: none): the future fails with `CommandTimeoutError` then; a
     /// command that has not started by then is dropped (`started=False`), as when the caller
     /// cancels the future.
-    #[pyo3(signature = (entity_id, command, trace_context=None, idempotency_key=None, timeout=None))]
+    #[pyo3(signature = (entity_id, command, trace_context=None, idempotency_key=None, timeout=None, metadata=None))]
+    #[allow(clippy::too_many_arguments)]
     fn send_command_async(
         &self,
         py: Python<'_>,
@@ -478,13 +499,14 @@ impl EngineCore {
         trace_context: Option<Py<PyAny>>,
         idempotency_key: Option<&str>,
         timeout: Option<f64>,
+        metadata: Option<std::collections::HashMap<String, String>>,
     ) -> PyResult<Py<PyAny>> {
         let mut key = None;
         if let Ok(core) = self.core(py) {
             Self::check_message(&core, py, "a command", command)?;
             key = idempotency_key.map(|k| keyed(&core, command, k)).transpose()?;
         }
-        let command = PyCommand { msg: command.clone().unbind(), trace: trace_context };
+        let command = PyCommand { msg: command.clone().unbind(), trace: trace_context, metadata: checked_metadata(py, metadata)? };
         let deadline = timeout.map(|t| (entity_id, t));
         self.non_blocking_timed(py, true, deadline, |core, reply| core.send_keyed(py, entity_id, command, key, reply))
     }

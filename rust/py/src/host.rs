@@ -51,12 +51,14 @@ impl PyBehavior {
 pub struct PyCommand {
     pub msg: Py<PyAny>,
     pub trace: Option<Py<PyAny>>,
+    /// Metadata for the command's events (`send_command(..., metadata=)`).
+    pub metadata: Option<Box<std::collections::HashMap<String, String>>>,
 }
 
 impl PyCommand {
     /// An untraced command.
     pub fn new(msg: Py<PyAny>) -> Self {
-        PyCommand { msg, trace: None }
+        PyCommand { msg, trace: None, metadata: None }
     }
 }
 
@@ -256,6 +258,10 @@ impl Host for PyHost {
         let state = handler(b.class.initial_state.bind(py).call1((b.obj.bind(py),)))?;
         self.check_state("initial_state", &state, None)?;
         Ok(state.unbind())
+    }
+
+    fn command_metadata<'c>(&self, command: &'c PyCommand) -> Option<&'c std::collections::HashMap<String, String>> {
+        command.metadata.as_deref()
     }
 
     fn handle_command<'a>(&self, py: Python<'a>, b: &PyBehavior, command: &PyCommand, state: &Py<PyAny>) -> Result<Bound<'a, PyAny>, PyFail>

@@ -132,6 +132,7 @@ pub(crate) fn process<H: Host>(
                 }
             }
             let timestamp = now_nanos();
+            let metadata = host.command_metadata(command);
             work.batch.events.reserve(encoded.len());
             for any in encoded {
                 work.pending += 1;
@@ -141,6 +142,7 @@ pub(crate) fn process<H: Host>(
                     event: Some(any),
                     timestamp,
                     shard: e.shard,
+                    metadata: metadata.cloned().unwrap_or_default(),
                     ..Default::default()
                 });
             }
@@ -152,6 +154,11 @@ pub(crate) fn process<H: Host>(
             Step::Batched(host.output(cx, work.state.as_ref().expect("state"), work.pending))
         }
         Kind::DurableState => {
+            if host.command_metadata(command).is_some() {
+                return Step::Done(Err(Fail::Engine(Error::invalid(
+                    "metadata is stored with events: a durable-state entity has none (its state is stored without it)",
+                ))));
+            }
             let state = match host.exclusive_state(cx, work.state.take().expect("state")) {
                 Ok(state) => &*work.state.insert(state),
                 Err(f) => {
