@@ -90,8 +90,10 @@ pub enum Error {
     ReadModelRefused(Arc<str>),
     /// A projection's offsets were recorded against another journal (the journal moved to a
     /// new store, the offsets stayed): their positions mean nothing in this one.
-    #[error("the offsets of projection {projection:?} belong to another journal ({recorded}; this engine's journal is {current}): \
-             add it with on_other_journal=\"start_over\" to start it over on this journal, or give it the offset store of this journal")]
+    #[error(
+        "the offsets of projection {projection:?} belong to another journal ({recorded}; this engine's journal is {current}): \
+             add it with on_other_journal=\"start_over\" to start it over on this journal, or give it the offset store of this journal"
+    )]
     JournalChanged { projection: Arc<str>, recorded: Arc<str>, current: Arc<str> },
     /// ego itself failed (a bug, or the interpreter refused something ego needs); never a
     /// user's handler error.

@@ -304,7 +304,8 @@ impl Projection {
                 Err(e @ Error::ReadModelRefused(_)) => return Err(e.into()),
                 Err(e) => {
                     self.stats.store_retries.fetch_add(1, Ordering::Relaxed);
-                    self.sink.log("warning", format!("projection {:?}: committing the offset failed, retrying in {backoff:?}: {e}", self.name));
+                    self.sink
+                        .log("warning", format!("projection {:?}: committing the offset failed, retrying in {backoff:?}: {e}", self.name));
                     if self.sleep(backoff).await {
                         return Ok(false);
                     }

@@ -87,6 +87,7 @@ fn keyed(core: &Core, command: &Bound<'_, PyAny>, key: &str) -> PyResult<Idempot
 
 /// Metadata a caller attached to a command: keys of ego's own (`ego.`) are refused, and an
 /// empty mapping is none.
+#[allow(clippy::box_collection)]
 fn checked_metadata(
     py: Python<'_>,
     metadata: Option<std::collections::HashMap<String, String>>,

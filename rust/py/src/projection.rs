@@ -146,7 +146,9 @@ fn sql_value(v: &Bound<'_, PyAny>) -> PyResult<SqlValue> {
         "date" => SqlValue::Date(at(1)?.extract()?),
         "time" => SqlValue::Time(at(1)?.extract()?),
         "interval" => SqlValue::Interval { micros: at(1)?.extract()?, days: at(2)?.extract()?, months: 0 },
-        "uuid" => SqlValue::Uuid(at(1)?.extract::<Vec<u8>>()?.try_into().map_err(|_| crate::errors::internal(py, "a UUID of other than 16 bytes"))?),
+        "uuid" => SqlValue::Uuid(
+            at(1)?.extract::<Vec<u8>>()?.try_into().map_err(|_| crate::errors::internal(py, "a UUID of other than 16 bytes"))?,
+        ),
         other => return Err(crate::errors::internal(py, format!("unknown SQL parameter kind {other:?}"))),
     })
 }

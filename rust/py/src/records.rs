@@ -112,9 +112,10 @@ impl PersistedEvent {
             return Err(to_pyerr(py, &Error::invalid("sequence numbers start at 1")));
         }
         let decoder = plain_decoder();
-        let info = decoder.types.info(event)?.ok_or_else(|| {
-            crate::errors::invalid_message(py, format!("an event must be a protobuf message, got {}", describe(event)))
-        })?;
+        let info = decoder
+            .types
+            .info(event)?
+            .ok_or_else(|| crate::errors::invalid_message(py, format!("an event must be a protobuf message, got {}", describe(event))))?;
         let bytes = event.call_method0(pyo3::intern!(py, "SerializeToString"))?;
         let bytes = bytes.cast::<PyBytes>().map_err(PyErr::from)?;
         let event = Event {

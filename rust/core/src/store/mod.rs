@@ -270,13 +270,20 @@ pub enum SqlValue {
     Json(String),
     /// A point in time: microseconds since the Unix epoch in UTC (for `timestamptz`), and the
     /// wall-clock time as if it were UTC (for `timestamp` without time zone).
-    Timestamp { utc_micros: i64, wall_micros: i64 },
+    Timestamp {
+        utc_micros: i64,
+        wall_micros: i64,
+    },
     /// Days since 1970-01-01.
     Date(i32),
     /// Microseconds since midnight.
     Time(i64),
     /// A duration: microseconds, days and months, as PostgreSQL's `interval` keeps them.
-    Interval { micros: i64, days: i32, months: i32 },
+    Interval {
+        micros: i64,
+        days: i32,
+        months: i32,
+    },
     Uuid([u8; 16]),
 }
 

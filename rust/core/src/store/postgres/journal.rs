@@ -3,9 +3,7 @@
 
 use super::connection::Inner;
 use super::errors::db_error;
-use super::PgStore;
 use crate::error::Result;
-use crate::future::BoxFuture;
 use crate::store::{settle_claim, JournalInfo};
 
 const JOURNAL_ID: &str = "journal-id";
@@ -26,11 +24,8 @@ pub(super) async fn claim(inner: &Inner, mut client: deadpool_postgres::Object, 
         (Some(id), Some(shards)) => Some(JournalInfo { id, shards }),
         _ => None,
     };
-    let has_events: bool = tx
-        .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {})", inner.names.events), &[])
-        .await
-        .map_err(db_error)?
-        .get(0);
+    let has_events: bool =
+        tx.query_one(&format!("SELECT EXISTS (SELECT 1 FROM {})", inner.names.events), &[]).await.map_err(db_error)?.get(0);
     let (info, changed) = settle_claim(recorded, shards, has_events)?;
     if changed {
         let sql = format!(
@@ -43,23 +38,22 @@ pub(super) async fn claim(inner: &Inner, mut client: deadpool_postgres::Object, 
     Ok(info)
 }
 
-impl PgStore {
-    /// The journal `projection`'s offsets belong to (`OffsetStore::offsets_journal`).
-    pub(super) fn read_offsets_journal(&self, projection: &str) -> BoxFuture<'static, Result<Option<String>>> {
-        let key = format!("{OFFSETS_JOURNAL}{projection}");
-        self.read(move |inner, client| async move {
-            let sql = format!("SELECT value FROM {} WHERE key = $1", inner.names.meta);
-            let row = client.query_opt(&sql, &[&key]).await.map_err(db_error)?;
-            Ok(row.map(|r| r.get(0)))
-        })
-    }
+/// The journal `projection`'s offsets belong to (`OffsetStore::offsets_journal`).
+pub(super) async fn offsets_journal(inner: &Inner, client: deadpool_postgres::Object, projection: &str) -> Result<Option<String>> {
+    let sql = format!("SELECT value FROM {} WHERE key = $1", inner.names.meta);
+    let row = client.query_opt(&sql, &[&format!("{OFFSETS_JOURNAL}{projection}")]).await.map_err(db_error)?;
+    Ok(row.map(|r| r.get(0)))
+}
 
-    /// Records the journal `projection`'s offsets belong to.
-    pub(super) fn write_offsets_journal(&self, projection: &str, journal: &str) -> BoxFuture<'static, Result<()>> {
-        let sql = format!(
-            "INSERT INTO {} (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-            self.inner.names.meta
-        );
-        self.exec(sql, vec![Box::new(format!("{OFFSETS_JOURNAL}{projection}")), Box::new(journal.to_string())])
-    }
+/// Records the journal `projection`'s offsets belong to.
+pub(super) async fn record_offsets_journal(
+    inner: &Inner,
+    client: deadpool_postgres::Object,
+    projection: &str,
+    journal: &str,
+) -> Result<()> {
+    let sql =
+        format!("INSERT INTO {} (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", inner.names.meta);
+    client.execute(&sql, &[&format!("{OFFSETS_JOURNAL}{projection}"), &journal]).await.map_err(db_error)?;
+    Ok(())
 }

@@ -42,11 +42,13 @@ impl OffsetStore for PgStore {
     }
 
     fn offsets_journal(&self, projection: &str) -> BoxFuture<'static, Result<Option<String>>> {
-        self.read_offsets_journal(projection)
+        let projection = projection.to_string();
+        self.read(move |inner, client| async move { super::journal::offsets_journal(&inner, client, &projection).await })
     }
 
     fn record_offsets_journal(&self, projection: &str, journal: &str) -> BoxFuture<'static, Result<()>> {
-        self.write_offsets_journal(projection, journal)
+        let (projection, journal) = (projection.to_string(), journal.to_string());
+        self.read(move |inner, client| async move { super::journal::record_offsets_journal(&inner, client, &projection, &journal).await })
     }
 
     fn reset_offsets(&self, projection: &str) -> BoxFuture<'static, Result<()>> {
@@ -112,4 +114,3 @@ fn refused(e: tokio_postgres::Error, index: usize, sql: &str) -> Error {
     }
     db_error(e)
 }
-
