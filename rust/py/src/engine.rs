@@ -370,7 +370,10 @@ impl EngineCore {
             None => None,
         };
         let host = PyHost::new(adapters, telemetry, log);
-        let engine = Engine::start_with(host, self.config.clone(), self.stores.clone(), keys).map_err(|e| to_pyerr(py, &e))?;
+        // Starting reads the journal's record of itself from the store: wait with the GIL
+        // released (a store may need Python to answer).
+        let (config, stores) = (self.config.clone(), self.stores.clone());
+        let engine = crate::wait::bounded(py, move || Engine::start_with(host, config, stores, keys)).map_err(|e| to_pyerr(py, &e))?;
         *core = Some(Arc::new(engine));
         Ok(())
     }
