@@ -82,6 +82,32 @@ def caught_up(engine: ego.Engine, name: str) -> bool:
     return all(lag.events_behind == 0 for lag in engine.publisher_lag(name).values())
 
 
+def wait_caught_up(
+    engine: ego.Engine, name: str, what: str = "the publisher to catch up", stall: float = 60.0, limit: float = 600.0
+) -> None:
+    """Waits until publisher `name` has published everything written so far. Generous under
+    load, never open-ended: it fails when the publisher made no progress (its events behind
+    did not go down) for `stall` seconds, or after `limit` seconds in all, with the lag and
+    status in the message."""
+    start = time.monotonic()
+    best, since = None, start
+    while True:
+        lag = engine.publisher_lag(name)
+        behind = sum(s.events_behind for s in lag.values())
+        if behind == 0:
+            return
+        now = time.monotonic()
+        if best is None or behind < best:
+            best, since = behind, now
+        status = engine.publisher_status(name)
+        assert status[0] == "running", f"{what}: the publisher stopped: {status}"
+        assert now - since < stall, (
+            f"{what}: no progress for {stall:.0f} s ({behind} events behind, stats {engine.publisher_stats(name)})"
+        )
+        assert now - start < limit, f"timed out after {limit:.0f} s waiting for {what} ({behind} events behind)"
+        time.sleep(0.05)
+
+
 def make_publisher(kind: str, params: dict[str, Any]) -> Any:
     """A connector of `kind` from JSON-able `params` (shared by the tests and their child
     processes)."""

@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 from brokers import Broker, noida, tansu
 from publisher_crash import check_duplicates_in_windows, crash_rounds
-from publishing import bank_engine, caught_up, check_delivery, consume_kafka, make_publisher, wait_for, write_history
+from publishing import (
+    bank_engine,
+    check_delivery,
+    consume_kafka,
+    make_publisher,
+    wait_caught_up,
+    wait_for,
+    write_history,
+)
 
 import ego
 
@@ -54,7 +62,7 @@ def test_every_event_of_1000_entities_arrives_in_order(broker: Broker) -> None:
         accounts = [f"account-{i}" for i in range(1000)]
         write_history(engine, accounts, credits=4)
         engine.add_event_publisher(make_publisher("kafka", p), name="kafka")
-        wait_for(lambda: caught_up(engine, "kafka"), what="the publisher to catch up")
+        wait_caught_up(engine, "kafka", what="the publisher to catch up")
         received = consume_kafka(str(p["servers"]), str(p["topic"]), 5000)
         assert check_delivery(received, {a: 5 for a in accounts}) == 0
         assert engine.publisher_stats("kafka")["published"] == 5000
@@ -69,7 +77,7 @@ def test_broker_stopped_under_load_loses_nothing(durable_broker: Broker) -> None
     try:
         engine.add_event_publisher(make_publisher("kafka", {**p, "ack_timeout": 0.5}), name="kafka", max_backoff=0.5)
         write_history(engine, accounts, credits=5)
-        wait_for(lambda: caught_up(engine, "kafka"), what="the first events to be published")
+        wait_caught_up(engine, "kafka", what="the first events to be published")
         durable_broker.stop()
         write_history(engine, accounts, credits=10, first_credit=7)
         wait_for(
@@ -78,7 +86,7 @@ def test_broker_stopped_under_load_loses_nothing(durable_broker: Broker) -> None
         assert engine.publisher_status("kafka") == ("running", None)
         assert sum(lag.events_behind for lag in engine.publisher_lag("kafka").values()) > 0
         durable_broker.start()
-        wait_for(lambda: caught_up(engine, "kafka"), timeout=60, what="the publisher to catch up after the outage")
+        wait_caught_up(engine, "kafka", what="the publisher to catch up after the outage")
         received = consume_kafka(str(p["servers"]), str(p["topic"]), 200 * 11)
         check_delivery(received, {a: 11 for a in accounts})
     finally:

@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 from brokers import Broker, nats_server
 from publisher_crash import crash_rounds
-from publishing import bank_engine, caught_up, check_delivery, consume_nats, make_publisher, wait_for, write_history
+from publishing import (
+    bank_engine,
+    check_delivery,
+    consume_nats,
+    make_publisher,
+    wait_caught_up,
+    wait_for,
+    write_history,
+)
 
 import ego
 
@@ -52,7 +60,7 @@ def test_every_event_of_1000_entities_arrives_once_in_order() -> None:
         accounts = [f"account-{i}" for i in range(1000)]
         write_history(engine, accounts, credits=4)
         engine.add_event_publisher(make_publisher("nats", p), name="nats")
-        wait_for(lambda: caught_up(engine, "nats"), what="the publisher to catch up")
+        wait_caught_up(engine, "nats", what="the publisher to catch up")
         received = consume_nats(url, p["stream"], 5000)
         assert check_delivery(received, {a: 5 for a in accounts}, exactly_once=True) == 0
         assert engine.publisher_stats("nats")["published"] == 5000
@@ -74,7 +82,7 @@ def test_broker_stopped_under_load_loses_nothing(throwaway: Broker) -> None:
         assert engine.publisher_status("nats") == ("running", None)
         assert sum(lag.events_behind for lag in engine.publisher_lag("nats").values()) > 0
         throwaway.start()
-        wait_for(lambda: caught_up(engine, "nats"), what="the publisher to catch up after the outage")
+        wait_caught_up(engine, "nats", what="the publisher to catch up after the outage")
         received = consume_nats(url, p["stream"], 200 * 11)
         check_delivery(received, {a: 11 for a in accounts}, exactly_once=True)
     finally:

@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 from brokers import Broker, pulsar_lite
 from publisher_crash import check_duplicates_identical, crash_rounds
-from publishing import bank_engine, caught_up, check_delivery, consume_pulsar, make_publisher, wait_for, write_history
+from publishing import (
+    bank_engine,
+    check_delivery,
+    consume_pulsar,
+    make_publisher,
+    wait_caught_up,
+    wait_for,
+    write_history,
+)
 
 import ego
 
@@ -40,7 +48,7 @@ def test_every_event_of_1000_entities_arrives_in_order(broker: Broker) -> None:
         accounts = [f"account-{i}" for i in range(1000)]
         write_history(engine, accounts, credits=4)
         engine.add_event_publisher(make_publisher("pulsar", p), name="pulsar")
-        wait_for(lambda: caught_up(engine, "pulsar"), what="the publisher to catch up")
+        wait_caught_up(engine, "pulsar", what="the publisher to catch up")
         received = consume_pulsar(str(p["url"]), str(p["topic"]), 5000)
         assert check_delivery(received, {a: 5 for a in accounts}) == 0
     finally:
@@ -54,7 +62,7 @@ def test_broker_stopped_under_load_loses_nothing(broker: Broker) -> None:
     try:
         engine.add_event_publisher(make_publisher("pulsar", {**p, "ack_timeout": 0.5}), name="pulsar", max_backoff=0.5)
         write_history(engine, accounts, credits=5)
-        wait_for(lambda: caught_up(engine, "pulsar"), what="the first events to be published")
+        wait_caught_up(engine, "pulsar", what="the first events to be published")
         broker.stop()
         write_history(engine, accounts, credits=10, first_credit=7)
         wait_for(
@@ -62,7 +70,7 @@ def test_broker_stopped_under_load_loses_nothing(broker: Broker) -> None:
         )
         assert engine.publisher_status("pulsar") == ("running", None)
         broker.start()
-        wait_for(lambda: caught_up(engine, "pulsar"), timeout=90, what="the publisher to catch up after the outage")
+        wait_caught_up(engine, "pulsar", what="the publisher to catch up after the outage")
         received = consume_pulsar(str(p["url"]), str(p["topic"]), 200 * 11)
         check_delivery(received, {a: 11 for a in accounts})
     finally:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from brokers import free_port
 from publisher_crash import check_duplicates_in_windows, crash_rounds
-from publishing import bank_engine, caught_up, check_delivery, make_publisher, wait_for, write_history
+from publishing import bank_engine, check_delivery, make_publisher, wait_caught_up, wait_for, write_history
 
 import ego
 from ego.v1 import Event
@@ -91,7 +91,7 @@ def test_every_event_of_1000_entities_arrives_in_order(peer: Peer) -> None:
         accounts = [f"account-{i}" for i in range(1000)]
         write_history(engine, accounts, credits=4)
         engine.add_event_publisher(make_publisher("websocket", params(peer)), name="ws")
-        wait_for(lambda: caught_up(engine, "ws"), what="the publisher to catch up")
+        wait_caught_up(engine, "ws", what="the publisher to catch up")
         assert check_delivery(peer.frames(), {a: 5 for a in accounts}) == 0
     finally:
         engine.stop()
@@ -108,7 +108,7 @@ def test_peer_stopped_under_load_loses_nothing(peer: Peer) -> None:
         wait_for(lambda: engine.publisher_stats("ws")["failures"] > 0, what="a publish refused while the peer is down")
         assert engine.publisher_status("ws") == ("running", None)
         peer.start()
-        wait_for(lambda: caught_up(engine, "ws"), what="the publisher to catch up after the outage")
+        wait_caught_up(engine, "ws", what="the publisher to catch up after the outage")
         check_delivery(peer.frames(), {a: 11 for a in accounts})
     finally:
         engine.stop()
