@@ -391,6 +391,8 @@ impl EngineCore {
         let result = crate::wait::bounded(py, || core.shutdown(timeout));
         // Records queued by the runtime while the bridge had nothing left to run.
         core.shared().host().log.flush(py);
+        drop(core);
+        crate::untrack::drain(py);
         result.map_err(|e| to_pyerr(py, &e))
     }
 

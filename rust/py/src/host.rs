@@ -1,6 +1,7 @@
 //! The Python host: runs behaviours written in Python for the core.
 
 use std::collections::HashMap;
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -34,13 +35,31 @@ pub struct BehaviorClass {
     initial_state: Py<PyAny>,
 }
 
-/// One entity's behaviour object.
+/// One entity's behaviour object (out of the cyclic collector's view while the engine holds
+/// it: see [`crate::untrack`]).
 pub struct PyBehavior {
-    pub obj: Py<PyAny>,
+    pub obj: ManuallyDrop<Py<PyAny>>,
     class: Arc<BehaviorClass>,
+    /// Untracked by this handle: tracked again when it is dropped.
+    untracked: bool,
+}
+
+impl Drop for PyBehavior {
+    fn drop(&mut self) {
+        // SAFETY: `obj` is not used after this.
+        let obj = unsafe { ManuallyDrop::take(&mut self.obj) };
+        if self.untracked {
+            crate::untrack::release(obj);
+        }
+    }
 }
 
 impl PyBehavior {
+    fn new(obj: &Bound<'_, PyAny>, class: Arc<BehaviorClass>) -> Self {
+        let untracked = crate::untrack::untrack(obj);
+        PyBehavior { obj: ManuallyDrop::new(obj.clone().unbind()), class, untracked }
+    }
+
     /// The kind of behaviour.
     pub fn kind(&self) -> Kind {
         self.class.kind
@@ -137,8 +156,8 @@ impl PyHost {
         let py = obj.py();
         let ty = obj.get_type();
         let key = ty.as_ptr() as usize;
-        if let Some(class) = self.classes.lock().get(&key) {
-            return Ok(PyBehavior { obj: obj.clone().unbind(), class: class.clone() });
+        if let Some(class) = self.classes.lock().get(&key).cloned() {
+            return Ok(PyBehavior::new(obj, class));
         }
         let es = internal(EVENT_SOURCED.import(py, "ego.behaviors", "EventSourcedBehavior"))?;
         let ds = internal(DURABLE_STATE.import(py, "ego.behaviors", "DurableStateBehavior"))?;
@@ -163,7 +182,7 @@ impl PyHost {
             initial_state: method("initial_state")?,
         });
         self.classes.lock().insert(key, class.clone());
-        Ok(PyBehavior { obj: obj.clone().unbind(), class })
+        Ok(PyBehavior::new(obj, class))
     }
 
     fn check_state<'py>(&self, what: &str, value: &Bound<'py, PyAny>, previous: Option<&Bound<'py, PyAny>>) -> Result<(), PyFail> {
@@ -216,6 +235,25 @@ impl PyHost {
     }
 }
 
+/// Whether states are messages of protobuf's upb implementation (then they can never be part
+/// of a reference cycle: see [`crate::untrack`]).
+static UPB: PyOnceLock<bool> = PyOnceLock::new();
+
+/// A state the entity keeps: out of the cyclic collector's view when it is a upb message.
+fn kept_state(state: Bound<'_, PyAny>) -> Py<PyAny> {
+    let py = state.py();
+    let upb = *UPB.get_or_init(py, || {
+        py.import("google.protobuf.internal.api_implementation")
+            .and_then(|m| m.call_method0("Type"))
+            .and_then(|t| t.extract::<String>())
+            .is_ok_and(|t| t == "upb")
+    });
+    if upb {
+        crate::untrack::untrack(&state);
+    }
+    state.unbind()
+}
+
 /// Iterates the events returned by `handle_command` (a list or a tuple).
 fn events_of<'a, 'py>(events: &'a Bound<'py, PyAny>) -> Result<Box<dyn Iterator<Item = Bound<'py, PyAny>> + 'a>, PyFail> {
     if let Ok(list) = events.cast::<PyList>() {
@@ -247,6 +285,7 @@ impl Host for PyHost {
         if self.log.has_queued() {
             self.log.flush(py);
         }
+        crate::untrack::drain(py);
     }
 
     fn create(&self, py: Python<'_>, factory: &Py<PyAny>, id: &str) -> Result<(PyBehavior, Kind), PyFail> {
@@ -259,7 +298,7 @@ impl Host for PyHost {
     fn initial_state(&self, py: Python<'_>, b: &PyBehavior) -> Result<Py<PyAny>, PyFail> {
         let state = handler(b.class.initial_state.bind(py).call1((b.obj.bind(py),)))?;
         self.check_state("initial_state", &state, None)?;
-        Ok(state.unbind())
+        Ok(kept_state(state))
     }
 
     fn command_metadata<'c>(&self, command: &'c PyCommand) -> Option<&'c std::collections::HashMap<String, String>> {
@@ -289,7 +328,7 @@ impl Host for PyHost {
             self.check_state("handle_event", &next, Some(&state))?;
             state = next;
         }
-        Ok(state.unbind())
+        Ok(kept_state(state))
     }
 
     fn apply_stored(&self, py: Python<'_>, b: &PyBehavior, event: &Event, state: Py<PyAny>) -> Result<Py<PyAny>, PyFail> {
@@ -305,7 +344,7 @@ impl Host for PyHost {
         let state = state.into_bound(py);
         let next = handler(handle_event.call1((b.obj.bind(py), message, &state)))?;
         self.check_state("handle_event", &next, Some(&state))?;
-        Ok(next.unbind())
+        Ok(kept_state(next))
     }
 
     fn handle_durable(&self, py: Python<'_>, b: &PyBehavior, command: &PyCommand, state: &Py<PyAny>) -> Result<Option<Py<PyAny>>, PyFail> {
@@ -315,7 +354,7 @@ impl Host for PyHost {
             return Ok(None);
         }
         self.check_state("handle_command", &next, Some(state))?;
-        Ok(Some(next.unbind()))
+        Ok(Some(kept_state(next)))
     }
 
     fn exclusive_state(&self, py: Python<'_>, state: Py<PyAny>) -> Result<Py<PyAny>, PyFail> {
@@ -327,7 +366,7 @@ impl Host for PyHost {
         let state = state.into_bound(py);
         let copy = handler(state.get_type().call0())?;
         handler(copy.call_method1(pyo3::intern!(py, "CopyFrom"), (&state,)))?;
-        Ok(copy.unbind())
+        Ok(kept_state(copy))
     }
 
     fn encode_state(&self, py: Python<'_>, state: &Py<PyAny>, max_bytes: usize) -> Result<Any, PyFail> {
@@ -335,7 +374,7 @@ impl Host for PyHost {
     }
 
     fn decode_state(&self, py: Python<'_>, _b: &PyBehavior, persistence_id: &str, revision: u64, state: &Any) -> Result<Py<PyAny>, PyFail> {
-        Ok(self.parse(py, state, persistence_id, revision)?.unbind())
+        Ok(kept_state(self.parse(py, state, persistence_id, revision)?))
     }
 
     fn output(&self, py: Python<'_>, state: &Py<PyAny>, revision: u64) -> Output {

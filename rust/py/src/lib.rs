@@ -7,6 +7,7 @@
 //! - [`errors`]: the one mapping from core errors to `ego.errors` exceptions.
 //! - [`wait`]: the one way a Python thread blocks (GIL released, Ctrl-C answered).
 //! - [`types`]: protobuf message type caches.
+//! - [`untrack`]: live behaviours and states out of the cyclic collector's view.
 //! - [`telemetry`], [`logs`]: OpenTelemetry spans and counters; the engine's logger.
 
 mod bounds;
@@ -24,6 +25,7 @@ mod store;
 mod subscription;
 mod telemetry;
 mod types;
+mod untrack;
 mod wait;
 mod worker;
 
