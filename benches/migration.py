@@ -48,7 +48,7 @@ def build(path: Path, events: int, per_stream: int) -> int:
     return streams * per_stream
 
 
-def run(events: int, per_stream: int, url: str) -> None:
+def run(events: int, per_stream: int, url: str, workers: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "source"
         t = time.perf_counter()
@@ -59,7 +59,7 @@ def run(events: int, per_stream: int, url: str) -> None:
         target = ego.PostgresStore(url, table_prefix=prefix)
         try:
             t = time.perf_counter()
-            report = migrate(source, target, verify=False)
+            report = migrate(source, target, verify=False, workers=workers)
             copy = time.perf_counter() - t
             print(
                 f"migrate: {report.events:,} events, {report.streams:,} streams in {copy:.1f} s = {report.events / copy:,.0f} events/s"
@@ -83,5 +83,6 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--per-stream", type=int, default=50)
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--workers", type=int, default=16, help="streams copied at once")
     args = parser.parse_args()
-    run(args.events, args.per_stream, args.postgres)
+    run(args.events, args.per_stream, args.postgres, args.workers)

@@ -41,7 +41,7 @@ def _print_verification(report: VerifyReport) -> None:
 @click.argument("source")
 @click.argument("target")
 @click.option("--verify/--no-verify", "check", default=True, show_default=True, help="Compare source and target afterwards.")
-@click.option("--workers", default=4, show_default=True, type=click.IntRange(1, 64), help="Streams copied at once.")
+@click.option("--workers", default=16, show_default=True, type=click.IntRange(1, 64), help="Streams copied at once.")
 @json_option
 @click.pass_context
 def migrate_cmd(ctx: click.Context, source: str, target: str, check: bool, workers: int, as_json: bool) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 
 from ego.migration.access import StoreAccess
 from ego.v1.envelopes_pb2 import Event
@@ -99,28 +101,38 @@ def verify(
         if len(report.differences) < max_differences:
             report.differences.append(what)
 
-    for pid in merged(source.event_id_pages(), target.event_id_pages()):
-        a, b = stream_digest(source, pid), stream_digest(target, pid)
-        report.streams += 1
-        report.events += a.events
-        if a != b:
-            differ(
-                f"events of {pid!r}: source has {a.events} (seq {a.first}..{a.highest}), target {b.events} (seq {b.first}..{b.highest})"
-                + (
-                    ", same count but different contents"
-                    if (a.events, a.first, a.highest) == (b.events, b.first, b.highest)
-                    else ""
-                )
-            )
+    # Built-in stores release the GIL while they read: several streams at once.
+    workers = 8 if source.native and target.native else 1
+
+    def both(pid: str) -> tuple[str, StreamDigest, StreamDigest, bytes | None, bytes | None]:
         sa, sb = source.latest_snapshot(pid), target.latest_snapshot(pid)
-        if sa is not None:
-            report.snapshots += 1
-        if (sa.SerializeToString(deterministic=True) if sa else None) != (
-            sb.SerializeToString(deterministic=True) if sb else None
-        ):
-            differ(f"latest snapshot of {pid!r} differs")
-        if on_stream is not None:
-            on_stream(pid)
+        return (
+            pid,
+            stream_digest(source, pid),
+            stream_digest(target, pid),
+            sa.SerializeToString(deterministic=True) if sa else None,
+            sb.SerializeToString(deterministic=True) if sb else None,
+        )
+
+    ids = merged(source.event_id_pages(), target.event_id_pages())
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ego-verify") as pool:
+        while batch := list(islice(ids, 256)):
+            for pid, a, b, sa, sb in pool.map(both, batch):
+                report.streams += 1
+                report.events += a.events
+                if a != b:
+                    same = (a.events, a.first, a.highest) == (b.events, b.first, b.highest)
+                    differ(
+                        f"events of {pid!r}: source has {a.events} (seq {a.first}..{a.highest}), "
+                        f"target {b.events} (seq {b.first}..{b.highest})"
+                        + (", same count but different contents" if same else "")
+                    )
+                if sa is not None:
+                    report.snapshots += 1
+                if sa != sb:
+                    differ(f"latest snapshot of {pid!r} differs")
+                if on_stream is not None:
+                    on_stream(pid)
     if source.has("state_ids") or target.has("state_ids"):
         for pid in merged(source.state_id_pages(), target.state_id_pages()):
             ra, rb = source.read_state(pid), target.read_state(pid)

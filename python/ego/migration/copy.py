@@ -70,7 +70,7 @@ def migrate(
     target: Any,
     *,
     verify: bool = True,
-    workers: int = 4,
+    workers: int = 16,
     stream_write_limit: int = 5000,
     progress: Progress | None = None,
 ) -> MigrationReport:
@@ -78,7 +78,7 @@ def migrate(
 
     ``source`` and ``target`` are stores (built-in or written in Python); no engine may write
     to either while it runs. ``workers`` streams are copied at once (built-in stores release
-    the GIL, and a PostgreSQL target commits their writes together). With ``verify``, every stream, snapshot, state, key and erasure is compared afterwards
+    the GIL, and a target commits their writes together: the copy is bound by commit latency). With ``verify``, every stream, snapshot, state, key and erasure is compared afterwards
     (:attr:`MigrationReport.verification`). Raises :class:`~ego.errors.MigrationError` when
     the target holds other data for an id, and the stores' errors as they come.
 
