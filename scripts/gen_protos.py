@@ -21,6 +21,7 @@ TREES = [
     (ROOT / "protos", ROOT / "python"),
     (ROOT / "examples" / "bank", ROOT / "examples" / "bank"),
     (ROOT / "examples" / "upcasting", ROOT / "examples" / "upcasting"),
+    (ROOT / "examples" / "transfers", ROOT / "examples" / "transfers"),
     (ROOT / "tests" / "protos", ROOT / "tests"),
 ]
 

@@ -12,7 +12,12 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-for path in (ROOT / "examples" / "bank", ROOT / "examples" / "sqlite_store", Path(__file__).resolve().parent):
+for path in (
+    ROOT / "examples" / "bank",
+    ROOT / "examples" / "transfers",
+    ROOT / "examples" / "sqlite_store",
+    Path(__file__).resolve().parent,
+):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 

@@ -20,12 +20,13 @@ def blocks(page: str) -> str:
     return "\n\n".join(found)
 
 
-@pytest.mark.parametrize("page", ["testkit.md", "observability.md"])
+@pytest.mark.parametrize("page", ["testkit.md", "observability.md", "sagas.md"])
 def test_the_examples_of_a_page_run(page: str, tmp_path: Path) -> None:
     code = blocks(page)
     script = tmp_path / f"test_{page.removesuffix('.md')}_examples.py"
     script.write_text(code)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "examples" / "bank"), str(ROOT / "tests")]))
+    path = [str(ROOT / "examples" / "bank"), str(ROOT / "examples" / "transfers"), str(ROOT / "tests")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
     if "def test_" in code:
         # Pages with tests run under pytest, so their fixtures (the ego plugin's) work.
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(script)]

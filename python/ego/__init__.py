@@ -30,6 +30,7 @@ from ego.projections import (
     Subscription,
 )
 from ego.publishers import EventPublisher, StatePublisher
+from ego.sagas import SagaAction, SagaBehavior, SagaCommand, SagaInfo, SagaStatus, SagaStepError
 from ego.stores import MemoryStore, PostgresStore, RocksDBStore, SnapshotCriteria
 from ego.telemetry import Telemetry
 
@@ -55,6 +56,12 @@ __all__ = [
     "RecoveryPolicy",
     "RetentionPolicy",
     "RocksDBStore",
+    "SagaAction",
+    "SagaBehavior",
+    "SagaCommand",
+    "SagaInfo",
+    "SagaStatus",
+    "SagaStepError",
     "ShardLag",
     "SnapshotCriteria",
     "Sql",

@@ -24,6 +24,9 @@ from ego.logs import Logger, StdLogger
 from ego.projections import EventAdapter, PersistedEvent, Recovery, RecoveryPolicy, RetentionPolicy, Subscription
 from ego.publishers.protocol import EventPublisher
 from ego.publishers.runner import PublisherRunner
+from ego.sagas.behavior import SagaBehavior, SagaInfo
+from ego.sagas.records import SAGA_PREFIX, saga_entity_id
+from ego.sagas.runtime import SagaRuntime, check_saga_id
 from ego.stores import MemoryStore, Store
 from ego.telemetry import Telemetry
 from ego.timestamps import I64_MAX, I64_MIN, to_nanos
@@ -114,6 +117,7 @@ class Engine(_ego.EngineCore):
     _entity_types: dict[str, tuple[Callable[[str], Behavior], EntityOptions]]
     _projection_args: dict[str, tuple[Any, ...]]
     _spawned: dict[str, tuple[Behavior, EntityOptions]]
+    _sagas: SagaRuntime | None
 
     def __new__(
         cls,
@@ -181,6 +185,7 @@ class Engine(_ego.EngineCore):
         self._entity_types = {}
         self._projection_args = {}
         self._spawned = {}
+        self._sagas = None
         _engines.add(self)
         return self
 
@@ -243,7 +248,11 @@ class Engine(_ego.EngineCore):
         if not self.running:
             super().stop(timeout)
             return
-        # Publishers first: a publish waiting for its broker returns at once, unacknowledged.
+        # Sagas first: their drivers stop sending (what they did is in their journals).
+        if self._sagas is not None:
+            self._sagas.stop()
+            self._sagas = None
+        # Publishers next: a publish waiting for its broker returns at once, unacknowledged.
         for runner in list(self._publishers.values()):
             self._close_publisher(runner)
         self._publishers.clear()
@@ -395,6 +404,8 @@ class Engine(_ego.EngineCore):
         )
         if not callable(factory):
             raise ConfigurationError(f"factory must be callable, got {factory!r}")
+        if isinstance(prefix, str) and prefix.startswith(SAGA_PREFIX):
+            raise ConfigurationError(f'the prefix "{SAGA_PREFIX}" is reserved for sagas')
         if not isinstance(prefix, str) or _has_control(prefix):
             raise ValidationError("an entity type prefix is a str without control characters")
         if self.running:
@@ -423,6 +434,92 @@ class Engine(_ego.EngineCore):
         if not isinstance(entity_id, str) or not entity_id or len(entity_id.encode()) > 255 or _has_control(entity_id):
             raise InvalidEntityIdError(f"invalid entity id {entity_id!r}: 1 to 255 bytes of UTF-8 without control characters")
         return EntityRef(self, entity_id)
+
+    # -- sagas -----------------------------------------------------------------------------
+
+    def _saga_runtime(self) -> SagaRuntime:
+        if self._sagas is None:
+            self._sagas = SagaRuntime(self)
+        return self._sagas
+
+    def register_saga_type(
+        self,
+        factory: Callable[[str], SagaBehavior[Any]],
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+        cls: type[SagaBehavior[Any]] | None = None,
+    ) -> str:
+        """Registers a saga type and returns its name. ``factory`` is an
+        :class:`~ego.SagaBehavior` subclass called with the saga id (or any callable doing the
+        same; then give the class as ``cls``). The engine uses it to resume the type's sagas
+        after a restart (every one the journal has that is not over goes on, and a deadline
+        that passed while the process was down fires now), and to start one when the journal
+        has an event of a type in ``started_by``.
+
+        - ``name``: the type's name in the journal (default: the class's qualified name);
+          keep it stable across releases.
+        - ``timeout``: seconds after its start at which a saga of this type compensates if it
+          is still running (None or 0: none), for sagas started by events and by
+          :meth:`saga` without a timeout.
+
+        Idempotent for the same class. Raises :class:`~ego.errors.ConfigurationError` for a
+        bad factory, name or timeout. Example::
+
+            engine.register_saga_type(TransferSaga, timeout=30.0)
+        """
+        return self._saga_runtime().register(factory, name, timeout, cls)
+
+    def saga(self, behavior: SagaBehavior[Any], *, timeout: float | None = None) -> SagaInfo:
+        """Starts a saga (the Go library's ``Engine.Saga``): its id is ``behavior.id()``, its
+        state ``behavior.initial_state()``; ``timeout``: seconds after which it compensates if
+        it is still running (None: the type's timeout, else none). Idempotent: a saga that was
+        started before goes on as it was. Returns its :class:`~ego.SagaInfo`.
+
+        Its class is registered as by :meth:`register_saga_type` if it is not yet (it must
+        then be constructible as ``cls(saga_id)``).
+
+        :raises ValidationError: a bad saga id (1 to 200 bytes, no control characters).
+        :raises ConfigurationError: not an :class:`~ego.SagaBehavior`, a bad timeout.
+
+        Example::
+
+            info = engine.saga(TransferSaga("transfer-7"), timeout=30.0)
+        """
+        runtime = self._saga_runtime()
+        saga_id, start = runtime.start_command(behavior, timeout)
+        record, revision = self.send_command(saga_entity_id(saga_id), start)
+        runtime.wake([saga_id])
+        return runtime.info(saga_id, record, revision)
+
+    async def saga_async(self, behavior: SagaBehavior[Any], *, timeout: float | None = None) -> SagaInfo:
+        """:meth:`saga` for asyncio callers."""
+        runtime = self._saga_runtime()
+        saga_id, start = runtime.start_command(behavior, timeout)
+        record, revision = await self.send_command_async(saga_entity_id(saga_id), start)
+        runtime.wake([saga_id])
+        return runtime.info(saga_id, record, revision)
+
+    def saga_status(self, saga_id: str, timeout: float | None = None) -> SagaInfo:
+        """The saga's :class:`~ego.SagaInfo` (id, status, reason, state), as its journal says:
+        ``running``, ``completed``, ``compensating``, ``compensated`` or ``failed`` (with the
+        reason: the error of the compensating command the target rejected, say).
+
+        :raises SagaNotFoundError: no saga with this id was started.
+
+        Example::
+
+            assert engine.saga_status("transfer-7").status is ego.SagaStatus.COMPLETED
+        """
+        runtime = self._saga_runtime()
+        record, revision = self.get_state(saga_entity_id(check_saga_id(saga_id)), timeout)
+        return runtime.info(saga_id, record, revision)
+
+    async def saga_status_async(self, saga_id: str) -> SagaInfo:
+        """:meth:`saga_status` for asyncio callers."""
+        runtime = self._saga_runtime()
+        record, revision = await self.get_state_async(saga_entity_id(check_saga_id(saga_id)))
+        return runtime.info(saga_id, record, revision)
 
     # -- encryption and erasure ------------------------------------------------------------
 

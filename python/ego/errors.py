@@ -39,6 +39,7 @@ __all__ = [
     "PublisherClosedError",
     "ReadModelWriteError",
     "RecoveryError",
+    "SagaNotFoundError",
     "StorageFullError",
     "StoreError",
     "SubscriptionOverflowError",
@@ -59,6 +60,10 @@ class EngineClosedError(EgoError):
 
 class EntityNotFoundError(EgoError, LookupError):
     """No entity with this id: none was spawned and no registered entity type matches it."""
+
+
+class SagaNotFoundError(EntityNotFoundError):
+    """No saga with this id was started (``engine.saga_status``)."""
 
 
 class EntityStoppedError(EgoError):
