@@ -134,6 +134,8 @@ def fold(event: Message, rec: SagaRecord, types: SagaTypes) -> None:
         rec.deadlines.append(event.deadline)
         rec.next_deadline = max(rec.next_deadline, event.deadline.id + 1)
     elif isinstance(event, SagaDeadlineFired):
+        if rec.pending:
+            rec.timed_out = True
         left = [d for d in rec.deadlines if d.id != event.deadline]
         del rec.deadlines[:]
         rec.deadlines.extend(left)
@@ -206,9 +208,12 @@ class _Decision:
         work = self.work
         if work.status != SAGA_STATUS_RUNNING or all(d.id != deadline for d in work.deadlines):
             return  # fired before, or the saga is over: a late timer does nothing
+        in_flight = bool(work.pending) and not work.pending[0].finish
         self.emit(SagaDeadlineFired(deadline=deadline))
-        # The step at the head may be in flight: it is kept, and answered, before compensating.
-        self.compensate("timed out", keep_first=True)
+        if not in_flight:
+            self.compensate("timed out")
+        # Else the step at the head may be in flight: its answer is handled first (it may
+        # complete the saga); then, if the saga still runs, it compensates (see outcome).
 
     def outcome(self, outcome: SagaStepOutcome) -> None:
         work = self.work
@@ -244,6 +249,8 @@ class _Decision:
         if work.status == SAGA_STATUS_COMPENSATING and not work.pending:
             self.plan_compensation()
         self.advance()
+        if work.timed_out and work.status == SAGA_STATUS_RUNNING:
+            self.compensate("timed out")
 
     # -- actions ---------------------------------------------------------------------------
 

@@ -126,7 +126,8 @@ class SagaScenario:
     # -- then ------------------------------------------------------------------------------
 
     def then_commands(self, *commands: SagaCommand) -> SagaScenario:
-        """The commands the last ``when`` planned, in the order they are sent."""
+        """The commands the last ``when`` planned that are still to be sent, in order."""
+        waiting = {s.step for s in self.record.pending}
         planned = [
             SagaCommand(
                 s.entity_id,
@@ -137,7 +138,7 @@ class SagaScenario:
             for e in self.last
             if isinstance(e, SagaStepsPlanned)
             for s in e.steps
-            if not s.finish
+            if not s.finish and s.step in waiting
         ]
         if planned != list(commands):
             raise ScenarioError(f"expected the commands\n{_commands(commands)}\ngot\n{_commands(planned)}")

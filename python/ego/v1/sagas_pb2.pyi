@@ -164,7 +164,7 @@ class SagaStatusChanged(_message.Message):
     def __init__(self, status: _Optional[_Union[SagaStatus, str]] = ..., reason: _Optional[str] = ..., keep_first: _Optional[bool] = ...) -> None: ...
 
 class SagaRecord(_message.Message):
-    __slots__ = ("saga_id", "saga_type", "status", "reason", "state", "pending", "done", "next_step", "deadlines", "seen", "buffered", "started", "next_deadline")
+    __slots__ = ("saga_id", "saga_type", "status", "reason", "state", "pending", "done", "next_step", "deadlines", "seen", "buffered", "started", "next_deadline", "timed_out")
     class SeenEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -185,6 +185,7 @@ class SagaRecord(_message.Message):
     BUFFERED_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
     NEXT_DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    TIMED_OUT_FIELD_NUMBER: _ClassVar[int]
     saga_id: str
     saga_type: str
     status: SagaStatus
@@ -198,4 +199,5 @@ class SagaRecord(_message.Message):
     buffered: _containers.RepeatedCompositeFieldContainer[SagaEventObserved]
     started: bool
     next_deadline: int
-    def __init__(self, saga_id: _Optional[str] = ..., saga_type: _Optional[str] = ..., status: _Optional[_Union[SagaStatus, str]] = ..., reason: _Optional[str] = ..., state: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., pending: _Optional[_Iterable[_Union[SagaStep, _Mapping]]] = ..., done: _Optional[_Iterable[_Union[SagaStep, _Mapping]]] = ..., next_step: _Optional[int] = ..., deadlines: _Optional[_Iterable[_Union[SagaDeadline, _Mapping]]] = ..., seen: _Optional[_Mapping[str, int]] = ..., buffered: _Optional[_Iterable[_Union[SagaEventObserved, _Mapping]]] = ..., started: _Optional[bool] = ..., next_deadline: _Optional[int] = ...) -> None: ...
+    timed_out: bool
+    def __init__(self, saga_id: _Optional[str] = ..., saga_type: _Optional[str] = ..., status: _Optional[_Union[SagaStatus, str]] = ..., reason: _Optional[str] = ..., state: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., pending: _Optional[_Iterable[_Union[SagaStep, _Mapping]]] = ..., done: _Optional[_Iterable[_Union[SagaStep, _Mapping]]] = ..., next_step: _Optional[int] = ..., deadlines: _Optional[_Iterable[_Union[SagaDeadline, _Mapping]]] = ..., seen: _Optional[_Mapping[str, int]] = ..., buffered: _Optional[_Iterable[_Union[SagaEventObserved, _Mapping]]] = ..., started: _Optional[bool] = ..., next_deadline: _Optional[int] = ..., timed_out: _Optional[bool] = ...) -> None: ...
