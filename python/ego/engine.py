@@ -252,6 +252,10 @@ class Engine(_ego.EngineCore):
         if self._sagas is not None:
             self._sagas.stop()
             self._sagas = None
+            # Saga types are registered again after a restart (their readers belong to the
+            # runtime that stopped).
+            for name in [n for n in self._projection_args if n.startswith(SAGA_PREFIX)]:
+                del self._projection_args[name]
         # Publishers next: a publish waiting for its broker returns at once, unacknowledged.
         for runner in list(self._publishers.values()):
             self._close_publisher(runner)
