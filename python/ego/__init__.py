@@ -11,6 +11,7 @@ Quick start::
 
 from ego import errors, publishers
 from ego._ego import __version__
+from ego.adapters import EventAdapter
 from ego.behaviors import DurableStateBehavior, EventSourcedBehavior
 from ego.encryption import Encryption, KeyStoreProtocol
 from ego.engine import Engine, EntityOptions, ShardLag
@@ -19,17 +20,16 @@ from ego.errors import EgoError
 from ego.logs import Logger, StdLogger
 from ego.projections import (
     Delete,
-    EventAdapter,
     PersistedEvent,
     PersistedState,
     Put,
     Recovery,
     RecoveryPolicy,
-    RetentionPolicy,
     Sql,
     Subscription,
 )
 from ego.publishers import EventPublisher, StatePublisher
+from ego.retention import RetentionPolicy
 from ego.sagas import SagaAction, SagaBehavior, SagaCommand, SagaInfo, SagaStatus, SagaStepError
 from ego.stores import MemoryStore, PostgresStore, RocksDBStore, SnapshotCriteria
 from ego.telemetry import Telemetry

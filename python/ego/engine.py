@@ -16,14 +16,16 @@ from google.protobuf.message import Message
 
 from ego import _ego
 from ego._ego import EntityOptions
+from ego.adapters import EventAdapter
 from ego.behaviors import DurableStateBehavior, EventSourcedBehavior
 from ego.encryption import Encryption
 from ego.entity_ref import EntityRef
 from ego.errors import ConfigurationError, InvalidEntityIdError, ProjectionFailedError, ProjectionTimeoutError, ValidationError
 from ego.logs import Logger, StdLogger
-from ego.projections import EventAdapter, PersistedEvent, Recovery, RecoveryPolicy, RetentionPolicy, Subscription
+from ego.projections import PersistedEvent, Recovery, RecoveryPolicy, Subscription
 from ego.publishers.protocol import EventPublisher
 from ego.publishers.runner import PublisherRunner
+from ego.retention import RetentionPolicy
 from ego.sagas.behavior import SagaBehavior, SagaInfo
 from ego.sagas.records import SAGA_PREFIX, saga_entity_id
 from ego.sagas.runtime import SagaRuntime, check_saga_id

@@ -1,4 +1,4 @@
-"""Projections, read-model writes, the event stream and event adapters.
+"""Projections, read-model writes and the event stream.
 
 A projection reads every event the journal holds, shard by shard in position order, and hands
 them to a handler in batches; it commits its position (offset) in each shard after each
@@ -22,9 +22,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
-
-from google.protobuf.message import Message
+from typing import Any
 
 from ego import _ego
 from ego.errors import HandlerContractError
@@ -32,13 +30,11 @@ from ego.timestamps import to_nanos
 
 __all__ = [
     "Delete",
-    "EventAdapter",
     "PersistedEvent",
     "PersistedState",
     "Put",
     "Recovery",
     "RecoveryPolicy",
-    "RetentionPolicy",
     "Sql",
     "Subscription",
 ]
@@ -71,27 +67,6 @@ class Recovery:
     backoff: float = 0.1
     """Seconds before the first retry; doubles after each, up to ``max_backoff``."""
     max_backoff: float = 5.0
-
-
-@dataclass(frozen=True)
-class RetentionPolicy:
-    """What to delete after each successful snapshot (the Go library's ``RetentionPolicy``).
-    Events a projection of the engine has not handled yet are kept unless
-    ``ignore_projections``."""
-
-    delete_events_on_snapshot: bool = False
-    events_retention_count: int = 0
-    """Events to keep before the snapshot point."""
-    delete_snapshots_on_snapshot: bool = False
-    ignore_projections: bool = False
-
-    def _args(self) -> tuple[bool, int, bool, bool]:
-        return (
-            self.delete_events_on_snapshot,
-            self.events_retention_count,
-            self.delete_snapshots_on_snapshot,
-            self.ignore_projections,
-        )
 
 
 @dataclass(frozen=True)
@@ -158,18 +133,6 @@ class Delete:
 
     key: bytes
     kind: str = field(default="delete", init=False)
-
-
-@runtime_checkable
-class EventAdapter(Protocol):
-    """Upcasts stored events of old schemas, during recovery and projection consumption.
-
-    Adapters run in order; each gets the stored type URL and bytes (as left by the previous
-    one) and the event's sequence number, and returns ``None`` (not mine: unchanged), a new
-    ``(type_url, payload)``, or the upcast event message itself.
-    """
-
-    def adapt(self, type_url: str, payload: bytes, sequence_number: int) -> Message | tuple[str, bytes] | None: ...
 
 
 class Subscription:
