@@ -1,7 +1,9 @@
 //! Stores written in Python: any object with the methods of the store protocol (see
-//! `ego.stores`), synchronous or `async def`. Calls run one at a time on a thread of the
-//! store's own, which takes the GIL per batch of queued calls; an `async def` method runs on
-//! that thread's private event loop. Envelopes cross as the `ego.v1` protobuf messages.
+//! `ego.stores`), synchronous or `async def`. Each `PyStore` (one per role an object is given:
+//! events, snapshots, state, each projection's offsets, keys) has a thread of its own; its
+//! calls run there one at a time, with the GIL taken per batch of queued calls, and an
+//! `async def` method runs on that thread's private event loop. Envelopes cross as the
+//! `ego.v1` protobuf messages.
 
 use std::sync::Arc;
 
