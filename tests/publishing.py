@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import ego
@@ -13,13 +13,6 @@ from ego.v1 import Event
 
 from bank_pb2 import AccountCredited, AccountOpened, Credit, OpenAccount
 from domain import AccountBehavior
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition", step: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(step)
 
 
 def bank_engine(name: str, store: Any) -> ego.Engine:

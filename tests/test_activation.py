@@ -6,19 +6,13 @@ import time
 
 import pytest
 from test_durable_state import CounterBehavior
+from waiting import wait_until
 
 import ego
 
 from bank_pb2 import Credit, OpenAccount
 from domain import AccountBehavior
 from egotest.messages_pb2 import Counter, Increment
-
-
-def wait_until(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
 
 
 def test_registered_type_activates_on_first_command(engine: ego.Engine) -> None:
@@ -60,7 +54,7 @@ def test_passivation_frees_the_entity_and_the_next_command_reactivates_it(store_
         engine.send_command("sleepy", OpenAccount(initial_balance=5))
         engine.send_command("lazy-1", OpenAccount(initial_balance=6))
         assert engine.live_count() == 2
-        wait_until(lambda: engine.live_count() == 0)
+        wait_until(lambda: engine.live_count() == 0, what="both entities to passivate")
         # Transparent re-activation with the recovered state.
         assert engine.send_command("sleepy", Credit(amount=1))[0].balance == 6
         assert engine.send_command("lazy-1", Credit(amount=1))[0].balance == 7
@@ -74,4 +68,5 @@ def test_an_active_entity_is_not_passivated(engine: ego.Engine) -> None:
     while time.monotonic() < end:
         engine.send_command("busy", Credit(amount=1))
         assert engine.is_live("busy")
-        time.sleep(0.02)
+        time.sleep(0.02)  # pacing: a command every 20 ms, well inside passivate_after (not a wait)
+    assert engine.stats()["passivations"] == 0

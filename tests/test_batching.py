@@ -133,10 +133,11 @@ def test_a_concurrent_writer_fails_the_batch_and_the_entity_reloads(engine: ego.
 
 
 def test_a_full_mailbox_refuses_the_command_with_a_typed_error(engine: ego.Engine) -> None:
-    engine.entity(Slow("s"), mailbox_capacity=3)
+    running = threading.Event()
+    engine.entity(Slow("s", running), mailbox_capacity=3)
     busy = threading.Thread(target=engine.send_command, args=("s", Credit(amount=400)))
     busy.start()
-    time.sleep(0.1)
+    assert running.wait(30)  # the slow command runs; the next ones queue behind it
 
     async def main() -> list:  # type: ignore[type-arg]
         futures = [engine.send_command_async("s", Credit(amount=0)) for _ in range(5)]

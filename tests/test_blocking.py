@@ -21,10 +21,12 @@ HERE = Path(__file__).resolve().parent
 
 
 class Slow(ego.EventSourcedBehavior):
-    """Sleeps `amount` milliseconds in handle_command (the GIL is released while it sleeps)."""
+    """Sleeps `amount` milliseconds in handle_command (the GIL is released while it sleeps);
+    sets `running` (if given) when a command starts."""
 
-    def __init__(self, entity_id: str) -> None:
+    def __init__(self, entity_id: str, running: threading.Event | None = None) -> None:
         self.entity_id = entity_id
+        self.running = running
 
     def id(self) -> str:
         return self.entity_id
@@ -33,7 +35,9 @@ class Slow(ego.EventSourcedBehavior):
         return Account(account_id=self.entity_id)
 
     def handle_command(self, command: Credit, state: Account) -> list[AccountCredited]:
-        time.sleep(command.amount / 1000)
+        if self.running is not None:
+            self.running.set()
+        time.sleep(command.amount / 1000)  # the slow work itself
         return [AccountCredited(amount=1)]
 
     def handle_event(self, event: AccountCredited, state: Account) -> Account:
@@ -42,10 +46,11 @@ class Slow(ego.EventSourcedBehavior):
 
 
 def test_timeout_of_a_queued_command_says_it_did_not_start(engine: ego.Engine) -> None:
-    engine.entity(Slow("slow"))
+    running = threading.Event()
+    engine.entity(Slow("slow", running))
     busy = threading.Thread(target=engine.send_command, args=("slow", Credit(amount=600)))
     busy.start()
-    time.sleep(0.1)  # the slow command is running; the next one queues
+    assert running.wait(30)  # the slow command is running; the next one queues
     with pytest.raises(errors.CommandTimeoutError) as info:
         engine.send_command("slow", Credit(amount=1), timeout=0.1)
     assert info.value.started is False
@@ -76,11 +81,12 @@ def test_a_handler_running_inline_is_not_interrupted_by_the_timeout(engine: ego.
 
 
 def test_other_threads_run_while_a_caller_waits(engine: ego.Engine) -> None:
-    engine.entity(Slow("slow"))
+    running = threading.Event()
+    engine.entity(Slow("slow", running))
     engine.entity(Slow("fast"))
     busy = threading.Thread(target=engine.send_command, args=("slow", Credit(amount=300)))
     busy.start()
-    time.sleep(0.05)
+    assert running.wait(30)
     waiter = threading.Thread(target=engine.send_command, args=("slow", Credit(amount=0)))
     waiter.start()
     started = time.perf_counter()
@@ -100,10 +106,20 @@ def test_ctrl_c_interrupts_a_blocked_send_command() -> None:
         from test_blocking import Slow
         engine = ego.Engine("ctrl-c")
         engine.start()
-        engine.entity(Slow("slow"))
+        running = threading.Event()
+        engine.entity(Slow("slow", running))
         threading.Thread(target=engine.send_command, args=("slow", Credit(amount=5000)), daemon=True).start()
-        time.sleep(0.2)
-        print("WAITING", flush=True)
+        assert running.wait(30)
+        main = threading.main_thread().ident
+
+        def announce():
+            # WAITING once the main thread is inside the blocked send_command below.
+            while sys._current_frames()[main].f_lineno != BLOCKED_LINE:
+                time.sleep(0.005)
+            print("WAITING", flush=True)
+
+        BLOCKED_LINE = sys._getframe().f_lineno + 3
+        threading.Thread(target=announce, daemon=True).start()
         try:
             engine.send_command("slow", Credit(amount=0))
         except KeyboardInterrupt:
@@ -114,7 +130,6 @@ def test_ctrl_c_interrupts_a_blocked_send_command() -> None:
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "WAITING"
-    time.sleep(0.2)
     started = time.perf_counter()
     child.send_signal(signal.SIGINT)
     out, _ = child.communicate(timeout=4)

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from test_durable_state import CounterBehavior
 from test_logging import FailingSnapshots
-from test_projections import wait_for
 from test_python_store import Broken
 from test_telemetry import Otel
+from waiting import wait_until
 
 import ego
 from ego.errors import ConcurrencyError, StoreError
@@ -75,7 +75,7 @@ def test_every_stats_counter_moves_as_documented() -> None:
         # The case: a snapshot every 5 events, 30 commands in all -> 6 snapshots.
         for _ in range(29):
             engine.send_command("acc-1", Credit(amount=1))
-        wait_for(lambda: engine.stats()["snapshots"] == 6, what="6 snapshots")
+        wait_until(lambda: engine.stats()["snapshots"] == 6, what="6 snapshots")
         assert c.moved() == {"commands": 29, "events": 29, "writes": 29, "snapshots": 6}
         snapshot = store.latest_snapshot("acc-1")
         assert snapshot is not None and snapshot.sequence_number == 30
@@ -109,7 +109,7 @@ def test_every_stats_counter_moves_as_documented() -> None:
 
         # Passivation after the idle time.
         engine.send_command("idle-1", OpenAccount(initial_balance=0))
-        wait_for(lambda: not engine.is_live("idle-1"), what="passivation")
+        wait_until(lambda: not engine.is_live("idle-1"), what="passivation")
         assert c.moved() == {"commands": 1, "events": 1, "writes": 1, "recoveries": 1, "passivations": 1}
 
     # A snapshot that fails after its retries.
@@ -117,7 +117,7 @@ def test_every_stats_counter_moves_as_documented() -> None:
         engine.register_entity_type(AccountBehavior, snapshot_interval=1)
         c = Counters(engine)
         engine.send_command("a", OpenAccount(initial_balance=0))
-        wait_for(lambda: engine.stats()["background_failures"] == 1, what="the failed snapshot")  # retries: 0.7 s
+        wait_until(lambda: engine.stats()["background_failures"] == 1, what="the failed snapshot")  # retries: 0.7 s
         assert c.moved() == {"commands": 1, "events": 1, "writes": 1, "recoveries": 1, "background_failures": 1}
 
     # A store that fails writes: the activation and the reload after the failure.
@@ -126,7 +126,7 @@ def test_every_stats_counter_moves_as_documented() -> None:
         c = Counters(engine)
         with pytest.raises(StoreError):
             engine.send_command("a", OpenAccount(initial_balance=0))
-        wait_for(lambda: engine.stats()["recoveries"] == 2, what="the reload")
+        wait_until(lambda: engine.stats()["recoveries"] == 2, what="the reload")
         assert c.moved() == {"commands": 1, "write_failures": 1, "recoveries": 2}
 
 
@@ -163,7 +163,7 @@ def test_every_documented_metric_moves_as_documented() -> None:
         with pytest.raises(ConcurrencyError):
             engine.send_command("acc-1", Credit(amount=1))  # failed: refused write
         engine.send_command("snap-1", OpenAccount(initial_balance=0))  # accepted; its snapshot fails
-        wait_for(lambda: engine.stats()["background_failures"] == 1, what="the failed snapshot")
+        wait_until(lambda: engine.stats()["background_failures"] == 1, what="the failed snapshot")
         m = entities.metrics()
 
         def commands(entity_type: str, outcome: str) -> Any:
@@ -218,9 +218,9 @@ def test_every_documented_metric_moves_as_documented() -> None:
         engine.add_projection("p", handler, batch_size=1)
         engine.add_projection("s", handler, batch_size=1, recovery=ego.Recovery(ego.RecoveryPolicy.SKIP))
         engine.add_event_publisher(Publisher(), name="pub", batch_size=1)
-        wait_for(lambda: not engine.is_projection_running("p"), what="the projection to stop at event 3")
+        wait_until(lambda: not engine.is_projection_running("p"), what="the projection to stop at event 3")
         engine.wait_for_projection("s", timeout=10)
-        wait_for(lambda: engine.publisher_status("pub")[0] == "failed", what="the publisher to stop at event 3")
+        wait_until(lambda: engine.publisher_status("pub")[0] == "failed", what="the publisher to stop at event 3")
         m = projections.metrics()
         shard0 = (("ego.projection", "p"), ("ego.shard", 0))
         assert m[("ego.projection.events", (("ego.projection", "p"),))] == 2

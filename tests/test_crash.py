@@ -64,7 +64,7 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path) ->
         )
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "READY"
-        time.sleep(rng.uniform(0.02, 0.4))
+        time.sleep(rng.uniform(0.02, 0.4))  # a random moment to kill it, not a wait for something
         child.send_signal(signal.SIGKILL)
         out, _ = child.communicate()
         assert child.returncode == -signal.SIGKILL

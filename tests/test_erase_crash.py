@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
 
 import ego
 
@@ -34,7 +35,7 @@ def run_child(db: Path, round_: int, wait: float) -> list[str]:
     )
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "READY"
-    time.sleep(wait)
+    time.sleep(wait)  # a random moment to kill it, not a wait for something
     child.send_signal(signal.SIGKILL)
     out, _ = child.communicate()
     assert child.returncode == -signal.SIGKILL
@@ -82,14 +83,13 @@ def verify(db: Path, acked: dict[str, int], erased: set[str], erasing: set[str])
             # A new name each time: offsets are kept, and the whole journal must be read.
             name = f"all-{uuid.uuid4().hex[:8]}"
             engine.add_projection(name, count, start="beginning")
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                lag = engine.projection_lag(name)
-                if all(s.events_behind == 0 for s in lag.values()) and engine.is_projection_running(name):
-                    done.set()
-                    break
-                time.sleep(0.02)
-            assert done.is_set(), engine.projection_status(name)
+            wait_until(
+                lambda: (
+                    all(s.events_behind == 0 for s in engine.projection_lag(name).values()) and engine.is_projection_running(name)
+                ),
+                what=lambda: f"the projection to read the whole journal ({engine.projection_status(name)})",
+            )
+            done.set()
             assert seen["tombstones"] > 0 or not found_erased
             engine.remove_projection(name)
     finally:

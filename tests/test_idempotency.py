@@ -5,11 +5,11 @@ key is refused."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from waiting import wait_until
 
 import ego
 
@@ -17,13 +17,6 @@ from bank_pb2 import Account, Credit, Debit, OpenAccount
 from domain import AccountBehavior
 
 Factory = Callable[[], Any]
-
-
-def wait_until(predicate: Callable[[], bool], message: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {message}"
-        time.sleep(0.005)
 
 
 class Wallet(ego.DurableStateBehavior[Any, Account]):
@@ -101,7 +94,7 @@ def test_keys_survive_snapshots_retention_and_passivation(reopenable: Factory) -
     for i in range(10):
         engine.send_command("account-1", Credit(amount=1), idempotency_key=f"c{i}")
     # Passivated, then back: the keys come from the latest snapshot and the events after it.
-    wait_until(lambda: not engine.is_live("account-1"), message="the entity to passivate")
+    wait_until(lambda: not engine.is_live("account-1"), what="the entity to passivate")
     assert engine.send_command("account-1", Credit(amount=1), idempotency_key="c2")[1] == 4
     assert engine.send_command("account-1", Credit(amount=1), idempotency_key="c9")[1] == 11
     assert engine.send_command("account-1", OpenAccount(initial_balance=0), idempotency_key="open")[1] == 1

@@ -4,11 +4,11 @@ logger (or structlog) receives the same records, including those produced in the
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import pytest
 import structlog
+from waiting import wait_until
 
 import ego
 from ego.logs import Logger, StdLogger
@@ -64,14 +64,9 @@ def workload(logger: Logger | None) -> None:
         engine.register_entity_type(AccountBehavior, snapshot_interval=1)
         engine.add_projection("p", failing_projection, offset_store=ego.MemoryStore())
         engine.send_command("acc-1", OpenAccount(initial_balance=1))
-        deadline = time.monotonic() + 10
-        while engine.is_projection_running("p"):
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: not engine.is_projection_running("p"), what="the projection to stop")
         # The snapshot is retried 3 times (0.1 + 0.2 + 0.4 s) before the warning.
-        while engine.stats()["background_failures"] == 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: engine.stats()["background_failures"] != 0, what="the failed snapshot")
 
 
 EXPECTED = [
@@ -123,10 +118,7 @@ def test_a_logger_that_raises_falls_back_to_logging(caplog: pytest.LogCaptureFix
         engine.add_projection("p", failing_projection, offset_store=ego.MemoryStore())
         engine.register_entity_type(AccountBehavior)
         engine.send_command("acc-1", OpenAccount(initial_balance=1))
-        deadline = time.monotonic() + 10
-        while not any("read model is down" in r.getMessage() for r in caplog.records):
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: any("read model is down" in r.getMessage() for r in caplog.records), what="the record")
     message = next(r.getMessage() for r in caplog.records if "read model is down" in r.getMessage())
     assert "the log backend is down" in message
 

@@ -87,7 +87,7 @@ def test_kill_9_during_migration_then_resume(tmp_path: Path, pg_url: str) -> Non
             assert child.stdout.readline().strip() == "started"
             time.sleep(rng.uniform(0.0, 1.5))  # a random moment, not an ordering
             child.kill()
-            child.wait(timeout=30)
+            child.communicate(timeout=30)  # waits, and closes its stdout
             killed += child.returncode == -9
             assert_cut_between_commands(source_dir, pg_url, prefix)
         assert killed >= 10

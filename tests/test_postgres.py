@@ -13,6 +13,7 @@ import pytest
 from pgcluster import Cluster
 from proxy import Proxy
 from test_durable_state import CounterBehavior
+from waiting import wait_until
 
 import ego
 from ego import errors
@@ -21,6 +22,9 @@ from ego.testkit.conformance import make_event
 from bank_pb2 import Credit, OpenAccount
 from domain import AccountBehavior
 from egotest.messages_pb2 import Counter, Increment
+
+#: Seconds the server stays down in the outage test.
+OUTAGE = 1.0
 
 
 @pytest.fixture
@@ -71,43 +75,53 @@ def test_immediate_stop_of_the_server_under_load_loses_nothing_acknowledged() ->
     try:
         cluster.start()
         store = ego.PostgresStore(cluster.url, retry_for=30.0)
+        names = [f"acc-{i}" for i in range(4)]
         acked: dict[str, int] = {}
         failures: list[BaseException] = []
         stop = threading.Event()
         after_restart = threading.Event()
-        acked_after_restart = 0
+        in_flight: set[str] = set()
+        acked_after_restart: dict[str, int] = dict.fromkeys(names, 0)
 
         with ego.Engine("crash", store=store) as engine:
             engine.register_entity_type(AccountBehavior)
 
             def load(name: str) -> None:
-                nonlocal acked_after_restart
                 engine.send_command(name, OpenAccount(initial_balance=0))
                 while not stop.is_set():
+                    restarted = after_restart.is_set()
+                    in_flight.add(name)
                     try:
                         _, revision = engine.send_command(name, Credit(amount=1))
                         acked[name] = revision
-                        if after_restart.is_set():
-                            acked_after_restart += 1
+                        if restarted:
+                            acked_after_restart[name] += 1
                     except errors.EgoError as e:
                         failures.append(e)
+                    finally:
+                        in_flight.discard(name)
 
-            threads = [threading.Thread(target=load, args=(f"acc-{i}",)) for i in range(4)]
+            threads = [threading.Thread(target=load, args=(name,)) for name in names]
             for t in threads:
                 t.start()
-            time.sleep(0.7)
-            cluster.stop("immediate")
-            time.sleep(1.0)
-            cluster.start()
-            after_restart.set()
-            time.sleep(1.5)
-            stop.set()
-            for t in threads:
-                t.join()
+            try:
+                wait_until(lambda: sum(acked.values()) >= 100, what="the load to run")
+                cluster.stop("immediate")
+                # Every writer has a command waiting on the stopped server; the server then
+                # stays down for OUTAGE seconds (the length of the fault, not a wait for anything).
+                wait_until(lambda: len(in_flight) == len(names), what="every writer to wait on the stopped server")
+                time.sleep(OUTAGE)
+                cluster.start()
+                after_restart.set()
+                wait_until(lambda: min(acked_after_restart.values()) >= 20, what="every writer's commands after the restart")
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join()
             print(
-                f"acked {sum(acked.values())} commands, {acked_after_restart} after the restart; failures: {[type(f).__name__ for f in failures]}"
+                f"acked {sum(acked.values())} commands, {sum(acked_after_restart.values())} after the restart; failures: {[type(f).__name__ for f in failures]}"
             )
-            assert acked_after_restart > 0, "the engine did not reconnect"
+            assert min(acked_after_restart.values()) > 0, "the engine did not reconnect"
             for f in failures:
                 # Only a write whose COMMIT was in flight may fail, and it says so.
                 assert isinstance(f, (errors.OutcomeUnknownError, errors.StoreError)), f

@@ -4,22 +4,15 @@ pause / resume."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 import pytest
+from waiting import wait_until
 
 import ego
 
 from bank_pb2 import Credit, OpenAccount
 from domain import AccountBehavior
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 class Poison(Exception):
@@ -46,11 +39,11 @@ def test_skip_an_event_the_handler_cannot_handle(store_kind: str, make_store: Ca
         engine.send_command("account-bad", Credit(amount=1))
         engine.send_command("account-ok", Credit(amount=1))
         engine.add_projection("p", handler, batch_size=1, poll_interval=0.02)
-        wait_for(lambda: engine.projection_status("p")[0] == "failed")
+        wait_until(lambda: engine.projection_status("p")[0] == "failed")
         assert handled == [("account-ok", 1), ("account-bad", 1)]
         bad = engine.projection_lag("p")[0].offset + 1  # the position of the event it failed on
         engine.set_projection_offset("p", 0, bad)
-        wait_for(lambda: len(handled) == 3)
+        wait_until(lambda: len(handled) == 3)
         assert handled[-1] == ("account-ok", 2)
         assert engine.projection_status("p") == ("running", None)
         # Back to an earlier point: the events after it are handed again (not the poison one:
@@ -64,7 +57,7 @@ def test_skip_an_event_the_handler_cannot_handle(store_kind: str, make_store: Ca
             engine.set_projection_offset("p", 1, 0)
         with pytest.raises(ego.errors.ValidationError):
             engine.set_projection_offset("p", -1, 0)
-        wait_for(lambda: len(handled) == 4)
+        wait_until(lambda: len(handled) == 4)
         assert handled[-1] == ("account-ok", 2)
 
 
@@ -74,7 +67,7 @@ def test_pause_and_resume(store_kind: str, make_store: Callable[[], ego.stores.N
         engine.register_entity_type(AccountBehavior, prefix="account-")
         engine.add_projection("p", lambda events: seen.extend(e.sequence_number for e in events), poll_interval=0.02)
         engine.send_command("account-1", OpenAccount(initial_balance=1))
-        wait_for(lambda: len(seen) == 1)
+        wait_until(lambda: len(seen) == 1)
         engine.pause_projection("p")
         engine.pause_projection("p")  # idempotent
         assert engine.projection_status("p") == ("paused", None)
@@ -89,7 +82,7 @@ def test_pause_and_resume(store_kind: str, make_store: Callable[[], ego.stores.N
         assert engine.projection_status("p")[0] == "paused"
         engine.resume_projection("p")
         engine.resume_projection("p")  # a running one is left alone
-        wait_for(lambda: len(seen) == 3)
+        wait_until(lambda: len(seen) == 3)
         assert seen == [1, 3, 4]
         assert engine.projection_status("p") == ("running", None)
         with pytest.raises(ego.errors.ValidationError):

@@ -43,7 +43,7 @@ def run_until_done(db: Path, log: Path, total: int, mode: str, rng: random.Rando
         )
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "READY"
-        time.sleep(rng.uniform(0.02, 0.3))
+        time.sleep(rng.uniform(0.02, 0.3))  # a random moment to kill it, not a wait for something
         if child.poll() is None:
             child.send_signal(signal.SIGKILL)
         out, _ = child.communicate()

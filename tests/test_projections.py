@@ -5,6 +5,7 @@ retention that never outruns a projection."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections import defaultdict
@@ -14,20 +15,15 @@ from typing import Any
 import pytest
 from test_durable_state import CounterBehavior
 from test_event_sourced import Multi
+from waiting import clock_past, wait_until
 
 import ego
 from ego import errors
+from ego.timestamps import to_nanos
 
 from bank_pb2 import AccountCredited, AccountOpened, Credit, OpenAccount
 from domain import AccountBehavior
 from egotest.messages_pb2 import Counter, Increment
-
-
-def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 class Recorder:
@@ -82,9 +78,9 @@ def test_every_event_once_in_order_under_concurrent_writers_and_across_restarts(
         for w in range(writers):
             for k in range(5):
                 expected[f"e{w}-{k}"] = engine.get_state(f"e{w}-{k}")[1]
-        wait_for(lambda: rec.count() == sum(expected.values()), what="the projection to catch up")
+        wait_until(lambda: rec.count() == sum(expected.values()), what="the projection to catch up")
         # The handler has seen everything; its offsets commit right after it returns.
-        wait_for(lambda: caught_up(engine, "audit"), what="the offsets to be committed")
+        wait_until(lambda: caught_up(engine, "audit"), what="the offsets to be committed")
     if store_kind == "rocksdb":
         store.close()
     # A new engine on the same store: the projection resumes from its offsets.
@@ -93,8 +89,9 @@ def test_every_event_once_in_order_under_concurrent_writers_and_across_restarts(
         engine.add_projection("audit", rec, batch_size=7)
         engine.send_command("e0-0", Credit(amount=2))
         expected["e0-0"] += 2
-        wait_for(lambda: rec.count() == sum(expected.values()), what="the projection to resume")
-        time.sleep(0.2)
+        wait_until(lambda: rec.count() == sum(expected.values()), what="the projection to resume")
+        # Caught up: its offsets are at the heads, so nothing more is handed over.
+        wait_until(lambda: caught_up(engine, "audit"), what="the offsets to be committed")
     check_exactly_once_in_order(rec.seen, expected)
 
 
@@ -103,7 +100,7 @@ def test_events_of_one_command_share_a_timestamp_and_none_is_lost_at_a_page_boun
     engine.register_entity_type(Multi)
     engine.add_projection("pages", rec, batch_size=3)
     engine.send_command("m", Credit(amount=10))  # ten events, one timestamp
-    wait_for(lambda: rec.count() == 10)
+    wait_until(lambda: rec.count() == 10)
     assert rec.seen == [("m", i) for i in range(1, 11)]
     assert rec.batches >= 4
 
@@ -143,7 +140,7 @@ def run_policy(engine: ego.Engine, handler: Flaky, policy: ego.RecoveryPolicy, d
 def test_policy_fail_stops_the_projection(engine: ego.Engine) -> None:
     handler, dead = Flaky({13}), []
     run_policy(engine, handler, ego.RecoveryPolicy.FAIL, dead)
-    wait_for(lambda: not engine.is_projection_running("p"), what="the projection to stop")
+    wait_until(lambda: not engine.is_projection_running("p"), what="the projection to stop")
     status, error = engine.projection_status("p")
     assert status == "failed" and "cannot handle ('a', 4)" in error
     assert dict(handler.attempts) == {("a", 4): 1}
@@ -153,14 +150,14 @@ def test_policy_fail_stops_the_projection(engine: ego.Engine) -> None:
 def test_policy_retry_and_fail_retries_then_stops_or_recovers(engine: ego.Engine) -> None:
     handler, dead = Flaky({13}), []
     run_policy(engine, handler, ego.RecoveryPolicy.RETRY_AND_FAIL, dead)
-    wait_for(lambda: not engine.is_projection_running("p"))
+    wait_until(lambda: not engine.is_projection_running("p"))
     assert handler.attempts[("a", 4)] == 3
 
 
 def test_policy_retry_and_fail_gets_over_a_transient_failure(engine: ego.Engine) -> None:
     handler, dead = Flaky({13}, failures=2), []
     run_policy(engine, handler, ego.RecoveryPolicy.RETRY_AND_FAIL, dead)
-    wait_for(lambda: ("a", 5) in handler.handled)
+    wait_until(lambda: ("a", 5) in handler.handled)
     assert engine.is_projection_running("p")
     assert handler.attempts[("a", 4)] == 3
     assert dead == []
@@ -170,7 +167,7 @@ def test_policy_retry_and_fail_gets_over_a_transient_failure(engine: ego.Engine)
 def test_skipping_policies_dead_letter_the_failing_event_and_move_on(engine: ego.Engine, policy: ego.RecoveryPolicy) -> None:
     handler, dead = Flaky({13}), []
     run_policy(engine, handler, policy, dead)
-    wait_for(lambda: ("a", 5) in handler.handled and len(dead) == 1)
+    wait_until(lambda: ("a", 5) in handler.handled and len(dead) == 1)
     assert engine.is_projection_running("p")
     projection, pid, event, seq, error = dead[0]
     assert (projection, pid, seq) == ("p", "a", 4)
@@ -186,31 +183,34 @@ def test_rebuild_replays_exactly_the_events_after_a_point_in_time(engine: ego.En
     rec = Recorder()
     engine.register_entity_type(AccountBehavior)
     engine.add_projection("r", rec)
+    (store,) = engine.stores
     for i in range(5):
         engine.send_command(f"a{i}", OpenAccount(initial_balance=i))
-    time.sleep(0.05)
+    # A point strictly between the two rounds' timestamps (a float's rounding, about a quarter
+    # of a microsecond, stays inside the microsecond of margin).
+    clock_past(max(store.replay_events(f"a{i}")[-1].timestamp for i in range(5)) + 1_000)
     point = time.time()
-    time.sleep(0.05)
+    clock_past(to_nanos(point) + 1_000)
     for i in range(5):
         engine.send_command(f"a{i}", Credit(amount=1))
-    wait_for(lambda: rec.count() == 10)
+    wait_until(lambda: rec.count() == 10)
     rec.seen.clear()
     engine.rebuild_projection("r", point)
-    wait_for(lambda: rec.count() == 5)
-    time.sleep(0.2)
+    wait_until(lambda: rec.count() == 5)
+    wait_until(lambda: caught_up(engine, "r"), what="the rebuild to catch up")
     assert sorted(rec.seen) == [(f"a{i}", 2) for i in range(5)]
     # Events written after the rebuild flow as usual.
     engine.send_command("a0", Credit(amount=1))
-    wait_for(lambda: ("a0", 3) in rec.seen)
+    wait_until(lambda: ("a0", 3) in rec.seen)
     engine.rebuild_projection("r")  # from the beginning
-    wait_for(lambda: rec.count() == 6 + 11)
-    time.sleep(0.2)
+    wait_until(lambda: rec.count() == 6 + 11)
+    wait_until(lambda: caught_up(engine, "r"), what="the rebuild to catch up")
     assert rec.count() == 17
 
 
 def test_lag_rises_under_load_and_returns_to_zero(engine: ego.Engine) -> None:
     def slow(events: list[ego.PersistedEvent]) -> None:
-        time.sleep(0.02)
+        time.sleep(0.02)  # a slow read model
 
     engine.register_entity_type(Multi)
     engine.add_projection("slow", slow, batch_size=5)
@@ -219,7 +219,7 @@ def test_lag_rises_under_load_and_returns_to_zero(engine: ego.Engine) -> None:
     assert sum(s.events_behind for s in lag.values()) > 0
     busy = [s for s in lag.values() if s.events_behind]
     assert busy and busy[0].head >= busy[0].offset
-    wait_for(lambda: caught_up(engine, "slow"), timeout=20)
+    wait_until(lambda: caught_up(engine, "slow"), timeout=20)
     assert all(s.time_behind == 0 for s in engine.projection_lag("slow").values())
 
 
@@ -247,7 +247,7 @@ def test_store_errors_are_retried_without_stopping_the_projection(engine: ego.En
     engine.register_entity_type(Multi)
     engine.add_projection("o", rec, offset_store=offsets)
     engine.send_command("m", Credit(amount=3))
-    wait_for(lambda: offsets.inner.read_offsets("o") != [], timeout=15, what="the offset to be committed")
+    wait_until(lambda: offsets.inner.read_offsets("o") != [], timeout=15, what="the offset to be committed")
     assert engine.is_projection_running("o")
     assert engine.projection_stats("o")["store_retries"] >= 3
 
@@ -266,7 +266,7 @@ def test_transactional_read_model_with_the_offset(store_kind: str, make_store: A
 
         engine.add_projection("t", totals, transactional=True, batch_size=4)
         engine.send_command("m", Credit(amount=9))
-        wait_for(lambda: store.read_model_get(b"total") == b"9")
+        wait_until(lambda: store.read_model_get(b"total") == b"9")
         assert store.read_model_scan(b"last/") == [(b"last/m", b"x")]
 
 
@@ -366,7 +366,7 @@ def test_event_adapters_upcast_in_recovery_and_in_projections() -> None:
         assert engine.get_state("w") == (Wallet(cents=350, deposits=2), 2)
         assert engine.send_command("w", Increment(by=5)) == (Wallet(cents=355, deposits=3), 3)
         engine.add_projection("deposits", lambda events: seen.extend(e.event for e in events))
-        wait_for(lambda: len(seen) == 3)
+        wait_until(lambda: len(seen) == 3)
     # The old events were written in shard 0, the engine's in the shard of "w": two shard
     # tasks hand them over in either order.
     assert sorted(seen, key=lambda d: d.cents) == [
@@ -410,7 +410,7 @@ def test_subscribe_async_and_overflow(engine: ego.Engine) -> None:
         task = asyncio.ensure_future(consume())
         for _ in range(4):
             await engine.send_command_async("m", Credit(amount=5))
-        await asyncio.wait_for(task, 5)
+        await asyncio.wait_until(task, 5)
         sub.close()
         return got
 
@@ -428,7 +428,7 @@ def test_retention_deletes_covered_events_and_old_snapshots_but_not_unprojected_
     policy = ego.RetentionPolicy(delete_events_on_snapshot=True, delete_snapshots_on_snapshot=True, events_retention_count=2)
     engine.register_entity_type(Multi, prefix="free-", snapshot_interval=10, retention=policy)
     engine.send_command("free-1", Credit(amount=25))  # snapshot at 25
-    wait_for(lambda: [e.sequence_number for e in store.replay_events("free-1")] == list(range(24, 26)), what="retention")
+    wait_until(lambda: [e.sequence_number for e in store.replay_events("free-1")] == list(range(24, 26)), what="retention")
     assert store.latest_snapshot("free-1").sequence_number == 25
     assert store.latest_snapshot("free-1", ego.SnapshotCriteria(max_sequence_number=24)) is None
     # Recovery from the snapshot still works.
@@ -442,15 +442,25 @@ def test_retention_deletes_covered_events_and_old_snapshots_but_not_unprojected_
         gate.wait()
 
     engine.register_entity_type(Multi, prefix="held-", snapshot_interval=10, retention=policy)
+    # The control: the same policy, told to ignore projections.
+    loose = dataclasses.replace(policy, ignore_projections=True)
+    engine.register_entity_type(Multi, prefix="loose-", snapshot_interval=10, retention=loose)
     engine.add_projection("behind", blocked, batch_size=1000)
-    engine.send_command("held-1", Credit(amount=25))
-    time.sleep(0.5)
-    assert len(store.replay_events("held-1")) == 25
-    gate.set()
-    wait_for(lambda: caught_up(engine, "behind"))
+    snapshots = engine.stats()["snapshots"]
+    try:
+        engine.send_command("held-1", Credit(amount=25))
+        wait_until(lambda: engine.stats()["snapshots"] == snapshots + 1, what="the snapshot of held-1")
+        # Retention runs after each snapshot; the control's, which starts later, has deleted
+        # its events although the projection is behind: held-1's ran too, and kept them.
+        engine.send_command("loose-1", Credit(amount=25))
+        wait_until(lambda: store.replay_events("loose-1")[0].sequence_number == 24, what="the control's retention")
+        assert len(store.replay_events("held-1")) == 25
+    finally:
+        gate.set()
+    wait_until(lambda: caught_up(engine, "behind"))
     engine.send_command("held-1", Credit(amount=10))  # next snapshot at 35
     # Now the events the projection handled (up to 25 at least, 33 at most) may go.
-    wait_for(lambda: store.replay_events("held-1")[0].sequence_number > 25, what="retention after the projection")
+    wait_until(lambda: store.replay_events("held-1")[0].sequence_number > 25, what="retention after the projection")
     assert store.replay_events("held-1")[0].sequence_number <= 34
 
 
@@ -472,7 +482,7 @@ def test_projection_on_a_rocksdb_store_survives_reopen(tmp_path: Path) -> None:
         engine.register_entity_type(Multi)
         engine.add_projection("p", rec)
         engine.send_command("m", Credit(amount=4))
-        wait_for(lambda: rec.count() == 4)
+        wait_until(lambda: rec.count() == 4)
     with ego.RocksDBStore(tmp_path / "db") as store:
         assert store.read_offsets("p") and max(p for _, p in store.read_offsets("p")) == 4
 

@@ -12,11 +12,13 @@ import time
 from typing import Any
 
 import pytest
-from publishing import bank_engine, caught_up, check_delivery, wait_for, write_history
+from publishing import bank_engine, caught_up, check_delivery, write_history
+from waiting import clock_past, wait_until
 
 import ego
 from ego import errors
 from ego.publishers import CloudEventsBinary, CloudEventsStructured, ProtobufJson, Record
+from ego.timestamps import to_nanos
 
 from bank_pb2 import AccountCredited, AccountOpened
 
@@ -64,7 +66,7 @@ def test_a_python_publisher_gets_every_event_in_order(kind: type[Collect]) -> No
         write_history(engine, accounts, credits=3)
         sink = kind()
         engine.add_event_publisher(sink, name="py", batch_size=64)
-        wait_for(lambda: caught_up(engine, "py"))
+        wait_until(lambda: caught_up(engine, "py"))
         assert check_delivery(sink.received(), {a: 4 for a in accounts}) == 0
         assert all(r.key == r.source.persistence_id and r.headers["ego-event-id"] == r.id for r in sink.records)
     finally:
@@ -86,11 +88,11 @@ def test_transient_failures_are_retried_without_limit_and_never_skip() -> None:
             max_backoff=0.02,
         )
         write_history(engine, ["account-1", "account-2"], credits=2)
-        wait_for(lambda: engine.publisher_stats("py")["failures"] >= 20, what="many failed attempts")
+        wait_until(lambda: engine.publisher_stats("py")["failures"] >= 20, what="many failed attempts")
         assert engine.publisher_status("py") == ("running", None)
         assert sum(lag.events_behind for lag in engine.publisher_lag("py").values()) == 6
         sink.down.clear()
-        wait_for(lambda: caught_up(engine, "py"))
+        wait_until(lambda: caught_up(engine, "py"))
         check_delivery(sink.received(), {"account-1": 3, "account-2": 3}, exactly_once=True)
         assert dead == []
         assert engine.publisher_stats("py")["refused"] == 0
@@ -105,7 +107,7 @@ def test_a_refused_record_stops_the_publisher_under_fail() -> None:
     try:
         write_history(engine, ["account-1"], credits=2)
         engine.add_event_publisher(sink, name="py")
-        wait_for(lambda: engine.publisher_status("py")[0] == "failed")
+        wait_until(lambda: engine.publisher_status("py")[0] == "failed")
         _, error = engine.publisher_status("py")
         assert error is not None and "account-1:2" in error
         # The checkpoint never passed the refused record: the whole batch is still behind.
@@ -128,7 +130,7 @@ def test_a_refused_record_goes_to_the_dead_letter_handler_under_skip() -> None:
             on_refused=ego.RecoveryPolicy.SKIP,
             dead_letter=lambda name, pid, event, seq, error: dead.append((name, event.event_id, seq)),
         )
-        wait_for(lambda: caught_up(engine, "py"))
+        wait_until(lambda: caught_up(engine, "py"))
         assert dead == [("publisher:py", "account-1:2", 2)]
         ids = [r.id for r in sink.records]
         assert "account-1:2" not in ids and len(ids) == len(set(ids)) == 5
@@ -138,20 +140,22 @@ def test_a_refused_record_goes_to_the_dead_letter_handler_under_skip() -> None:
 
 
 def test_start_latest_and_at_a_point_in_time() -> None:
-    engine = bank_engine("py-start", ego.MemoryStore())
+    store = ego.MemoryStore()
+    engine = bank_engine("py-start", store)
     try:
         write_history(engine, ["account-1"], credits=1)
-        time.sleep(0.002)  # two distinct timestamps, not a wait for anything
+        # A point strictly between the two writes' timestamps.
+        clock_past(store.replay_events("account-1")[-1].timestamp)
         middle = datetime.datetime.now(datetime.timezone.utc)
-        time.sleep(0.002)
+        clock_past(to_nanos(middle))
         write_history(engine, ["account-1"], credits=3, first_credit=3)
         latest, since = Collect(), Collect()
         engine.add_event_publisher(latest, name="latest", start="latest")
         engine.add_event_publisher(since, name="since", start=middle)
-        wait_for(lambda: caught_up(engine, "since") and caught_up(engine, "latest"))
+        wait_until(lambda: caught_up(engine, "since") and caught_up(engine, "latest"))
         assert [r.id for r in since.records] == ["account-1:3", "account-1:4"]
         write_history(engine, ["account-1"], credits=4, first_credit=5)
-        wait_for(lambda: [r.id for r in latest.records] == ["account-1:5"])
+        wait_until(lambda: [r.id for r in latest.records] == ["account-1:5"])
     finally:
         engine.stop()
 
@@ -168,7 +172,7 @@ def test_payload_formats() -> None:
         write_history(engine, ["account-7"], credits=1)
         for name, sink in sinks.items():
             engine.add_event_publisher(sink, name=name)
-        wait_for(lambda: all(caught_up(engine, n) for n in sinks))
+        wait_until(lambda: all(caught_up(engine, n) for n in sinks))
         opened = AccountOpened(account_id="account-7", balance=100)
         j = json.loads(sinks["json"].records[0].value)
         assert j["persistenceId"] == "account-7" and j["event"]["@type"].endswith("bank.v1.AccountOpened")
@@ -218,7 +222,7 @@ def test_stop_returns_while_the_broker_is_away() -> None:
     sink.down.set()
     engine.add_event_publisher(sink, name="py", backoff=0.05)
     write_history(engine, ["account-1"], credits=1)
-    wait_for(lambda: sink.calls > 0)
+    wait_until(lambda: sink.calls > 0)
     started = time.monotonic()
     engine.stop(timeout=10)
     assert time.monotonic() - started < 10

@@ -21,9 +21,9 @@ from publishing import (
     consume_kafka,
     make_publisher,
     wait_caught_up,
-    wait_for,
     write_history,
 )
+from waiting import wait_until
 
 import ego
 
@@ -80,7 +80,7 @@ def test_broker_stopped_under_load_loses_nothing(durable_broker: Broker) -> None
         wait_caught_up(engine, "kafka", what="the first events to be published")
         durable_broker.stop()
         write_history(engine, accounts, credits=10, first_credit=7)
-        wait_for(
+        wait_until(
             lambda: engine.publisher_stats("kafka")["failures"] > 0, what="a publish left unacknowledged by the stopped broker"
         )
         assert engine.publisher_status("kafka") == ("running", None)

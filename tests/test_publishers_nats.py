@@ -17,9 +17,9 @@ from publishing import (
     consume_nats,
     make_publisher,
     wait_caught_up,
-    wait_for,
     write_history,
 )
+from waiting import wait_until
 
 import ego
 
@@ -78,7 +78,7 @@ def test_broker_stopped_under_load_loses_nothing(throwaway: Broker) -> None:
         write_history(engine, accounts, credits=5)
         throwaway.stop()
         write_history(engine, accounts, credits=10, first_credit=7)
-        wait_for(lambda: engine.publisher_stats("nats")["failures"] > 0, what="a failed publish while the broker is down")
+        wait_until(lambda: engine.publisher_stats("nats")["failures"] > 0, what="a failed publish while the broker is down")
         assert engine.publisher_status("nats") == ("running", None)
         assert sum(lag.events_behind for lag in engine.publisher_lag("nats").values()) > 0
         throwaway.start()

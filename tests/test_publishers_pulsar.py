@@ -21,9 +21,9 @@ from publishing import (
     consume_pulsar,
     make_publisher,
     wait_caught_up,
-    wait_for,
     write_history,
 )
+from waiting import wait_until
 
 import ego
 
@@ -65,7 +65,7 @@ def test_broker_stopped_under_load_loses_nothing(broker: Broker) -> None:
         wait_caught_up(engine, "pulsar", what="the first events to be published")
         broker.stop()
         write_history(engine, accounts, credits=10, first_credit=7)
-        wait_for(
+        wait_until(
             lambda: engine.publisher_stats("pulsar")["failures"] > 0, what="a publish left unacknowledged by the stopped broker"
         )
         assert engine.publisher_status("pulsar") == ("running", None)

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from brokers import free_port
 from publisher_crash import check_duplicates_in_windows, crash_rounds
-from publishing import bank_engine, check_delivery, make_publisher, wait_caught_up, wait_for, write_history
+from publishing import bank_engine, check_delivery, make_publisher, wait_caught_up, write_history
+from waiting import wait_until
 
 import ego
 from ego.v1 import Event
@@ -105,7 +106,7 @@ def test_peer_stopped_under_load_loses_nothing(peer: Peer) -> None:
         write_history(engine, accounts, credits=5)
         peer.stop()
         write_history(engine, accounts, credits=10, first_credit=7)
-        wait_for(lambda: engine.publisher_stats("ws")["failures"] > 0, what="a publish refused while the peer is down")
+        wait_until(lambda: engine.publisher_stats("ws")["failures"] > 0, what="a publish refused while the peer is down")
         assert engine.publisher_status("ws") == ("running", None)
         peer.start()
         wait_caught_up(engine, "ws", what="the publisher to catch up after the outage")

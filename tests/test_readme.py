@@ -40,6 +40,7 @@ def test_quickstart_runs(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # building the extension from source: the install alone may take 3000 s
 def test_pip_install_in_a_fresh_venv_then_quickstart(tmp_path: Path) -> None:
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)

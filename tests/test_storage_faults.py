@@ -180,7 +180,7 @@ def test_disk_full_is_storage_full_and_writes_resume_when_space_is_back(tmp_path
                     except ego.errors.StorageFullError:
                         refused.append(n)
                         assert time.monotonic() < deadline, "writes did not resume after space was freed"
-                        time.sleep(0.2)
+                        time.sleep(0.2)  # between two tries of a poll with a deadline
                 for _ in range(5):
                     n += 1
                     engine.send_command("big", Note(n=n, blob=blob(n)))

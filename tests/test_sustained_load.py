@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from waiting import wait_until_async
 
 import ego
 
@@ -65,10 +65,11 @@ async def test_a_million_commands_over_ten_thousand_entities_with_a_projection(t
                 assert isinstance(state, Account)
                 assert (state.balance, revision) == (ROUNDS, ROUNDS + 2)
             # The projection catches up: lag back to 0, every event seen once, in order.
-            deadline = time.monotonic() + WAIT
-            while any(lag.events_behind for lag in engine.projection_lag("counts").values()):
-                assert time.monotonic() < deadline, engine.projection_lag("counts")
-                await asyncio.sleep(0.05)
+            await wait_until_async(
+                lambda: not any(lag.events_behind for lag in engine.projection_lag("counts").values()),
+                WAIT,
+                what=lambda: f"the projection to catch up: {engine.projection_lag('counts')}",
+            )
             total = commands + len(ids[:: max(1, ACCOUNTS // 500)])
             assert sum(seen.values()) == total and not out_of_order, out_of_order[:5]
             assert all(store.highest_sequence_number(i) == seen[i] for i in ids[:: max(1, ACCOUNTS // 100)])

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +20,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import StatusCode
 from test_logging import FailingSnapshots
 from test_python_store import Broken
+from waiting import wait_until
 
 import ego
 
@@ -230,9 +230,7 @@ def test_projection_batches_get_spans(otel: Otel) -> None:
         for i in range(5):
             engine.send_command(f"acc-{i}", OpenAccount(initial_balance=i))
         engine.add_projection("balances", handler, offset_store=ego.MemoryStore())
-        deadline = time.monotonic() + 10
-        while len(seen) < 5 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: len(seen) >= 5, what="the projection's five events")
         engine.remove_projection("balances")
     batches = otel.finished("ego.projection.batch")
     assert sum(b.attributes["ego.events"] for b in batches) == 5
@@ -261,10 +259,10 @@ def test_metrics_after_a_known_workload(otel: Otel) -> None:
 
         asyncio.run(wallet())
         engine.add_projection("all", seen.extend, offset_store=ego.MemoryStore())
-        deadline = time.monotonic() + 10
-        while len(seen) < 4 or any(s.events_behind for s in engine.projection_lag("all").values()):
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(
+            lambda: len(seen) >= 4 and not any(s.events_behind for s in engine.projection_lag("all").values()),
+            what="the projection to catch up",
+        )
         m = otel.metrics()
     assert otel.finished() == []  # traces off
 
@@ -309,10 +307,8 @@ def test_background_failures_are_counted(otel: Otel) -> None:
         engine.register_entity_type(AccountBehavior, snapshot_interval=1)
         engine.send_command("a", OpenAccount(initial_balance=0))
         assert otel.metrics()[("ego.background.failures", ())] == 0
-        deadline = time.monotonic() + 10
-        while engine.stats()["background_failures"] == 0:  # after 3 retries: 0.1 + 0.2 + 0.4 s
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        # After 3 retries: 0.1 + 0.2 + 0.4 s.
+        wait_until(lambda: engine.stats()["background_failures"] != 0, what="the failed snapshot")
         assert otel.metrics()[("ego.background.failures", ())] == 1
 
 

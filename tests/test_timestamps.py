@@ -9,7 +9,7 @@ import doctest
 from typing import Any
 
 import pytest
-from test_projections import wait_for
+from waiting import wait_until
 
 import ego
 from ego import timestamps
@@ -90,14 +90,14 @@ def around_t() -> tuple[ego.MemoryStore, ego.Engine, Seen]:
     engine.start()
     seen = Seen()
     engine.add_projection("p", seen)
-    wait_for(lambda: caught_up(engine, "p") and len(seen.seqs) == 4, what="the projection to catch up")
+    wait_until(lambda: caught_up(engine, "p") and len(seen.seqs) == 4, what="the projection to catch up")
     return store, engine, seen
 
 
 def rebuilt(engine: ego.Engine, seen: Seen, **point: Any) -> list[int]:
     seen.seqs.clear()
     engine.rebuild_projection("p", **point)
-    wait_for(lambda: caught_up(engine, "p"), what="the rebuild to finish")
+    wait_until(lambda: caught_up(engine, "p"), what="the rebuild to finish")
     return sorted(seen.seqs)
 
 
@@ -130,7 +130,7 @@ def test_persisted_events_and_states_carry_exact_nanoseconds_and_a_datetime() ->
     with ego.Engine("times", store=store) as engine:
         seen: list[ego.PersistedEvent] = []
         engine.add_projection("p", seen.extend)
-        wait_for(lambda: len(seen) == 2, what="both events")
+        wait_until(lambda: len(seen) == 2, what="both events")
         first, second = seen
         assert (first.timestamp_ns, first.timestamp, first.datetime) == (T_NS + 999, T_NS + 999, T)
         assert second.timestamp_ns == -1
@@ -164,7 +164,7 @@ def test_lag_time_is_exact_in_nanoseconds() -> None:
 
     with ego.Engine("times", store=store) as engine:
         engine.add_projection("p", fail_on_the_second, batch_size=1)
-        wait_for(lambda: not engine.is_projection_running("p"), what="the projection to stop on event 2")
+        wait_until(lambda: not engine.is_projection_running("p"), what="the projection to stop on event 2")
         lag = engine.projection_lag("p")[0]
     assert (lag.events_behind, lag.time_behind_ns) == (1, gap)
     assert lag.time_behind == gap / 1e9
@@ -203,7 +203,7 @@ def test_a_publisher_starting_at_a_datetime_publishes_exactly_the_events_after_i
     try:
         publisher = Collect()
         engine.add_event_publisher(publisher, name="from-t", start=T)
-        wait_for(lambda: all(lag.events_behind == 0 for lag in engine.publisher_lag("from-t").values()), what="publishing")
+        wait_until(lambda: all(lag.events_behind == 0 for lag in engine.publisher_lag("from-t").values()), what="publishing")
         assert publisher.ids == ["timed:3", "timed:4"]
     finally:
         engine.stop()

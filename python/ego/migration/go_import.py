@@ -71,14 +71,20 @@ class GoPostgresSource:
             self._db = psycopg.connect(url, autocommit=True)
         except psycopg.Error as e:
             raise ConfigurationError(f"cannot connect to the Go library's database: {str(e).strip().splitlines()[0]}") from e
-        self._schema = _ident(schema)
-        self._shards = shards
-        self._v3 = v3_state_snapshots
-        self._columns = {t: self._table_columns(t) for t in ("events_store", "snapshots_store", "states_store", "offsets_store")}
-        if not self._columns["events_store"] and not self._columns["states_store"]:
-            raise MigrationError(f"no events_store or states_store table in schema {schema!r}: not a Go library database")
-        if v3_state_snapshots and "state_payload" not in self._columns["events_store"]:
-            raise MigrationError("v3_state_snapshots: events_store has no state_payload column (not the v3 layout)")
+        try:
+            self._schema = _ident(schema)
+            self._shards = shards
+            self._v3 = v3_state_snapshots
+            self._columns = {
+                t: self._table_columns(t) for t in ("events_store", "snapshots_store", "states_store", "offsets_store")
+            }
+            if not self._columns["events_store"] and not self._columns["states_store"]:
+                raise MigrationError(f"no events_store or states_store table in schema {schema!r}: not a Go library database")
+            if v3_state_snapshots and "state_payload" not in self._columns["events_store"]:
+                raise MigrationError("v3_state_snapshots: events_store has no state_payload column (not the v3 layout)")
+        except BaseException:
+            self._db.close()  # a refused database leaves no connection open
+            raise
 
     def _table_columns(self, table: str) -> set[str]:
         rows = self._db.execute(
