@@ -25,8 +25,9 @@ class LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self) -> None:
-        """Stops the loop and joins the thread (pending tasks are cancelled)."""
-        if not self.loop.is_running():
+        """Stops the loop, joins the thread and closes the loop (pending tasks are cancelled).
+        Idempotent; a loop that already stopped running is closed too."""
+        if self.loop.is_closed():
             return
 
         async def cancel_all() -> None:
@@ -36,8 +37,11 @@ class LoopThread:
             await asyncio.gather(*tasks, return_exceptions=True)
 
         try:
-            self.run(cancel_all(), timeout=5)
+            if self.loop.is_running():
+                self.run(cancel_all(), timeout=5)
         finally:
+            # Queued even if run_forever has not started yet: it then stops at once.
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(5)
-            self.loop.close()
+            if not self.loop.is_running():
+                self.loop.close()
