@@ -410,7 +410,7 @@ def test_subscribe_async_and_overflow(engine: ego.Engine) -> None:
         task = asyncio.ensure_future(consume())
         for _ in range(4):
             await engine.send_command_async("m", Credit(amount=5))
-        await asyncio.wait_until(task, 5)
+        await asyncio.wait_for(task, 5)
         sub.close()
         return got
 
