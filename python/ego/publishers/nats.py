@@ -147,7 +147,10 @@ class NatsPublisher:
             **self._connect_options,
         }
         try:
-            self._nc = await self._nats.connect(servers=self.servers, **options)
+            # nats-py retries a first connection forever with max_reconnect_attempts=-1: bound
+            # it, so a publish while the server is down fails (and is retried) instead of hanging.
+            limit = max(5.0, 2 * float(options["connect_timeout"]))
+            self._nc = await asyncio.wait_for(self._nats.connect(servers=self.servers, **options), timeout=limit)
         except Exception as e:
             self._nc = None
             raise BrokerUnavailableError(f"cannot connect to NATS at {self.servers}: {type(e).__name__}: {e}") from e
@@ -205,7 +208,17 @@ class NatsPublisher:
                     results[i] = self._failure(f.exception())
                 if results[i] is not None:
                     failed = True
+        if failed and any(isinstance(r, BrokerUnavailableError) for r in results):
+            # Start the next attempt on a fresh connection (and stream check) rather than on
+            # one nats-py may still be reconnecting: a restarted server is then used at once.
+            await self._drop_connection()
         return results if failed else None
+
+    async def _drop_connection(self) -> None:
+        nc, self._nc, self._js = self._nc, None, None
+        if nc is not None and not nc.is_closed:
+            with contextlib.suppress(Exception):  # the connection is being given up
+                await asyncio.wait_for(nc.close(), timeout=2)
 
     def _failure(self, error: BaseException) -> BaseException:
         if isinstance(error, (BrokerUnavailableError, PublishRefusedError)):
