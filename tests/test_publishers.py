@@ -21,6 +21,7 @@ from ego.publishers import CloudEventsBinary, CloudEventsStructured, ProtobufJso
 from ego.timestamps import to_nanos
 
 from bank_pb2 import AccountCredited, AccountOpened
+from domain import AccountBehavior
 
 
 class Collect:
@@ -227,3 +228,22 @@ def test_stop_returns_while_the_broker_is_away() -> None:
     engine.stop(timeout=10)
     assert time.monotonic() - started < 10
     assert sink.records == []
+
+
+def test_an_erased_entitys_records_go_out_as_tombstones() -> None:
+    engine = ego.Engine("py-erased", store=ego.MemoryStore(), encryption=ego.Encryption(master_key=bytes(range(32))))
+    engine.start()
+    engine.register_entity_type(AccountBehavior, prefix="account-")
+    try:
+        write_history(engine, ["account-0", "account-1"], credits=2)
+        engine.erase_entity("account-0")
+        sink = Collect()
+        engine.add_event_publisher(sink, name="py", batch_size=64)
+        wait_until(lambda: len(sink.records) == 6, what="the six records")
+        erased = {r.id: (r.erased, r.headers.get("ego-erased")) for r in sink.records}
+        assert erased == {
+            **{f"account-0:{n}": (True, "true") for n in (1, 2, 3)},
+            **{f"account-1:{n}": (False, None) for n in (1, 2, 3)},
+        }
+    finally:
+        engine.stop()

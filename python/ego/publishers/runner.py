@@ -24,10 +24,9 @@ def is_transient(error: BaseException) -> bool:
 
 
 def is_erased(source: Source) -> bool:
-    """HOOK (encryption and erasure): whether `source` belongs to an erased entity. The
-    record then goes out as a tombstone (docs/publishers.md, "Tombstones"). Until erasure
-    lands, stores hold no erased records."""
-    return bool(getattr(source, "is_erased", False))
+    """Whether `source` is the tombstone of an erased entity's record (its entity's data key
+    was erased: see docs/encryption.md)."""
+    return bool(getattr(source, "erased", False))
 
 
 class PublisherRunner:
