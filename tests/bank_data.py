@@ -5,10 +5,10 @@ accounts, so every kind of record a store holds is there."""
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 from google.protobuf.message import Message
-from waiting import wait_until
 
 import ego
 
@@ -77,11 +77,14 @@ def fill(store: Any, *, accounts: int = 20, commands: int = 200, durable: int = 
             engine.send_command(pid, OpenAccount(initial_balance=10 * i))
             engine.send_command(pid, Credit(amount=5))
             balances[pid] = 10 * i + 5
-        wait_until(
-            lambda: sum(lag.events_behind for lag in engine.projection_lag("balances").values()) == 0,
-            timeout=300,
-            what="the balances projection to catch up",
-        )
+        # Give the projection time to handle what was written (its offsets are part of what a
+        # migration copies). Not an assertion: with retention deleting covered events
+        # (ignore_projections=True) its lag need not reach 0, and the tests do not need it to.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if sum(lag.events_behind for lag in engine.projection_lag("balances").values()) == 0:
+                break
+            time.sleep(0.02)  # a poll's step, bounded by the deadline
     # A projection that lags: it has handled only the first events of each shard.
     if hasattr(store, "write_offsets"):
         store.write_offsets("late", [(shard, max(0, head // 2)) for shard, head, _ in store.shard_heads()])
