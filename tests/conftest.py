@@ -63,6 +63,8 @@ def make_store(store_kind: str, tmp_path: Path) -> Iterator[object]:
 
 
 PG_URL = os.environ.get("EGO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+# The testkit's PostgreSQL fixtures read the same variable: they run on this server too.
+os.environ.setdefault("EGO_TEST_POSTGRES_URL", PG_URL)
 
 
 @pytest.fixture(scope="session")
