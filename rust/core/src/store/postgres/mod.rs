@@ -120,6 +120,27 @@ impl PgStore {
         Box::pin(async move { task.await.unwrap_or_else(|e| Err(Error::storage(e))) })
     }
 
+    /// One page of the persistence ids of `table`, in byte order whatever the collation.
+    fn id_page(&self, page_size: usize, after: Option<String>, table: fn(&Names) -> &String) -> BoxFuture<'static, Result<IdPage>> {
+        if let Err(e) = check_page_size(page_size) {
+            return crate::future::ready(Err(e));
+        }
+        self.read(move |inner, client| async move {
+            let sql = format!(
+                "SELECT persistence_id FROM {} WHERE persistence_id COLLATE \"C\" > $1 ORDER BY persistence_id COLLATE \"C\" LIMIT $2",
+                table(&inner.names)
+            );
+            let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
+            let rows =
+                client.query(&stmt, &[&after.unwrap_or_default(), &to_i64(page_size as u64).saturating_add(1)]).await.map_err(db_error)?;
+            let mut ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            let more = ids.len() > page_size;
+            ids.truncate(page_size);
+            let next = if more { ids.last().cloned() } else { None };
+            Ok(IdPage { ids, next })
+        })
+    }
+
     /// Runs one statement that changes data outside the writer (deletes, offsets).
     fn exec(&self, sql: String, params: Vec<Box<dyn ToSql + Send + Sync>>) -> BoxFuture<'static, Result<()>> {
         self.read(move |_, client| async move {
@@ -176,23 +197,7 @@ impl EventsStore for PgStore {
     }
 
     fn persistence_ids(&self, page_size: usize, after: Option<String>) -> BoxFuture<'static, Result<IdPage>> {
-        if let Err(e) = check_page_size(page_size) {
-            return crate::future::ready(Err(e));
-        }
-        self.read(move |inner, client| async move {
-            let sql = format!(
-                "SELECT persistence_id FROM {} WHERE persistence_id COLLATE \"C\" > $1 ORDER BY persistence_id COLLATE \"C\" LIMIT $2",
-                inner.names.heads
-            );
-            let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
-            let rows =
-                client.query(&stmt, &[&after.unwrap_or_default(), &to_i64(page_size as u64).saturating_add(1)]).await.map_err(db_error)?;
-            let mut ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-            let more = ids.len() > page_size;
-            ids.truncate(page_size);
-            let next = if more { ids.last().cloned() } else { None };
-            Ok(IdPage { ids, next })
-        })
+        self.id_page(page_size, after, |names| &names.heads)
     }
 
     fn shard_events(&self, shard: u32, after: u64, max: usize) -> BoxFuture<'static, Result<Vec<Event>>> {
@@ -279,22 +284,6 @@ impl StateStore for PgStore {
     }
 
     fn state_ids(&self, page_size: usize, after: Option<String>) -> BoxFuture<'static, Result<IdPage>> {
-        if let Err(e) = check_page_size(page_size) {
-            return crate::future::ready(Err(e));
-        }
-        self.read(move |inner, client| async move {
-            let sql = format!(
-                "SELECT persistence_id FROM {} WHERE persistence_id COLLATE \"C\" > $1 ORDER BY persistence_id COLLATE \"C\" LIMIT $2",
-                inner.names.states
-            );
-            let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
-            let rows =
-                client.query(&stmt, &[&after.unwrap_or_default(), &to_i64(page_size as u64).saturating_add(1)]).await.map_err(db_error)?;
-            let mut ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-            let more = ids.len() > page_size;
-            ids.truncate(page_size);
-            let next = if more { ids.last().cloned() } else { None };
-            Ok(IdPage { ids, next })
-        })
+        self.id_page(page_size, after, |names| &names.states)
     }
 }
