@@ -5,9 +5,12 @@ timings do not (the counts are the same whatever else runs).
     python benches/instructions.py [--baseline ../ego-old] [--workload a|b|c] [--small 2000 --large 6000]
     python benches/instructions.py --workload c --option encrypt --small 2 --large 6
     python benches/instructions.py --workload b --option keys
+    python benches/instructions.py --workload b --telemetry sampled
 
 `--option` compares this checkout with an option off and on (encryption at rest, an idempotency
-key on every command) instead of two builds.
+key on every command) instead of two builds; `--telemetry` compares telemetry off with
+"metrics", "sampled" (1% of traces + metrics) or "all" (every command traced + metrics), as
+`ego_workloads.telemetry_settings` sets them up.
 
 Each build runs the workload twice, with `small` and `large` commands; the difference of the
 two totals divided by the difference of the sizes is the cost of one command, with start-up
@@ -41,7 +44,7 @@ else:
 """
 
 
-def instructions(checkout: Path, workload: str, n: int, options: dict[str, bool] | None = None) -> int:
+def instructions(checkout: Path, workload: str, n: int, options: dict[str, object] | None = None) -> int:
     benches = checkout / "benches"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
@@ -65,7 +68,7 @@ def instructions(checkout: Path, workload: str, n: int, options: dict[str, bool]
     return int(found.group(1))
 
 
-def per_command(checkout: Path, workload: str, small: int, large: int, options: dict[str, bool] | None = None) -> float:
+def per_command(checkout: Path, workload: str, small: int, large: int, options: dict[str, object] | None = None) -> float:
     return (instructions(checkout, workload, large, options) - instructions(checkout, workload, small, options)) / (large - small)
 
 
@@ -74,10 +77,19 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="another checkout with its own .venv (make build there)")
     parser.add_argument("--workload", choices=("a", "b", "c"), default="a")
     parser.add_argument("--option", choices=("encrypt", "keys"), help="compare this checkout with the option off and on")
+    parser.add_argument("--telemetry", choices=("metrics", "sampled", "all"), help="compare telemetry off with this")
     parser.add_argument("--small", type=int, default=2000)
     parser.add_argument("--large", type=int, default=6000)
     args = parser.parse_args()
     unit = "load" if args.workload == "c" else "command"
+    if args.telemetry:
+        off = per_command(HERE.parent, args.workload, args.small, args.large)
+        on = per_command(HERE.parent, args.workload, args.small, args.large, {"telemetry": args.telemetry})
+        print(
+            f"workload {args.workload}, in memory: {off:,.0f} instructions per {unit} without telemetry, {on:,.0f} with {args.telemetry}"
+        )
+        print(f"  off / {args.telemetry}: {off / on:.3f} (the throughput ratio if instructions were all)")
+        return
     if args.option:
         off = per_command(HERE.parent, args.workload, args.small, args.large)
         on = per_command(HERE.parent, args.workload, args.small, args.large, {args.option: True})

@@ -4,16 +4,195 @@ A command's handle is ``(span, token)``: the span, and the token of the context 
 the handler runs (so spans the handler opens nest under it). When the caller's span is not
 recording (its trace was sampled out), no span is created, but the caller's context is still
 attached, so the handler's own spans join that trace (and are sampled out with it).
+
+With a sampler whose rule is known (`sampling_rule`), the Rust send methods take the sampling
+decision themselves (rust/py/src/telemetry.rs): a sampled-out command calls none of these
+helpers; a sampled one gets its caller span from `start_send` (with the trace id the decision
+was taken on, when it has no parent) and ends it with `end_send` or `watch_send`.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from opentelemetry import context, trace
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags
+from opentelemetry.trace.propagation import _SPAN_KEY
+
+from ego.errors import EgoError, HandlerContractError, ValidationError
 
 _INTERNAL = trace.SpanKind.INTERNAL
+
+#: The key of the current span in an OpenTelemetry context.
+SPAN_KEY = _SPAN_KEY
+#: The context variable the API keeps the current context in (None: another runtime context).
+CURRENT_CONTEXT: Any = getattr(getattr(context, "_RUNTIME_CONTEXT", None), "_current_context", None)
+# A dropped root span's flags: not sampled; the trace id is random (RandomIdGenerator).
+_UNSAMPLED = TraceFlags(TraceFlags.DEFAULT | getattr(TraceFlags, "RANDOM_TRACE_ID", 0))
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED | getattr(TraceFlags, "RANDOM_TRACE_ID", 0))
+# The tracer's attributes a root span made here reads (see `_root_span`).
+_TRACER_PARTS = (
+    "sampler",
+    "resource",
+    "span_processor",
+    "id_generator",
+    "instrumentation_info",
+    "_span_limits",
+    "_instrumentation_scope",
+)
+
+
+def sampling_rule(tracer: Any) -> tuple[bool, int] | None:
+    """``(parent_based, bound)`` when ego can take the sampling decisions of `tracer` itself,
+    None otherwise (the SDK is then asked for every command). Known: an SDK tracer with the
+    random id generator and the contextvars runtime context, whose sampler is
+    ``ParentBased(root)`` with the default delegates, or a root alone, the root being
+    ``ALWAYS_ON``, ``ALWAYS_OFF`` or ``TraceIdRatioBased``. `bound`: a trace is sampled when the
+    low 64 bits of its id are below it (``2**64``: always, 0: never)."""
+    try:
+        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+        from opentelemetry.sdk.trace import Tracer
+        from opentelemetry.sdk.trace import sampling as s
+        from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+    except ImportError:
+        return None
+    if type(tracer) is not Tracer or type(getattr(context, "_RUNTIME_CONTEXT", None)) is not ContextVarsRuntimeContext:
+        return None
+    if CURRENT_CONTEXT is None or not all(hasattr(tracer, a) for a in _TRACER_PARTS):
+        return None
+    if type(tracer.id_generator) is not RandomIdGenerator or not getattr(tracer, "_is_enabled", lambda: True)():
+        return None
+    sampler = tracer.sampler
+    parent_based = type(sampler) is s.ParentBased
+    if parent_based:
+        delegates = [getattr(sampler, f"_{d}", None) for d in ("remote_parent_sampled", "local_parent_sampled")]
+        dropping = [getattr(sampler, f"_{d}", None) for d in ("remote_parent_not_sampled", "local_parent_not_sampled")]
+        if any(_static(d) is not True for d in delegates) or any(_static(d) is not False for d in dropping):
+            return None
+        sampler = sampler._root  # type: ignore[attr-defined]
+    static = _static(sampler)
+    if static is not None:
+        return parent_based, (1 << 64) if static else 0
+    if type(sampler) is s.TraceIdRatioBased:
+        return parent_based, int(sampler.bound)
+    return None
+
+
+def _static(sampler: Any) -> bool | None:
+    """True or False for a sampler that always samples or always drops, None otherwise."""
+    from opentelemetry.sdk.trace import sampling as s
+
+    if type(sampler) is not s.StaticSampler:
+        return None
+    decision = getattr(sampler, "_decision", None)
+    if decision is s.Decision.RECORD_AND_SAMPLE:
+        return True
+    if decision is s.Decision.DROP:
+        return False
+    return None
+
+
+def unsampled_context(trace_id: int, span_id: int) -> SpanContext:
+    """The span context of a root span sampled out in Rust (the SDK's for a dropped span)."""
+    return SpanContext(trace_id, span_id, is_remote=False, trace_flags=_UNSAMPLED)
+
+
+def _type_name(command: Any) -> str:
+    descriptor = getattr(command, "DESCRIPTOR", None)
+    return str(getattr(descriptor, "full_name", type(command).__qualname__))
+
+
+def _outcome(error: BaseException) -> str:
+    if isinstance(error, (ValidationError, HandlerContractError)) or not isinstance(error, EgoError):
+        return "rejected"
+    return "failed"
+
+
+def _root_span(tracer: Any, trace_id: int, name: str, attributes: dict[str, Any]) -> Any:
+    """A root span with `trace_id`, sampled (the Rust decision), made as the SDK's
+    ``Tracer.start_span`` makes it (which would draw a trace id of its own)."""
+    from opentelemetry.sdk.trace import _Span
+
+    sampling = tracer.sampler.should_sample(None, trace_id, name, _INTERNAL, attributes, ())
+    span_context = SpanContext(
+        trace_id,
+        tracer.id_generator.generate_span_id(),
+        is_remote=False,
+        trace_flags=_SAMPLED,
+        trace_state=sampling.trace_state,
+    )
+    extra: dict[str, Any] = {}
+    metrics = getattr(tracer, "_tracer_metrics", None)
+    if metrics is not None:
+        extra["record_end_metrics"] = metrics.start_span(None, sampling.decision)
+    span = _Span(
+        name=name,
+        context=span_context,
+        parent=None,
+        sampler=tracer.sampler,
+        resource=tracer.resource,
+        attributes=sampling.attributes,
+        span_processor=tracer.span_processor,
+        kind=_INTERNAL,
+        links=(),
+        instrumentation_info=tracer.instrumentation_info,
+        record_exception=True,
+        set_status_on_exception=True,
+        limits=tracer._span_limits,
+        instrumentation_scope=tracer._instrumentation_scope,
+        **extra,
+    )
+    span.start(start_time=None, parent_context=None)
+    return span
+
+
+def start_send(tracer: Any, trace_id: int | None, entity_id: str, command: Any) -> tuple[Any, Any]:
+    """The caller span of a command sampled in Rust and the context to carry: a child of the
+    caller's current span, or (`trace_id` given) a root span with that trace id."""
+    attributes = {"ego.entity_id": entity_id, "ego.command_type": _type_name(command)}
+    if trace_id is None:
+        span = tracer.start_span("ego.send_command", attributes=attributes)
+    else:
+        span = _root_span(tracer, trace_id, "ego.send_command", attributes)
+    return span, trace.set_span_in_context(span)
+
+
+def end_send(span: Any, result: Any, error: BaseException | None, sync: bool) -> None:
+    """Ends a caller span: `result` is ``(state, revision)``, or `error` what the call raised
+    (`sync`: out of ``send_command``, recorded as ``start_as_current_span`` records it;
+    otherwise out of ``send_command_async`` before any future existed)."""
+    if error is None:
+        span.set_attribute("ego.outcome", "ok")
+        span.set_attribute("ego.revision", result[1])
+    else:
+        span.set_attribute("ego.outcome", _outcome(error))
+        if not sync:
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, str(error)))
+        elif isinstance(error, Exception):
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    span.end()
+
+
+def settle(span: Any, future: Any) -> None:
+    """Ends the caller span of an asyncio send when its future is done."""
+    if future.cancelled():
+        span.set_attribute("ego.outcome", "cancelled")
+    elif (error := future.exception()) is not None:
+        span.set_attribute("ego.outcome", _outcome(error))
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    else:
+        span.set_attribute("ego.outcome", "ok")
+        span.set_attribute("ego.revision", future.result()[1])
+    span.end()
+
+
+def watch_send(span: Any, future: Any) -> None:
+    """Ends `span` (a sampled asyncio send's) when `future` is done."""
+    future.add_done_callback(functools.partial(settle, span))
 
 
 def start_command(tracer: Any, parent: Any, entity_id: str, entity_type: str, command_type: str) -> tuple[Any, Any]:

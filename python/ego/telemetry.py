@@ -51,6 +51,14 @@ count:
 
 With ``telemetry=None`` (the default) nothing is created: ``send_command`` is the plain Rust
 method and the core skips every hook.
+
+**Sampling.** With a sampler ego knows (``ParentBased`` with its default delegates over
+``ALWAYS_ON``, ``ALWAYS_OFF`` or ``TraceIdRatioBased``, or one of those alone; SDK tracer,
+random id generator), the Rust send methods take the SDK's sampling decision themselves: a
+sampled-out command creates no span and calls no Python function (its handler runs under a
+non-recording span of a new trace id, or in the caller's context). Other samplers go through
+a Python wrapper of the send methods that asks the SDK for every command. The spans exported
+are the same either way (docs/observability.md, "Cost").
 """
 
 from __future__ import annotations
@@ -60,7 +68,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ego import _ego
-from ego.errors import ConfigurationError, EgoError, HandlerContractError, ValidationError
+from ego.errors import ConfigurationError
 
 __all__ = ["Telemetry"]
 
@@ -96,44 +104,50 @@ class Telemetry:
         #: The meter instruments come from (None: no metrics).
         self.meter: Any = otel_metrics.get_meter("ego", __version__, meter_provider=meter_provider) if metrics else None
         self._instrumented: set[int] = set()
+        # With a sampler ego knows, the Rust sends take the sampling decisions (None: the
+        # Python wrappers ask the SDK for every command).
+        self._sampling_rule: tuple[bool, int] | None = None
+        if self.tracer is not None:
+            from ego._telemetry import sampling_rule
+
+            self._sampling_rule = sampling_rule(self.tracer)
 
     def _attach(self, engine: Any) -> None:
-        """Called by a starting engine: with traces on, wraps its sends in a caller span;
-        once per engine, creates its observable instruments. (The Rust sends count latency
-        themselves when metrics are on.)"""
-        if self.tracer is not None:
+        """Called by a starting engine: with traces on and a sampler ego does not know, wraps
+        its sends in a caller span; once per engine, creates its observable instruments. (The
+        Rust sends count latency themselves when metrics are on, and trace themselves with a
+        known sampler.)"""
+        if self.tracer is not None and self._sampling_rule is None:
             engine.send_command, engine.send_command_async = _senders(engine, self.tracer)
         if self.meter is not None and id(engine) not in self._instrumented:
             self._instrumented.add(id(engine))
             _instrument(self.meter, engine)
 
 
-def _outcome(error: BaseException) -> str:
-    if isinstance(error, (ValidationError, HandlerContractError)) or not isinstance(error, EgoError):
-        return "rejected"
-    return "failed"
-
-
-def _type_name(command: Any) -> str:
-    descriptor = getattr(command, "DESCRIPTOR", None)
-    return str(getattr(descriptor, "full_name", type(command).__qualname__))
-
-
 def _senders(engine: Any, tracer: Any) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """``send_command`` and ``send_command_async`` of an engine with traces: the Rust methods
-    wrapped in a caller span, whose context they carry to the handler."""
+    """``send_command`` and ``send_command_async`` of an engine whose sampler ego does not
+    know: the Rust methods wrapped in a caller span (the SDK takes every sampling decision),
+    whose context they carry to the handler."""
     observed = types.MethodType(_ego.EngineCore.send_command, engine)
     observed_async = types.MethodType(_ego.EngineCore.send_command_async, engine)
     from opentelemetry import trace
     from opentelemetry.trace import Status, StatusCode
 
+    from ego._telemetry import _outcome, _type_name, settle
+
     def send_command(
-        entity_id: str, command: Any, timeout: float | None = None, idempotency_key: str | None = None
+        entity_id: str,
+        command: Any,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> tuple[Any, int]:
         attributes = {"ego.entity_id": entity_id, "ego.command_type": _type_name(command)}
         with tracer.start_as_current_span("ego.send_command", attributes=attributes) as span:
             try:
-                state, revision = observed(entity_id, command, timeout, trace.set_span_in_context(span), idempotency_key)
+                state, revision = observed(
+                    entity_id, command, timeout, trace.set_span_in_context(span), idempotency_key, metadata
+                )
             except BaseException as e:
                 span.set_attribute("ego.outcome", _outcome(e))
                 raise
@@ -141,23 +155,17 @@ def _senders(engine: Any, tracer: Any) -> tuple[Callable[..., Any], Callable[...
             span.set_attribute("ego.revision", revision)
             return state, revision
 
-    def settle(span: Any, future: Any) -> None:
-        if future.cancelled():
-            span.set_attribute("ego.outcome", "cancelled")
-        elif (error := future.exception()) is not None:
-            span.set_attribute("ego.outcome", _outcome(error))
-            span.record_exception(error)
-            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-        else:
-            span.set_attribute("ego.outcome", "ok")
-            span.set_attribute("ego.revision", future.result()[1])
-        span.end()
-
-    def send_command_async(entity_id: str, command: Any, idempotency_key: str | None = None) -> Any:
+    def send_command_async(
+        entity_id: str,
+        command: Any,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> Any:
         attributes = {"ego.entity_id": entity_id, "ego.command_type": _type_name(command)}
         span = tracer.start_span("ego.send_command", attributes=attributes)
         try:
-            future = observed_async(entity_id, command, trace.set_span_in_context(span), idempotency_key)
+            future = observed_async(entity_id, command, trace.set_span_in_context(span), idempotency_key, timeout, metadata)
         except BaseException as e:
             span.set_attribute("ego.outcome", _outcome(e))
             span.record_exception(e)

@@ -23,7 +23,7 @@ use crate::options::EntityOptions;
 use crate::pystore::PyStore;
 use crate::reply::{outcome_into_result, settle_now, waker_for, AsyncReply, Bulk, Reply, SyncSlot};
 use crate::store::NativeStore;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Telemetry, Tracing};
 use crate::types::describe;
 
 type Core = Engine<PyHost>;
@@ -413,13 +413,22 @@ impl EngineCore {
         metadata: Option<std::collections::HashMap<String, String>>,
     ) -> PyResult<Py<PyAny>> {
         let core = self.core(py)?;
-        let timer = Self::timer(&core);
-        Self::check_message(&core, py, "a command", command)?;
-        let key = idempotency_key.map(|k| keyed(&core, command, k)).transpose()?;
-        let command = PyCommand { msg: command.clone().unbind(), trace: trace_context, metadata: checked_metadata(py, metadata)? };
-        let result = self.blocking(py, entity_id, timeout, |core, reply| core.send_keyed(py, entity_id, command, key, reply));
-        if let Some((sent, t)) = timer {
-            t.latency.record(sent.elapsed());
+        let tracing = core.shared().host().tracing_of();
+        let (trace, span) = Tracing::carry(tracing, py, trace_context, entity_id, command)?;
+        let send = || {
+            let timer = Self::timer(&core);
+            Self::check_message(&core, py, "a command", command)?;
+            let key = idempotency_key.map(|k| keyed(&core, command, k)).transpose()?;
+            let command = PyCommand { msg: command.clone().unbind(), trace, metadata: checked_metadata(py, metadata)? };
+            let result = self.blocking(py, entity_id, timeout, |core, reply| core.send_keyed(py, entity_id, command, key, reply));
+            if let Some((sent, t)) = timer {
+                t.latency.record(sent.elapsed());
+            }
+            result
+        };
+        let result = send();
+        if let (Some(t), Some(span)) = (tracing, span) {
+            t.end_send(py, span, &result);
         }
         result
     }
@@ -507,14 +516,24 @@ impl EngineCore {
         timeout: Option<f64>,
         metadata: Option<std::collections::HashMap<String, String>>,
     ) -> PyResult<Py<PyAny>> {
-        let mut key = None;
-        if let Ok(core) = self.core(py) {
-            Self::check_message(&core, py, "a command", command)?;
-            key = idempotency_key.map(|k| keyed(&core, command, k)).transpose()?;
+        let core = self.core(py).ok();
+        let tracing = core.as_ref().and_then(|c| c.shared().host().tracing_of());
+        let (trace, span) = Tracing::carry(tracing, py, trace_context, entity_id, command)?;
+        let send = || {
+            let mut key = None;
+            if let Some(core) = &core {
+                Self::check_message(core, py, "a command", command)?;
+                key = idempotency_key.map(|k| keyed(core, command, k)).transpose()?;
+            }
+            let command = PyCommand { msg: command.clone().unbind(), trace, metadata: checked_metadata(py, metadata)? };
+            let deadline = timeout.map(|t| (entity_id, t));
+            self.non_blocking_timed(py, true, deadline, |core, reply| core.send_keyed(py, entity_id, command, key, reply))
+        };
+        let future = send();
+        if let (Some(t), Some(span)) = (tracing, span) {
+            t.watch_send(py, span, &future);
         }
-        let command = PyCommand { msg: command.clone().unbind(), trace: trace_context, metadata: checked_metadata(py, metadata)? };
-        let deadline = timeout.map(|t| (entity_id, t));
-        self.non_blocking_timed(py, true, deadline, |core, reply| core.send_keyed(py, entity_id, command, key, reply))
+        future
     }
 
     /// The confirmed `(state, revision)` of an entity, after the commands sent before.

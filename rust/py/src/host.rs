@@ -143,7 +143,7 @@ impl PyHost {
         out
     }
 
-    fn tracing_of(&self) -> Option<&crate::telemetry::Tracing> {
+    pub fn tracing_of(&self) -> Option<&crate::telemetry::Tracing> {
         self.telemetry.as_ref()?.tracing.as_ref()
     }
 
@@ -440,7 +440,7 @@ impl Host for PyHost {
     fn trace_write(&self, py: Python<'_>, parent: &Py<PyAny>, id: &str, events: usize, revision: u64) -> Option<Py<PyAny>> {
         let started = self.tracing_of()?.start_write(py, parent, id, events, revision);
         // None: the command's trace was sampled out.
-        self.traced(py, "starting a write span", started).filter(|span| !span.is_none(py))
+        self.traced(py, "starting a write span", started).flatten()
     }
 
     fn end_write_trace(&self, py: Python<'_>, trace: Py<PyAny>, error: Option<&Error>, end_nanos: i64) {

@@ -1,11 +1,27 @@
 //! Telemetry of the Python host: spans through the OpenTelemetry API (the helpers of
 //! `ego._telemetry`, called only when tracing is on) and the counters behind the observable
 //! metrics (atomics, so commands never call into Python to be counted).
+//!
+//! **Sampling decided here.** When the tracer's sampler is one whose rule is known
+//! (`ParentBased` over `ALWAYS_ON`, `ALWAYS_OFF` or `TraceIdRatioBased`, or one of those alone;
+//! see `ego._telemetry.sampling_rule`), the send methods take the sampling decision of a
+//! command themselves, before any span exists: they read the caller's OpenTelemetry context
+//! (the context variable the API keeps it in), follow its span's sampled flag (parent based) or
+//! apply the trace-id ratio rule of the SDK (the low 64 bits of the trace id below the bound)
+//! to the parent's trace id or to a new random one. A sampled-out command then creates no
+//! span at all: its handler runs in the caller's context, or, without a parent, in a context
+//! whose current span is a [`SampledOut`] span (not recording, with the new trace id), so the
+//! spans the handler opens are sampled out with it, as with the SDK. Other samplers keep the
+//! Python wrappers (`ego.telemetry._senders`), which ask the SDK for every command.
 
+use std::cell::Cell;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
 
 /// Upper bounds (ms) of the command latency histogram's buckets (a last bucket takes the rest).
 pub const LATENCY_BOUNDS_MS: [f64; 19] =
@@ -37,6 +53,8 @@ impl Latency {
 /// The span helpers and the tracer.
 pub struct Tracing {
     tracer: Py<PyAny>,
+    /// Sampling decided in Rust (a known sampler), or None (the Python wrappers decide).
+    pub fast: Option<Fast>,
     start_command: Py<PyAny>,
     end_command: Py<PyAny>,
     start_write: Py<PyAny>,
@@ -65,7 +83,10 @@ impl Telemetry {
         } else {
             let helpers = py.import("ego._telemetry")?;
             let get = |name: &str| helpers.getattr(name).map(Bound::unbind);
+            let rule: Option<(bool, u128)> = settings.getattr("_sampling_rule")?.extract()?;
+            let fast = rule.map(|(parent_based, bound)| Fast::new(&helpers, parent_based, bound)).transpose()?;
             Some(Tracing {
+                fast,
                 tracer: tracer.unbind(),
                 start_command: get("start_command")?,
                 end_command: get("end_command")?,
@@ -80,7 +101,8 @@ impl Telemetry {
 }
 
 impl Tracing {
-    /// Starts (and makes current) the span of a command; `parent` is the caller's context.
+    /// Starts (and makes current) the span of a command; `parent` is the caller's context, or
+    /// an [`Unsampled`] context (the send methods sampled the command out: attached, no span).
     pub fn start_command(
         &self,
         py: Python<'_>,
@@ -89,17 +111,86 @@ impl Tracing {
         entity_type: &str,
         command_type: &str,
     ) -> PyResult<Py<PyAny>> {
+        if let (Some(fast), Some(parent)) = (&self.fast, parent) {
+            if let Ok(unsampled) = parent.bind(py).cast::<Unsampled>() {
+                // The handle is the context variable's token.
+                return fast
+                    .current
+                    .bind(py)
+                    .call_method1(pyo3::intern!(py, "set"), (unsampled.get().context.bind(py),))
+                    .map(Bound::unbind);
+            }
+        }
         self.start_command.bind(py).call1((self.tracer.bind(py), parent, id, entity_type, command_type)).map(Bound::unbind)
+    }
+
+    /// With sampling decided in Rust: the decision for a command sent now (None: the Python
+    /// wrappers decide).
+    pub fn begin_send(&self, py: Python<'_>, entity_id: &str, command: &Bound<'_, PyAny>) -> PyResult<Option<Begun>> {
+        self.fast.as_ref().map(|fast| fast.begin(py, &self.tracer, entity_id, command)).transpose()
+    }
+
+    /// What a send carries to the handler and the caller span it ends (when sampled), for a
+    /// command sent with `trace_context` (given by the Python wrappers: carried as it is).
+    pub fn carry(
+        tracing: Option<&Tracing>,
+        py: Python<'_>,
+        trace_context: Option<Py<PyAny>>,
+        entity_id: &str,
+        command: &Bound<'_, PyAny>,
+    ) -> PyResult<Carried> {
+        if trace_context.is_some() {
+            return Ok((trace_context, None));
+        }
+        Ok(match tracing.map(|t| t.begin_send(py, entity_id, command)).transpose()?.flatten() {
+            Some(Begun::Out(context)) => (Some(context), None),
+            Some(Begun::In(span, context)) => (Some(context), Some(span)),
+            None => (None, None),
+        })
+    }
+
+    /// Ends the caller span of a sampled command sent with `send_command`: `result` is its
+    /// `(state, revision)` or its error.
+    pub fn end_send(&self, py: Python<'_>, span: Py<PyAny>, result: &PyResult<Py<PyAny>>) {
+        if let Some(fast) = &self.fast {
+            fast.end(py, span, result, true);
+        }
+    }
+
+    /// Ends the caller span of a sampled command sent with `send_command_async` when its
+    /// future is done (or now, when the call itself failed).
+    pub fn watch_send(&self, py: Python<'_>, span: Py<PyAny>, future: &PyResult<Py<PyAny>>) {
+        let Some(fast) = &self.fast else { return };
+        match future {
+            Ok(future) => {
+                if let Err(e) = fast.watch_send.bind(py).call1((span, future)) {
+                    e.write_unraisable(py, None);
+                }
+            }
+            Err(_) => fast.end(py, span, future, false),
+        }
+    }
+
+    /// Whether `handle` is the token of a sampled-out command's context.
+    fn unsampled<'py>(&self, handle: &Bound<'py, PyAny>) -> Option<&Fast> {
+        self.fast.as_ref().filter(|fast| handle.get_type().is(fast.token_type.bind(handle.py())))
     }
 
     /// Ends a command's span.
     pub fn end_command(&self, py: Python<'_>, handle: &Py<PyAny>, outcome: &str, revision: u64) -> PyResult<()> {
+        if let Some(fast) = self.unsampled(handle.bind(py)) {
+            return fast.current.bind(py).call_method1(pyo3::intern!(py, "reset"), (handle,)).map(|_| ());
+        }
         self.end_command.bind(py).call1((handle, outcome, revision)).map(|_| ())
     }
 
-    /// Starts a write's span under a command's.
-    pub fn start_write(&self, py: Python<'_>, parent: &Py<PyAny>, id: &str, events: usize, revision: u64) -> PyResult<Py<PyAny>> {
-        self.start_write.bind(py).call1((self.tracer.bind(py), parent, id, events, revision)).map(Bound::unbind)
+    /// Starts a write's span under a command's; None when the command was sampled out.
+    pub fn start_write(&self, py: Python<'_>, parent: &Py<PyAny>, id: &str, events: usize, revision: u64) -> PyResult<Option<Py<PyAny>>> {
+        if self.unsampled(parent.bind(py)).is_some() {
+            return Ok(None);
+        }
+        let span = self.start_write.bind(py).call1((self.tracer.bind(py), parent, id, events, revision))?;
+        Ok((!span.is_none()).then(|| span.unbind()))
     }
 
     /// Ends a write's span.
@@ -115,5 +206,209 @@ impl Tracing {
     /// Ends a projection batch's span.
     pub fn end_batch(&self, py: Python<'_>, handle: &Py<PyAny>, error: Option<String>) -> PyResult<()> {
         self.end_batch.bind(py).call1((handle, error)).map(|_| ())
+    }
+}
+
+/// What a send carries to the handler (the `trace` of its command) and the caller span it
+/// ends, if any.
+pub type Carried = (Option<Py<PyAny>>, Option<Py<PyAny>>);
+
+/// A sampled-out command's context, carried from the caller to the handler (attached while
+/// it runs).
+#[pyclass(frozen)]
+pub struct Unsampled {
+    context: Py<PyAny>,
+}
+
+/// The current span while the handler of a sampled-out command without a parent runs: not
+/// recording, with the trace id the sampling decision was taken on (the SDK's
+/// `NonRecordingSpan` of a dropped root span). Its `SpanContext` is made on first use.
+/// Registered as an `opentelemetry.trace.Span`.
+#[pyclass(frozen, module = "ego._telemetry")]
+pub struct SampledOut {
+    trace_id: u128,
+    span_id: u64,
+    make_context: Py<PyAny>,
+    context: OnceLock<Py<PyAny>>,
+}
+
+#[pymethods]
+impl SampledOut {
+    fn get_span_context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        if let Some(c) = self.context.get() {
+            return Ok(c.clone_ref(py));
+        }
+        let c = self.make_context.bind(py).call1((self.trace_id, self.span_id))?.unbind();
+        Ok(self.context.get_or_init(|| c).clone_ref(py))
+    }
+
+    fn is_recording(&self) -> bool {
+        false
+    }
+
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn end(&self, _args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) {}
+
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn set_attributes(&self, _args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) {}
+
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn set_attribute(&self, _args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) {}
+
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn add_event(&self, _args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) {}
+
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn add_link(&self, _args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) {}
+
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn update_name(&self, _args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) {}
+
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn set_status(&self, _args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) {}
+
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn record_exception(&self, _args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) {}
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, _args: &Bound<'_, PyTuple>) {}
+
+    fn __repr__(&self) -> String {
+        format!("SampledOut(trace_id=0x{:032x}, span_id=0x{:016x})", self.trace_id, self.span_id)
+    }
+}
+
+/// Sampling decided in Rust: the sampler's rule and what reading the caller's context takes.
+pub struct Fast {
+    /// Parent based: a valid parent's sampled flag decides; otherwise (or without a parent)
+    /// the root rule: sampled when the low 64 bits of the trace id are below `bound`
+    /// (`2**64`: always; 0: never).
+    parent_based: bool,
+    bound: u128,
+    /// The context variable the OpenTelemetry API keeps the current context in.
+    current: Py<PyAny>,
+    token_type: Py<PyAny>,
+    /// The key of the current span in a context, `opentelemetry.trace.Span`, `Context`.
+    span_key: Py<PyAny>,
+    span_abc: Py<PyAny>,
+    context_type: Py<PyAny>,
+    /// `(trace_id, span_id) -> SpanContext` of a sampled-out root.
+    make_context: Py<PyAny>,
+    /// `(tracer, trace_id or None, entity_id, command) -> (span, context)`: a sampled
+    /// command's caller span; `end_send(span, result, error)`; `watch_send(span, future)`.
+    start_send: Py<PyAny>,
+    end_send: Py<PyAny>,
+    watch_send: Py<PyAny>,
+}
+
+/// What a send does about its command's trace.
+pub enum Begun {
+    /// Sampled out: the context to carry (an [`Unsampled`]).
+    Out(Py<PyAny>),
+    /// Sampled: the caller's span (ended by the send) and the context to carry.
+    In(Py<PyAny>, Py<PyAny>),
+}
+
+thread_local! {
+    static RNG: Cell<u64> = Cell::new(std::collections::hash_map::RandomState::new().build_hasher().finish() | 1);
+}
+
+/// A random non-zero u64 (wyrand over a per-thread state seeded from the OS's randomness).
+fn random_u64() -> u64 {
+    RNG.with(|s| loop {
+        let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
+        s.set(x);
+        let t = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
+        let r = (t >> 64) as u64 ^ t as u64;
+        if r != 0 {
+            return r;
+        }
+    })
+}
+
+impl Fast {
+    fn new(helpers: &Bound<'_, PyAny>, parent_based: bool, bound: u128) -> PyResult<Fast> {
+        let py = helpers.py();
+        let get = |name: &str| helpers.getattr(name).map(Bound::unbind);
+        let span_abc = py.import("opentelemetry.trace")?.getattr("Span")?;
+        span_abc.call_method1("register", (py.get_type::<SampledOut>(),))?;
+        Ok(Fast {
+            parent_based,
+            bound,
+            current: get("CURRENT_CONTEXT")?,
+            token_type: py.import("contextvars")?.getattr("Token")?.unbind(),
+            span_key: get("SPAN_KEY")?,
+            span_abc: span_abc.unbind(),
+            context_type: py.import("opentelemetry.context")?.getattr("Context")?.unbind(),
+            make_context: get("unsampled_context")?,
+            start_send: get("start_send")?,
+            end_send: get("end_send")?,
+            watch_send: get("watch_send")?,
+        })
+    }
+
+    /// Takes the sampling decision of a command sent now, from the caller's current context.
+    pub fn begin(&self, py: Python<'_>, tracer: &Py<PyAny>, entity_id: &str, command: &Bound<'_, PyAny>) -> PyResult<Begun> {
+        let context = self.current.bind(py).call_method0(pyo3::intern!(py, "get"))?;
+        let mut parent: Option<(u128, bool)> = None;
+        if let Ok(dict) = context.cast::<PyDict>() {
+            if let Some(span) = dict.get_item(self.span_key.bind(py))? {
+                if span.is_instance(self.span_abc.bind(py))? {
+                    let sc = span.call_method0(pyo3::intern!(py, "get_span_context"))?;
+                    if let Ok(sc) = sc.cast::<PyTuple>() {
+                        // SpanContext: (trace_id, span_id, is_remote, trace_flags, trace_state, is_valid)
+                        if sc.len() >= 6 && sc.get_item(5)?.is_truthy()? {
+                            let trace_id: u128 = sc.get_item(0)?.extract()?;
+                            let flags: u8 = sc.get_item(3)?.extract()?;
+                            parent = Some((trace_id, flags & 1 == 1));
+                        }
+                    }
+                }
+            }
+        }
+        let below = |id: u128| u128::from(id as u64) < self.bound;
+        let (trace_id, sampled) = match parent {
+            Some((id, sampled)) if self.parent_based => (id, sampled),
+            Some((id, _)) => (id, below(id)),
+            None => {
+                let id = (u128::from(random_u64()) << 64) | u128::from(random_u64());
+                (id, below(id))
+            }
+        };
+        if sampled {
+            let root = parent.is_none().then_some(trace_id);
+            let (span, context): (Py<PyAny>, Py<PyAny>) =
+                self.start_send.bind(py).call1((tracer.bind(py), root, entity_id, command))?.extract()?;
+            return Ok(Begun::In(span, context));
+        }
+        let context = if parent.is_some() {
+            context.unbind()
+        } else {
+            let span =
+                SampledOut { trace_id, span_id: random_u64(), make_context: self.make_context.clone_ref(py), context: OnceLock::new() };
+            let values = match context.cast::<PyDict>() {
+                Ok(d) if !d.is_empty() => d.copy()?,
+                _ => PyDict::new(py),
+            };
+            values.set_item(self.span_key.bind(py), Bound::new(py, span)?)?;
+            self.context_type.bind(py).call1((values,))?.unbind()
+        };
+        Ok(Begun::Out(Bound::new(py, Unsampled { context })?.into_any().unbind()))
+    }
+
+    /// Ends a sampled command's caller span: `result` is `(state, revision)`, or the error;
+    /// `sync`: raised to a `send_command` caller (recorded as the SDK's `use_span` does).
+    fn end(&self, py: Python<'_>, span: Py<PyAny>, result: &PyResult<Py<PyAny>>, sync: bool) {
+        let r = match result {
+            Ok(r) => self.end_send.bind(py).call1((span, r, py.None(), sync)),
+            Err(e) => self.end_send.bind(py).call1((span, py.None(), e.value(py), sync)),
+        };
+        if let Err(e) = r {
+            e.write_unraisable(py, None);
+        }
     }
 }

@@ -1,0 +1,317 @@
+"""The spans exported when ego takes the sampling decisions itself (a sampler it knows, see
+``ego._telemetry.sampling_rule``) are the spans the OpenTelemetry SDK path exports (the same
+sampler wrapped in a class ego does not know, so the SDK is asked for every command): same
+names, kinds, parents, attributes, links, status, events, scope and resource, for a plain
+command, a rejected one, a failed write, a batched write, a handler that opens its own span,
+async callers and projections. And a sampled-out command exports nothing, its handler's
+spans included."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from test_python_store import Broken
+from waiting import wait_until
+
+import ego
+
+from bank_pb2 import Account, Credit, Debit, OpenAccount
+from domain import AccountBehavior, InsufficientFunds
+
+# The provider of the run in progress: handlers open their spans with it.
+PROVIDER: list[TracerProvider] = []
+
+
+class OwnSpan(AccountBehavior):
+    """Opens a span of its own inside the handler: it must nest under ego.command."""
+
+    def handle_command(self, command: Any, state: Account) -> Any:
+        with PROVIDER[-1].get_tracer("handler").start_as_current_span("inside the handler") as span:
+            span.set_attribute("amount", getattr(command, "amount", getattr(command, "initial_balance", 0)))
+            return super().handle_command(command, state)
+
+
+class Unknown(Sampler):
+    """The same decisions as `inner`, in a class ego does not know: the SDK path."""
+
+    def __init__(self, inner: Sampler) -> None:
+        self.inner = inner
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.should_sample(*args, **kwargs)
+
+    def get_description(self) -> str:
+        return self.inner.get_description()
+
+
+def traced(sampler: Sampler) -> tuple[TracerProvider, InMemorySpanExporter]:
+    provider = TracerProvider(sampler=sampler)
+    spans = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    return provider, spans
+
+
+Scenario = Callable[[ego.Engine, trace.Tracer], None]
+
+
+def run(
+    scenario: Scenario, sampler: Sampler, store: Callable[[], Any] = ego.MemoryStore, fast: bool = True, **options: Any
+) -> list[ReadableSpan]:
+    provider, spans = traced(sampler if fast else Unknown(sampler))
+    PROVIDER.append(provider)
+    try:
+        telemetry = ego.Telemetry(tracer_provider=provider, metrics=False)
+        assert (telemetry._sampling_rule is not None) == fast
+        with ego.Engine("equivalence", store=store(), telemetry=telemetry) as engine:
+            engine.register_entity_type(OwnSpan, prefix="acc-", **options)
+            scenario(engine, provider.get_tracer("caller"))
+        return list(spans.get_finished_spans())
+    finally:
+        PROVIDER.pop()
+        provider.shutdown()
+
+
+def shape(spans: list[ReadableSpan]) -> list[tuple[Any, ...]]:
+    """What must not change, ids replaced by what they point at: per span its name, kind,
+    parent (by name and attributes; remote or not), attributes, status, events (the
+    exception's stack trace left out: it shows the caller's frames), links, scope, resource,
+    sampled flag and whether its trace is its parent's."""
+    by_id = {s.context.span_id: s for s in spans}
+
+    def label(s: ReadableSpan | None) -> Any:
+        return None if s is None else (s.name, tuple(sorted(s.attributes.items())))
+
+    out = []
+    for s in spans:
+        parent = by_id.get(s.parent.span_id) if s.parent is not None else None
+        events = tuple(
+            (e.name, tuple(sorted((k, v) for k, v in e.attributes.items() if k != "exception.stacktrace"))) for e in s.events
+        )
+        out.append(
+            (
+                s.name,
+                s.kind,
+                label(parent),
+                s.parent is not None and s.parent.is_remote,
+                tuple(sorted(s.attributes.items())),
+                (s.status.status_code, s.status.description),
+                events,
+                tuple((label(by_id.get(link.context.span_id)), tuple(link.attributes.items())) for link in s.links),
+                (s.instrumentation_scope.name, s.instrumentation_scope.version) if s.instrumentation_scope else None,
+                tuple(sorted(s.resource.attributes.items())),
+                s.context.trace_flags,
+                s.context.trace_state.to_header(),
+                parent is None or parent.context.trace_id == s.context.trace_id,
+            )
+        )
+        if parent is not None:
+            # (A write ends after its command: only the starts are ordered.)
+            assert parent.start_time <= s.start_time, (s.name, parent.name)  # type: ignore[operator]
+    return sorted(out, key=repr)
+
+
+ALWAYS = ParentBased(ALWAYS_ON)
+
+
+def same(scenario: Scenario, sampler: Sampler = ALWAYS, **kw: Any) -> list[tuple[Any, ...]]:
+    fast = shape(run(scenario, sampler, fast=True, **kw))
+    sdk = shape(run(scenario, sampler, fast=False, **kw))
+    assert fast == sdk
+    return fast
+
+
+def names(result: list[tuple[Any, ...]]) -> list[str]:
+    return sorted(s[0] for s in result)
+
+
+def test_a_plain_command_with_and_without_a_caller_span() -> None:
+    def scenario(engine: ego.Engine, tracer: trace.Tracer) -> None:
+        with tracer.start_as_current_span("request"):
+            engine.send_command("acc-1", OpenAccount(initial_balance=100))
+        engine.send_command("acc-1", Credit(amount=5))
+
+    result = same(scenario)
+    assert names(result) == sorted(["request"] + ["ego.send_command", "ego.command", "ego.persist", "inside the handler"] * 2)
+    (root_send,) = [s for s in result if s[0] == "ego.send_command" and s[2] is None]
+    assert dict(root_send[4]) == {
+        "ego.entity_id": "acc-1",
+        "ego.command_type": "bank.v1.Credit",
+        "ego.outcome": "ok",
+        "ego.revision": 2,
+    }
+    assert root_send[10] & TraceFlags.SAMPLED
+
+
+def test_a_rejected_command() -> None:
+    def scenario(engine: ego.Engine, tracer: trace.Tracer) -> None:
+        engine.send_command("acc-1", OpenAccount(initial_balance=10))
+        with pytest.raises(InsufficientFunds):
+            engine.send_command("acc-1", Debit(amount=50))
+        with tracer.start_as_current_span("request"), pytest.raises(InsufficientFunds):
+            engine.send_command("acc-1", Debit(amount=60))
+
+    result = same(scenario)
+    rejected = [s for s in result if s[0] == "ego.send_command" and dict(s[4])["ego.outcome"] == "rejected"]
+    assert len(rejected) == 2
+    assert all(s[6][0][0] == "exception" for s in rejected)
+
+
+def test_a_failed_write() -> None:
+    def scenario(engine: ego.Engine, tracer: trace.Tracer) -> None:
+        with pytest.raises(ego.errors.StoreError):
+            engine.send_command("acc-1", OpenAccount(initial_balance=0))
+
+        async def main() -> None:
+            with pytest.raises(ego.errors.StoreError):
+                await engine.send_command_async("acc-2", OpenAccount(initial_balance=0))
+
+        asyncio.run(main())
+
+    result = same(scenario, store=Broken)
+    persists = [s for s in result if s[0] == "ego.persist"]
+    assert len(persists) == 2 and all(p[5][0] == trace.StatusCode.ERROR for p in persists)
+    sends = [s for s in result if s[0] == "ego.send_command"]
+    assert [dict(s[4])["ego.outcome"] for s in sends] == ["failed", "failed"]
+
+
+def test_batched_writes_and_async_callers() -> None:
+    """Fifty asyncio callers, each in a span of its own, on one entity that batches: every
+    command nests under its caller; each write under a command it persists."""
+
+    def scenario(engine: ego.Engine, tracer: trace.Tracer) -> None:
+        engine.send_command("acc-1", OpenAccount(initial_balance=0))
+
+        async def one(i: int) -> None:
+            with tracer.start_as_current_span(f"caller {i}"):
+                await engine.send_command_async("acc-1", Credit(amount=1))
+
+        async def main() -> None:
+            await asyncio.gather(*(one(i) for i in range(50)))
+            with pytest.raises(InsufficientFunds):
+                await engine.send_command_async("acc-1", Debit(amount=1000))
+
+        asyncio.run(main())
+
+    def unbatched(result: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        # How commands fall into batches depends on timing: writes are compared apart.
+        return [s for s in result if s[0] != "ego.persist" and (s[2] or ("",))[0] != "ego.persist"]
+
+    fast = shape(run(scenario, ParentBased(ALWAYS_ON), batch_threshold=10, batch_flush_window=0.001))
+    sdk = shape(run(scenario, ParentBased(ALWAYS_ON), fast=False, batch_threshold=10, batch_flush_window=0.001))
+    assert unbatched(fast) == unbatched(sdk)
+    for result in (fast, sdk):
+        persists = [s for s in result if s[0] == "ego.persist"]
+        assert sum(dict(p[4])["ego.events"] for p in persists) == 51
+        assert len(persists) < 51  # batched
+        assert all(p[2][0] == "ego.command" for p in persists)
+        sends = [s for s in result if s[0] == "ego.send_command"]
+        assert len(sends) == 52 and sum(1 for s in sends if s[2] and s[2][0].startswith("caller ")) == 50
+        assert sorted(dict(s[4])["ego.outcome"] for s in sends).count("rejected") == 1
+
+
+def test_projection_batches() -> None:
+    def scenario(engine: ego.Engine, tracer: trace.Tracer) -> None:
+        seen: list[Any] = []
+
+        def handler(events: list[ego.PersistedEvent]) -> None:
+            with PROVIDER[-1].get_tracer("read model").start_as_current_span("read model write"):
+                seen.extend(events)
+
+        for i in range(5):
+            engine.send_command(f"acc-{i}", OpenAccount(initial_balance=i))
+        engine.add_projection("balances", handler, offset_store=ego.MemoryStore())
+        wait_until(lambda: len(seen) >= 5, what="the projection's five events")
+        engine.remove_projection("balances")
+
+    for result in (shape(run(scenario, ParentBased(ALWAYS_ON))), shape(run(scenario, ParentBased(ALWAYS_ON), fast=False))):
+        batches = [s for s in result if s[0] == "ego.projection.batch"]
+        assert sum(dict(b[4])["ego.events"] for b in batches) == 5
+        assert {dict(b[4])["ego.projection"] for b in batches} == {"balances"}
+        assert all(s[2][0] == "ego.projection.batch" for s in result if s[0] == "read model write")
+
+
+def test_ratio_sampling_keeps_or_drops_whole_traces() -> None:
+    """ParentBased(TraceIdRatioBased(0.5)), decided in Rust: about half of the commands are
+    traced, each traced one with all its spans (its handler's included) in one trace; a
+    command under a caller span follows the caller's decision."""
+
+    def scenario(engine: ego.Engine, tracer: trace.Tracer) -> None:
+        for i in range(200):
+            engine.send_command(f"acc-{i}", OpenAccount(initial_balance=i))
+
+        async def main() -> None:
+            await asyncio.gather(*(engine.send_command_async(f"acc-{i}", Credit(amount=1)) for i in range(200)))
+
+        asyncio.run(main())
+        unsampled = NonRecordingSpan(SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(0)))
+        with trace.use_span(unsampled):
+            engine.send_command("acc-1", Credit(amount=1))
+        sampled = NonRecordingSpan(SpanContext(0xABD, 0xDEF, is_remote=True, trace_flags=TraceFlags(1)))
+        with trace.use_span(sampled):
+            engine.send_command("acc-2", Credit(amount=1))
+
+    spans = run(scenario, ParentBased(TraceIdRatioBased(0.5)))
+    traces: dict[int, list[str]] = {}
+    for s in spans:
+        traces.setdefault(s.context.trace_id, []).append(s.name)
+    assert 100 < len(traces) < 300  # 401 commands, 1 followed a sampled parent
+    for trace_id, in_trace in traces.items():
+        assert sorted(in_trace) == ["ego.command", "ego.persist", "ego.send_command", "inside the handler"], trace_id
+        assert trace_id & ((1 << 64) - 1) < TraceIdRatioBased(0.5).bound or trace_id == 0xABD
+    assert 0xABD in traces and 0xABC not in traces
+
+
+def test_a_sampled_out_command_runs_its_handler_in_a_sampled_out_trace() -> None:
+    """ALWAYS_OFF: nothing is exported; the handler's current span is valid and not
+    recording, a new trace per command (the SDK's dropped root span)."""
+    seen: list[Any] = []
+
+    class Looks(AccountBehavior):
+        def handle_command(self, command: Any, state: Account) -> Any:
+            span = trace.get_current_span()
+            seen.append((span.is_recording(), span.get_span_context()))
+            return super().handle_command(command, state)
+
+    provider, spans = traced(ALWAYS_OFF)
+    with ego.Engine("sampled-out", telemetry=ego.Telemetry(tracer_provider=provider, metrics=False)) as engine:
+        engine.register_entity_type(Looks, prefix="acc-", batch_threshold=5)
+        engine.send_command("acc-1", OpenAccount(initial_balance=0))
+
+        async def many() -> None:
+            await asyncio.gather(*(engine.send_command_async("acc-1", Credit(amount=1)) for _ in range(20)))
+
+        asyncio.run(many())
+        assert engine.get_state("acc-1")[1] == 21
+        assert type(engine.send_command).__name__ == "builtin_function_or_method"  # no wrapper
+    assert spans.get_finished_spans() == ()
+    assert len(seen) == 21
+    assert all(not recording and c.is_valid and not c.trace_flags.sampled and not c.is_remote for recording, c in seen)
+    assert len({c.trace_id for _, c in seen}) == 21
+    provider.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("sampler", "rule"),
+    [
+        (ParentBased(ALWAYS_ON), (True, 1 << 64)),
+        (ParentBased(ALWAYS_OFF), (True, 0)),
+        (ParentBased(TraceIdRatioBased(0.01)), (True, TraceIdRatioBased(0.01).bound)),
+        (TraceIdRatioBased(0.25), (False, TraceIdRatioBased(0.25).bound)),
+        (ALWAYS_ON, (False, 1 << 64)),
+        (ParentBased(ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON), None),
+        (Unknown(ALWAYS_ON), None),
+    ],
+)
+def test_which_samplers_are_decided_in_rust(sampler: Sampler, rule: Any) -> None:
+    provider, _ = traced(sampler)
+    assert ego.Telemetry(tracer_provider=provider)._sampling_rule == rule
+    provider.shutdown()
