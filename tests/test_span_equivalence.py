@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from opentelemetry import trace
@@ -23,6 +23,7 @@ from test_python_store import Broken
 from waiting import wait_until
 
 import ego
+from ego import _telemetry
 
 from bank_pb2 import Account, Credit, Debit, OpenAccount
 from domain import AccountBehavior, InsufficientFunds
@@ -40,6 +41,29 @@ class OwnSpan(AccountBehavior):
             return super().handle_command(command, state)
 
 
+class Annotating(AccountBehavior):
+    """Annotates the current span (ego.command) from inside the handler: attributes, an
+    event, a status."""
+
+    def handle_command(self, command: Any, state: Account) -> Any:
+        span = trace.get_current_span()
+        span.set_attribute("handler.saw", type(command).__name__)
+        span.add_event("checked", {"balance": state.balance})
+        if isinstance(command, Debit):
+            span.set_status(trace.StatusCode.OK)
+        return super().handle_command(command, state)
+
+
+class OnStart(SimpleSpanProcessor):
+    """A processor that does something when a span starts: ego cannot make spans without
+    the SDK for it."""
+
+    started: ClassVar[list[str]] = []
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        self.started.append(span.name)
+
+
 class Unknown(Sampler):
     """The same decisions as `inner`, in a class ego does not know: the SDK path."""
 
@@ -53,10 +77,12 @@ class Unknown(Sampler):
         return self.inner.get_description()
 
 
-def traced(sampler: Sampler) -> tuple[TracerProvider, InMemorySpanExporter]:
+def traced(
+    sampler: Sampler, processor: type[SimpleSpanProcessor] = SimpleSpanProcessor
+) -> tuple[TracerProvider, InMemorySpanExporter]:
     provider = TracerProvider(sampler=sampler)
     spans = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(spans))
+    provider.add_span_processor(processor(spans))
     return provider, spans
 
 
@@ -64,16 +90,25 @@ Scenario = Callable[[ego.Engine, trace.Tracer], None]
 
 
 def run(
-    scenario: Scenario, sampler: Sampler, store: Callable[[], Any] = ego.MemoryStore, fast: bool = True, **options: Any
+    scenario: Scenario,
+    sampler: Sampler,
+    store: Callable[[], Any] = ego.MemoryStore,
+    fast: bool = True,
+    behavior: type[AccountBehavior] = OwnSpan,
+    processor: type[SimpleSpanProcessor] = SimpleSpanProcessor,
+    **options: Any,
 ) -> list[ReadableSpan]:
-    provider, spans = traced(sampler if fast else Unknown(sampler))
+    provider, spans = traced(sampler if fast else Unknown(sampler), processor)
     PROVIDER.append(provider)
     try:
         telemetry = ego.Telemetry(tracer_provider=provider, metrics=False)
         assert (telemetry._sampling_rule is not None) == fast
         with ego.Engine("equivalence", store=store(), telemetry=telemetry) as engine:
-            engine.register_entity_type(OwnSpan, prefix="acc-", **options)
+            engine.register_entity_type(behavior, prefix="acc-", **options)
             scenario(engine, provider.get_tracer("caller"))
+        # Which way spans were made: by ego (LightSpan) unless a processor acts on start.
+        made_by_ego = _telemetry._LIGHT.get(id(telemetry.tracer), (None, None))[1] is not None
+        assert made_by_ego == (fast and processor is not OnStart)
         return list(spans.get_finished_spans())
     finally:
         PROVIDER.pop()
@@ -149,6 +184,33 @@ def test_a_plain_command_with_and_without_a_caller_span() -> None:
         "ego.revision": 2,
     }
     assert root_send[10] & TraceFlags.SAMPLED
+
+
+def test_a_handler_that_annotates_its_span() -> None:
+    """What the handler does to the current span (ego.command) is exported as the SDK would
+    export it: ego replays it on an SDK span."""
+
+    def scenario(engine: ego.Engine, tracer: trace.Tracer) -> None:
+        engine.send_command("acc-1", OpenAccount(initial_balance=10))
+        with pytest.raises(InsufficientFunds):
+            engine.send_command("acc-1", Debit(amount=50))
+
+    result = same(scenario, behavior=Annotating)
+    commands = [s for s in result if s[0] == "ego.command"]
+    assert len(commands) == 2
+    assert all(dict(c[4])["handler.saw"] in ("OpenAccount", "Debit") for c in commands)
+    assert all(c[6][0][0] == "checked" for c in commands)
+    # The handler's OK stands: the SDK ignores a later ERROR.
+    assert {c[5][0] for c in commands} == {trace.StatusCode.UNSET, trace.StatusCode.OK}
+
+
+def test_a_processor_that_acts_on_start_gets_sdk_spans() -> None:
+    def scenario(engine: ego.Engine, tracer: trace.Tracer) -> None:
+        engine.send_command("acc-1", OpenAccount(initial_balance=10))
+
+    OnStart.started.clear()
+    same(scenario, processor=OnStart)
+    assert OnStart.started.count("ego.command") == 2  # both paths
 
 
 def test_a_rejected_command() -> None:
