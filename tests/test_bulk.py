@@ -85,7 +85,9 @@ def test_bad_pairs_get_typed_errors_and_the_rest_runs(engine: ego.Engine) -> Non
         ("", Credit(amount=1)),
         ("nobody-\x00", Credit(amount=1)),
         ["a", Credit(amount=1)],
-        ("a", Credit(amount=1), "extra"),
+        ("a", Credit(amount=1), "key", "extra"),
+        ("a", Credit(amount=1), 5),
+        ("a", Credit(amount=1), ""),
     ]
     outcomes = engine.send_commands(pairs)
     assert outcomes[0][1] == 2  # type: ignore[index]
@@ -97,9 +99,32 @@ def test_bad_pairs_get_typed_errors_and_the_rest_runs(engine: ego.Engine) -> Non
     assert isinstance(outcomes[6], errors.InvalidEntityIdError)
     assert outcomes[7][1] == 3  # type: ignore[index]
     assert isinstance(outcomes[8], errors.ValidationError)
+    assert isinstance(outcomes[9], errors.ValidationError) and "key" in str(outcomes[9])
+    assert isinstance(outcomes[10], errors.ValidationError)
     assert engine.get_state("a")[0].balance == 2
     with pytest.raises(errors.ValidationError, match="iterable"):
         engine.send_commands(42)  # type: ignore[arg-type]
+
+
+def test_triples_carry_idempotency_keys(make_store: Any) -> None:
+    with ego.Engine("bulk-keys", store=make_store()) as engine:
+        opened(engine, ["a", "b"])
+        first = engine.send_commands([("a", Credit(amount=5), "k-1"), ("b", Credit(amount=1)), ("a", Credit(amount=5), None)])
+        assert [o[1] for o in first] == [2, 2, 3]  # type: ignore[index]
+        # Sent again under the same keys (as after a lost reply): applied once.
+        again = engine.send_commands(
+            [("a", Credit(amount=5), "k-1"), ["a", Credit(amount=5), "k-1"], ("b", Credit(amount=2), "k-2")]
+        )
+        assert [o[1] for o in again] == [2, 2, 3]  # type: ignore[index]
+        assert engine.get_state("a") == (Account(account_id="a", balance=10, open=True), 3)
+        reused = engine.send_commands([("a", Credit(amount=6), "k-1")])
+        assert isinstance(reused[0], errors.IdempotencyKeyReusedError) and reused[0].idempotency_key == "k-1"
+
+        async def in_a_loop() -> list[Any]:
+            return await engine.send_commands_async([("b", Credit(amount=2), "k-2"), ("b", Credit(amount=3), "k-3")])
+
+        assert [o[1] for o in asyncio.run(in_a_loop())] == [3, 4]  # type: ignore[index]
+        assert engine.get_state("b")[0].balance == 6
 
 
 def test_an_unknown_entity_fills_its_slot_with_entity_not_found(engine: ego.Engine) -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from cluster_domain import count_credits, create_table, credit_counts, drop_table
 from cluster_support import SHARD_RESOURCE, cluster_name, journal, ray_cluster
+from waiting import wait_until
 
 import ego
 from ego.cluster import Cluster, EntityType, RunnerSettings, shard_for
@@ -137,7 +140,7 @@ def test_a_second_client_joins_the_running_shards(bank: Cluster, pg_url: str) ->
     assert bank.get_state("acc-j")[0].balance == 5
 
 
-def test_the_runner_runs_projections_once_per_cluster(ray_nodes: Any, pg_url: str) -> None:
+def test_the_runner_runs_projections_once_per_cluster_across_its_restarts(ray_nodes: Any, pg_url: str) -> None:
     table = f"credits_{cluster_name()}"
     create_table(pg_url, table)
     try:
@@ -159,6 +162,14 @@ def test_the_runner_runs_projections_once_per_cluster(ray_nodes: Any, pg_url: st
                 cluster.wait_for_projection("credits", timeout=60)
                 assert credit_counts(pg_url, table) == {"acc-0": 3, "acc-1": 3, "acc-2": 3, "acc-3": 3, "acc-4": 2, "acc-5": 1}
                 assert cluster.projection_status("credits") == ("running", None)
+                # The runner's process dies: Ray starts it again, the projection resumes from
+                # its committed offset, and counts each credit once.
+                first = cluster.runner_info()
+                os.kill(first["pid"], signal.SIGKILL)
+                cluster.send_commands([(i, Credit(amount=1)) for i in ids])
+                wait_until(lambda: cluster.runner_info()["incarnation"] != first["incarnation"], what="a new runner")
+                cluster.wait_for_projection("credits", timeout=60)
+                assert credit_counts(pg_url, table) == {"acc-0": 4, "acc-1": 4, "acc-2": 4, "acc-3": 4, "acc-4": 3, "acc-5": 2}
             cluster.shutdown()
     finally:
         drop_table(pg_url, table)

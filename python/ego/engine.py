@@ -97,7 +97,8 @@ class Engine(_ego.EngineCore):
     - ``send_command_async(entity_id, command) -> asyncio.Future[(state, revision)]``
     - ``send_commands(pairs, timeout=None, return_exceptions=True) -> list`` and
       ``send_commands_async(pairs, return_exceptions=True) -> asyncio.Future[list]``: many
-      ``(entity_id, command)`` pairs in one call; slot ``i`` of the list is pair ``i``'s
+      ``(entity_id, command)`` pairs (or ``(entity_id, command, idempotency_key)`` triples)
+      in one call; slot ``i`` of the list is pair ``i``'s
       ``(state, revision)`` or the exception of its rejected or failed command (raises
       ``EngineClosedError`` when stopped, ``ValidationError`` when ``pairs`` is not iterable).
       Example: ``outcomes = engine.send_commands([("a-1", Credit(amount=5)), ("a-2", Credit(amount=7))])``.

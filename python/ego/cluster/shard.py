@@ -62,19 +62,21 @@ class ShardHost:
 
     async def call(self, items: Sequence[Item]) -> list[Outcome]:
         """Runs a batch of commands and queries; slot ``i`` of the list is item ``i``'s
-        outcome. Commands without key or metadata go through one ``send_commands_async``;
-        the others one by one, all in flight together (their writes share group commits)."""
+        outcome. Commands go through ``send_commands_async`` (with their idempotency keys),
+        those with metadata one by one, all in flight together (their writes share group
+        commits)."""
         loop = asyncio.get_running_loop()
         engine = self.engine
         outcomes: list[Any] = [None] * len(items)
         waits: list[tuple[int, Any]] = []
         bulks: list[tuple[list[int], Any]] = []
         run: list[int] = []
-        pairs: list[tuple[str, Any]] = []
+        pairs: list[tuple[str, Any, str | None]] = []
 
         def flush() -> None:
-            # A run of plain commands goes in one bulk call, dispatched before what follows
-            # it (so each entity still gets its commands and queries in the batch's order).
+            # A run of commands (with their keys) goes in one bulk call, dispatched before
+            # what follows it (so each entity gets its commands and queries in the batch's
+            # order).
             if run:
                 bulks.append((run.copy(), engine.send_commands_async(pairs.copy())))
                 run.clear()
@@ -87,9 +89,9 @@ class ShardHost:
                     waits.append((i, engine.get_state_async(entity_id)))
                     continue
                 command = unpack(type_url, payload)
-                if key is None and metadata is None:
+                if metadata is None:
                     run.append(i)
-                    pairs.append((entity_id, command))
+                    pairs.append((entity_id, command, key))
                 else:
                     flush()
                     waits.append((i, engine.send_command_async(entity_id, command, idempotency_key=key, metadata=metadata)))

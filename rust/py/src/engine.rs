@@ -211,12 +211,13 @@ impl EngineCore {
         Ok(future.unbind())
     }
 
-    /// Hands every `(entity_id, command)` pair of `items` to its entity, in order, filling
-    /// slot `i` of `bulk` with the outcome of pair `i` (at once when it ran inline, later from
-    /// its reply). A malformed pair fills its slot with a typed error; the others go on.
+    /// Hands every `(entity_id, command)` pair (or `(entity_id, command, idempotency_key)`
+    /// triple) of `items` to its entity, in order, filling slot `i` of `bulk` with the outcome
+    /// of item `i` (at once when it ran inline, later from its reply). A malformed item fills
+    /// its slot with a typed error; the others go on.
     fn dispatch_bulk(core: &Core, py: Python<'_>, bulk: &Arc<Bulk>, items: &[Bound<'_, PyAny>]) {
         for (i, item) in items.iter().enumerate() {
-            let (id, command) = match pair_of(core, py, item) {
+            let (id, command, key) = match pair_of(core, py, item) {
                 Ok(p) => p,
                 Err(e) => {
                     bulk.settle(i, Err(ego_core::host::Fail::Handler(e)));
@@ -224,7 +225,7 @@ impl EngineCore {
                 }
             };
             let command = PyCommand::new(command.unbind());
-            match core.send_keyed(py, id.to_str().unwrap_or_default(), command, None, bulk.reply(i)) {
+            match core.send_keyed(py, id.to_str().unwrap_or_default(), command, key, bulk.reply(i)) {
                 Ok(Dispatched::Done(outcome)) => bulk.settle(i, outcome),
                 Ok(Dispatched::Queued) => {}
                 Err(fail) => bulk.settle(i, Err(fail)),
@@ -246,26 +247,42 @@ impl EngineCore {
     }
 }
 
-/// The entity id and command of one bulk pair, or the typed error of a malformed one.
+/// The entity id, command and idempotency key (None for a pair) of one bulk item, or the
+/// typed error of a malformed one.
 fn pair_of<'py>(
     core: &Core,
     py: Python<'py>,
     item: &Bound<'py, PyAny>,
-) -> PyResult<(Bound<'py, pyo3::types::PyString>, Bound<'py, PyAny>)> {
-    let tuple = item.cast::<pyo3::types::PyTuple>().ok().filter(|t| t.len() == 2);
-    let (id, command) = match tuple {
-        Some(t) => (t.get_item(0)?, t.get_item(1)?),
-        None => match item.cast::<pyo3::types::PyList>().ok().filter(|l| l.len() == 2) {
-            Some(l) => (l.get_item(0)?, l.get_item(1)?),
-            None => return Err(validation(py, format!("a bulk item must be an (entity_id, command) pair, got {}", describe(item)))),
-        },
+) -> PyResult<(Bound<'py, pyo3::types::PyString>, Bound<'py, PyAny>, Option<IdempotencyKey>)> {
+    let sequence = match item.cast::<pyo3::types::PyTuple>() {
+        Ok(t) if t.len() == 2 || t.len() == 3 => Some(t.as_sequence().clone()),
+        _ => item.cast::<pyo3::types::PyList>().ok().filter(|l| l.len() == 2 || l.len() == 3).map(|l| l.as_sequence().clone()),
     };
+    let Some(sequence) = sequence else {
+        return Err(validation(
+            py,
+            format!(
+                "a bulk item must be an (entity_id, command) pair or an (entity_id, command, idempotency_key) triple, got {}",
+                describe(item)
+            ),
+        ));
+    };
+    let (id, command) = (sequence.get_item(0)?, sequence.get_item(1)?);
     if !id.is_instance_of::<pyo3::types::PyString>() {
         return Err(to_pyerr(py, &Error::InvalidEntityId { id: describe(&id), reason: "an entity id must be a str" }));
     }
     let id = id.cast_into::<pyo3::types::PyString>().map_err(PyErr::from)?;
     EngineCore::check_message(core, py, "a command", &command)?;
-    Ok((id, command))
+    let key = if sequence.len()? == 3 { sequence.get_item(2)? } else { py.None().into_bound(py) };
+    let key = if key.is_none() {
+        None
+    } else {
+        let Ok(text) = key.cast::<pyo3::types::PyString>() else {
+            return Err(validation(py, format!("an idempotency key must be a str or None, got {}", describe(&key))));
+        };
+        Some(keyed(core, &command, text.to_str()?)?)
+    };
+    Ok((id, command, key))
 }
 
 #[pymethods]
