@@ -293,6 +293,15 @@ class LightSpan(trace.Span):
         else:
             self._status = status
 
+    def _settle(self, future: Any) -> None:
+        """`settle` for an asyncio send's caller span, the usual outcome first."""
+        if not future.cancelled() and future.exception() is None:
+            self._set("ego.outcome", "ok")
+            self._set("ego.revision", future.result()[1])
+            self._finish()
+        else:
+            settle(self, future)
+
     def _finish(self, end_time: int | None = None) -> None:
         end = time_ns() if end_time is None else end_time
         self._ended = True
@@ -433,11 +442,16 @@ def settle(span: Any, future: Any) -> None:
 
 def watch_send(span: Any, future: Any) -> None:
     """Ends `span` (a sampled asyncio send's) when `future` is done."""
-    future.add_done_callback(functools.partial(settle, span))
+    if type(span) is LightSpan:
+        future.add_done_callback(span._settle)
+    else:
+        future.add_done_callback(functools.partial(settle, span))
 
 
 def start_command(tracer: Any, parent: Any, entity_id: str, entity_type: str, command_type: str) -> tuple[Any, Any]:
-    caller = trace.get_current_span(parent)
+    caller = parent.get(SPAN_KEY) if parent is not None else None
+    if type(caller) is not LightSpan:
+        caller = trace.get_current_span(parent)
     attributes = {"ego.entity_id": entity_id, "ego.entity_type": entity_type, "ego.command_type": command_type}
     if type(caller) is LightSpan:
         span = _child(caller, "ego.command", attributes)
