@@ -12,13 +12,14 @@ import time
 from typing import Any
 
 import pytest
-from publishing import bank_engine, caught_up, check_delivery, write_history
+from publishing import bank_engine, caught_up, check_delivery, expected_event, write_history
 from waiting import clock_past, wait_until
 
 import ego
 from ego import errors
 from ego.publishers import CloudEventsBinary, CloudEventsStructured, ProtobufJson, Record
 from ego.timestamps import to_nanos
+from ego.v1 import Event
 
 from bank_pb2 import AccountCredited, AccountOpened
 from domain import AccountBehavior
@@ -245,5 +246,35 @@ def test_an_erased_entitys_records_go_out_as_tombstones() -> None:
             **{f"account-0:{n}": (True, "true") for n in (1, 2, 3)},
             **{f"account-1:{n}": (False, None) for n in (1, 2, 3)},
         }
+    finally:
+        engine.stop()
+
+
+def test_encrypted_events_are_published_as_stored_unless_decrypt() -> None:
+    engine = ego.Engine("py-as-stored", store=ego.MemoryStore(), encryption=ego.Encryption(master_key=bytes(range(32))))
+    engine.start()
+    engine.register_entity_type(AccountBehavior, prefix="account-")
+    try:
+        write_history(engine, ["account-0", "account-1"], credits=1)
+        engine.erase_entity("account-0")
+        stored, plain = Collect(), Collect()
+        engine.add_event_publisher(stored, name="stored")
+        engine.add_event_publisher(plain, name="plain", decrypt=True)
+        wait_until(lambda: len(stored.records) == 4 and len(plain.records) == 4, what="four records in each")
+        for sink, encrypted in ((stored, True), (plain, False)):
+            by_id = {r.id: r for r in sink.records}
+            for n in (1, 2):
+                tombstone = Event.FromString(by_id[f"account-0:{n}"].value)
+                assert by_id[f"account-0:{n}"].erased and tombstone.is_erased and not tombstone.event.value
+                live = by_id[f"account-1:{n}"]
+                envelope = Event.FromString(live.value)
+                original = expected_event("account-1", n)
+                assert envelope.is_encrypted is encrypted
+                assert ("ego-encryption-key-id" in live.headers) is encrypted
+                if encrypted:
+                    assert envelope.encryption_key_id == live.headers["ego-encryption-key-id"]
+                    assert envelope.event.value != original.SerializeToString()
+                else:
+                    assert type(original).FromString(envelope.event.value) == original
     finally:
         engine.stop()

@@ -800,6 +800,7 @@ class Engine(_ego.EngineCore):
         poll_interval: float = 0.5,
         backoff: float = 0.1,
         max_backoff: float = 5.0,
+        decrypt: bool = False,
     ) -> None:
         """Starts publishing the journal's events through ``publisher`` (a connector of
         :mod:`ego.publishers` or any object with ``publish(records)``).
@@ -821,6 +822,11 @@ class Engine(_ego.EngineCore):
           ``RETRY_AND_*`` retry it 5 times first. Broker outages are not refusals: they are
           retried with backoff (``backoff`` doubling to ``max_backoff`` seconds) for as long as
           they last, and the lag grows meanwhile.
+        - ``decrypt``: with ``Engine(..., encryption=...)``, events are published as stored
+          (the payload is ciphertext, ``is_encrypted`` set, the key named by the
+          ``ego-encryption-key-id`` header) unless ``decrypt=True``, which publishes the
+          plaintext: the broker then holds personal data that erasing the entity cannot
+          shred. An erased entity's events go out as tombstones either way.
 
         Raises :class:`~ego.errors.ConfigurationError` for a bad setting or a publisher without
         ``publish``, and :class:`~ego.errors.ValidationError` when the name is taken.
@@ -864,6 +870,9 @@ class Engine(_ego.EngineCore):
             False,
             start_after,
             "publisher",
+            None,
+            False,
+            not decrypt,
         )
         self._publishers[name] = runner
 

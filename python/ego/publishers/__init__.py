@@ -6,7 +6,7 @@ durable-state version) to a broker, in order per entity, at least once.
 
 Connectors (each needs its extra: ``pip install 'ego-cqrs[kafka]'``, ``[nats]``, ``[pulsar]``,
 ``[websocket]``): :class:`KafkaPublisher`, :class:`NatsPublisher`, :class:`PulsarPublisher`,
-:class:`WebSocketPublisher`. Anything else: an object with ``publish(records)``
+:class:`WebSocketPublisher` (and :class:`WebSocketServer`, which clients connect to). Anything else: an object with ``publish(records)``
 (:class:`EventPublisher`). Payload formats: :class:`ProtobufEnvelope` (default),
 :class:`ProtobufJson`, :class:`CloudEventsBinary`, :class:`CloudEventsStructured`.
 """
@@ -18,6 +18,7 @@ from ego.publishers.protocol import Acknowledgements, EventPublisher, StatePubli
 from ego.publishers.pulsar import PulsarPublisher
 from ego.publishers.records import Record
 from ego.publishers.websocket import WebSocketPublisher
+from ego.publishers.websocket_server import WebSocketServer
 
 __all__ = [
     "Acknowledgements",
@@ -33,4 +34,5 @@ __all__ = [
     "Record",
     "StatePublisher",
     "WebSocketPublisher",
+    "WebSocketServer",
 ]

@@ -83,17 +83,29 @@ class ProtobufJson:
     ``{"@type": type_url, "value": base64}``."""
 
     def render(self, source: Source) -> tuple[bytes, dict[str, str]]:
-        envelope = source.envelope()
-        try:
-            body = json_format.MessageToDict(envelope)
-        except (TypeError, KeyError, json_format.Error):
-            field = "event" if isinstance(source, PersistedEvent) else "resultingState"
-            any_msg = envelope.event if isinstance(source, PersistedEvent) else envelope.resulting_state
-            value = base64.b64encode(any_msg.value).decode()
-            envelope.ClearField("event" if isinstance(source, PersistedEvent) else "resulting_state")
-            body = json_format.MessageToDict(envelope)
-            body[field] = {"@type": any_msg.type_url, "value": value}
+        body = envelope_json(source.envelope())
         return json.dumps(body, separators=(",", ":")).encode(), _base_headers(source, "application/json")
+
+
+def envelope_json(envelope: Any) -> dict[str, Any]:
+    """An ``ego.v1.Event`` or ``ego.v1.DurableState`` in protobuf's JSON mapping; a payload
+    that cannot be rendered (encrypted, or of a type not imported) becomes
+    ``{"@type": type_url, "value": base64}``. `envelope` is not changed."""
+    try:
+        return json_format.MessageToDict(envelope)
+    except (TypeError, KeyError, json_format.Error):
+        is_event = envelope.DESCRIPTOR.full_name == "ego.v1.Event"
+        field = "event" if is_event else "resulting_state"
+        any_msg = getattr(envelope, field)
+        copy = type(envelope)()
+        copy.CopyFrom(envelope)
+        copy.ClearField(field)
+        body = json_format.MessageToDict(copy)
+        body["event" if is_event else "resultingState"] = {
+            "@type": any_msg.type_url,
+            "value": base64.b64encode(any_msg.value).decode(),
+        }
+        return body
 
 
 class _CloudEvents:

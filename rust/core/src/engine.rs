@@ -13,7 +13,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::bridge::{self, Job, Queue};
 use crate::crypto::keys::KeyRing;
-use crate::crypto::layer::encrypt_stores;
+use crate::crypto::layer::{as_stored_events, encrypt_stores};
 use crate::entity::cell::{DispatchError, Dispatched, Entity, Msg, Phase};
 use crate::entity::idempotency::IdempotencyKey;
 use crate::entity::{dispatch, jobs, passivation};
@@ -55,6 +55,7 @@ impl<H: Host> Engine<H> {
     /// [`Engine::start`], with every record encrypted under the data keys of `keys` when given
     /// (see [`crate::crypto`]).
     pub fn start_with(host: H, config: EngineConfig, stores: Stores, keys: Option<Arc<KeyRing>>) -> Result<Self> {
+        let plain_events = keys.as_ref().and_then(|_| stores.events.clone());
         let stores = match &keys {
             Some(k) => encrypt_stores(&stores, k),
             None => stores,
@@ -93,6 +94,7 @@ impl<H: Host> Engine<H> {
             stream: Stream::default(),
             tracing,
             keys,
+            plain_events,
             journal,
         });
         let mut bridge = Vec::with_capacity(shared.queue.threads());
@@ -431,6 +433,10 @@ impl<H: Host> Engine<H> {
             return Err(Error::invalid("a projection name must be non-empty and without NUL"));
         }
         let events = self.shared.stores.events.clone().ok_or_else(|| Error::Configuration("projections need an events store".into()))?;
+        let events = match (&self.shared.keys, &self.shared.plain_events) {
+            (Some(keys), Some(plain)) if options.as_stored => as_stored_events(plain.clone(), keys),
+            _ => events,
+        };
         let mut projections = self.shared.projections.lock();
         if projections.get(name).is_some_and(|p| p.status() == Status::Running) {
             return Err(Error::Configuration(format!("a projection named {name:?} is already running").into()));

@@ -68,6 +68,9 @@ pub struct ProjectionOptions {
     /// Offsets recorded against another journal are forgotten and the projection starts over
     /// (otherwise adding it is an [`Error::JournalChanged`]).
     pub start_over_on_other_journal: bool,
+    /// Read an encrypted journal's events as stored (ciphertext; erased entities' events still
+    /// as tombstones) instead of decrypted: for publishers that do not decrypt.
+    pub as_stored: bool,
 }
 
 impl Default for ProjectionOptions {
@@ -79,6 +82,7 @@ impl Default for ProjectionOptions {
             start_at_end: false,
             start_after: None,
             start_over_on_other_journal: false,
+            as_stored: false,
         }
     }
 }

@@ -51,6 +51,9 @@ pub struct Shared<H: Host> {
     /// The data keys, when records are encrypted (the stores above are then the encrypting
     /// wrappers of `crate::crypto::layer`).
     pub(crate) keys: Option<Arc<KeyRing>>,
+    /// The events store as given, under the encrypting wrapper (None without encryption): read
+    /// by publishers that publish records as stored.
+    pub(crate) plain_events: Option<Arc<dyn crate::store::EventsStore>>,
     /// The events store's journal, as it recorded itself (None: it records nothing).
     pub(crate) journal: Option<crate::store::JournalInfo>,
 }

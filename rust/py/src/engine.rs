@@ -627,7 +627,7 @@ impl EngineCore {
     }
 
     /// Starts a projection (see `ego.Engine.add_projection`).
-    #[pyo3(signature = (name, handler, per_event, offset_store, batch_size, policy, attempts, backoff, max_backoff, dead_letter, poll_interval, start_at_end, transactional, start_after=None, kind="projection", event_types=None, start_over_on_other_journal=false))]
+    #[pyo3(signature = (name, handler, per_event, offset_store, batch_size, policy, attempts, backoff, max_backoff, dead_letter, poll_interval, start_at_end, transactional, start_after=None, kind="projection", event_types=None, start_over_on_other_journal=false, as_stored=false))]
     #[allow(clippy::too_many_arguments)]
     fn _add_projection(
         &self,
@@ -649,6 +649,7 @@ impl EngineCore {
         kind: &str,
         event_types: Option<Vec<String>>,
         start_over_on_other_journal: bool,
+        as_stored: bool,
     ) -> PyResult<()> {
         use ego_core::projection::{FailurePolicy, OnFailure, ProjectionOptions};
         let core = self.core(py)?;
@@ -672,6 +673,7 @@ impl EngineCore {
             start_at_end,
             start_after,
             start_over_on_other_journal,
+            as_stored,
         };
         let kind = if kind == "publisher" { "publisher" } else { "projection" };
         let shape = if per_event { crate::projection::Shape::PerEvent } else { crate::projection::Shape::Batch };

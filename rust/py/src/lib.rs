@@ -51,5 +51,8 @@ fn _ego(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(shard_of, m)?)?;
     m.add("LATENCY_BOUNDS_MS", telemetry::LATENCY_BOUNDS_MS.to_vec())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // Worker threads must be finished before the interpreter finalizes (see worker.rs).
+    let py = m.py();
+    py.import("atexit")?.call_method1("register", (wrap_pyfunction!(worker::shutdown, m)?,))?;
     Ok(())
 }

@@ -2,8 +2,16 @@
 //! (tokio workers, the RocksDB writer): stores written in Python, projection handlers. It takes
 //! the GIL once per batch of queued jobs. Each worker has a private asyncio event loop for
 //! `async def` callbacks.
+//!
+//! At interpreter exit ([`shutdown`], registered with `atexit` when the module loads) every
+//! worker is told to finish and is waited for, briefly, while the interpreter is still whole:
+//! a thread that asks for the GIL once finalization has begun is ended by CPython with a forced
+//! unwind, which aborts the process ("FATAL: exception not rethrown"). A worker still busy when
+//! the wait ends never takes the GIL again.
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Weak};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
@@ -14,45 +22,108 @@ pub type Job = Box<dyn FnOnce(Python<'_>, &Bound<'_, PyAny>) + Send>;
 
 /// Handle of a worker thread; dropping the last handle ends the thread.
 pub struct Worker {
-    tx: Mutex<mpsc::Sender<Job>>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    done: Mutex<Option<mpsc::Receiver<()>>>,
 }
 
 static ISAWAITABLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+/// Set when interpreter exit begins: workers take no new jobs.
+static EXITING: AtomicBool = AtomicBool::new(false);
+/// Set when the exit's wait for the workers ends: no worker takes the GIL after it.
+static FINALIZING: AtomicBool = AtomicBool::new(false);
+/// Every worker started, to be finished at exit.
+static LIVE: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
+
+/// How long interpreter exit waits for the workers' queued jobs (all workers together).
+const EXIT_GRACE: Duration = Duration::from_secs(5);
 
 impl Worker {
     /// Starts a worker thread named `name`.
     pub fn start(name: &str) -> PyResult<Worker> {
         let (tx, rx) = mpsc::channel::<Job>();
+        let (done_tx, done_rx) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
-                let event_loop: Option<Py<PyAny>> =
-                    Python::attach(|py| py.import("asyncio").and_then(|a| a.call_method0("new_event_loop")).map(Bound::unbind).ok());
-                while let Ok(first) = rx.recv() {
-                    let mut jobs = vec![first];
-                    jobs.extend(rx.try_iter());
-                    Python::attach(|py| {
-                        let none = py.None();
-                        let lp = event_loop.as_ref().map_or(none.bind(py), |l| l.bind(py));
-                        for job in jobs {
-                            job(py, lp);
-                        }
-                    });
-                }
-                Python::attach(|py| {
-                    if let Some(l) = event_loop {
-                        let _ = l.bind(py).call_method0("close");
-                    }
-                });
+                run_jobs(&rx);
+                let _ = done_tx.send(());
             })
             .map_err(|e| Python::attach(|py| crate::errors::internal(py, format!("cannot start a thread: {e}"))))?;
-        Ok(Worker { tx: Mutex::new(tx) })
+        let inner = Arc::new(Inner { tx: Mutex::new(Some(tx)), done: Mutex::new(Some(done_rx)) });
+        let mut live = LIVE.lock();
+        live.retain(|w| w.strong_count() > 0);
+        live.push(Arc::downgrade(&inner));
+        Ok(Worker { inner })
     }
 
-    /// Queues a job; `false` when the thread is gone.
+    /// Queues a job; `false` when the thread is gone or the interpreter is exiting.
     pub fn run(&self, job: Job) -> bool {
-        self.tx.lock().send(job).is_ok()
+        if EXITING.load(Ordering::Acquire) {
+            return false;
+        }
+        self.inner.tx.lock().as_ref().is_some_and(|tx| tx.send(job).is_ok())
     }
+}
+
+/// The worker thread's body: batches of jobs, each batch under one GIL acquisition.
+fn run_jobs(rx: &mpsc::Receiver<Job>) {
+    if FINALIZING.load(Ordering::Acquire) {
+        return;
+    }
+    let event_loop: Option<Py<PyAny>> =
+        Python::attach(|py| py.import("asyncio").and_then(|a| a.call_method0("new_event_loop")).map(Bound::unbind).ok());
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        jobs.extend(rx.try_iter());
+        if FINALIZING.load(Ordering::Acquire) {
+            std::mem::forget(jobs);
+            std::mem::forget(event_loop);
+            return;
+        }
+        Python::attach(|py| {
+            let none = py.None();
+            let lp = event_loop.as_ref().map_or(none.bind(py), |l| l.bind(py));
+            for job in jobs {
+                job(py, lp);
+            }
+        });
+    }
+    if FINALIZING.load(Ordering::Acquire) {
+        std::mem::forget(event_loop);
+        return;
+    }
+    Python::attach(|py| {
+        if let Some(l) = event_loop {
+            let _ = l.bind(py).call_method0("close");
+        }
+    });
+}
+
+/// Finishes every worker at interpreter exit: no new jobs, queued ones run, then each thread
+/// closes its event loop and ends. Waits up to [`EXIT_GRACE`] in all with the GIL released;
+/// a worker still busy after that never takes the GIL again (its jobs are dropped unrun).
+#[pyfunction]
+pub fn shutdown(py: Python<'_>) {
+    EXITING.store(true, Ordering::Release);
+    let live: Vec<Arc<Inner>> = LIVE.lock().drain(..).filter_map(|w| w.upgrade()).collect();
+    let waits: Vec<mpsc::Receiver<()>> = live
+        .iter()
+        .filter_map(|inner| {
+            inner.tx.lock().take();
+            inner.done.lock().take()
+        })
+        .collect();
+    py.detach(|| {
+        let deadline = Instant::now() + EXIT_GRACE;
+        for done in waits {
+            let _ = done.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        }
+    });
+    FINALIZING.store(true, Ordering::Release);
 }
 
 /// Awaits `value` on `event_loop` when it is awaitable (an `async def` result).

@@ -26,7 +26,10 @@ use crate::store::{EventsStore, IdPage, ShardHead, SnapshotCriteria, SnapshotSto
 /// `stores` with every record encrypted under the keys of `keys`.
 pub fn encrypt_stores(stores: &Stores, keys: &Arc<KeyRing>) -> Stores {
     Stores {
-        events: stores.events.clone().map(|inner| Arc::new(EncryptedEvents { inner, keys: keys.clone() }) as Arc<dyn EventsStore>),
+        events: stores
+            .events
+            .clone()
+            .map(|inner| Arc::new(EncryptedEvents { inner, keys: keys.clone(), decrypt: true }) as Arc<dyn EventsStore>),
         snapshots: stores
             .snapshots
             .clone()
@@ -58,9 +61,19 @@ fn open_any(key: &SealingKey, record: Record, pid: &str, seq: u64, any: &mut Any
     }
 }
 
-/// The plaintext of encrypted events (tombstones for erased entities). The key is looked up
-/// once per run of events with the same entity and key id (a replay is one run).
-async fn open_events(keys: &Arc<KeyRing>, events: Vec<Event>) -> Result<Vec<Event>> {
+/// Events of an encrypted journal that readers who are not to see plaintext (publishers that
+/// publish as stored) read: each event as stored (ciphertext, `is_encrypted` and
+/// `encryption_key_id` kept), except that an erased entity's events read as tombstones, as
+/// through [`encrypt_stores`]. Writes go through as they are.
+pub fn as_stored_events(inner: Arc<dyn EventsStore>, keys: &Arc<KeyRing>) -> Arc<dyn EventsStore> {
+    Arc::new(EncryptedEvents { inner, keys: keys.clone(), decrypt: false })
+}
+
+/// The plaintext of encrypted events (tombstones for erased entities); with `decrypt` false,
+/// the events as stored but the erased ones as tombstones (a missing key then leaves the event
+/// as it is). The key is looked up once per run of events with the same entity and key id (a
+/// replay is one run).
+async fn open_events(keys: &Arc<KeyRing>, events: Vec<Event>, decrypt: bool) -> Result<Vec<Event>> {
     let mut out = Vec::with_capacity(events.len());
     let mut current: Option<(String, String, KeyLookup)> = None;
     for mut event in events {
@@ -74,6 +87,7 @@ async fn open_events(keys: &Arc<KeyRing>, events: Vec<Event>) -> Result<Vec<Even
             current = Some((pid.clone(), event.encryption_key_id.clone(), found));
         }
         match &current.as_ref().expect("looked up").2 {
+            KeyLookup::Found(_) | KeyLookup::Missing if !decrypt => {}
             KeyLookup::Found(key) => {
                 if let Some(any) = event.event.as_mut() {
                     open_any(key, Record::Event, pid, seq, any)?;
@@ -112,6 +126,8 @@ fn inline<T: Send + 'static>(fut: BoxFuture<'static, T>) -> BoxFuture<'static, T
 pub struct EncryptedEvents {
     inner: Arc<dyn EventsStore>,
     keys: Arc<KeyRing>,
+    /// Reads give plaintext (false: as stored, see [`as_stored_events`]).
+    decrypt: bool,
 }
 
 impl EventsStore for EncryptedEvents {
@@ -144,8 +160,8 @@ impl EventsStore for EncryptedEvents {
     }
 
     fn replay_events(&self, persistence_id: &str, from: u64, to: u64, max: u64) -> BoxFuture<'static, Result<Vec<Event>>> {
-        let (read, keys) = (self.inner.replay_events(persistence_id, from, to, max), self.keys.clone());
-        inline(Box::pin(async move { open_events(&keys, read.await?).await }))
+        let (read, keys, decrypt) = (self.inner.replay_events(persistence_id, from, to, max), self.keys.clone(), self.decrypt);
+        inline(Box::pin(async move { open_events(&keys, read.await?, decrypt).await }))
     }
 
     fn highest_sequence_number(&self, persistence_id: &str) -> BoxFuture<'static, Result<u64>> {
@@ -165,8 +181,8 @@ impl EventsStore for EncryptedEvents {
     }
 
     fn shard_events(&self, shard: u32, after: u64, max: usize) -> BoxFuture<'static, Result<Vec<Event>>> {
-        let (read, keys) = (self.inner.shard_events(shard, after, max), self.keys.clone());
-        inline(Box::pin(async move { open_events(&keys, read.await?).await }))
+        let (read, keys, decrypt) = (self.inner.shard_events(shard, after, max), self.keys.clone(), self.decrypt);
+        inline(Box::pin(async move { open_events(&keys, read.await?, decrypt).await }))
     }
 
     fn shard_heads(&self) -> BoxFuture<'static, Result<Vec<ShardHead>>> {
