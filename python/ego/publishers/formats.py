@@ -72,8 +72,15 @@ class ProtobufEnvelope:
     ``content-type: application/x-protobuf; messageType=ego.v1.Event`` (or
     ``ego.v1.DurableState``). Decode with ``ego.v1.Event.FromString(value)``."""
 
+    _EVENT = "application/x-protobuf; messageType=ego.v1.Event"
+    _STATE = "application/x-protobuf; messageType=ego.v1.DurableState"
+
     def render(self, source: Source) -> tuple[bytes, dict[str, str]]:
-        return source.envelope_bytes(), _base_headers(source, f"application/x-protobuf; messageType={_envelope_name(source)}")
+        # One call per published record: written out rather than through _base_headers.
+        headers = {"content-type": self._EVENT if type(source) is PersistedEvent else self._STATE, EVENT_ID_HEADER: source.event_id}
+        if source.is_encrypted:
+            headers["ego-encryption-key-id"] = source.encryption_key_id
+        return source.envelope_bytes(), headers
 
 
 class ProtobufJson:

@@ -50,16 +50,29 @@ _TRANSIENT_CODES = (
 )
 
 
-class _Pending:
-    __slots__ = ("done", "error")
+class _Waiting:
+    """How many records of the current ``publish`` call still wait for their delivery report."""
+
+    __slots__ = ("left",)
 
     def __init__(self) -> None:
+        self.left = 0
+
+
+class _Pending:
+    """One produced record until its delivery report comes."""
+
+    __slots__ = ("done", "error", "waiting")
+
+    def __init__(self, waiting: _Waiting) -> None:
         self.done = False
         self.error: Any = None
+        self.waiting = waiting
 
     def delivered(self, error: Any, _message: Any) -> None:
         self.error = error
         self.done = True
+        self.waiting.left -= 1
 
 
 class KafkaPublisher:
@@ -123,51 +136,55 @@ class KafkaPublisher:
         if self._closed.is_set():
             raise PublisherClosedError("the Kafka publisher is closed")
         producer, pending, topic = self._producer, self._pending, self.topic
-        waiting: list[_Pending] = []
+        waiting = _Waiting()
+        handles: list[_Pending] = []
+        append = handles.append
         for r in records:
-            p = pending.get(r.id)
-            if p is None or (p.done and p.error is not None):
-                p = _Pending()
-                pending[r.id] = p
-                value = None if r.erased else r.value
-                while True:
-                    try:
-                        producer.produce(topic, value, r.key, headers=r.headers, on_delivery=p.delivered)
-                        break
-                    except BufferError:
-                        producer.poll(0.01)
-                    except self._ck.KafkaException as e:
-                        p.error = e.args[0] if e.args else e
-                        p.done = True
-                        break
-            waiting.append(p)
+            # A record still queued from a call that gave up waiting is not produced again
+            # (that would duplicate it and could reorder its key): its report is awaited.
+            p = pending.pop(r.id, None) if pending else None
+            if p is not None and not (p.done and p.error is not None):
+                p.waiting = waiting
+                if not p.done:
+                    waiting.left += 1
+                append(p)
+                continue
+            p = _Pending(waiting)
+            waiting.left += 1
+            value = None if r.erased else r.value
+            while True:
+                try:
+                    producer.produce(topic, value, r.key, headers=r.headers, on_delivery=p.delivered)
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+                except self._ck.KafkaException as e:
+                    p.error = e.args[0] if e.args else e
+                    p.done = True
+                    waiting.left -= 1
+                    break
+            append(p)
         deadline = time.monotonic() + self.ack_timeout
-        remaining = len(waiting)
-        while True:
-            producer.poll(0)
-            remaining = sum(1 for p in waiting if not p.done)
-            if remaining == 0 or self._closed.is_set():
-                break
+        producer.poll(0)
+        while waiting.left > 0 and not self._closed.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             producer.flush(min(left, 0.05))
+        if self._closed.is_set() and waiting.left > 0:
+            raise PublisherClosedError("the Kafka publisher was closed before the broker acknowledged")
+        if waiting.left == 0 and all(p.error is None for p in handles):
+            return None
         results: list[BaseException | None] = []
-        failed = False
-        for r, p in zip(records, waiting, strict=True):
+        for r, p in zip(records, handles, strict=True):
             if not p.done:
-                failed = True
+                pending[r.id] = p
                 results.append(BrokerUnavailableError(f"not acknowledged within {self.ack_timeout} s"))
-                continue
-            del pending[r.id]
-            if p.error is None:
+            elif p.error is None:
                 results.append(None)
             else:
-                failed = True
                 results.append(self._failure(p.error))
-        if self._closed.is_set() and remaining:
-            raise PublisherClosedError("the Kafka publisher was closed before the broker acknowledged")
-        return results if failed else None
+        return results
 
     def _failure(self, error: Any) -> BaseException:
         code = error.code() if hasattr(error, "code") else None

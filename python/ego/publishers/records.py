@@ -3,7 +3,7 @@ publisher's payload format."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ego._ego import PersistedEvent, PersistedState
 
@@ -12,9 +12,9 @@ __all__ = ["Record", "Source"]
 Source = PersistedEvent | PersistedState
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One event (or durable-state version) ready for a broker.
+class Record(NamedTuple):
+    """One event (or durable-state version) ready for a broker (an immutable named tuple:
+    fields by name, cheap to create, one per record on the publishing path).
 
     - ``id``: the stable id, ``persistence_id:sequence_number`` (``persistence_id:version`` for
       states): the same on every attempt, for the broker's deduplication.

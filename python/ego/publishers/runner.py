@@ -9,6 +9,7 @@ import inspect
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
+from ego._ego import PersistedEvent
 from ego.errors import BrokerUnavailableError, PublisherClosedError, PublishRefusedError
 from ego.publishers.formats import PayloadFormat, ProtobufEnvelope
 from ego.publishers.records import Record, Source
@@ -72,15 +73,19 @@ class PublisherRunner:
                 del acked[done]
         render = self.format.render
         records = []
+        append = records.append
         for s in sources:
             event_id = s.event_id
             if acked and event_id in acked:
                 continue
-            erased = is_erased(s)
+            if type(s) is PersistedEvent:
+                erased, position = s.erased, s.position
+            else:
+                erased, position = is_erased(s), _position(s)
             value, headers = render(s)
             if erased:
                 headers["ego-erased"] = "true"
-            records.append(Record(event_id, s.persistence_id, value, headers, s.shard, _position(s), s, erased))
+            append(Record(event_id, s.persistence_id, value, headers, s.shard, position, s, erased))
         return records, acked
 
     def _error(self, e: BaseException, count: int) -> BaseException:
@@ -91,9 +96,10 @@ class PublisherRunner:
         return e
 
     def _settle(self, records: list[Record], acked: dict[str, int], outcome: Any) -> None:
+        # `acked` remembers what the broker took of a batch that failed in part, for when its
+        # records are handed over again; a call acknowledged whole is never handed over again,
+        # so its records need no entry (entries behind the next batch's start are dropped).
         if outcome is None:
-            for r in records:
-                acked[r.id] = r.position
             return
         if not isinstance(outcome, Sequence) or len(outcome) != len(records):
             raise PublishRefusedError(

@@ -321,6 +321,8 @@ class SagaRuntime:
             asyncio.run_coroutine_threadsafe(cancel(), self.loop).result(timeout=10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
+        if not self.loop.is_running():
+            self.loop.close()
 
 
 class _Reader:
