@@ -77,7 +77,10 @@ class ProtobufEnvelope:
 
     def render(self, source: Source) -> tuple[bytes, dict[str, str]]:
         # One call per published record: written out rather than through _base_headers.
-        headers = {"content-type": self._EVENT if type(source) is PersistedEvent else self._STATE, EVENT_ID_HEADER: source.event_id}
+        headers = {
+            "content-type": self._EVENT if type(source) is PersistedEvent else self._STATE,
+            EVENT_ID_HEADER: source.event_id,
+        }
         if source.is_encrypted:
             headers["ego-encryption-key-id"] = source.encryption_key_id
         return source.envelope_bytes(), headers

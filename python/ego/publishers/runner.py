@@ -72,7 +72,7 @@ class PublisherRunner:
             for done in [i for i, p in acked.items() if p < start]:
                 del acked[done]
         render = self.format.render
-        records = []
+        records: list[Record] = []
         append = records.append
         for s in sources:
             event_id = s.event_id
