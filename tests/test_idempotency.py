@@ -71,6 +71,57 @@ def test_a_repeat_is_answered_with_the_original_revision_and_writes_nothing(reop
     close(engine, store)
 
 
+def test_the_key_is_in_the_last_event_of_its_command(reopenable: Factory) -> None:
+    store = reopenable()
+    engine = start(store)
+    engine.send_command("account-1", OpenAccount(initial_balance=100), idempotency_key="open")
+    engine.send_command("account-1", Credit(amount=5), idempotency_key="credit-1", metadata={"correlation_id": "c"})
+    engine.send_command("account-1", Credit(amount=1))
+    seen: list[tuple[str | None, dict[str, str]]] = []
+    engine.add_projection("keys", lambda events: seen.extend((e.idempotency_key, e.metadata) for e in events))
+    engine.wait_for_projection("keys", timeout=30)
+    # In the envelope's own fields, not in the caller's metadata.
+    assert seen == [("open", {}), ("credit-1", {"correlation_id": "c"}), (None, {})]
+    events = store.replay_events("account-1")
+    assert [e.idempotency_key for e in events] == ["open", "credit-1", ""]
+    assert events[0].command_hash != 0 and events[0].command_hash != events[1].command_hash
+    close(engine, store)
+
+
+def test_records_of_the_metadata_layout_are_still_read(reopenable: Factory) -> None:
+    """Records written before the envelope had its idempotency fields carry the key in their
+    metadata ("ego.idempotency_key", and "ego.command_hash" as 16 hex digits)."""
+    source = ego.MemoryStore()
+    engine = start(source)
+    engine.send_command("account-1", OpenAccount(initial_balance=100), idempotency_key="open")
+    engine.send_command("account-1", Credit(amount=5), idempotency_key="credit-1")
+    engine.stop()
+    old = []
+    for e in source.replay_events("account-1"):
+        e.metadata["ego.idempotency_key"] = e.idempotency_key
+        e.metadata["ego.command_hash"] = f"{e.command_hash:016x}"
+        e.ClearField("idempotency_key")
+        e.ClearField("command_hash")
+        e.position = 0
+        old.append(e)
+    store = reopenable()
+    store.write_events(old)
+    assert [e.idempotency_key for e in store.replay_events("account-1")] == ["", ""]
+    engine = start(store)
+    seen: list[str | None] = []
+    engine.add_projection("keys", lambda events: seen.extend(e.idempotency_key for e in events))
+    engine.wait_for_projection("keys", timeout=30)
+    assert seen == ["open", "credit-1"]
+    assert engine.send_command("account-1", Credit(amount=5), idempotency_key="credit-1") == (
+        Account(account_id="account-1", balance=105, open=True),
+        2,
+    )
+    with pytest.raises(ego.errors.IdempotencyKeyReusedError):
+        engine.send_command("account-1", Credit(amount=5), idempotency_key="open")
+    assert len(store.replay_events("account-1")) == 2
+    close(engine, store)
+
+
 def test_another_command_under_a_used_key_is_refused(reopenable: Factory) -> None:
     store = reopenable()
     engine = start(store)

@@ -103,7 +103,7 @@ def test_sigkill_during_a_thousand_concurrent_transfers(tmp_path: Path) -> None:
     for a in range(ACCOUNTS):
         for event in store.replay_events(f"account-{a}")[1:]:
             assert unpack(event.event).__class__ in (AccountDebited, AccountCredited)
-            keys[event.metadata["ego.idempotency_key"]] += 1
+            keys[event.idempotency_key or ""] += 1
     store.close()
     assert max(keys.values()) == 1
     assert sum(balances.values()) == ACCOUNTS * INITIAL  # money conserved

@@ -95,7 +95,7 @@ def test_a_transfer_completes_and_a_rejected_credit_is_compensated(reopenable: F
     assert balance(engine, "account-a") == 70
     # Debited, then credited back: two events, each under its step's idempotency key.
     events = store.replay_events("account-a")
-    keys = [e.metadata.get("ego.idempotency_key") for e in events[1:]]
+    keys = [e.idempotency_key for e in events[1:]]
     assert keys == ["ego.saga:t1#0", "ego.saga:t2#0", "ego.saga:t2#2"]
 
     # The debit is rejected (insufficient funds): nothing to undo.

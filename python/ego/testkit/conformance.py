@@ -241,12 +241,22 @@ class EventsStoreConformance(_Base):
             e.encryption_key_id = "key-1"
             e.is_encrypted = True
         e.metadata["correlation_id"] = "c-1"
-        store.write_events([e])
-        (back,) = store.replay_events(pid, 1)
-        assert back.position > 0
-        back.position = 0
-        assert back == e
-        assert back.SerializeToString(deterministic=True) == e.SerializeToString(deterministic=True)
+        # The idempotency key of the command that wrote an event, alone and with metadata.
+        keyed = make_event(pid, 2)
+        keyed.idempotency_key = "payment-7f3a"
+        keyed.command_hash = 0xFEDCBA9876543210
+        both = make_event(pid, 3)
+        both.idempotency_key = "retry-1"
+        both.command_hash = 1
+        both.metadata["correlation_id"] = "c-2"
+        store.write_events([e, keyed, both])
+        replayed = store.replay_events(pid, 1)
+        assert len(replayed) == 3
+        for back, sent in zip(replayed, (e, keyed, both), strict=True):
+            assert back.position > 0
+            back.position = 0
+            assert back == sent
+            assert back.SerializeToString(deterministic=True) == sent.SerializeToString(deterministic=True)
 
     def test_21_large_payloads(self, store: Any, pid: str) -> None:
         big = make_event(pid, 1, payload=b"\x01" * (1 << 20))

@@ -15,7 +15,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x65go/v1/envelopes.proto\x12\x06\x65go.v1\x1a\x19google/protobuf/any.proto\"\xcf\x02\n\x05\x45vent\x12\x16\n\x0epersistence_id\x18\x01 \x01(\t\x12\x17\n\x0fsequence_number\x18\x02 \x01(\x04\x12\x12\n\nis_deleted\x18\x03 \x01(\x08\x12#\n\x05\x65vent\x18\x04 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x11\n\ttimestamp\x18\x06 \x01(\x03\x12\r\n\x05shard\x18\x07 \x01(\r\x12\x19\n\x11\x65ncryption_key_id\x18\x08 \x01(\t\x12\x14\n\x0cis_encrypted\x18\t \x01(\x08\x12\x10\n\x08position\x18\n \x01(\x04\x12-\n\x08metadata\x18\x0b \x03(\x0b\x32\x1b.ego.v1.Event.MetadataEntry\x12\x11\n\tis_erased\x18\x0c \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x05\x10\x06\"H\n\x11IdempotencyRecord\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x14\n\x0c\x63ommand_hash\x18\x02 \x01(\x06\x12\x10\n\x08revision\x18\x03 \x01(\x04\"\xd9\x01\n\x08Snapshot\x12\x16\n\x0epersistence_id\x18\x01 \x01(\t\x12\x17\n\x0fsequence_number\x18\x02 \x01(\x04\x12#\n\x05state\x18\x03 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x11\n\ttimestamp\x18\x04 \x01(\x03\x12\x19\n\x11\x65ncryption_key_id\x18\x05 \x01(\t\x12\x14\n\x0cis_encrypted\x18\x06 \x01(\x08\x12\x33\n\x10idempotency_keys\x18\x07 \x03(\x0b\x32\x19.ego.v1.IdempotencyRecord\"\xfb\x01\n\x0c\x44urableState\x12\x16\n\x0epersistence_id\x18\x01 \x01(\t\x12\x16\n\x0eversion_number\x18\x02 \x01(\x04\x12-\n\x0fresulting_state\x18\x03 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x11\n\ttimestamp\x18\x05 \x01(\x03\x12\r\n\x05shard\x18\x06 \x01(\r\x12\x19\n\x11\x65ncryption_key_id\x18\x07 \x01(\t\x12\x14\n\x0cis_encrypted\x18\x08 \x01(\x08\x12\x33\n\x10idempotency_keys\x18\t \x03(\x0b\x32\x19.ego.v1.IdempotencyRecordJ\x04\x08\x04\x10\x05\"q\n\x07\x44\x61taKey\x12\x16\n\x0epersistence_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x15\n\rmaster_key_id\x18\x03 \x01(\t\x12\x13\n\x0bwrapped_key\x18\x04 \x01(\x0c\x12\x12\n\ncreated_at\x18\x05 \x01(\x03\"4\n\x07\x45rasure\x12\x16\n\x0epersistence_id\x18\x01 \x01(\t\x12\x11\n\terased_at\x18\x02 \x01(\x03\"_\n\x06Offset\x12\x14\n\x0cshard_number\x18\x01 \x01(\r\x12\x17\n\x0fprojection_name\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x04\x12\x11\n\ttimestamp\x18\x05 \x01(\x03J\x04\x08\x04\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x65go/v1/envelopes.proto\x12\x06\x65go.v1\x1a\x19google/protobuf/any.proto\"\xfe\x02\n\x05\x45vent\x12\x16\n\x0epersistence_id\x18\x01 \x01(\t\x12\x17\n\x0fsequence_number\x18\x02 \x01(\x04\x12\x12\n\nis_deleted\x18\x03 \x01(\x08\x12#\n\x05\x65vent\x18\x04 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x11\n\ttimestamp\x18\x06 \x01(\x03\x12\r\n\x05shard\x18\x07 \x01(\r\x12\x19\n\x11\x65ncryption_key_id\x18\x08 \x01(\t\x12\x14\n\x0cis_encrypted\x18\t \x01(\x08\x12\x10\n\x08position\x18\n \x01(\x04\x12-\n\x08metadata\x18\x0b \x03(\x0b\x32\x1b.ego.v1.Event.MetadataEntry\x12\x11\n\tis_erased\x18\x0c \x01(\x08\x12\x17\n\x0fidempotency_key\x18\r \x01(\t\x12\x14\n\x0c\x63ommand_hash\x18\x0e \x01(\x06\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x05\x10\x06\"H\n\x11IdempotencyRecord\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x14\n\x0c\x63ommand_hash\x18\x02 \x01(\x06\x12\x10\n\x08revision\x18\x03 \x01(\x04\"\xd9\x01\n\x08Snapshot\x12\x16\n\x0epersistence_id\x18\x01 \x01(\t\x12\x17\n\x0fsequence_number\x18\x02 \x01(\x04\x12#\n\x05state\x18\x03 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x11\n\ttimestamp\x18\x04 \x01(\x03\x12\x19\n\x11\x65ncryption_key_id\x18\x05 \x01(\t\x12\x14\n\x0cis_encrypted\x18\x06 \x01(\x08\x12\x33\n\x10idempotency_keys\x18\x07 \x03(\x0b\x32\x19.ego.v1.IdempotencyRecord\"\xfb\x01\n\x0c\x44urableState\x12\x16\n\x0epersistence_id\x18\x01 \x01(\t\x12\x16\n\x0eversion_number\x18\x02 \x01(\x04\x12-\n\x0fresulting_state\x18\x03 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x11\n\ttimestamp\x18\x05 \x01(\x03\x12\r\n\x05shard\x18\x06 \x01(\r\x12\x19\n\x11\x65ncryption_key_id\x18\x07 \x01(\t\x12\x14\n\x0cis_encrypted\x18\x08 \x01(\x08\x12\x33\n\x10idempotency_keys\x18\t \x03(\x0b\x32\x19.ego.v1.IdempotencyRecordJ\x04\x08\x04\x10\x05\"q\n\x07\x44\x61taKey\x12\x16\n\x0epersistence_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x15\n\rmaster_key_id\x18\x03 \x01(\t\x12\x13\n\x0bwrapped_key\x18\x04 \x01(\x0c\x12\x12\n\ncreated_at\x18\x05 \x01(\x03\"4\n\x07\x45rasure\x12\x16\n\x0epersistence_id\x18\x01 \x01(\t\x12\x11\n\terased_at\x18\x02 \x01(\x03\"_\n\x06Offset\x12\x14\n\x0cshard_number\x18\x01 \x01(\r\x12\x17\n\x0fprojection_name\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x04\x12\x11\n\ttimestamp\x18\x05 \x01(\x03J\x04\x08\x04\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -25,19 +25,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENT_METADATAENTRY']._loaded_options = None
   _globals['_EVENT_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_EVENT']._serialized_start=62
-  _globals['_EVENT']._serialized_end=397
-  _globals['_EVENT_METADATAENTRY']._serialized_start=344
-  _globals['_EVENT_METADATAENTRY']._serialized_end=391
-  _globals['_IDEMPOTENCYRECORD']._serialized_start=399
-  _globals['_IDEMPOTENCYRECORD']._serialized_end=471
-  _globals['_SNAPSHOT']._serialized_start=474
-  _globals['_SNAPSHOT']._serialized_end=691
-  _globals['_DURABLESTATE']._serialized_start=694
-  _globals['_DURABLESTATE']._serialized_end=945
-  _globals['_DATAKEY']._serialized_start=947
-  _globals['_DATAKEY']._serialized_end=1060
-  _globals['_ERASURE']._serialized_start=1062
-  _globals['_ERASURE']._serialized_end=1114
-  _globals['_OFFSET']._serialized_start=1116
-  _globals['_OFFSET']._serialized_end=1211
+  _globals['_EVENT']._serialized_end=444
+  _globals['_EVENT_METADATAENTRY']._serialized_start=391
+  _globals['_EVENT_METADATAENTRY']._serialized_end=438
+  _globals['_IDEMPOTENCYRECORD']._serialized_start=446
+  _globals['_IDEMPOTENCYRECORD']._serialized_end=518
+  _globals['_SNAPSHOT']._serialized_start=521
+  _globals['_SNAPSHOT']._serialized_end=738
+  _globals['_DURABLESTATE']._serialized_start=741
+  _globals['_DURABLESTATE']._serialized_end=992
+  _globals['_DATAKEY']._serialized_start=994
+  _globals['_DATAKEY']._serialized_end=1107
+  _globals['_ERASURE']._serialized_start=1109
+  _globals['_ERASURE']._serialized_end=1161
+  _globals['_OFFSET']._serialized_start=1163
+  _globals['_OFFSET']._serialized_end=1258
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Event(_message.Message):
-    __slots__ = ("persistence_id", "sequence_number", "is_deleted", "event", "timestamp", "shard", "encryption_key_id", "is_encrypted", "position", "metadata", "is_erased")
+    __slots__ = ("persistence_id", "sequence_number", "is_deleted", "event", "timestamp", "shard", "encryption_key_id", "is_encrypted", "position", "metadata", "is_erased", "idempotency_key", "command_hash")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,8 @@ class Event(_message.Message):
     POSITION_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     IS_ERASED_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_HASH_FIELD_NUMBER: _ClassVar[int]
     persistence_id: str
     sequence_number: int
     is_deleted: bool
@@ -38,7 +40,9 @@ class Event(_message.Message):
     position: int
     metadata: _containers.ScalarMap[str, str]
     is_erased: bool
-    def __init__(self, persistence_id: _Optional[str] = ..., sequence_number: _Optional[int] = ..., is_deleted: _Optional[bool] = ..., event: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., timestamp: _Optional[int] = ..., shard: _Optional[int] = ..., encryption_key_id: _Optional[str] = ..., is_encrypted: _Optional[bool] = ..., position: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., is_erased: _Optional[bool] = ...) -> None: ...
+    idempotency_key: str
+    command_hash: int
+    def __init__(self, persistence_id: _Optional[str] = ..., sequence_number: _Optional[int] = ..., is_deleted: _Optional[bool] = ..., event: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., timestamp: _Optional[int] = ..., shard: _Optional[int] = ..., encryption_key_id: _Optional[str] = ..., is_encrypted: _Optional[bool] = ..., position: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., is_erased: _Optional[bool] = ..., idempotency_key: _Optional[str] = ..., command_hash: _Optional[int] = ...) -> None: ...
 
 class IdempotencyRecord(_message.Message):
     __slots__ = ("key", "command_hash", "revision")

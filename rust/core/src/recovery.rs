@@ -216,7 +216,7 @@ fn absorb<H: Host>(
                 }
                 let state = rec.state.take().expect("state before replay");
                 rec.state = Some(host.apply_stored(cx, &e.behavior, event, state)?);
-                if !event.metadata.is_empty() {
+                if !event.idempotency_key.is_empty() || !event.metadata.is_empty() {
                     keys_of(rec, e).absorb_event(event);
                 }
                 rec.next += 1;

@@ -71,8 +71,9 @@ fn store_of<'py>(obj: Option<&Bound<'py, PyAny>>, roles: &[&[&str]]) -> PyResult
     }
 }
 
-/// The idempotency key of `command`: the key and the hash of the command's type and bytes.
-fn keyed(core: &Core, command: &Bound<'_, PyAny>, key: &str) -> PyResult<IdempotencyKey> {
+/// Checks that `command` is a protobuf message; with an idempotency key, returns the key and
+/// the hash of the command's type and bytes.
+fn checked_command(core: &Core, command: &Bound<'_, PyAny>, key: Option<&str>) -> PyResult<Option<IdempotencyKey>> {
     let py = command.py();
     let info = core
         .shared()
@@ -80,9 +81,9 @@ fn keyed(core: &Core, command: &Bound<'_, PyAny>, key: &str) -> PyResult<Idempot
         .types
         .info(command)?
         .ok_or_else(|| invalid_message(py, format!("a command must be a protobuf message, got {}", describe(command))))?;
-    let bytes = command.call_method0(pyo3::intern!(py, "SerializeToString"))?;
-    let bytes = bytes.cast::<pyo3::types::PyBytes>().map_err(PyErr::from)?;
-    Ok(IdempotencyKey { key: key.into(), command_hash: command_hash(&info.type_url, bytes.as_bytes()) })
+    let Some(key) = key else { return Ok(None) };
+    let bytes = info.serialize(command)?;
+    Ok(Some(IdempotencyKey { key: key.into(), command_hash: command_hash(&info.type_url, bytes.as_bytes()) }))
 }
 
 /// Metadata a caller attached to a command: keys of ego's own (`ego.`) are refused, and an
@@ -272,15 +273,15 @@ fn pair_of<'py>(
         return Err(to_pyerr(py, &Error::InvalidEntityId { id: describe(&id), reason: "an entity id must be a str" }));
     }
     let id = id.cast_into::<pyo3::types::PyString>().map_err(PyErr::from)?;
-    EngineCore::check_message(core, py, "a command", &command)?;
     let key = if sequence.len()? == 3 { sequence.get_item(2)? } else { py.None().into_bound(py) };
     let key = if key.is_none() {
-        None
+        checked_command(core, &command, None)?
     } else {
         let Ok(text) = key.cast::<pyo3::types::PyString>() else {
+            EngineCore::check_message(core, py, "a command", &command)?;
             return Err(validation(py, format!("an idempotency key must be a str or None, got {}", describe(&key))));
         };
-        Some(keyed(core, &command, text.to_str()?)?)
+        checked_command(core, &command, Some(text.to_str()?))?
     };
     Ok((id, command, key))
 }
@@ -434,8 +435,7 @@ impl EngineCore {
         let (trace, span) = Tracing::carry(tracing, py, trace_context, entity_id, command)?;
         let send = || {
             let timer = Self::timer(&core);
-            Self::check_message(&core, py, "a command", command)?;
-            let key = idempotency_key.map(|k| keyed(&core, command, k)).transpose()?;
+            let key = checked_command(&core, command, idempotency_key)?;
             let command = PyCommand { msg: command.clone().unbind(), trace, metadata: checked_metadata(py, metadata)? };
             let result = self.blocking(py, entity_id, timeout, |core, reply| core.send_keyed(py, entity_id, command, key, reply));
             if let Some((sent, t)) = timer {
@@ -539,8 +539,7 @@ impl EngineCore {
         let send = || {
             let mut key = None;
             if let Some(core) = &core {
-                Self::check_message(core, py, "a command", command)?;
-                key = idempotency_key.map(|k| keyed(core, command, k)).transpose()?;
+                key = checked_command(core, command, idempotency_key)?;
             }
             let command = PyCommand { msg: command.clone().unbind(), trace, metadata: checked_metadata(py, metadata)? };
             let deadline = timeout.map(|t| (entity_id, t));

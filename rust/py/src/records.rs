@@ -199,6 +199,12 @@ impl PersistedEvent {
     fn metadata(&self) -> std::collections::HashMap<String, String> {
         self.event.metadata.clone()
     }
+    /// The idempotency key of the command that wrote this event (`send_command(...,
+    /// idempotency_key=)`), on the last event of such a command; None on other events.
+    #[getter]
+    fn idempotency_key(&self) -> Option<&str> {
+        ego_core::entity::idempotency::key_of(&self.event).map(|(key, _)| key)
+    }
     /// The whole envelope as an `ego.v1.Event`.
     fn envelope<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         py.import("ego.v1")?.getattr("Event")?.call_method1("FromString", (PyBytes::new(py, &self.event.encode_to_vec()),))

@@ -16,6 +16,21 @@ pub struct TypeInfo {
     pub class: Py<PyType>,
     /// `type.googleapis.com/<full name>`.
     pub type_url: Arc<str>,
+    /// The class's `SerializeToString`, called with the message as argument: no attribute
+    /// lookup and no bound method per call (upb messages have their own `getattr`).
+    serialize: Py<PyAny>,
+}
+
+impl TypeInfo {
+    fn new(class: Bound<'_, PyType>, type_url: Arc<str>) -> PyResult<TypeInfo> {
+        let serialize = class.getattr(pyo3::intern!(class.py(), "SerializeToString"))?.unbind();
+        Ok(TypeInfo { class: class.unbind(), type_url, serialize })
+    }
+
+    /// `message.SerializeToString()`, for a message of this class.
+    pub fn serialize<'py>(&self, message: &Bound<'py, PyAny>) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+        Ok(self.serialize.bind(message.py()).call1((message,))?.cast_into::<pyo3::types::PyBytes>()?)
+    }
 }
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
@@ -48,8 +63,7 @@ impl Types {
             return Ok(None);
         }
         let full_name: String = ty.getattr("DESCRIPTOR")?.getattr("full_name")?.extract()?;
-        let info =
-            Arc::new(TypeInfo { class: ty.unbind(), type_url: format!("{}{full_name}", ego_core::envelope::TYPE_URL_PREFIX).into() });
+        let info = Arc::new(TypeInfo::new(ty, format!("{}{full_name}", ego_core::envelope::TYPE_URL_PREFIX).into())?);
         self.by_class.lock().insert(key, info.clone());
         self.by_url.lock().entry(info.type_url.clone()).or_insert_with(|| info.clone());
         Ok(Some(info))
@@ -66,7 +80,7 @@ impl Types {
             return Ok(None);
         }
         let class = found.cast_into::<PyType>()?;
-        let info = Arc::new(TypeInfo { class: class.clone().unbind(), type_url: type_url.into() });
+        let info = Arc::new(TypeInfo::new(class.clone(), type_url.into())?);
         self.by_class.lock().entry(class.as_ptr() as usize).or_insert_with(|| info.clone());
         self.by_url.lock().insert(info.type_url.clone(), info.clone());
         Ok(Some(info))

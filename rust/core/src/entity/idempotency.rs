@@ -1,6 +1,6 @@
 //! Idempotent commands: a command sent with a key is applied once. The key and a hash of the
-//! command are persisted with what the command wrote (in the metadata of its last event, or in
-//! the durable-state envelope), and an entity keeps its most recent keys (its window) in
+//! command are persisted with what the command wrote (in the `idempotency_key` and
+//! `command_hash` fields of its last event, or in the durable-state envelope), and an entity keeps its most recent keys (its window) in
 //! memory, in its snapshots and in its durable state, so the window survives restarts and
 //! passivation. A repeat under a key in the window is answered from it and writes nothing; a
 //! different command under a used key is refused.
@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use crate::envelope::{Event, IdempotencyRecord};
 
-/// Event metadata entry that holds the idempotency key of the command that wrote the event.
+/// Event metadata entry where records written before `Event.idempotency_key` existed hold the
+/// key (read, never written).
 pub const METADATA_KEY: &str = "ego.idempotency_key";
-/// Event metadata entry that holds the command's hash (16 hex digits).
+/// Event metadata entry where such records hold the command's hash (16 hex digits).
 pub const METADATA_HASH: &str = "ego.command_hash";
 
 /// A command's idempotency key and the hash of the command (its type URL and bytes).
@@ -68,11 +69,11 @@ impl KeyWindow {
         }
     }
 
-    /// Remembers the key an event carries in its metadata, if any.
+    /// Remembers the key an event carries, if any (in its fields, or in the metadata of a
+    /// record written before them).
     pub(crate) fn absorb_event(&mut self, event: &Event) {
-        let (Some(key), Some(hash)) = (event.metadata.get(METADATA_KEY), event.metadata.get(METADATA_HASH)) else { return };
-        if let Ok(hash) = u64::from_str_radix(hash, 16) {
-            self.insert(key.as_str().into(), hash, event.sequence_number);
+        if let Some((key, hash)) = key_of(event) {
+            self.insert(key.into(), hash, event.sequence_number);
         }
     }
 
@@ -94,8 +95,19 @@ impl KeyWindow {
     }
 }
 
-/// The hash that tells two commands apart: xxh3-64 of the type URL and the encoded bytes.
+/// The hash that tells two commands apart: xxh3-64 of the type URL, a zero byte and the
+/// encoded bytes (persisted: it must never change).
 pub fn command_hash(type_url: &str, bytes: &[u8]) -> u64 {
+    const SHORT: usize = 256;
+    let n = type_url.len() + 1 + bytes.len();
+    if n <= SHORT {
+        // Most commands are short: one call of the one-shot hash on a stack copy costs a
+        // fraction of the streaming hasher's set-up and three updates.
+        let mut buf = [0u8; SHORT];
+        buf[..type_url.len()].copy_from_slice(type_url.as_bytes());
+        buf[type_url.len() + 1..n].copy_from_slice(bytes);
+        return xxhash_rust::xxh3::xxh3_64(&buf[..n]);
+    }
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(type_url.as_bytes());
     h.update(&[0]);
@@ -105,8 +117,22 @@ pub fn command_hash(type_url: &str, bytes: &[u8]) -> u64 {
 
 /// Marks an event as the last one of a command applied under `key`.
 pub(crate) fn tag_event(event: &mut Event, key: &IdempotencyKey) {
-    event.metadata.insert(METADATA_KEY.to_string(), key.key.to_string());
-    event.metadata.insert(METADATA_HASH.to_string(), format!("{:016x}", key.command_hash));
+    // (Not `to_string`: on an `Arc<str>` it goes through the formatting machinery.)
+    event.idempotency_key = String::from(&*key.key);
+    event.command_hash = key.command_hash;
+}
+
+/// The idempotency key and command hash an event carries: in its fields, or (records written
+/// before them) in its metadata.
+pub fn key_of(event: &Event) -> Option<(&str, u64)> {
+    if !event.idempotency_key.is_empty() {
+        return Some((&event.idempotency_key, event.command_hash));
+    }
+    if event.metadata.is_empty() {
+        return None;
+    }
+    let (key, hash) = (event.metadata.get(METADATA_KEY)?, event.metadata.get(METADATA_HASH)?);
+    Some((key, u64::from_str_radix(hash, 16).ok()?))
 }
 
 #[cfg(test)]
@@ -146,5 +172,39 @@ mod tests {
         let mut again = KeyWindow::new(10);
         again.absorb_records(&w.records());
         assert_eq!(again.seen(&key("k", 0xabc)), Seen::Applied(4));
+    }
+
+    #[test]
+    fn the_command_hash_is_xxh3_of_type_zero_bytes_whatever_the_length() {
+        // Persisted hashes stay valid: short inputs (one-shot) and long ones (streaming) hash
+        // the same bytes the same way.
+        for len in [0, 10, 200, 226, 227, 228, 300, 5000] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let url = "type.googleapis.com/bank.Credit";
+            let mut all = url.as_bytes().to_vec();
+            all.push(0);
+            all.extend_from_slice(&bytes);
+            assert_eq!(command_hash(url, &bytes), xxhash_rust::xxh3::xxh3_64(&all), "length {len}");
+            // What earlier builds computed (and persisted): the streaming hasher, three updates.
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            h.update(url.as_bytes());
+            h.update(&[0]);
+            h.update(&bytes);
+            assert_eq!(command_hash(url, &bytes), h.digest(), "length {len}");
+        }
+    }
+
+    #[test]
+    fn records_of_the_metadata_layout_are_still_read() {
+        let mut e = Event { sequence_number: 9, ..Default::default() };
+        e.metadata.insert(METADATA_KEY.into(), "old".into());
+        e.metadata.insert(METADATA_HASH.into(), format!("{:016x}", 0xdef_u64));
+        assert_eq!(key_of(&e), Some(("old", 0xdef)));
+        let mut w = KeyWindow::new(10);
+        w.absorb_event(&e);
+        assert_eq!(w.seen(&key("old", 0xdef)), Seen::Applied(9));
+        e.metadata.insert(METADATA_HASH.into(), "not hex".into());
+        assert_eq!(key_of(&e), None);
+        assert_eq!(key_of(&Event::default()), None);
     }
 }

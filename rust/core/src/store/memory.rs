@@ -68,6 +68,8 @@ struct Extra {
     encryption_key_id: String,
     is_encrypted: bool,
     metadata: std::collections::HashMap<String, String>,
+    idempotency_key: String,
+    command_hash: u64,
 }
 
 impl Stored {
@@ -86,6 +88,8 @@ impl Stored {
             e.encryption_key_id = x.encryption_key_id.clone();
             e.is_encrypted = x.is_encrypted;
             e.metadata = x.metadata.clone();
+            e.idempotency_key = x.idempotency_key.clone();
+            e.command_hash = x.command_hash;
         }
         e
     }
@@ -138,12 +142,19 @@ impl MemoryStore {
                     k
                 }
             };
-            let extra = (e.is_deleted || e.is_encrypted || !e.encryption_key_id.is_empty() || !e.metadata.is_empty()).then(|| {
+            let extra = (e.is_deleted
+                || e.is_encrypted
+                || !e.encryption_key_id.is_empty()
+                || !e.metadata.is_empty()
+                || !e.idempotency_key.is_empty())
+            .then(|| {
                 Box::new(Extra {
                     is_deleted: e.is_deleted,
                     encryption_key_id: e.encryption_key_id,
                     is_encrypted: e.is_encrypted,
                     metadata: e.metadata,
+                    idempotency_key: e.idempotency_key,
+                    command_hash: e.command_hash,
                 })
             });
             let stored = Arc::new(Stored {

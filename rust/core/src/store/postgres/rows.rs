@@ -10,8 +10,9 @@ use crate::store::SqlValue;
 
 /// An event row as an envelope.
 pub(super) fn event_of(row: &Row) -> Event {
+    // The metadata column: an encoded envelope with the metadata and the idempotency key.
     let metadata: Option<Vec<u8>> = row.get("metadata");
-    let metadata = metadata.and_then(|m| Event::decode(&*m).ok()).map(|e| e.metadata).unwrap_or_default();
+    let extra = metadata.and_then(|m| Event::decode(&*m).ok()).unwrap_or_default();
     let key: Option<String> = row.get("encryption_key_id");
     Event {
         persistence_id: row.get("persistence_id"),
@@ -23,9 +24,25 @@ pub(super) fn event_of(row: &Row) -> Event {
         encryption_key_id: key.unwrap_or_default(),
         is_encrypted: row.get("is_encrypted"),
         position: row.get::<_, i64>("position") as u64,
-        metadata,
+        metadata: extra.metadata,
         is_erased: false,
+        idempotency_key: extra.idempotency_key,
+        command_hash: extra.command_hash,
     }
+}
+
+/// The metadata column of an event: an envelope with only its metadata and idempotency key,
+/// encoded (NULL when it has neither).
+pub(super) fn metadata_column(e: &Event) -> Option<Vec<u8>> {
+    (!e.metadata.is_empty() || !e.idempotency_key.is_empty()).then(|| {
+        Event {
+            metadata: e.metadata.clone(),
+            idempotency_key: e.idempotency_key.clone(),
+            command_hash: e.command_hash,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    })
 }
 
 /// The columns of the events table, in the order of every event query.

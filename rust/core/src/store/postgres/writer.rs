@@ -15,14 +15,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prost::Message;
 use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement, Transaction};
 
 use super::connection::{connect, to_i64, Inner, Op, Request};
 use super::errors::{chain, db_error, is_connection_error, is_retryable};
-use super::rows::{idempotency_column, EVENT_COLUMNS};
+use super::rows::{idempotency_column, metadata_column, EVENT_COLUMNS};
 use crate::envelope::{DurableState, Event, Snapshot};
 use crate::error::{Error, Result};
 use crate::store::{check_batch, check_snapshot, check_state};
@@ -387,7 +386,7 @@ async fn insert_events(step: &mut Step<'_, '_>, event_chains: &BTreeMap<String, 
             keys.push((!e.encryption_key_id.is_empty()).then_some(e.encryption_key_id.as_str()));
             encrypted.push(e.is_encrypted);
             deleted.push(e.is_deleted);
-            metadata.push((!e.metadata.is_empty()).then(|| Event { metadata: e.metadata.clone(), ..Default::default() }.encode_to_vec()));
+            metadata.push(metadata_column(e));
         }
     }
     let sql = format!(
