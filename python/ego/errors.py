@@ -20,6 +20,7 @@ __all__ = [
     "EntityErasedError",
     "EntityNotFoundError",
     "EntityStoppedError",
+    "FencedError",
     "HandlerContractError",
     "IdempotencyKeyReusedError",
     "InternalError",
@@ -148,6 +149,20 @@ class CorruptDataError(StoreError):
 class StorageFullError(StoreError):
     """The store ran out of space. Nothing was written. A RocksDB store resumes writing by
     itself once enough space is free (it checks every few seconds)."""
+
+
+class FencedError(StoreError):
+    """The store was opened with ``fence=NAME`` and another process opened the same fence since
+    (a newer incarnation of this shard or service took over): the write was not applied, and
+    this store refuses every later write (reads still work). The process holding the old
+    store should stop serving; its callers retry against the new holder.
+
+    ``fence`` is the name, ``epoch`` this store's epoch, ``current_epoch`` the newer one
+    (0 when the fence's row was removed)."""
+
+    fence: str | None = None
+    epoch: int | None = None
+    current_epoch: int | None = None
 
 
 class OutcomeUnknownError(StoreError):

@@ -371,7 +371,7 @@ class PostgresStore(NativeStore):
 
     ``url`` is a libpq-style URL (``postgresql://user:password@host:5432/db``) or key=value
     string. The tables (``<schema>.<table_prefix>events``, ``heads``, ``shards``,
-    ``snapshots``, ``states``, ``offsets``, ``keys``, ``erasures``, ``migrations``) are created or migrated on first
+    ``snapshots``, ``states``, ``offsets``, ``keys``, ``erasures``, ``meta``, ``fences``, ``migrations``) are created or migrated on first
     use; ``schema`` and ``table_prefix`` must be plain identifiers.
 
     Writes from every entity of the process that arrive together share one transaction
@@ -379,6 +379,21 @@ class PostgresStore(NativeStore):
     never skip an event. While the server cannot be reached, writes are retried with backoff
     for up to ``retry_for`` seconds; a write whose connection was lost while committing fails
     with :class:`~ego.errors.OutcomeUnknownError`.
+
+    ``fence`` (a name, e.g. ``"shard-3"``): fencing, for a process that must be the only writer
+    of its name (one shard, one incarnation). Opening the store takes a new epoch for the name
+    (table ``fences``), waiting for the writes of the previous holder in flight; every later
+    write of this store (events, snapshots, durable states, offsets, deletes, keys) checks in
+    its own transaction that no other store opened the same name since. Once one did, the write
+    fails with :class:`~ego.errors.FencedError` (nothing applied) and so does every later
+    write of this store; reads still work. ``fence_timeout`` (seconds, default 5): with a fence,
+    the server ends a transaction of this store that sits idle longer (rolled back), so a
+    process stopped in the middle of a write keeps a new holder waiting at most that long.
+    ``store.fence`` is ``(name, epoch)``. The check costs one statement per transaction (one
+    per group commit of the writer)::
+
+        store = PostgresStore("postgresql://postgres@127.0.0.1:5432/app", fence="shard-3")
+        store.fence  # ("shard-3", 7): the 7th store opened with this name
     """
 
     def __new__(
@@ -390,9 +405,23 @@ class PostgresStore(NativeStore):
         pool_size: int = 8,
         max_event_bytes: int | None = None,
         retry_for: float = 30.0,
+        fence: str | None = None,
+        fence_timeout: float = 5.0,
     ) -> PostgresStore:
         return super().__new__(
-            cls, "postgres", None, True, max_event_bytes, None, url, schema, table_prefix, pool_size, retry_for
+            cls,
+            "postgres",
+            None,
+            True,
+            max_event_bytes,
+            None,
+            url,
+            schema,
+            table_prefix,
+            pool_size,
+            retry_for,
+            fence=fence,
+            fence_timeout=fence_timeout,
         )
 
 

@@ -95,6 +95,14 @@ pub enum Error {
              add it with on_other_journal=\"start_over\" to start it over on this journal, or give it the offset store of this journal"
     )]
     JournalChanged { projection: Arc<str>, recorded: Arc<str>, current: Arc<str> },
+    /// A store opened with a fence name was fenced off: another process opened the same fence
+    /// since (it took epoch `current`, this store holds `epoch`). The write was not applied, and
+    /// the store refuses every later write (reads still work).
+    #[error(
+        "fenced: another process opened the fence {fence:?} (epoch {current}; this store holds epoch {epoch}): \
+         the write was not applied, and this store writes no more"
+    )]
+    Fenced { fence: Arc<str>, epoch: u64, current: u64 },
     /// ego itself failed (a bug, or the interpreter refused something ego needs); never a
     /// user's handler error.
     #[error("internal error: {0}")]

@@ -72,6 +72,9 @@ pub fn to_pyerr(py: Python<'_>, e: &Error) -> PyErr {
         Error::Contract(_) => make(py, "HandlerContractError", msg, &[]),
         Error::Recovery { id, .. } => make(py, "RecoveryError", msg, &[("entity_id", text(id))]),
         Error::Internal(_) => make(py, "InternalError", msg, &[]),
+        Error::Fenced { fence, epoch, current } => {
+            make(py, "FencedError", msg, &[("fence", text(fence)), ("epoch", int(*epoch)), ("current_epoch", int(*current))])
+        }
         Error::ReadModelRefused(_) => make(py, "ReadModelWriteError", msg, &[]),
         Error::JournalChanged { projection, recorded, current } => make(
             py,
@@ -177,6 +180,8 @@ pub fn from_pyerr(py: Python<'_>, err: &PyErr) -> Error {
         Error::TooLarge { what: "event", size: 0, limit: 0 }
     } else if is("CorruptDataError") {
         Error::Corrupt { persistence_id: text("persistence_id").into(), sequence_number: num("sequence_number"), detail: message }
+    } else if is("FencedError") {
+        Error::Fenced { fence: text("fence").into(), epoch: num("epoch"), current: num("current_epoch") }
     } else if is("OutcomeUnknownError") {
         Error::OutcomeUnknown(message)
     } else if is("StorageFullError") {

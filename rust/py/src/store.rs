@@ -116,7 +116,7 @@ fn criteria(
 #[pymethods]
 impl NativeStore {
     #[new]
-    #[pyo3(signature = (kind, path=None, sync=true, max_event_bytes=None, cache_bytes=None, url=None, schema="public", table_prefix="ego_", pool_size=8, retry_for=30.0, inner=None, encryption=None, wal_recovery="strict"))]
+    #[pyo3(signature = (kind, path=None, sync=true, max_event_bytes=None, cache_bytes=None, url=None, schema="public", table_prefix="ego_", pool_size=8, retry_for=30.0, inner=None, encryption=None, wal_recovery="strict", fence=None, fence_timeout=5.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -133,6 +133,8 @@ impl NativeStore {
         inner: Option<PyRef<'_, NativeStore>>,
         encryption: Option<&Bound<'_, PyAny>>,
         wal_recovery: &str,
+        fence: Option<String>,
+        fence_timeout: f64,
     ) -> PyResult<Self> {
         if kind == "encrypted" {
             let (Some(inner), Some(settings)) = (inner, encryption) else {
@@ -154,10 +156,16 @@ impl NativeStore {
             return Ok(NativeStore { backend: inner.backend.clone(), encrypted: Some(layer) });
         }
         let max = max_event_bytes.unwrap_or(DEFAULT_MAX_EVENT_BYTES);
+        if fence.is_some() && kind != "postgres" {
+            return Err(configuration(py, "fence= is a setting of PostgresStore: other stores are used by one process at a time"));
+        }
         if kind == "postgres" {
             let Some(url) = url else { return Err(configuration(py, "a PostgreSQL store needs a url")) };
             if !(retry_for.is_finite() && retry_for >= 0.0) {
                 return Err(configuration(py, "retry_for must be a non-negative number of seconds"));
+            }
+            if !(fence_timeout.is_finite() && fence_timeout > 0.0 && fence_timeout <= 86_400.0) {
+                return Err(configuration(py, "fence_timeout must be a number of seconds above 0 and at most 86400"));
             }
             let options = PgOptions {
                 url,
@@ -166,6 +174,8 @@ impl NativeStore {
                 pool_size,
                 max_event_bytes: max,
                 retry_for: std::time::Duration::from_secs_f64(retry_for),
+                fence,
+                fence_timeout: std::time::Duration::from_secs_f64(fence_timeout),
             };
             let store = wait(py, PgStore::connect(options, runtime().handle().clone()))?;
             return Ok(NativeStore { backend: Backend::Postgres(store), encrypted: None });
@@ -196,6 +206,16 @@ impl NativeStore {
             Backend::Memory(s) => s.max_event_bytes(),
             Backend::Rocks(s) => s.max_event_bytes(),
             Backend::Postgres(s) => s.max_event_bytes(),
+        }
+    }
+
+    /// `(name, epoch)` of the fence this store holds (a PostgreSQL store opened with `fence=`),
+    /// or None.
+    #[getter]
+    fn fence(&self) -> Option<(String, u64)> {
+        match &self.backend {
+            Backend::Postgres(s) => s.fence_epoch(),
+            _ => None,
         }
     }
 

@@ -27,6 +27,13 @@ pub struct PgOptions {
     pub max_event_bytes: usize,
     /// How long a write keeps retrying while the server cannot be reached.
     pub retry_for: Duration,
+    /// Fencing: opening the store takes a new epoch for this name, and every later write of
+    /// the store commits only while no other store opened the same name since (see `fence`).
+    pub fence: Option<String>,
+    /// With a fence: how long a transaction of this store may wait idle before the server ends
+    /// it (rolled back), so a process stopped in the middle of a write holds a newer store's
+    /// opening for at most this long.
+    pub fence_timeout: Duration,
 }
 
 impl Default for PgOptions {
@@ -38,6 +45,8 @@ impl Default for PgOptions {
             pool_size: 8,
             max_event_bytes: crate::store::memory::DEFAULT_MAX_EVENT_BYTES,
             retry_for: Duration::from_secs(30),
+            fence: None,
+            fence_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -48,6 +57,8 @@ pub(super) struct Inner {
     pub(super) names: Names,
     pub(super) options: PgOptions,
     pub(super) runtime: tokio::runtime::Handle,
+    /// The fence this store holds, if it was opened with one.
+    pub(super) fence: Option<super::fence::Fence>,
     /// `None` once closed: the writer task ends and its connection closes.
     pub(super) writer: parking_lot::Mutex<Option<mpsc::UnboundedSender<Request>>>,
 }
@@ -89,12 +100,27 @@ pub(super) async fn get_client(inner: &Inner) -> Result<deadpool_postgres::Objec
     }
 }
 
-/// A dedicated connection (the writer's), outside the pool.
-pub(super) async fn connect(inner: &Inner) -> std::result::Result<Client, tokio_postgres::Error> {
-    let config: tokio_postgres::Config = inner.options.url.parse()?;
+/// The connection settings of a store: its URL, and with a fence the server-side bound on a
+/// transaction left idle.
+pub(super) fn config(options: &PgOptions) -> Result<tokio_postgres::Config> {
+    let mut config: tokio_postgres::Config =
+        options.url.parse().map_err(|e| Error::Configuration(format!("bad PostgreSQL URL: {e}").into()))?;
+    if options.fence.is_some() {
+        let ms = options.fence_timeout.as_millis().clamp(1, i32::MAX as u128);
+        let mut extra = config.get_options().map(|o| format!("{o} ")).unwrap_or_default();
+        extra.push_str(&format!("-c idle_in_transaction_session_timeout={ms}"));
+        config.options(extra);
+    }
+    Ok(config)
+}
+
+/// A dedicated connection (the writer's), outside the pool, and the task driving it (its result
+/// tells how the connection ended).
+pub(super) async fn connect(
+    inner: &Inner,
+) -> std::result::Result<(Client, tokio::task::JoinHandle<std::result::Result<(), tokio_postgres::Error>>), tokio_postgres::Error> {
+    let config = config(&inner.options).unwrap_or_else(|_| unreachable!("the URL was parsed when the store connected"));
     let (client, connection) = config.connect(NoTls).await?;
-    inner.runtime.spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
+    let driver = inner.runtime.spawn(connection);
+    Ok((client, driver))
 }

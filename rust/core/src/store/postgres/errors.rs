@@ -14,11 +14,17 @@ pub(super) fn db_error(e: tokio_postgres::Error) -> Error {
     }
 }
 
-/// The connection is gone (the server stopped, the network broke): nothing of an uncommitted
+/// The connection is gone (the server stopped, the network broke, the server ended a session
+/// whose transaction sat idle too long): nothing of an uncommitted
 /// transaction was applied, and a new connection may do better.
 pub(super) fn is_connection_error(e: &tokio_postgres::Error) -> bool {
     e.as_db_error().is_none() && e.code().is_none_or(|c| c.code().starts_with("08") || *c == SqlState::ADMIN_SHUTDOWN)
-        || e.code().is_some_and(|c| c.code().starts_with("08") || *c == SqlState::ADMIN_SHUTDOWN || *c == SqlState::CRASH_SHUTDOWN)
+        || e.code().is_some_and(|c| {
+            c.code().starts_with("08")
+                || *c == SqlState::ADMIN_SHUTDOWN
+                || *c == SqlState::CRASH_SHUTDOWN
+                || *c == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
+        })
 }
 
 /// Worth retrying the whole transaction: a lost connection, or a deadlock or serialization

@@ -13,7 +13,7 @@ const OFFSETS_JOURNAL: &str = "offsets-journal/";
 /// Reads (or records, on first use) the journal's identity and shard count; see
 /// `EventsStore::claim_journal`. One claim at a time across processes.
 pub(super) async fn claim(inner: &Inner, mut client: deadpool_postgres::Object, shards: u32) -> Result<JournalInfo> {
-    let tx = client.transaction().await.map_err(db_error)?;
+    let tx = super::fence::begin(inner, &mut client).await?;
     tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&inner.names.meta]).await.map_err(db_error)?;
     let rows = tx
         .query(&format!("SELECT key, value FROM {} WHERE key IN ($1, $2)", inner.names.meta), &[&JOURNAL_ID, &JOURNAL_SHARDS])
@@ -48,12 +48,12 @@ pub(super) async fn offsets_journal(inner: &Inner, client: deadpool_postgres::Ob
 /// Records the journal `projection`'s offsets belong to.
 pub(super) async fn record_offsets_journal(
     inner: &Inner,
-    client: deadpool_postgres::Object,
+    mut client: deadpool_postgres::Object,
     projection: &str,
     journal: &str,
 ) -> Result<()> {
     let sql =
         format!("INSERT INTO {} (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", inner.names.meta);
-    client.execute(&sql, &[&format!("{OFFSETS_JOURNAL}{projection}"), &journal]).await.map_err(db_error)?;
+    super::fence::execute_write(inner, &mut client, &sql, &[&format!("{OFFSETS_JOURNAL}{projection}"), &journal]).await?;
     Ok(())
 }

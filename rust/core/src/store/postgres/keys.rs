@@ -50,7 +50,7 @@ impl KeyVault for PgStore {
         self.read(move |inner, mut client| async move {
             crate::ids::validate_id(&key.persistence_id)?;
             let n = &inner.names;
-            let tx = client.transaction().await.map_err(db_error)?;
+            let tx = super::fence::begin(&inner, &mut client).await?;
             tx.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", &[&LOCK_CLASS, &key.persistence_id]).await.map_err(db_error)?;
             let erased = tx
                 .query_opt(&format!("SELECT erased_at FROM {} WHERE persistence_id = $1", n.erasures), &[&key.persistence_id])
@@ -80,7 +80,7 @@ impl KeyVault for PgStore {
         self.read(move |inner, mut client| async move {
             crate::ids::validate_id(&pid)?;
             let n = &inner.names;
-            let tx = client.transaction().await.map_err(db_error)?;
+            let tx = super::fence::begin(&inner, &mut client).await?;
             tx.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", &[&LOCK_CLASS, &pid]).await.map_err(db_error)?;
             tx.execute(&format!("DELETE FROM {} WHERE persistence_id = $1", n.keys), &[&pid]).await.map_err(db_error)?;
             tx.execute(
@@ -122,16 +122,15 @@ impl KeyVault for PgStore {
 
     fn replace_key(&self, key: DataKey, expected_master: &str) -> BoxFuture<'static, Result<bool>> {
         let expected = expected_master.to_string();
-        self.read(move |inner, client| async move {
+        self.read(move |inner, mut client| async move {
             let sql = format!(
                 "UPDATE {} SET master_key_id = $3, wrapped_key = $4 WHERE persistence_id = $1 AND key_id = $2 AND master_key_id = $5",
                 inner.names.keys
             );
             let wrapped: &[u8] = &key.wrapped_key;
-            let n = client
-                .execute(&sql, &[&key.persistence_id, &key.key_id, &key.master_key_id, &wrapped, &expected])
-                .await
-                .map_err(db_error)?;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+                [&key.persistence_id, &key.key_id, &key.master_key_id, &wrapped, &expected];
+            let n = super::fence::execute_write(&inner, &mut client, &sql, &params).await?;
             Ok(n == 1)
         })
     }

@@ -25,6 +25,7 @@
 
 mod connection;
 mod errors;
+mod fence;
 mod journal;
 mod keys;
 mod offsets;
@@ -62,14 +63,20 @@ impl PgStore {
     pub async fn connect(options: PgOptions, runtime: tokio::runtime::Handle) -> Result<Self> {
         check_identifier("schema", &options.schema, false)?;
         check_identifier("table prefix", &options.table_prefix, true)?;
-        let config: tokio_postgres::Config =
-            options.url.parse().map_err(|e| Error::Configuration(format!("bad PostgreSQL URL: {e}").into()))?;
+        let config = connection::config(&options)?;
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager).max_size(options.pool_size.max(1)).build().map_err(Error::storage)?;
         let names = Names::new(&options.schema, &options.table_prefix);
         migrate(&pool, &names).await?;
+        let fence = match &options.fence {
+            Some(name) => {
+                let client = pool.get().await.map_err(Error::storage)?;
+                Some(fence::take(&client, &names, name).await?)
+            }
+            None => None,
+        };
         let (tx, rx) = mpsc::unbounded_channel();
-        let inner = Arc::new(Inner { pool, names, options, runtime: runtime.clone(), writer: parking_lot::Mutex::new(Some(tx)) });
+        let inner = Arc::new(Inner { pool, names, options, runtime: runtime.clone(), fence, writer: parking_lot::Mutex::new(Some(tx)) });
         runtime.spawn(writer::writer(inner.clone(), rx));
         Ok(PgStore { inner })
     }
@@ -84,8 +91,8 @@ impl PgStore {
         let n = &self.inner.names;
         let client = self.inner.pool.get().await.map_err(Error::storage)?;
         let sql = format!(
-            "DROP TABLE IF EXISTS {}, {}, {}, {}, {}, {}, {}, {}, {}, {}",
-            n.events, n.heads, n.shards, n.snapshots, n.states, n.offsets, n.keys, n.erasures, n.meta, n.migrations
+            "DROP TABLE IF EXISTS {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}",
+            n.events, n.heads, n.shards, n.snapshots, n.states, n.offsets, n.keys, n.erasures, n.meta, n.fences, n.migrations
         );
         client.batch_execute(&sql).await.map_err(db_error)
     }
@@ -96,7 +103,15 @@ impl PgStore {
         self.inner.pool.close();
     }
 
+    /// The fence's epoch and name, when the store was opened with one.
+    pub fn fence_epoch(&self) -> Option<(String, u64)> {
+        self.inner.fence.as_ref().map(|f| (f.name().to_string(), f.epoch()))
+    }
+
     fn submit(&self, op: Op) -> BoxFuture<'static, Result<()>> {
+        if let Some(Err(e)) = self.inner.fence.as_ref().map(fence::Fence::refused) {
+            return crate::future::ready(Err(e));
+        }
         let (done, rx) = oneshot::channel();
         let sent = self.inner.writer.lock().as_ref().is_some_and(|w| w.send(Request { op, done }).is_ok());
         if !sent {
@@ -141,12 +156,12 @@ impl PgStore {
         })
     }
 
-    /// Runs one statement that changes data outside the writer (deletes, offsets).
+    /// Runs one statement that changes data outside the writer (deletes, offsets), checking
+    /// the fence when the store has one.
     fn exec(&self, sql: String, params: Vec<Box<dyn ToSql + Send + Sync>>) -> BoxFuture<'static, Result<()>> {
-        self.read(move |_, client| async move {
+        self.read(move |inner, mut client| async move {
             let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
-            let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
-            client.execute(&stmt, &refs).await.map(|_| ()).map_err(db_error)
+            fence::execute_write(&inner, &mut client, &sql, &refs).await.map(|_| ())
         })
     }
 }

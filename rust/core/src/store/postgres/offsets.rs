@@ -4,6 +4,7 @@ use tokio_postgres::types::ToSql;
 
 use super::connection::to_i64;
 use super::errors::{chain, db_error, is_retryable};
+use super::fence::{begin, commit_error, execute_write};
 use super::PgStore;
 use crate::error::{Error, Result};
 use crate::future::BoxFuture;
@@ -15,7 +16,7 @@ impl OffsetStore for PgStore {
             return crate::future::ready(Err(e));
         }
         let projection = projection.to_string();
-        self.read(move |inner, client| async move {
+        self.read(move |inner, mut client| async move {
             let shards: Vec<i32> = offsets.iter().map(|(s, _)| *s as i32).collect();
             let positions: Vec<i64> = offsets.iter().map(|(_, p)| to_i64(*p)).collect();
             let sql = format!(
@@ -23,8 +24,8 @@ impl OffsetStore for PgStore {
                  ON CONFLICT (projection, shard) DO UPDATE SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at",
                 inner.names.offsets
             );
-            let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
-            client.execute(&stmt, &[&projection, &shards, &positions, &crate::clock::now_nanos()]).await.map(|_| ()).map_err(db_error)
+            let now = crate::clock::now_nanos();
+            execute_write(&inner, &mut client, &sql, &[&projection, &shards, &positions, &now]).await.map(|_| ())
         })
     }
 
@@ -73,7 +74,7 @@ impl OffsetStore for PgStore {
         }
         let projection = projection.to_string();
         self.read(move |inner, mut client| async move {
-            let tx = client.transaction().await.map_err(db_error)?;
+            let tx = begin(&inner, &mut client).await?;
             // Unqualified table names in the read model's SQL resolve in the store's schema
             // first (for this transaction only).
             let path = format!("SET LOCAL search_path TO {}, public", inner.names.schema);
@@ -96,7 +97,7 @@ impl OffsetStore for PgStore {
             );
             let stmt = tx.prepare_cached(&sql).await.map_err(db_error)?;
             tx.execute(&stmt, &[&projection, &shards, &positions, &crate::clock::now_nanos()]).await.map_err(db_error)?;
-            tx.commit().await.map_err(|e| if e.as_db_error().is_some() { db_error(e) } else { Error::OutcomeUnknown(e.to_string().into()) })
+            tx.commit().await.map_err(commit_error)
         })
     }
 }

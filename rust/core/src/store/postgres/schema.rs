@@ -7,7 +7,7 @@ use super::errors::{chain, db_error};
 use crate::error::{Error, Result};
 
 /// Schema version this code writes.
-const SCHEMA_VERSION: i32 = 5;
+const SCHEMA_VERSION: i32 = 6;
 
 /// Checks that `name` is a plain SQL identifier.
 pub fn check_identifier(what: &str, name: &str, allow_empty: bool) -> Result<()> {
@@ -38,6 +38,7 @@ pub(super) struct Names {
     pub(super) erasures: String,
     pub(super) migrations: String,
     pub(super) meta: String,
+    pub(super) fences: String,
 }
 
 impl Names {
@@ -55,6 +56,7 @@ impl Names {
             erasures: t("erasures"),
             migrations: t("migrations"),
             meta: t("meta"),
+            fences: t("fences"),
         }
     }
 }
@@ -195,6 +197,17 @@ pub(super) async fn migrate(pool: &Pool, n: &Names) -> Result<()> {
             "CREATE TABLE {meta} (key text PRIMARY KEY, value text NOT NULL);
              INSERT INTO {m} (version) VALUES (5);",
             meta = n.meta,
+            m = n.migrations,
+        ))
+        .await
+        .map_err(db_error)?;
+    }
+    if current < 6 {
+        // Fencing: each fence name's epoch, taken anew by every store opened with that name.
+        tx.batch_execute(&format!(
+            "CREATE TABLE {fences} (name text PRIMARY KEY, epoch bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now());
+             INSERT INTO {m} (version) VALUES (6);",
+            fences = n.fences,
             m = n.migrations,
         ))
         .await

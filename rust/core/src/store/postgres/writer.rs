@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement, Transaction};
 
@@ -35,6 +36,8 @@ enum GroupError {
     Before(tokio_postgres::Error),
     /// While COMMIT was in flight.
     AtCommit(tokio_postgres::Error),
+    /// Refused before anything was written (the store is fenced off): not retried.
+    Refused(Error),
 }
 
 /// The writer's connection and the statements prepared on it (the write statements' texts
@@ -42,6 +45,21 @@ enum GroupError {
 struct WriterConn {
     client: Client,
     statements: HashMap<String, Statement>,
+    /// The task driving the connection: how it ended tells whether the server rolled back.
+    driver: tokio::task::JoinHandle<std::result::Result<(), tokio_postgres::Error>>,
+}
+
+/// Whether the server ended the session because its transaction sat idle (the process was
+/// stopped, or paused, in the middle of a write): the transaction was rolled back, whatever the
+/// client saw of its COMMIT. `e` is the COMMIT's error; when the connection broke without the
+/// server's word, how the connection's task ended tells.
+async fn rolled_back_idle(conn: &mut WriterConn, e: &tokio_postgres::Error) -> bool {
+    let idle = |e: &tokio_postgres::Error| e.code() == Some(&SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT);
+    if idle(e) {
+        return true;
+    }
+    e.as_db_error().is_none()
+        && matches!(tokio::time::timeout(Duration::from_secs(1), &mut conn.driver).await, Ok(Ok(Err(ended))) if idle(&ended))
 }
 
 /// `sql` prepared on this connection, from the cache after the first time.
@@ -82,9 +100,12 @@ async fn run_group(inner: &Inner, client: &mut Option<WriterConn>, group: &[Requ
     let deadline = Instant::now() + inner.options.retry_for;
     let mut backoff = Duration::from_millis(20);
     loop {
+        if let Some(Err(e)) = inner.fence.as_ref().map(super::fence::Fence::refused) {
+            return fail_all(group, e);
+        }
         if client.as_ref().is_none_or(|c| c.client.is_closed()) {
             match connect(inner).await {
-                Ok(c) => *client = Some(WriterConn { client: c, statements: HashMap::new() }),
+                Ok((c, driver)) => *client = Some(WriterConn { client: c, statements: HashMap::new(), driver }),
                 Err(e) => {
                     if Instant::now() >= deadline {
                         return fail_all(group, Error::Storage(format!("cannot reach PostgreSQL: {}", chain(&e)).into()));
@@ -111,7 +132,16 @@ async fn run_group(inner: &Inner, client: &mut Option<WriterConn>, group: &[Requ
                 }
                 return fail_all(group, db_error(e));
             }
+            Err(GroupError::Refused(e)) => return fail_all(group, e),
             Err(GroupError::AtCommit(e)) => {
+                if rolled_back_idle(c, &e).await {
+                    // Nothing was applied: the server ended the session before the COMMIT.
+                    *client = None;
+                    if Instant::now() < deadline {
+                        continue;
+                    }
+                    return fail_all(group, Error::Storage(format!("the server ended the transaction before its commit: {e}").into()));
+                }
                 if e.as_db_error().is_some() {
                     return fail_all(group, db_error(e));
                 }
@@ -225,13 +255,30 @@ async fn write_group(inner: &Inner, conn: &mut WriterConn, group: &[Request]) ->
     let mut results = validate(inner, group);
     let mut event_chains = chains(appends(group, &results).into_iter(), &mut results);
     let mut state_chains = chains(state_writes(group, &results).into_iter(), &mut results);
-    let WriterConn { client, statements } = conn;
+    let WriterConn { client, statements, .. } = conn;
     let tx = client.transaction().await.map_err(Before)?;
+    let check = match &inner.fence {
+        Some(_) => Some(prepared(&tx, statements, &super::fence::Fence::check_sql(&inner.names)).await.map_err(Before)?),
+        None => None,
+    };
     let mut step = Step { tx: &tx, statements, names: &inner.names, group };
-    claim_heads(&mut step, &mut event_chains, &mut results).await.map_err(Before)?;
-    insert_events(&mut step, &event_chains).await.map_err(Before)?;
-    write_states(&mut step, &mut state_chains, &mut results).await.map_err(Before)?;
-    write_snapshots(&mut step, &results).await.map_err(Before)?;
+    // The fence's check goes first and the writes right behind it, pipelined (no round trip
+    // of its own); a refusal rolls them back with the transaction.
+    let fenced = async {
+        match (&inner.fence, &check) {
+            (Some(fence), Some(check)) => fence.check(&tx, check).await,
+            _ => Ok(Ok(())),
+        }
+    };
+    let writes = async {
+        claim_heads(&mut step, &mut event_chains, &mut results).await?;
+        insert_events(&mut step, &event_chains).await?;
+        write_states(&mut step, &mut state_chains, &mut results).await?;
+        write_snapshots(&mut step, &results).await
+    };
+    let (fenced, written) = tokio::join!(fenced, writes);
+    fenced.map_err(Before)?.map_err(GroupError::Refused)?;
+    written.map_err(Before)?;
     tx.commit().await.map_err(AtCommit)?;
     Ok(results)
 }
