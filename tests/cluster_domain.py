@@ -8,6 +8,7 @@ from typing import Any
 import ego
 
 from bank_pb2 import AccountCredited
+from egotest import messages_pb2  # noqa: F401 - HeldNotes' commands are decoded before its handler runs
 
 
 def count_credits(engine: ego.Engine, table: str) -> None:
