@@ -15,10 +15,17 @@ from ego.testkit.conformance import (
     EventsStoreConformance,
     OffsetStoreConformance,
     SnapshotStoreConformance,
+    StateChangeLogConformance,
     StateStoreConformance,
 )
 
-SUITES = (EventsStoreConformance, SnapshotStoreConformance, StateStoreConformance, OffsetStoreConformance)
+SUITES = (
+    EventsStoreConformance,
+    SnapshotStoreConformance,
+    StateStoreConformance,
+    StateChangeLogConformance,
+    OffsetStoreConformance,
+)
 
 
 class _Memory:
@@ -35,6 +42,10 @@ class TestMemorySnapshots(_Memory, SnapshotStoreConformance):
 
 
 class TestMemoryStates(_Memory, StateStoreConformance):
+    pass
+
+
+class TestMemoryStateChanges(_Memory, StateChangeLogConformance):
     pass
 
 
@@ -64,6 +75,10 @@ class TestRocksDBSnapshots(_Rocks, SnapshotStoreConformance):
 
 
 class TestRocksDBStates(_Rocks, StateStoreConformance):
+    pass
+
+
+class TestRocksDBStateChanges(_Rocks, StateChangeLogConformance):
     pass
 
 
@@ -105,6 +120,10 @@ class TestPostgresStates(_Postgres, StateStoreConformance):
     pass
 
 
+class TestPostgresStateChanges(_Postgres, StateChangeLogConformance):
+    pass
+
+
 class TestPostgresOffsets(_Postgres, OffsetStoreConformance):
     pass
 
@@ -140,6 +159,10 @@ class TestSqliteStates(_Sqlite, StateStoreConformance):
     pass
 
 
+class TestSqliteStateChanges(_Sqlite, StateChangeLogConformance):
+    pass
+
+
 class TestSqliteOffsets(_Sqlite, OffsetStoreConformance):
     pass
 
@@ -169,6 +192,10 @@ class TestEncryptedRocksDBStates(_EncryptedRocks, StateStoreConformance):
     pass
 
 
+class TestEncryptedRocksDBStateChanges(_EncryptedRocks, StateChangeLogConformance):
+    pass
+
+
 class _EncryptedPostgres(_Postgres):
     def make_store(self) -> Any:
         return super().make_store().encrypted(ENCRYPTION)
@@ -189,6 +216,10 @@ class TestEncryptedPostgresStates(_EncryptedPostgres, StateStoreConformance):
     pass
 
 
+class TestEncryptedPostgresStateChanges(_EncryptedPostgres, StateChangeLogConformance):
+    pass
+
+
 class _EncryptedMemory(_Memory):
     def make_store(self) -> Any:
         return super().make_store().encrypted(ego.Encryption(key_store=InMemoryKeyStore()))
@@ -203,4 +234,8 @@ class TestEncryptedMemorySnapshots(_EncryptedMemory, SnapshotStoreConformance):
 
 
 class TestEncryptedMemoryStates(_EncryptedMemory, StateStoreConformance):
+    pass
+
+
+class TestEncryptedMemoryStateChanges(_EncryptedMemory, StateChangeLogConformance):
     pass

@@ -4,8 +4,10 @@ protocol (ego.stores.StoreProtocol) that passes ego's conformance suite.
     store = SqliteStore("data/ego.sqlite3")
     engine = ego.Engine("bank", store=store)
 
-One file holds events (with a per-shard position), snapshots, durable states and projection
-offsets. Writes run in `BEGIN IMMEDIATE` transactions, so they are serialized and positions
+One file holds events (with a per-shard position), snapshots, durable states with their
+change log (every version written, with a per-shard position: the optional methods
+``shard_state_changes`` and ``state_shard_heads`` that projections and publishers over states
+read) and projection offsets. Writes run in `BEGIN IMMEDIATE` transactions, so they are serialized and positions
 become visible in commit order. Methods may be called from several threads. SQLite integers
 are 64-bit signed: bounds are read through `ego.stores.clamp_bound` (a huge limit means all,
 a negative one is a ValidationError) and written numbers checked with `check_storable`, as
@@ -36,6 +38,11 @@ CREATE TABLE IF NOT EXISTS snapshots (
 CREATE TABLE IF NOT EXISTS states (persistence_id TEXT PRIMARY KEY, version INTEGER NOT NULL, envelope BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS offsets (projection TEXT NOT NULL, shard INTEGER NOT NULL, position INTEGER NOT NULL,
     PRIMARY KEY (projection, shard));
+CREATE TABLE IF NOT EXISTS state_changes (
+    shard INTEGER NOT NULL, position INTEGER NOT NULL, persistence_id TEXT NOT NULL, envelope BLOB NOT NULL,
+    PRIMARY KEY (shard, position));
+CREATE INDEX IF NOT EXISTS state_changes_by_id ON state_changes (persistence_id);
+CREATE TABLE IF NOT EXISTS state_shards (shard INTEGER PRIMARY KEY, position INTEGER NOT NULL);
 """
 
 
@@ -212,6 +219,20 @@ class SqliteStore:
                     "INSERT INTO states VALUES (?, ?, ?) ON CONFLICT (persistence_id) DO UPDATE SET version = excluded.version, envelope = excluded.envelope",
                     (state.persistence_id, state.version_number, state.SerializeToString()),
                 )
+                # The change record, in the same transaction: the state without its
+                # idempotency keys, at the next position of its shard.
+                row = db.execute(
+                    "INSERT INTO state_shards VALUES (?, 1) ON CONFLICT (shard) DO UPDATE SET position = position + 1 RETURNING position",
+                    (state.shard,),
+                ).fetchone()
+                record = DurableState()
+                record.CopyFrom(state)
+                record.ClearField("idempotency_keys")
+                record.position = row[0]
+                db.execute(
+                    "INSERT INTO state_changes VALUES (?, ?, ?, ?)",
+                    (state.shard, row[0], state.persistence_id, record.SerializeToString()),
+                )
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -224,7 +245,33 @@ class SqliteStore:
 
     def delete_state(self, persistence_id: str) -> None:
         with self._lock:
-            self._db.execute("DELETE FROM states WHERE persistence_id = ?", (persistence_id,))
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("DELETE FROM states WHERE persistence_id = ?", (persistence_id,))
+                db.execute("DELETE FROM state_changes WHERE persistence_id = ?", (persistence_id,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def shard_state_changes(self, shard: int, after_position: int = 0, max_count: int = 1000) -> list[DurableState]:
+        """Optional (projections and publishers over states): the change log of ``shard``."""
+        params = (check_shard(shard), clamp_bound(after_position, "after_position"), clamp_bound(max_count, "max_count"))
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT envelope FROM state_changes WHERE shard = ? AND position > ? ORDER BY position LIMIT ?", params
+            ).fetchall()
+        return [DurableState.FromString(r[0]) for r in rows]
+
+    def state_shard_heads(self) -> list[tuple[int, int, int]]:
+        """Optional (projections and publishers over states): the newest change of each shard."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT s.shard, s.position, c.envelope FROM state_shards s "
+                "LEFT JOIN state_changes c ON c.shard = s.shard AND c.position = s.position ORDER BY s.shard"
+            ).fetchall()
+        return [(shard, position, DurableState.FromString(env).timestamp if env else 0) for shard, position, env in rows]
 
     def state_ids(self, page_size: int, after: str | None = None) -> tuple[list[str], str | None]:
         """Optional (for tools: ``ego entities``, migration): ids of stored states in byte order."""

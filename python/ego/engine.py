@@ -22,8 +22,8 @@ from ego.encryption import Encryption
 from ego.entity_ref import EntityRef
 from ego.errors import ConfigurationError, InvalidEntityIdError, ProjectionFailedError, ProjectionTimeoutError, ValidationError
 from ego.logs import Logger, StdLogger
-from ego.projections import PersistedEvent, Recovery, RecoveryPolicy, Subscription
-from ego.publishers.protocol import EventPublisher
+from ego.projections import PersistedEvent, PersistedState, Recovery, RecoveryPolicy, Subscription
+from ego.publishers.protocol import EventPublisher, StatePublisher
 from ego.publishers.runner import PublisherRunner
 from ego.retention import RetentionPolicy
 from ego.sagas.behavior import SagaBehavior, SagaInfo
@@ -587,6 +587,7 @@ class Engine(_ego.EngineCore):
         transactional: bool = False,
         event_types: Sequence[type[Message]] | None = None,
         on_other_journal: str = "fail",
+        source: str = "events",
     ) -> None:
         """Starts a projection named ``name``.
 
@@ -614,13 +615,25 @@ class Engine(_ego.EngineCore):
           to another journal than the engine's (the journal moved to a new store, the offset
           store stayed), ``"fail"`` raises :class:`~ego.errors.JournalMismatchError`;
           ``"start_over"`` forgets them and starts from ``start`` on this journal.
+        - ``source``: ``"events"`` (the event journal) or ``"states"``: the durable-state
+          change log, every version of every durable-state entity written from then on, in
+          order per entity. The handler then gets :class:`~ego.PersistedState` records
+          (``persistence_id``, ``version``, ``state``, ``timestamp_ns``, ``position``; a
+          tombstone with ``erased`` set for an erased entity), with the same offsets, recovery,
+          dead letters, rebuild and lag. ``event_types`` then filters on state types. A state
+          store without a change log (a store written in Python without
+          ``shard_state_changes``) raises :class:`~ego.errors.ConfigurationError`. Offsets over
+          states do not record a journal identity (``on_other_journal`` does not apply).
 
         Entity types and projections may be added before :meth:`start`; they begin with it.
 
         Example::
 
             engine.add_projection("credits", count_credits, event_types=[AccountCredited])
+            engine.add_projection("carts", lambda changes: print([c.version for c in changes]), source="states")
         """
+        if source not in ("events", "states"):
+            raise ConfigurationError(f'source must be "events" or "states", got {source!r}')
         if start not in ("beginning", "end"):
             raise ConfigurationError(f'start must be "beginning" or "end", got {start!r}')
         if on_other_journal not in ("fail", "start_over"):
@@ -661,6 +674,7 @@ class Engine(_ego.EngineCore):
             "projection",
             type_urls,
             on_other_journal == "start_over",
+            source,
         )
         if self.running:
             self._add_projection(*args)
@@ -835,6 +849,91 @@ class Engine(_ego.EngineCore):
 
             engine.add_event_publisher(ego.publishers.NatsPublisher("nats://127.0.0.1:4222"), name="nats")
         """
+        self._add_publisher(
+            publisher,
+            "events",
+            name,
+            start,
+            offset_store,
+            batch_size,
+            on_refused,
+            dead_letter,
+            poll_interval,
+            backoff,
+            max_backoff,
+            not decrypt,
+        )
+
+    def add_state_publisher(
+        self,
+        publisher: StatePublisher,
+        *,
+        name: str | None = None,
+        start: str | datetime.datetime = "earliest",
+        offset_store: Store | None = None,
+        batch_size: int = 1000,
+        on_refused: RecoveryPolicy = RecoveryPolicy.FAIL,
+        dead_letter: Callable[[str, str, PersistedState, int, BaseException], Any] | None = None,
+        poll_interval: float = 0.5,
+        backoff: float = 0.1,
+        max_backoff: float = 5.0,
+    ) -> None:
+        """Starts publishing every durable-state version through ``publisher``: the same
+        connectors and protocol as :meth:`add_event_publisher`, reading the durable-state change
+        log instead of the journal (every version written, in order per entity, at least once,
+        checkpointed after the broker's acknowledgement).
+
+        Each record carries one version: ``key`` = the persistence id, ``id`` (and the
+        brokers' deduplication id) = ``persistence_id:version``, ``value`` = the
+        ``ego.v1.DurableState`` envelope in the default format (the state message itself in
+        the CloudEvents formats), ``source`` = the :class:`~ego.PersistedState`. Versions of an
+        erased entity go out as tombstones (``erased``); versions of encrypted entities go out
+        decrypted (publishing them as stored, as ``add_event_publisher`` does by default, is not
+        built for states yet). Give a connector its own subject,
+        topic or stream for states (e.g. ``NatsPublisher(subject="ego.states.{entity_type}",
+        stream="EGO_STATES")``). The settings are those of :meth:`add_event_publisher`;
+        ``dead_letter`` gets ``(publisher, persistence_id, state, version, error)``.
+
+        Raises :class:`~ego.errors.ConfigurationError` as :meth:`add_event_publisher` does, and
+        when the state store keeps no change log (a Python store without
+        ``shard_state_changes``).
+
+        Example::
+
+            engine.add_state_publisher(
+                ego.publishers.NatsPublisher(subject="ego.states.{entity_type}", stream="EGO_STATES"), name="carts"
+            )
+        """
+        self._add_publisher(
+            publisher,
+            "states",
+            name,
+            start,
+            offset_store,
+            batch_size,
+            on_refused,
+            dead_letter,
+            poll_interval,
+            backoff,
+            max_backoff,
+            False,
+        )
+
+    def _add_publisher(
+        self,
+        publisher: EventPublisher | StatePublisher,
+        source: str,
+        name: str | None,
+        start: str | datetime.datetime,
+        offset_store: Store | None,
+        batch_size: int,
+        on_refused: RecoveryPolicy,
+        dead_letter: Callable[..., Any] | None,
+        poll_interval: float,
+        backoff: float,
+        max_backoff: float,
+        as_stored: bool,
+    ) -> None:
         if not callable(getattr(publisher, "publish", None)):
             raise ConfigurationError(f"a publisher needs a publish(records) method, got {publisher!r}")
         if name is None:
@@ -872,7 +971,8 @@ class Engine(_ego.EngineCore):
             "publisher",
             None,
             False,
-            not decrypt,
+            as_stored,
+            source,
         )
         self._publishers[name] = runner
 

@@ -210,11 +210,39 @@ class SnapshotStoreProtocol(Protocol):
 
 @runtime_checkable
 class StateStoreProtocol(Protocol):
-    """Durable states: ``write_state`` is compare-and-set on the stored version (0: none)."""
+    """Durable states: ``write_state`` is compare-and-set on the stored version (0: none).
+
+    For projections and publishers over states (``add_projection(..., source="states")``,
+    ``add_state_publisher``) a store also implements :class:`StateChangeLogProtocol`; one
+    without it still serves durable-state entities, and adding such a reader raises
+    :class:`~ego.errors.ConfigurationError`.
+    """
 
     def write_state(self, state: DurableState, expected_version: int) -> Maybe[None]: ...
     def read_state(self, persistence_id: str) -> Maybe[DurableState | None]: ...
     def delete_state(self, persistence_id: str) -> Maybe[None]: ...
+
+
+@runtime_checkable
+class StateChangeLogProtocol(Protocol):
+    """The durable-state change log (optional methods of a state store). Contract (checked by
+    the conformance suite's change-log cases):
+
+    - Every successful ``write_state`` appends one record in the same atomic write: the
+      ``DurableState`` as written (without ``idempotency_keys``) with ``position`` set to the
+      next position of its ``shard``, increasing in commit order; a reader after a position
+      never skips a committed record. A refused write appends nothing.
+    - Every written version is kept, in order per entity.
+    - ``delete_state`` removes the entity's records too (positions are not reused).
+
+    ``shard_state_changes(shard, after_position, max_count)`` gives the records of ``shard``
+    with a position above ``after_position``, ascending, at most ``max_count``;
+    ``state_shard_heads()`` gives ``(shard, position, timestamp)`` of the newest record of
+    every shard that has one. Bounds as in :class:`EventsStoreProtocol`.
+    """
+
+    def shard_state_changes(self, shard: int, after_position: int, max_count: int) -> Maybe[list[DurableState]]: ...
+    def state_shard_heads(self) -> Maybe[list[tuple[int, int, int]]]: ...
 
 
 @runtime_checkable
@@ -269,6 +297,12 @@ class NativeStore(_ego.NativeStore):
         """The stored durable state, or ``None``."""
         raw = self._read_state(persistence_id)
         return None if raw is None else DurableState.FromString(raw)
+
+    def shard_state_changes(self, shard: int, after_position: int = 0, max_count: int = 1000) -> list[DurableState]:
+        """The durable-state change log: the versions written to ``shard`` after
+        ``after_position``, in position order, at most ``max_count`` (each with ``position``
+        set). See :class:`StateChangeLogProtocol`."""
+        return [DurableState.FromString(b) for b in self._shard_state_changes(shard, after_position, max_count)]
 
     def list_keys(self, after: str | None = None, max_count: int = 1000) -> list[DataKey]:
         """Wrapped data keys of the store's key vault (encryption at rest), in persistence id

@@ -20,6 +20,7 @@ The case numbers in the test names are those of the conformance table.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import uuid
@@ -32,7 +33,14 @@ from ego.errors import ConcurrencyError, MessageTooLargeError, ValidationError
 from ego.stores import SnapshotCriteria
 from ego.v1 import DurableState, Event, Snapshot
 
-__all__ = ["EventsStoreConformance", "OffsetStoreConformance", "SnapshotStoreConformance", "StateStoreConformance", "make_event"]
+__all__ = [
+    "EventsStoreConformance",
+    "OffsetStoreConformance",
+    "SnapshotStoreConformance",
+    "StateChangeLogConformance",
+    "StateStoreConformance",
+    "make_event",
+]
 
 TYPE_URL = "type.googleapis.com/egotest.Note"
 
@@ -640,6 +648,144 @@ class StateStoreConformance(_Base):
         assert seen == sorted(ids[1:], key=lambda i: i.encode())
         with pytest.raises(ValidationError):
             store.state_ids(0)
+
+
+def _record(state: DurableState, position: int) -> DurableState:
+    """The change-log record of `state` written at `position`."""
+    r = DurableState()
+    r.CopyFrom(state)
+    r.ClearField("idempotency_keys")
+    r.position = position
+    return r
+
+
+class StateChangeLogConformance(_Base):
+    """Cases for the durable-state change log (``shard_state_changes``, ``state_shard_heads``;
+    optional for stores written in Python: skipped when the store has neither). Each case
+    writes to a shard of its own."""
+
+    @pytest.fixture
+    def shard(self, store: Any) -> int:
+        if not hasattr(store, "shard_state_changes"):
+            pytest.skip("this store keeps no durable-state change log")
+        return random.randrange(1000, 2**31)
+
+    @staticmethod
+    def _state(pid: str, version: int, value: bytes, shard: int) -> DurableState:
+        s = _state(pid, version, value)
+        s.shard = shard
+        return s
+
+    @staticmethod
+    def _head(store: Any, shard: int) -> int:
+        return next((position for s, position, _ in store.state_shard_heads() if s == shard), 0)
+
+    def test_01_each_write_appends_a_record(self, store: Any, pid: str, shard: int) -> None:
+        first = self._state(pid, 1, b"one", shard)
+        key = first.idempotency_keys.add()
+        key.key, key.revision = "k-1", 1
+        store.write_state(first, 0)
+        second = self._state(pid, 2, b"two", shard)
+        store.write_state(second, 1)
+        changes = store.shard_state_changes(shard, 0, 100)
+        assert changes == [_record(first, 1), _record(second, 2)]
+        heads = [h for h in store.state_shard_heads() if h[0] == shard]
+        assert heads == [(shard, 2, second.timestamp)]
+        assert store.shard_state_changes(shard, 1, 100) == [_record(second, 2)]
+        assert store.shard_state_changes(shard, 0, 1) == [_record(first, 1)]
+
+    def test_02_a_refused_write_appends_nothing(self, store: Any, pid: str, shard: int) -> None:
+        store.write_state(self._state(pid, 1, b"one", shard), 0)
+        with pytest.raises(ConcurrencyError):
+            store.write_state(self._state(pid, 2, b"stale", shard), 0)
+        with pytest.raises(ValidationError):
+            store.write_state(self._state(pid, 2**63, b"too far", shard), 1)
+        assert [c.version_number for c in store.shard_state_changes(shard, 0, 100)] == [1]
+        assert self._head(store, shard) == 1
+
+    def test_03_every_version_in_order_per_entity(self, store: Any, pid: str, shard: int) -> None:
+        ids = [f"{pid}-{i}" for i in range(3)]
+        for version in range(1, 6):
+            for i in ids:
+                store.write_state(self._state(i, version, f"{i}@{version}".encode(), shard), version - 1)
+        changes = store.shard_state_changes(shard, 0, 1000)
+        assert [c.position for c in changes] == list(range(1, 16))
+        for i in ids:
+            mine = [c for c in changes if c.persistence_id == i]
+            assert [c.version_number for c in mine] == [1, 2, 3, 4, 5]
+            assert [c.resulting_state.value for c in mine] == [f"{i}@{v}".encode() for v in range(1, 6)]
+        assert self._head(store, shard) == 15
+
+    def test_04_delete_state_removes_its_records(self, store: Any, pid: str, shard: int) -> None:
+        gone, kept = f"{pid}-gone", f"{pid}-kept"
+        store.write_state(self._state(gone, 1, b"g1", shard), 0)
+        store.write_state(self._state(kept, 1, b"k1", shard), 0)
+        store.write_state(self._state(gone, 2, b"g2", shard), 1)
+        store.delete_state(gone)
+        changes = store.shard_state_changes(shard, 0, 100)
+        assert [(c.persistence_id, c.position) for c in changes] == [(kept, 2)]
+        # Positions are not reused: the next write goes after the deleted records.
+        store.write_state(self._state(kept, 2, b"k2", shard), 1)
+        assert [c.position for c in store.shard_state_changes(shard, 2, 100)] == [4]
+        assert self._head(store, shard) == 4
+
+    def test_05_concurrent_writers_and_a_tailing_reader(self, store: Any, pid: str, shard: int) -> None:
+        """A reader that tails the shard while 6 writers commit never skips a record."""
+        writers, versions = 6, 15
+        seen: list[DurableState] = []
+        done = threading.Event()
+
+        def tail() -> None:
+            after = 0
+            while True:
+                finished = done.is_set()
+                page = store.shard_state_changes(shard, after, 7)
+                seen.extend(page)
+                if page:
+                    after = page[-1].position
+                elif finished:
+                    return
+
+        def write(w: int) -> None:
+            for version in range(1, versions + 1):
+                store.write_state(self._state(f"{pid}-{w}", version, b"x", shard), version - 1)
+
+        reader = threading.Thread(target=tail)
+        reader.start()
+        threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        done.set()
+        reader.join()
+        assert [c.position for c in seen] == list(range(1, writers * versions + 1))
+        for w in range(writers):
+            assert [c.version_number for c in seen if c.persistence_id == f"{pid}-{w}"] == list(range(1, versions + 1))
+
+    def test_06_reopen_keeps_the_log(self, store: Any, pid: str, shard: int) -> None:
+        written = [self._state(pid, v, f"v{v}".encode(), shard) for v in (1, 2)]
+        store.write_state(written[0], 0)
+        store.write_state(written[1], 1)
+        reopened = self.reopen(store)
+        if reopened is None:
+            pytest.skip("this store cannot be reopened")
+        self._holder["store"] = reopened
+        assert reopened.shard_state_changes(shard, 0, 100) == [_record(written[0], 1), _record(written[1], 2)]
+        reopened.write_state(self._state(pid, 3, b"v3", shard), 2)
+        assert [c.position for c in reopened.shard_state_changes(shard, 0, 100)] == [1, 2, 3]
+
+    def test_07_bounds_at_the_extremes(self, store: Any, pid: str, shard: int) -> None:
+        store.write_state(self._state(pid, 1, b"one", shard), 0)
+        for after in HUGE:
+            assert store.shard_state_changes(shard, after, 10) == []
+        for max_count in HUGE:
+            assert len(store.shard_state_changes(shard, 0, max_count)) == 1
+        assert store.shard_state_changes(shard, 0, 0) == []
+        assert store.shard_state_changes(shard + 1, 0, 10) == []
+        for bad in ((shard, -1, 10), (shard, 0, -1), (-1, 0, 10)):
+            with pytest.raises(ValidationError):
+                store.shard_state_changes(*bad)
 
 
 class OffsetStoreConformance(_Base):

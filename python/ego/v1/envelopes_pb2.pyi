@@ -73,7 +73,7 @@ class Snapshot(_message.Message):
     def __init__(self, persistence_id: _Optional[str] = ..., sequence_number: _Optional[int] = ..., state: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., timestamp: _Optional[int] = ..., encryption_key_id: _Optional[str] = ..., is_encrypted: _Optional[bool] = ..., idempotency_keys: _Optional[_Iterable[_Union[IdempotencyRecord, _Mapping]]] = ...) -> None: ...
 
 class DurableState(_message.Message):
-    __slots__ = ("persistence_id", "version_number", "resulting_state", "timestamp", "shard", "encryption_key_id", "is_encrypted", "idempotency_keys")
+    __slots__ = ("persistence_id", "version_number", "resulting_state", "timestamp", "shard", "encryption_key_id", "is_encrypted", "idempotency_keys", "position", "is_erased")
     PERSISTENCE_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_NUMBER_FIELD_NUMBER: _ClassVar[int]
     RESULTING_STATE_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +82,8 @@ class DurableState(_message.Message):
     ENCRYPTION_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     IS_ENCRYPTED_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEYS_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    IS_ERASED_FIELD_NUMBER: _ClassVar[int]
     persistence_id: str
     version_number: int
     resulting_state: _any_pb2.Any
@@ -90,7 +92,9 @@ class DurableState(_message.Message):
     encryption_key_id: str
     is_encrypted: bool
     idempotency_keys: _containers.RepeatedCompositeFieldContainer[IdempotencyRecord]
-    def __init__(self, persistence_id: _Optional[str] = ..., version_number: _Optional[int] = ..., resulting_state: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., timestamp: _Optional[int] = ..., shard: _Optional[int] = ..., encryption_key_id: _Optional[str] = ..., is_encrypted: _Optional[bool] = ..., idempotency_keys: _Optional[_Iterable[_Union[IdempotencyRecord, _Mapping]]] = ...) -> None: ...
+    position: int
+    is_erased: bool
+    def __init__(self, persistence_id: _Optional[str] = ..., version_number: _Optional[int] = ..., resulting_state: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., timestamp: _Optional[int] = ..., shard: _Optional[int] = ..., encryption_key_id: _Optional[str] = ..., is_encrypted: _Optional[bool] = ..., idempotency_keys: _Optional[_Iterable[_Union[IdempotencyRecord, _Mapping]]] = ..., position: _Optional[int] = ..., is_erased: _Optional[bool] = ...) -> None: ...
 
 class DataKey(_message.Message):
     __slots__ = ("persistence_id", "key_id", "master_key_id", "wrapped_key", "created_at")

@@ -26,7 +26,8 @@ use crate::options::{EngineConfig, EntityOptions};
 use crate::projection::{Projection, ProjectionOptions, RebuildPlan, Sink, Status};
 use crate::registry::Registry;
 use crate::shared::{EntityType, Shared};
-use crate::store::{OffsetStore, SnapshotCriteria, Stores};
+use crate::state_log::{Source, StateChanges};
+use crate::store::{EventsStore, OffsetStore, SnapshotCriteria, Stores};
 
 /// Longest idempotency key, in UTF-8 bytes.
 pub const MAX_KEY_BYTES: usize = 255;
@@ -409,11 +410,38 @@ impl<H: Host> Engine<H> {
     /// order; `offsets` keeps its positions.
     pub fn add_projection(&self, name: &str, sink: Arc<dyn Sink>, offsets: Arc<dyn OffsetStore>, options: ProjectionOptions) -> Result<()> {
         self.check_running()?;
-        if let Some(journal) = &self.shared.journal {
-            let check = crate::projection::check_offsets_journal(&offsets, name, &journal.id, options.start_over_on_other_journal);
-            self.shared.runtime.block_on(check)?;
+        match options.source {
+            Source::Events => {
+                if let Some(journal) = &self.shared.journal {
+                    let check = crate::projection::check_offsets_journal(&offsets, name, &journal.id, options.start_over_on_other_journal);
+                    self.shared.runtime.block_on(check)?;
+                }
+            }
+            Source::States => {
+                // A store without a change log is refused here, not at its first read.
+                let log = self.journal_of(Source::States)?;
+                self.shared.runtime.block_on(log.shard_heads())?;
+            }
         }
         self.start_projection(name, sink, offsets, options, None)
+    }
+
+    /// What a projection of `source` reads, as a journal.
+    fn journal_of(&self, source: Source) -> Result<Arc<dyn EventsStore>> {
+        match source {
+            Source::Events => {
+                self.shared.stores.events.clone().ok_or_else(|| Error::Configuration("projections need an events store".into()))
+            }
+            Source::States => {
+                let states = self
+                    .shared
+                    .stores
+                    .states
+                    .clone()
+                    .ok_or_else(|| Error::Configuration("projections over durable states need a state store".into()))?;
+                Ok(Arc::new(StateChanges::new(states)))
+            }
+        }
     }
 
     /// The events store's journal as it recorded itself (None: the store records nothing).
@@ -432,9 +460,9 @@ impl<H: Host> Engine<H> {
         if name.is_empty() || name.contains('\0') {
             return Err(Error::invalid("a projection name must be non-empty and without NUL"));
         }
-        let events = self.shared.stores.events.clone().ok_or_else(|| Error::Configuration("projections need an events store".into()))?;
+        let events = self.journal_of(options.source)?;
         let events = match (&self.shared.keys, &self.shared.plain_events) {
-            (Some(keys), Some(plain)) if options.as_stored => as_stored_events(plain.clone(), keys),
+            (Some(keys), Some(plain)) if options.as_stored && options.source == Source::Events => as_stored_events(plain.clone(), keys),
             _ => events,
         };
         let mut projections = self.shared.projections.lock();
@@ -476,7 +504,7 @@ impl<H: Host> Engine<H> {
     pub fn rebuild_projection(&self, name: &str, after_nanos: i64) -> Result<()> {
         let p = self.projection(name).ok_or_else(|| Error::invalid(format!("no projection named {name:?}")))?;
         block_on(p.stop());
-        let events = self.shared.stores.events.clone().ok_or_else(|| Error::Configuration("projections need an events store".into()))?;
+        let events = self.journal_of(p.options.source)?;
         let offsets = p.offsets.clone();
         let plan = self
             .shared
@@ -497,7 +525,7 @@ impl<H: Host> Engine<H> {
         if shard >= shards {
             return Err(Error::invalid(format!("shard {shard} does not exist: this engine has shards 0 to {}", shards - 1)));
         }
-        let events = self.shared.stores.events.clone().ok_or_else(|| Error::Configuration("projections need an events store".into()))?;
+        let events = self.journal_of(p.options.source)?;
         let head = self.shared.runtime.block_on(events.shard_heads())?.into_iter().find(|h| h.shard == shard).map_or(0, |h| h.position);
         if position > head {
             return Err(Error::invalid(format!("position {position} is beyond the head of shard {shard} ({head})")));

@@ -13,7 +13,8 @@
 //!   [`event_stream`]: the in-process fan-out of what is persisted.
 //! - [`crypto`]: encryption at rest (AES-256-GCM per entity key, wrapped by a master key) as a
 //!   layer around the store contracts, and erasure by crypto-shredding.
-//! - [`projection`]: named, checkpointed readers of the journal.
+//! - [`state_log`]: the durable-state change log read as a journal; [`projection`]: named,
+//!   checkpointed readers of the journal (or of the change log).
 //! - [`entity::cell`]: an entity's data; [`bridge`]: the thread that runs queued work;
 //!   [`shared`]: what the engine's parts share; [`background`]: writes nobody waits for.
 //! - [`recovery`]: rebuilding an entity's state; [`entity`]: the runtime (dispatch,
@@ -38,6 +39,7 @@ pub mod projection;
 mod recovery;
 pub mod registry;
 pub mod shared;
+pub mod state_log;
 pub mod stats;
 pub mod store;
 pub mod testing;

@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use crate::envelope::Event;
 use crate::error::{Error, Result};
 use crate::future::BoxFuture;
+use crate::state_log::Source;
 use crate::store::{EventsStore, OffsetStore, ReadModelWrite};
 
 /// What happens to a batch (or event) the handler fails on.
@@ -71,6 +72,8 @@ pub struct ProjectionOptions {
     /// Read an encrypted journal's events as stored (ciphertext; erased entities' events still
     /// as tombstones) instead of decrypted: for publishers that do not decrypt.
     pub as_stored: bool,
+    /// What it reads: the event journal, or the durable-state change log.
+    pub source: Source,
 }
 
 impl Default for ProjectionOptions {
@@ -83,6 +86,7 @@ impl Default for ProjectionOptions {
             start_after: None,
             start_over_on_other_journal: false,
             as_stored: false,
+            source: Source::Events,
         }
     }
 }

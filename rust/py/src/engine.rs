@@ -626,7 +626,7 @@ impl EngineCore {
     }
 
     /// Starts a projection (see `ego.Engine.add_projection`).
-    #[pyo3(signature = (name, handler, per_event, offset_store, batch_size, policy, attempts, backoff, max_backoff, dead_letter, poll_interval, start_at_end, transactional, start_after=None, kind="projection", event_types=None, start_over_on_other_journal=false, as_stored=false))]
+    #[pyo3(signature = (name, handler, per_event, offset_store, batch_size, policy, attempts, backoff, max_backoff, dead_letter, poll_interval, start_at_end, transactional, start_after=None, kind="projection", event_types=None, start_over_on_other_journal=false, as_stored=false, source="events"))]
     #[allow(clippy::too_many_arguments)]
     fn _add_projection(
         &self,
@@ -649,9 +649,16 @@ impl EngineCore {
         event_types: Option<Vec<String>>,
         start_over_on_other_journal: bool,
         as_stored: bool,
+        source: &str,
     ) -> PyResult<()> {
         use ego_core::projection::{FailurePolicy, OnFailure, ProjectionOptions};
+        use ego_core::state_log::Source;
         let core = self.core(py)?;
+        let source = match source {
+            "events" => Source::Events,
+            "states" => Source::States,
+            other => return Err(configuration(py, format!("source must be \"events\" or \"states\", got {other:?}"))),
+        };
         let offsets: Arc<dyn ego_core::store::OffsetStore> = match store_of(Some(offset_store), &[crate::pystore::OFFSETS])? {
             Some(StoreArg::Native(n)) => n.offsets(),
             Some(StoreArg::Python(p)) => Arc::new(p),
@@ -673,11 +680,14 @@ impl EngineCore {
             start_after,
             start_over_on_other_journal,
             as_stored,
+            source,
         };
         let kind = if kind == "publisher" { "publisher" } else { "projection" };
         let shape = if per_event { crate::projection::Shape::PerEvent } else { crate::projection::Shape::Batch };
         let host = core.shared().host();
-        let sink = crate::projection::PySink::new(name, handler, shape, dead_letter, transactional, kind, host)?.only(event_types);
+        let sink = crate::projection::PySink::new(name, handler, shape, dead_letter, transactional, kind, host)?
+            .only(event_types)
+            .over_states(source == Source::States);
         crate::wait::bounded(py, || core.add_projection(name, Arc::new(sink), offsets, options)).map_err(|e| to_pyerr(py, &e))
     }
 

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::host::PyHost;
 use crate::logs::Log;
-use crate::records::{Decoder, PersistedEvent};
+use crate::records::{Decoder, PersistedEvent, PersistedState};
 use crate::telemetry::Telemetry;
 use crate::worker::{resolve, Job, Worker};
 
@@ -42,6 +42,8 @@ pub struct PySink {
     telemetry: Option<Arc<Telemetry>>,
     /// The type URLs of the events the handler wants (None: all).
     event_types: Option<Arc<std::collections::HashSet<String>>>,
+    /// It reads the durable-state change log: records are `PersistedState`s.
+    states: bool,
 }
 
 impl PySink {
@@ -66,7 +68,15 @@ impl PySink {
             log: host.log.clone(),
             telemetry: host.telemetry.clone().filter(|t| t.tracing.is_some()),
             event_types: None,
+            states: false,
         })
+    }
+
+    /// Hands the handler `PersistedState` records (a projection over the durable-state change
+    /// log) instead of `PersistedEvent`s.
+    pub fn over_states(mut self, states: bool) -> Self {
+        self.states = states;
+        self
     }
 
     /// Hands the handler only events of these type URLs (None: all); the others are passed
@@ -74,6 +84,17 @@ impl PySink {
     pub fn only(mut self, event_types: Option<Vec<String>>) -> Self {
         self.event_types = event_types.map(|t| Arc::new(t.into_iter().collect()));
         self
+    }
+}
+
+/// What the handler gets for one record: a `PersistedEvent`, or a `PersistedState` for a
+/// record of the durable-state change log.
+fn record(py: Python<'_>, event: Event, decoder: &Arc<Decoder>, states: bool) -> PyResult<Py<PyAny>> {
+    if states {
+        let state = ego_core::state_log::event_to_change(event);
+        Ok(Py::new(py, PersistedState { state, decoder: decoder.clone() })?.into_any())
+    } else {
+        Ok(Py::new(py, PersistedEvent { event, decoder: decoder.clone() })?.into_any())
     }
 }
 
@@ -172,6 +193,7 @@ impl Sink for PySink {
         };
         let (done, rx) = oneshot::channel();
         let (handler, decoder, shape, transactional) = (self.handler.clone(), self.decoder.clone(), self.shape, self.transactional);
+        let states = self.states;
         let (name, telemetry, log, kind) = (self.name.clone(), self.telemetry.clone(), self.log.clone(), self.kind);
         let job: Job = Box::new(move |py, event_loop| {
             let tracing = telemetry.as_ref().and_then(|t| t.tracing.as_ref());
@@ -179,7 +201,7 @@ impl Sink for PySink {
                 t.start_batch(py, kind, &name, shard, events.len()).map_err(|e| log.write(py, "warning", &format!("telemetry: {e}"))).ok()
             });
             let result = (|| -> PyResult<Vec<ReadModelWrite>> {
-                let records = events.iter().map(|e| Py::new(py, PersistedEvent { event: e.clone(), decoder: decoder.clone() }));
+                let records = events.iter().map(|e| record(py, e.clone(), &decoder, states));
                 let handler = handler.bind(py);
                 match shape {
                     Shape::Batch => {
@@ -226,7 +248,7 @@ impl Sink for PySink {
     fn dead_letter(&self, event: Event, f: HandlerFailure) -> BoxFuture<'static, ()> {
         let Some(dead_letter) = self.dead_letter.clone() else { return Box::pin(async {}) };
         let (done, rx) = oneshot::channel();
-        let (name, decoder, log) = (self.name.clone(), self.decoder.clone(), self.log.clone());
+        let (name, decoder, log, states) = (self.name.clone(), self.decoder.clone(), self.log.clone(), self.states);
         let job: Job = Box::new(move |py, event_loop| {
             let original = f.original.as_ref();
             let err: Py<PyAny> = if let Some(e) = original.and_then(|o| o.downcast_ref::<PyErr>()) {
@@ -237,7 +259,7 @@ impl Sink for PySink {
                 crate::errors::to_pyerr(py, &ego_core::error::Error::Storage(f.message.clone())).into_value(py).into_any()
             };
             let (pid, seq) = (event.persistence_id.clone(), event.sequence_number);
-            let result = Py::new(py, PersistedEvent { event, decoder })
+            let result = record(py, event, &decoder, states)
                 .and_then(|record| dead_letter.bind(py).call1((name.as_str(), pid, record, seq, err)))
                 .and_then(|out| resolve(event_loop, out));
             if let Err(e) = result {

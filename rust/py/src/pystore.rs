@@ -27,8 +27,9 @@ pub const SNAPSHOTS: &[&str] = &["write_snapshot", "latest_snapshot", "delete_sn
 pub const STATES: &[&str] = &["write_state", "read_state", "delete_state"];
 pub const OFFSETS: &[&str] = &["write_offsets", "read_offsets", "reset_offsets"];
 pub const KEYS: &[&str] = &["get_or_create_key", "get_key", "erase_key"];
-/// Optional methods, for tools (listing, migration): without them the store cannot be listed.
-const LISTING: [&str; 2] = ["state_ids", "projection_names"];
+/// Optional methods: for tools (listing, migration: without them the store cannot be listed),
+/// and the durable-state change log (without it, no projection or publisher over states).
+const LISTING: [&str; 4] = ["state_ids", "projection_names", "shard_state_changes", "state_shard_heads"];
 
 /// A store implemented in Python.
 #[derive(Clone)]
@@ -36,7 +37,7 @@ pub struct PyStore {
     obj: Arc<Py<PyAny>>,
     worker: Arc<Worker>,
     /// Which of [`LISTING`] the object has.
-    listing: [bool; 2],
+    listing: [bool; 4],
 }
 
 static ENVELOPES: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -228,6 +229,27 @@ impl StateStore for PyStore {
             |_, v| {
                 let (ids, next): (Vec<String>, Option<String>) = v.extract()?;
                 Ok(IdPage { ids, next })
+            },
+        )
+    }
+
+    fn shard_state_changes(&self, shard: u32, after: u64, max: usize) -> BoxFuture<'static, Result<Vec<DurableState>>> {
+        if !self.listing[2] {
+            return Box::pin(async { Err(ego_core::store::no_change_log()) });
+        }
+        self.call("shard_state_changes", move |py| Ok(vec![int(py, shard)?, int(py, after)?, int(py, max)?]), |_, v| list_of(v))
+    }
+
+    fn state_shard_heads(&self) -> BoxFuture<'static, Result<Vec<ShardHead>>> {
+        if !self.listing[3] {
+            return Box::pin(async { Err(ego_core::store::no_change_log()) });
+        }
+        self.call(
+            "state_shard_heads",
+            |_| Ok(vec![]),
+            |_, v| {
+                let heads: Vec<(u32, u64, i64)> = v.extract()?;
+                Ok(heads.into_iter().map(|(shard, position, timestamp)| ShardHead { shard, position, timestamp }).collect())
             },
         )
     }

@@ -277,9 +277,25 @@ impl PersistedState {
     fn type_url(&self) -> &str {
         self.state.resulting_state.as_ref().map_or("", |a| a.type_url.as_str())
     }
-    /// The state message.
+    /// Its position in the shard's durable-state change log (0 when it was not read from
+    /// the change log).
+    #[getter]
+    fn position(&self) -> u64 {
+        self.state.position
+    }
+    /// Whether this is the tombstone of a version of an erased entity (its data key was
+    /// destroyed): the type URL is kept, the payload is empty and `state` raises
+    /// `EntityErasedError`.
+    #[getter]
+    fn erased(&self) -> bool {
+        self.state.is_erased
+    }
+    /// The state message. Raises `EntityErasedError` for a tombstone (see `erased`).
     #[getter]
     fn state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        if self.state.is_erased {
+            return Err(to_pyerr(py, &Error::EntityErased(self.state.persistence_id.as_str().into())));
+        }
         let any = self.state.resulting_state.clone().unwrap_or_default();
         let decoder = Decoder { types: self.decoder.types.clone(), adapters: Vec::new() };
         decoder.decode(py, &any, &self.state.persistence_id, self.state.version_number).map_err(|e| to_pyerr(py, &e))
@@ -318,6 +334,9 @@ impl PersistedState {
         PyBytes::new(py, &self.state.encode_to_vec())
     }
     fn __repr__(&self) -> String {
-        format!("PersistedState({:?} v{})", self.state.persistence_id, self.state.version_number)
+        format!(
+            "PersistedState({:?} v{}, shard {} position {})",
+            self.state.persistence_id, self.state.version_number, self.state.shard, self.state.position
+        )
     }
 }

@@ -392,6 +392,26 @@ impl NativeStore {
         Ok(found.map(|s| PyBytes::new(py, &s.encode_to_vec())))
     }
 
+    fn _shard_state_changes<'py>(
+        &self,
+        py: Python<'py>,
+        shard: &Bound<'py, PyAny>,
+        after_position: &Bound<'py, PyAny>,
+        max_count: &Bound<'py, PyAny>,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let (shard, after_position) = (bounds::shard(shard)?, bounds::bound(after_position, "after_position")?);
+        let max_count = bounds::count(max_count, "max_count")?;
+        let changes = wait(py, self.states().shard_state_changes(shard, after_position, max_count))?;
+        Ok(changes.iter().map(|c| PyBytes::new(py, &c.encode_to_vec())).collect())
+    }
+
+    /// `(shard, position, timestamp)` of the newest record of every shard of the durable-state
+    /// change log.
+    fn state_shard_heads(&self, py: Python<'_>) -> PyResult<Vec<(u32, u64, i64)>> {
+        let heads = wait(py, self.states().state_shard_heads())?;
+        Ok(heads.into_iter().map(|h| (h.shard, h.position, h.timestamp)).collect())
+    }
+
     /// One page of the ids of stored durable states after `after`: `(ids, next cursor or None)`.
     #[pyo3(signature = (page_size, after=None))]
     fn state_ids(&self, py: Python<'_>, page_size: &Bound<'_, PyAny>, after: Option<String>) -> PyResult<(Vec<String>, Option<String>)> {

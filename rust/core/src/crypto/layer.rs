@@ -9,7 +9,8 @@
 //! `encryption_key_id` cleared. An event of an erased entity reads as a tombstone (`is_erased`
 //! set, its type URL kept, no value), so readers of the journal go on past it; a snapshot or
 //! durable state of an erased entity reads as [`Error::EntityErased`] (only the entity itself
-//! reads them). A missing key or a record that fails authentication is an error naming the
+//! reads them); a record of the durable-state change log of an erased entity reads as a
+//! tombstone, like an event. A missing key or a record that fails authentication is an error naming the
 //! entity.
 
 use std::sync::Arc;
@@ -110,6 +111,48 @@ async fn open_events(keys: &Arc<KeyRing>, events: Vec<Event>, decrypt: bool) -> 
             }
         }
         out.push(event);
+    }
+    Ok(out)
+}
+
+/// The plaintext of encrypted change-log records (tombstones for erased entities), like
+/// [`open_events`].
+async fn open_changes(keys: &Arc<KeyRing>, changes: Vec<DurableState>) -> Result<Vec<DurableState>> {
+    let mut out = Vec::with_capacity(changes.len());
+    let mut current: Option<(String, String, KeyLookup)> = None;
+    for mut change in changes {
+        if !change.is_encrypted {
+            out.push(change);
+            continue;
+        }
+        let (pid, version) = (&change.persistence_id, change.version_number);
+        if !matches!(&current, Some((p, k, _)) if p == pid && *k == change.encryption_key_id) {
+            let found = keys.for_read(pid, &change.encryption_key_id).await?;
+            current = Some((pid.clone(), change.encryption_key_id.clone(), found));
+        }
+        match &current.as_ref().expect("looked up").2 {
+            KeyLookup::Found(key) => {
+                if let Some(any) = change.resulting_state.as_mut() {
+                    open_any(key, Record::DurableState, pid, version, any)?;
+                }
+                change.is_encrypted = false;
+                change.encryption_key_id.clear();
+            }
+            KeyLookup::Erased => {
+                if let Some(any) = change.resulting_state.as_mut() {
+                    any.value = Bytes::new();
+                }
+                change.is_erased = true;
+            }
+            KeyLookup::Missing => {
+                return Err(Error::KeyNotFound {
+                    persistence_id: pid.as_str().into(),
+                    sequence_number: version,
+                    key_id: change.encryption_key_id.as_str().into(),
+                })
+            }
+        }
+        out.push(change);
     }
     Ok(out)
 }
@@ -317,6 +360,15 @@ impl StateStore for EncryptedStates {
 
     fn state_ids(&self, page_size: usize, after: Option<String>) -> BoxFuture<'static, Result<IdPage>> {
         self.inner.state_ids(page_size, after)
+    }
+
+    fn shard_state_changes(&self, shard: u32, after: u64, max: usize) -> BoxFuture<'static, Result<Vec<DurableState>>> {
+        let (read, keys) = (self.inner.shard_state_changes(shard, after, max), self.keys.clone());
+        inline(Box::pin(async move { open_changes(&keys, read.await?).await }))
+    }
+
+    fn state_shard_heads(&self) -> BoxFuture<'static, Result<Vec<ShardHead>>> {
+        self.inner.state_shard_heads()
     }
 
     fn close(&self) -> BoxFuture<'static, Result<()>> {

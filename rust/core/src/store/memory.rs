@@ -35,6 +35,10 @@ struct Data {
     type_urls: Map<Arc<str>, ()>,
     snapshots: Map<String, BTreeMap<u64, Snapshot>>,
     states: Map<String, DurableState>,
+    /// The durable-state change log, per shard (None: deleted), and where each entity's
+    /// records are.
+    state_logs: Map<u32, Vec<Option<Arc<DurableState>>>>,
+    state_positions: Map<String, Vec<(u32, u64)>>,
     offsets: Map<String, BTreeMap<u32, u64>>,
     read_model: BTreeMap<Vec<u8>, Vec<u8>>,
     /// The key vault: wrapped data keys and erasure records (Unix ns), by persistence id.
@@ -301,6 +305,12 @@ impl StateStore for MemoryStore {
         if actual != expected_version {
             return ready(Err(Error::Concurrency { persistence_id: state.persistence_id.into(), expected: expected_version, actual }));
         }
+        let data = &mut *data;
+        let log = data.state_logs.entry(state.shard).or_default();
+        let mut record = super::change_record(&state);
+        record.position = log.len() as u64 + 1;
+        data.state_positions.entry(state.persistence_id.clone()).or_default().push((state.shard, record.position));
+        log.push(Some(Arc::new(record)));
         data.states.insert(state.persistence_id.clone(), state);
         ready(Ok(()))
     }
@@ -310,8 +320,37 @@ impl StateStore for MemoryStore {
     }
 
     fn delete_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<()>> {
-        self.inner.lock().states.remove(persistence_id);
+        let mut data = self.inner.lock();
+        data.states.remove(persistence_id);
+        for (shard, position) in data.state_positions.remove(persistence_id).unwrap_or_default() {
+            if let Some(slot) = data.state_logs.get_mut(&shard).and_then(|l| l.get_mut(position as usize - 1)) {
+                *slot = None;
+            }
+        }
         ready(Ok(()))
+    }
+
+    fn shard_state_changes(&self, shard: u32, after: u64, max: usize) -> BoxFuture<'static, Result<Vec<DurableState>>> {
+        let data = self.inner.lock();
+        let Some(log) = data.state_logs.get(&shard) else { return ready(Ok(Vec::new())) };
+        let out = log.iter().skip(after.min(usize::MAX as u64) as usize).flatten().take(max).map(|s| (**s).clone()).collect();
+        ready(Ok(out))
+    }
+
+    fn state_shard_heads(&self) -> BoxFuture<'static, Result<Vec<ShardHead>>> {
+        let data = self.inner.lock();
+        let mut heads: Vec<ShardHead> = data
+            .state_logs
+            .iter()
+            .filter(|(_, log)| !log.is_empty())
+            .map(|(&shard, log)| ShardHead {
+                shard,
+                position: log.len() as u64,
+                timestamp: log.iter().rev().flatten().next().map_or(0, |s| s.timestamp),
+            })
+            .collect();
+        heads.sort_by_key(|h| h.shard);
+        ready(Ok(heads))
     }
 
     fn state_ids(&self, page_size: usize, after: Option<String>) -> BoxFuture<'static, Result<IdPage>> {

@@ -170,9 +170,55 @@ pub trait StateStore: Send + Sync + 'static {
         let _ = (page_size, after);
         crate::future::ready(Err(Error::Configuration("this state store cannot list its ids".into())))
     }
+    /// The durable-state change log: the versions written to `shard` with position > `after`,
+    /// ascending by position, at most `max`. Each record is the state as written (its
+    /// `position` set, no idempotency keys). See [`StateStore::state_shard_heads`].
+    fn shard_state_changes(&self, shard: u32, after: u64, max: usize) -> BoxFuture<'static, Result<Vec<DurableState>>> {
+        let _ = (shard, after, max);
+        crate::future::ready(Err(no_change_log()))
+    }
+    /// The newest change-log position and timestamp of every shard that has changes.
+    ///
+    /// The change log contract (every built-in store; pinned by the conformance suite):
+    /// - Every successful `write_state` appends one record in the same atomic write, at the
+    ///   next position of the state's shard (the same shard function as events); positions
+    ///   are strictly increasing in commit order, and a reader after a position never skips a
+    ///   committed record. A refused write appends nothing.
+    /// - Every written version is kept, in order per entity (no compaction).
+    /// - `delete_state` removes every record of the entity from the log too (positions are
+    ///   never reused; readers pass over the gap).
+    ///
+    /// A store without a change log answers [`Error::Configuration`] (the default), which an
+    /// engine reports when a projection or publisher over states is added.
+    fn state_shard_heads(&self) -> BoxFuture<'static, Result<Vec<ShardHead>>> {
+        crate::future::ready(Err(no_change_log()))
+    }
     /// See [`EventsStore::close`].
     fn close(&self) -> BoxFuture<'static, Result<()>> {
         crate::future::ready(Ok(()))
+    }
+}
+
+/// The error of a state store that keeps no change log.
+pub fn no_change_log() -> Error {
+    Error::Configuration(
+        "this state store keeps no durable-state change log (shard_state_changes, state_shard_heads): projections and \
+         publishers over states need one"
+            .into(),
+    )
+}
+
+/// The change-log record of `state` as written: the state without its idempotency keys.
+pub fn change_record(state: &DurableState) -> DurableState {
+    DurableState {
+        persistence_id: state.persistence_id.clone(),
+        version_number: state.version_number,
+        resulting_state: state.resulting_state.clone(),
+        timestamp: state.timestamp,
+        shard: state.shard,
+        encryption_key_id: state.encryption_key_id.clone(),
+        is_encrypted: state.is_encrypted,
+        ..Default::default()
     }
 }
 

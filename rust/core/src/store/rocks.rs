@@ -56,9 +56,27 @@ const CF_OFFSETS: &str = "offsets";
 const CF_READ_MODEL: &str = "read_model";
 pub(super) const CF_KEYS: &str = "keys";
 pub(super) const CF_ERASURES: &str = "erasures";
-const FAMILIES: [&str; 10] =
-    [CF_EVENTS, CF_LOG, CF_HEADS, CF_SNAPSHOTS, CF_STATES, CF_META, CF_OFFSETS, CF_READ_MODEL, CF_KEYS, CF_ERASURES];
+/// The durable-state change log: (shard, position) -> the version's record.
+const CF_STATE_LOG: &str = "state_log";
+/// Where each entity's change records are: (persistence id, version) -> (shard, position).
+const CF_STATE_VERSIONS: &str = "state_versions";
+const FAMILIES: [&str; 12] = [
+    CF_EVENTS,
+    CF_LOG,
+    CF_HEADS,
+    CF_SNAPSHOTS,
+    CF_STATES,
+    CF_META,
+    CF_OFFSETS,
+    CF_READ_MODEL,
+    CF_KEYS,
+    CF_ERASURES,
+    CF_STATE_LOG,
+    CF_STATE_VERSIONS,
+];
 const POS_PREFIX: &[u8] = b"pos";
+/// The change log's positions per shard (`meta` keys; none starts with `POS_PREFIX`).
+const STATE_POS_PREFIX: &[u8] = b"spos";
 /// Keys of the `meta` family (none starts with `POS_PREFIX`).
 const META_JOURNAL_ID: &[u8] = b"journal-id";
 const META_JOURNAL_SHARDS: &[u8] = b"journal-shards";
@@ -165,7 +183,7 @@ enum Op {
 impl Op {
     /// Operations that read what earlier operations wrote: the group is committed before them.
     fn is_barrier(&self) -> bool {
-        matches!(self, Op::DeleteSnapshots(..) | Op::DeleteEvents(..) | Op::ResetOffsets(..) | Op::Close)
+        matches!(self, Op::DeleteSnapshots(..) | Op::DeleteEvents(..) | Op::DeleteState(..) | Op::ResetOffsets(..) | Op::Close)
     }
 }
 
@@ -298,7 +316,11 @@ fn log_key(shard: u32, pos: u64) -> [u8; 12] {
 }
 
 fn pos_key(shard: u32) -> Vec<u8> {
-    let mut k = POS_PREFIX.to_vec();
+    prefixed_pos_key(POS_PREFIX, shard)
+}
+
+fn prefixed_pos_key(prefix: &[u8], shard: u32) -> Vec<u8> {
+    let mut k = prefix.to_vec();
     k.extend_from_slice(&shard.to_be_bytes());
     k
 }
@@ -358,11 +380,13 @@ impl RocksStore {
             check_not_behind(&path, &db)?;
         }
         let db = Arc::new(Db { db, _guard: guard });
-        let positions = load_positions(&db)?;
+        let positions = load_positions(&db, POS_PREFIX)?;
+        let state_positions = load_positions(&db, STATE_POS_PREFIX)?;
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
             db: db.clone(),
             positions,
+            state_positions,
             sync: options.sync,
             max_event_bytes: options.max_event_bytes,
             path: path.clone(),
@@ -505,9 +529,42 @@ impl RocksStore {
         Ok(out)
     }
 
+    fn state_log_read(&self, shard: u32, after: u64, max: usize) -> Result<Vec<DurableState>> {
+        let db = self.db()?;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(log_key(shard, u64::MAX).to_vec());
+        let mut it = db.raw_iterator_cf_opt(cf(&db, CF_STATE_LOG), ro);
+        it.seek(log_key(shard, after.saturating_add(1)));
+        let mut out = Vec::with_capacity(max.min(4096));
+        while it.valid() && out.len() < max {
+            let state = DurableState::decode(it.value().unwrap_or_default()).map_err(|e| Error::Corrupt {
+                persistence_id: format!("<state change log shard {shard} position {}>", seq_of_key(it.key().unwrap_or_default())).into(),
+                sequence_number: 0,
+                detail: e.to_string().into(),
+            })?;
+            out.push(state);
+            it.next();
+        }
+        it.status().map_err(map_err)?;
+        Ok(out)
+    }
+
+    fn state_log_heads(&self) -> Result<Vec<ShardHead>> {
+        let db = self.db()?;
+        let positions = load_positions(&db, STATE_POS_PREFIX)?;
+        let mut heads = Vec::with_capacity(positions.len());
+        for (shard, position) in positions {
+            let value = db.get_pinned_cf(cf(&db, CF_STATE_LOG), log_key(shard, position)).map_err(map_err)?;
+            let timestamp = value.and_then(|v| DurableState::decode(&*v).ok()).map_or(0, |s| s.timestamp);
+            heads.push(ShardHead { shard, position, timestamp });
+        }
+        heads.sort_by_key(|h| h.shard);
+        Ok(heads)
+    }
+
     fn heads(&self) -> Result<Vec<ShardHead>> {
         let db = self.db()?;
-        let positions = load_positions(&db)?;
+        let positions = load_positions(&db, POS_PREFIX)?;
         let mut heads = Vec::with_capacity(positions.len());
         for (shard, position) in positions {
             let value = db.get_pinned_cf(cf(&db, CF_LOG), log_key(shard, position)).map_err(map_err)?;
@@ -688,15 +745,15 @@ fn corrupt_or_storage(pid: &str, seq: u64, e: rocksdb::Error) -> Error {
     read_error(e, pid, seq)
 }
 
-fn load_positions(db: &DB) -> Result<HashMap<u32, u64>> {
+fn load_positions(db: &DB, prefix: &[u8]) -> Result<HashMap<u32, u64>> {
     let cf = db.cf_handle(CF_META).expect("meta family");
     let mut positions = HashMap::new();
-    for item in db.iterator_cf(cf, IteratorMode::From(POS_PREFIX, rocksdb::Direction::Forward)) {
+    for item in db.iterator_cf(cf, IteratorMode::From(prefix, rocksdb::Direction::Forward)) {
         let (key, value) = item.map_err(map_err)?;
-        if !key.starts_with(POS_PREFIX) {
+        if !key.starts_with(prefix) {
             break;
         }
-        let shard = u32::from_be_bytes(key[POS_PREFIX.len()..].try_into().map_err(|_| Error::storage("bad position key"))?);
+        let shard = u32::from_be_bytes(key[prefix.len()..].try_into().map_err(|_| Error::storage("bad position key"))?);
         positions.insert(shard, be64(&value).unwrap_or(0));
     }
     Ok(positions)
@@ -706,6 +763,8 @@ fn load_positions(db: &DB) -> Result<HashMap<u32, u64>> {
 struct Writer {
     db: Arc<Db>,
     positions: HashMap<u32, u64>,
+    /// The change log's positions per shard.
+    state_positions: HashMap<u32, u64>,
     sync: bool,
     max_event_bytes: usize,
     path: PathBuf,
@@ -720,6 +779,7 @@ struct Group {
     heads: HashMap<String, u64>,
     versions: HashMap<String, u64>,
     positions: HashMap<u32, u64>,
+    state_positions: HashMap<u32, u64>,
     waiting: Vec<oneshot::Sender<Result<()>>>,
 }
 
@@ -752,6 +812,7 @@ impl Writer {
                 heads: HashMap::new(),
                 versions: HashMap::new(),
                 positions: HashMap::new(),
+                state_positions: HashMap::new(),
                 waiting: Vec::new(),
             };
             self.add(&mut group, first);
@@ -791,11 +852,6 @@ impl Writer {
                 Ok(())
             }
             Op::PutState(state, expected) => self.add_state(group, state, expected),
-            Op::DeleteState(pid) => {
-                group.batch.delete_cf(self.cf(CF_STATES), pid.as_bytes());
-                group.versions.insert(pid, 0);
-                Ok(())
-            }
             Op::PutOffsets(projection, offsets, writes) => {
                 use crate::store::ReadModelWrite;
                 if writes.iter().any(|w| matches!(w, ReadModelWrite::Sql { .. })) {
@@ -814,7 +870,9 @@ impl Writer {
                     Ok(())
                 }
             }
-            Op::DeleteSnapshots(..) | Op::DeleteEvents(..) | Op::ResetOffsets(..) | Op::Close => unreachable!("barriers are not grouped"),
+            Op::DeleteSnapshots(..) | Op::DeleteEvents(..) | Op::DeleteState(..) | Op::ResetOffsets(..) | Op::Close => {
+                unreachable!("barriers are not grouped")
+            }
         };
         match result {
             Ok(()) => group.waiting.push(req.done),
@@ -878,6 +936,14 @@ impl Writer {
         value.extend_from_slice(&state.version_number.to_be_bytes());
         state.encode(&mut value).expect("vec grows");
         group.batch.put_cf(self.cf(CF_STATES), state.persistence_id.as_bytes(), value);
+        // The change record, in the same batch.
+        let next = group.state_positions.get(&state.shard).or_else(|| self.state_positions.get(&state.shard)).copied().unwrap_or(0) + 1;
+        group.state_positions.insert(state.shard, next);
+        let mut record = crate::store::change_record(&state);
+        record.position = next;
+        let at = log_key(state.shard, next);
+        group.batch.put_cf(self.cf(CF_STATE_LOG), at, record.encode_to_vec());
+        group.batch.put_cf(self.cf(CF_STATE_VERSIONS), journal_key(&state.persistence_id, state.version_number), at);
         group.versions.insert(state.persistence_id, state.version_number);
         Ok(())
     }
@@ -920,9 +986,13 @@ impl Writer {
         for (shard, pos) in &group.positions {
             group.batch.put_cf(meta, pos_key(*shard), pos.to_be_bytes());
         }
+        for (shard, pos) in &group.state_positions {
+            group.batch.put_cf(meta, prefixed_pos_key(STATE_POS_PREFIX, *shard), pos.to_be_bytes());
+        }
         let result = self.write(group.batch);
         if result.is_ok() {
             self.positions.extend(group.positions);
+            self.state_positions.extend(group.state_positions);
         }
         for done in group.waiting {
             let _ = done.send(result.clone());
@@ -932,6 +1002,7 @@ impl Writer {
     fn barrier(&mut self, op: Op) -> Result<()> {
         match op {
             Op::DeleteEvents(pid, to) => self.delete_events(&pid, to),
+            Op::DeleteState(pid) => self.delete_state(&pid),
             Op::DeleteSnapshots(pid, criteria) => {
                 let mut batch = WriteBatch::default();
                 let cf = self.cf(CF_SNAPSHOTS);
@@ -979,6 +1050,25 @@ impl Writer {
             }
             _ => unreachable!("not a barrier"),
         }
+    }
+
+    /// Deletes the state and every change record of `pid` (one batch).
+    fn delete_state(&mut self, pid: &str) -> Result<()> {
+        let (log_cf, versions_cf) = (self.cf(CF_STATE_LOG), self.cf(CF_STATE_VERSIONS));
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(CF_STATES), pid.as_bytes());
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(journal_end(pid));
+        let mut it = self.db.raw_iterator_cf_opt(versions_cf, ro);
+        it.seek(journal_key(pid, 0));
+        while it.valid() {
+            batch.delete_cf(log_cf, it.value().unwrap_or_default());
+            batch.delete_cf(versions_cf, it.key().unwrap_or_default());
+            it.next();
+        }
+        it.status().map_err(|e| corrupt_or_storage(pid, 0, e))?;
+        drop(it);
+        self.write(batch)
     }
 
     fn delete_events(&mut self, pid: &str, to: u64) -> Result<()> {
@@ -1080,6 +1170,14 @@ impl StateStore for RocksStore {
 
     fn state_ids(&self, page_size: usize, after: Option<String>) -> BoxFuture<'static, Result<IdPage>> {
         ready(self.key_page(CF_STATES, page_size, after))
+    }
+
+    fn shard_state_changes(&self, shard: u32, after: u64, max: usize) -> BoxFuture<'static, Result<Vec<DurableState>>> {
+        ready(self.state_log_read(shard, after, max))
+    }
+
+    fn state_shard_heads(&self) -> BoxFuture<'static, Result<Vec<ShardHead>>> {
+        ready(self.state_log_heads())
     }
 
     fn close(&self) -> BoxFuture<'static, Result<()>> {

@@ -43,7 +43,7 @@ use tokio_postgres::NoTls;
 pub use connection::PgOptions;
 use connection::{get_client, to_i64, Inner, Op, Request};
 use errors::db_error;
-use rows::{event_of, snapshot_of, state_of, EVENT_COLUMNS};
+use rows::{change_of, event_of, snapshot_of, state_of, CHANGE_COLUMNS, EVENT_COLUMNS};
 pub use schema::check_identifier;
 use schema::{migrate, Names};
 
@@ -91,8 +91,20 @@ impl PgStore {
         let n = &self.inner.names;
         let client = self.inner.pool.get().await.map_err(Error::storage)?;
         let sql = format!(
-            "DROP TABLE IF EXISTS {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}",
-            n.events, n.heads, n.shards, n.snapshots, n.states, n.offsets, n.keys, n.erasures, n.meta, n.fences, n.migrations
+            "DROP TABLE IF EXISTS {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}",
+            n.events,
+            n.heads,
+            n.shards,
+            n.snapshots,
+            n.states,
+            n.offsets,
+            n.keys,
+            n.erasures,
+            n.meta,
+            n.state_changes,
+            n.state_shards,
+            n.fences,
+            n.migrations
         );
         client.batch_execute(&sql).await.map_err(db_error)
     }
@@ -294,8 +306,39 @@ impl StateStore for PgStore {
     }
 
     fn delete_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<()>> {
-        let sql = format!("DELETE FROM {} WHERE persistence_id = $1", self.inner.names.states);
+        // The state and its change records, in one statement (one transaction).
+        let sql = format!(
+            "WITH changes AS (DELETE FROM {} WHERE persistence_id = $1) DELETE FROM {} WHERE persistence_id = $1",
+            self.inner.names.state_changes, self.inner.names.states
+        );
         self.exec(sql, vec![Box::new(persistence_id.to_string())])
+    }
+
+    fn shard_state_changes(&self, shard: u32, after: u64, max: usize) -> BoxFuture<'static, Result<Vec<DurableState>>> {
+        self.read(move |inner, client| async move {
+            let sql = format!(
+                "SELECT {CHANGE_COLUMNS} FROM {} WHERE shard = $1 AND position > $2 ORDER BY position LIMIT $3",
+                inner.names.state_changes
+            );
+            let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
+            let rows = client.query(&stmt, &[&(shard as i32), &to_i64(after), &to_i64(max as u64)]).await.map_err(db_error)?;
+            Ok(rows.iter().map(change_of).collect())
+        })
+    }
+
+    fn state_shard_heads(&self) -> BoxFuture<'static, Result<Vec<ShardHead>>> {
+        self.read(move |inner, client| async move {
+            let sql = format!(
+                "SELECT s.shard, s.position, coalesce(c.timestamp, 0) FROM {} s LEFT JOIN {} c ON c.shard = s.shard AND c.position = s.position ORDER BY s.shard",
+                inner.names.state_shards, inner.names.state_changes
+            );
+            let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
+            let rows = client.query(&stmt, &[]).await.map_err(db_error)?;
+            let mut heads: Vec<ShardHead> =
+                rows.iter().map(|r| ShardHead { shard: r.get::<_, i32>(0) as u32, position: r.get::<_, i64>(1) as u64, timestamp: r.get(2) }).collect();
+            heads.sort_unstable_by_key(|h| h.shard);
+            Ok(heads)
+        })
     }
 
     fn state_ids(&self, page_size: usize, after: Option<String>) -> BoxFuture<'static, Result<IdPage>> {

@@ -86,6 +86,29 @@ pub(super) fn state_of(row: &Row) -> DurableState {
         encryption_key_id: key.unwrap_or_default(),
         is_encrypted: row.get("is_encrypted"),
         idempotency_keys: idempotency_of(row),
+        position: 0,
+        is_erased: false,
+    }
+}
+
+/// The columns of the durable-state change log, in the order of every query of it.
+pub(super) const CHANGE_COLUMNS: &str =
+    "shard, position, persistence_id, version, timestamp, type_url, payload, encryption_key_id, is_encrypted";
+
+/// A change-log row as an envelope.
+pub(super) fn change_of(row: &Row) -> DurableState {
+    let key: Option<String> = row.get("encryption_key_id");
+    DurableState {
+        persistence_id: row.get("persistence_id"),
+        version_number: row.get::<_, i64>("version") as u64,
+        resulting_state: Some(Any { type_url: row.get("type_url"), value: row.get::<_, Vec<u8>>("payload").into() }),
+        timestamp: row.get("timestamp"),
+        shard: row.get::<_, i32>("shard") as u32,
+        encryption_key_id: key.unwrap_or_default(),
+        is_encrypted: row.get("is_encrypted"),
+        idempotency_keys: Vec::new(),
+        position: row.get::<_, i64>("position") as u64,
+        is_erased: false,
     }
 }
 

@@ -7,7 +7,7 @@ use super::errors::{chain, db_error};
 use crate::error::{Error, Result};
 
 /// Schema version this code writes.
-const SCHEMA_VERSION: i32 = 6;
+const SCHEMA_VERSION: i32 = 7;
 
 /// Checks that `name` is a plain SQL identifier.
 pub fn check_identifier(what: &str, name: &str, allow_empty: bool) -> Result<()> {
@@ -39,6 +39,8 @@ pub(super) struct Names {
     pub(super) migrations: String,
     pub(super) meta: String,
     pub(super) fences: String,
+    pub(super) state_changes: String,
+    pub(super) state_shards: String,
 }
 
 impl Names {
@@ -57,6 +59,8 @@ impl Names {
             migrations: t("migrations"),
             meta: t("meta"),
             fences: t("fences"),
+            state_changes: t("state_changes"),
+            state_shards: t("state_shards"),
         }
     }
 }
@@ -208,6 +212,39 @@ pub(super) async fn migrate(pool: &Pool, n: &Names) -> Result<()> {
             "CREATE TABLE {fences} (name text PRIMARY KEY, epoch bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now());
              INSERT INTO {m} (version) VALUES (6);",
             fences = n.fences,
+            m = n.migrations,
+        ))
+        .await
+        .map_err(db_error)?;
+    }
+    if current < 7 {
+        // The durable-state change log: every version written, by shard position (numbered
+        // like events, with a counter row per shard in `state_shards`). The states already
+        // stored are its first records (their latest versions), in timestamp order per shard.
+        tx.batch_execute(&format!(
+            "CREATE TABLE {changes} (
+                shard int NOT NULL,
+                position bigint NOT NULL,
+                persistence_id text NOT NULL,
+                version bigint NOT NULL,
+                timestamp bigint NOT NULL,
+                type_url text NOT NULL,
+                payload bytea NOT NULL,
+                encryption_key_id text,
+                is_encrypted boolean NOT NULL DEFAULT false,
+                PRIMARY KEY (shard, position)
+             );
+             CREATE INDEX ON {changes} (persistence_id, version);
+             CREATE TABLE {state_shards} (shard int PRIMARY KEY, position bigint NOT NULL);
+             INSERT INTO {changes} (shard, position, persistence_id, version, timestamp, type_url, payload, encryption_key_id, is_encrypted)
+                SELECT shard, row_number() OVER (PARTITION BY shard ORDER BY timestamp, persistence_id COLLATE \"C\"), persistence_id,
+                       version, timestamp, type_url, payload, encryption_key_id, is_encrypted
+                FROM {states};
+             INSERT INTO {state_shards} (shard, position) SELECT shard, max(position) FROM {changes} GROUP BY shard;
+             INSERT INTO {m} (version) VALUES (7);",
+            changes = n.state_changes,
+            state_shards = n.state_shards,
+            states = n.states,
             m = n.migrations,
         ))
         .await

@@ -22,7 +22,7 @@ use tokio_postgres::{Client, Statement, Transaction};
 
 use super::connection::{connect, to_i64, Inner, Op, Request};
 use super::errors::{chain, db_error, is_connection_error, is_retryable};
-use super::rows::{idempotency_column, metadata_column, EVENT_COLUMNS};
+use super::rows::{idempotency_column, metadata_column, CHANGE_COLUMNS, EVENT_COLUMNS};
 use crate::envelope::{DurableState, Event, Snapshot};
 use crate::error::{Error, Result};
 use crate::store::{check_batch, check_snapshot, check_state};
@@ -502,6 +502,68 @@ async fn write_states(step: &mut Step<'_, '_>, state_chains: &mut BTreeMap<Strin
             results[i] = Err(Error::Concurrency { persistence_id: pid.as_str().into(), expected, actual });
         }
     }
+    log_state_changes(step, state_chains).await
+}
+
+/// The change log: one record per accepted durable-state write (every version of a chain, in
+/// order), numbered per shard like events (each shard's counter row is locked, in shard order,
+/// until commit, so positions become visible in commit order).
+async fn log_state_changes(step: &mut Step<'_, '_>, state_chains: &BTreeMap<String, Chain>) -> PgResult<()> {
+    let (n, group) = (step.names, step.group);
+    let accepted: Vec<&DurableState> = state_chains
+        .values()
+        .flat_map(|c| c.requests.iter())
+        .filter_map(|i| match &group[*i].op {
+            Op::PutState(s, _) => Some(s),
+            _ => None,
+        })
+        .collect();
+    if accepted.is_empty() {
+        return Ok(());
+    }
+    let mut per_shard: BTreeMap<u32, i64> = BTreeMap::new();
+    for s in &accepted {
+        *per_shard.entry(s.shard).or_default() += 1;
+    }
+    let shards: Vec<i32> = per_shard.keys().map(|s| *s as i32).collect();
+    let counts: Vec<i64> = per_shard.values().copied().collect();
+    let sql = format!(
+        "INSERT INTO {s} AS s (shard, position) SELECT * FROM unnest($1::int4[], $2::int8[]) \
+         ON CONFLICT (shard) DO UPDATE SET position = s.position + EXCLUDED.position RETURNING shard, position",
+        s = n.state_shards
+    );
+    let mut next: HashMap<u32, i64> = HashMap::new();
+    let numbering = prepared(step.tx, step.statements, &sql).await?;
+    for row in step.tx.query(&numbering, &[&shards, &counts]).await? {
+        let shard = row.get::<_, i32>(0) as u32;
+        let last: i64 = row.get(1);
+        next.insert(shard, last - per_shard[&shard] + 1);
+    }
+    let mut shard_col = Vec::with_capacity(accepted.len());
+    let mut positions = Vec::with_capacity(accepted.len());
+    for s in &accepted {
+        let pos = next.get_mut(&s.shard).expect("shard numbered");
+        shard_col.push(s.shard as i32);
+        positions.push(*pos);
+        *pos += 1;
+    }
+    let pids: Vec<&str> = accepted.iter().map(|s| s.persistence_id.as_str()).collect();
+    let versions: Vec<i64> = accepted.iter().map(|s| to_i64(s.version_number)).collect();
+    let timestamps: Vec<i64> = accepted.iter().map(|s| s.timestamp).collect();
+    let type_urls: Vec<&str> = accepted.iter().map(|s| s.resulting_state.as_ref().map_or("", |a| a.type_url.as_str())).collect();
+    let payloads: Vec<&[u8]> = accepted.iter().map(|s| s.resulting_state.as_ref().map_or(&[][..], |a| &a.value[..])).collect();
+    let keys: Vec<Option<&str>> =
+        accepted.iter().map(|s| (!s.encryption_key_id.is_empty()).then_some(s.encryption_key_id.as_str())).collect();
+    let encrypted: Vec<bool> = accepted.iter().map(|s| s.is_encrypted).collect();
+    let sql = format!(
+        "INSERT INTO {} ({CHANGE_COLUMNS}) SELECT * FROM unnest($1::int4[], $2::int8[], $3::text[], $4::int8[], $5::int8[], \
+         $6::text[], $7::bytea[], $8::text[], $9::bool[])",
+        n.state_changes
+    );
+    let params: [&(dyn ToSql + Sync); 9] =
+        [&shard_col, &positions, &pids, &versions, &timestamps, &type_urls, &payloads, &keys, &encrypted];
+    let insert = prepared(step.tx, step.statements, &sql).await?;
+    step.tx.execute(&insert, &params).await?;
     Ok(())
 }
 

@@ -1,0 +1,230 @@
+"""State publishers (``engine.add_state_publisher``): every durable-state version arrives, in
+order per entity, keyed by the persistence id with the event id ``persistence_id:version``, and
+decodes to the state of that version; on a Python publisher (sync and async), NATS JetStream
+(the stream deduplicates on the event id: each version exactly once) and WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from brokers import free_port
+from publishing import consume_nats, wait_caught_up
+from test_durable_state import CounterBehavior
+from test_publishers import AsyncCollect, Collect
+from waiting import wait_until
+
+import ego
+from ego import errors
+from ego.v1 import DurableState
+
+from egotest.messages_pb2 import Counter, Increment
+
+
+def counter_engine(name: str, store: Any) -> ego.Engine:
+    engine = ego.Engine(name, store=store)
+    engine.start()
+    engine.register_entity_type(CounterBehavior, prefix="cart-")
+    return engine
+
+
+def write_versions(engine: ego.Engine, ids: list[str], rounds: int) -> None:
+    """`rounds` increments of 1 to every id (one command per entity at a time: every command
+    is one version, and the counter's value equals its version)."""
+
+    async def run() -> None:
+        for _ in range(rounds):
+            await asyncio.gather(*(engine.send_command_async(i, Increment(by=1)) for i in ids))
+
+    asyncio.run(run())
+
+
+def check_versions(received: list[tuple[str, bytes]], expected: dict[str, int], *, exactly_once: bool = False) -> int:
+    """`received`: (event id, DurableState envelope) in the order a consumer got them. Every
+    version 1..expected[pid] arrives, in order per entity (repeats allowed unless
+    `exactly_once`), under the id ``persistence_id:version``, and decodes to the counter of
+    that version. Returns the number of duplicates."""
+    highest: dict[str, int] = defaultdict(int)
+    duplicates = 0
+    for event_id, value in received:
+        envelope = DurableState.FromString(value)
+        pid, version = envelope.persistence_id, envelope.version_number
+        assert event_id == f"{pid}:{version}"
+        assert envelope.resulting_state.type_url.endswith("egotest.Counter")
+        assert Counter.FromString(envelope.resulting_state.value) == Counter(value=version), event_id
+        if version <= highest[pid]:
+            duplicates += 1
+            assert not exactly_once, f"{event_id} delivered twice"
+            continue
+        assert version == highest[pid] + 1, f"{pid}: {version} arrived before {highest[pid] + 1}"
+        highest[pid] = version
+    assert dict(highest) == expected
+    return duplicates
+
+
+@pytest.mark.parametrize("kind", [Collect, AsyncCollect])
+def test_a_python_publisher_gets_every_version_in_order(kind: type[Collect]) -> None:
+    engine = counter_engine("state-python", ego.MemoryStore())
+    try:
+        ids = [f"cart-{i}" for i in range(100)]
+        write_versions(engine, ids, 5)
+        publisher = kind()
+        engine.add_state_publisher(publisher, name="carts", batch_size=64)
+        write_versions(engine, ids, 3)
+        wait_caught_up(engine, "carts")
+        assert check_versions(publisher.received(), {i: 8 for i in ids}) == 0
+        record = publisher.records[0]
+        assert record.key == record.source.persistence_id and isinstance(record.source, ego.PersistedState)
+        assert record.headers["ego-event-id"] == record.id
+        assert engine.publisher_stats("carts")["published"] == 800
+        # The event journal has nothing of this: an event publisher sends nothing.
+        events = Collect()
+        engine.add_event_publisher(events, name="events")
+        wait_caught_up(engine, "events")
+        assert events.records == []
+    finally:
+        engine.stop()
+
+
+def test_a_refused_version_goes_to_the_dead_letter_handler() -> None:
+    engine = counter_engine("state-refused", ego.MemoryStore())
+    dead: list[tuple[str, str, int]] = []
+    try:
+        publisher = Collect()
+        publisher.refuse = {"cart-1:2"}
+        engine.add_state_publisher(
+            publisher,
+            name="carts",
+            on_refused=ego.RecoveryPolicy.SKIP,
+            dead_letter=lambda name, pid, state, version, error: dead.append((name, pid, version)),
+        )
+        write_versions(engine, ["cart-1"], 3)
+        wait_caught_up(engine, "carts")
+        assert [r.id for r in publisher.records] == ["cart-1:1", "cart-1:3"]
+        assert dead == [("publisher:carts", "cart-1", 2)]  # the name as event publishers pass it
+    finally:
+        engine.stop()
+
+
+def test_a_state_store_without_a_change_log_is_refused() -> None:
+    from test_state_changes import StatesOnly
+
+    memory = ego.MemoryStore()
+    engine = ego.Engine("state-none", events_store=memory, state_store=StatesOnly())
+    engine.start()
+    try:
+        with pytest.raises(errors.ConfigurationError, match="change log"):
+            engine.add_state_publisher(Collect(), name="carts", offset_store=memory)
+        assert engine.publisher_names() == []
+    finally:
+        engine.stop()
+
+
+def nats_url() -> str:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 4222), timeout=1).close()
+    except OSError:
+        from brokers import unavailable
+
+        unavailable("no NATS server on 127.0.0.1:4222")
+    return "nats://127.0.0.1:4222"
+
+
+def test_nats_every_version_of_500_entities_arrives_once_in_order(tmp_path: Any) -> None:
+    pytest.importorskip("nats")
+    from ego.publishers import NatsPublisher
+
+    url = nats_url()
+    tag = uuid.uuid4().hex[:10]
+    stream = f"EGOTEST_STATES_{tag.upper()}"
+    store = ego.RocksDBStore(tmp_path / "db")
+    engine = counter_engine("state-nats", store)
+    try:
+        ids = [f"cart-{i}" for i in range(500)]
+        write_versions(engine, ids, 3)
+        publisher = NatsPublisher(url, subject=f"egotest{tag}.states.{{entity_type}}", stream=stream, ack_timeout=2.0)
+        engine.add_state_publisher(publisher, name="nats")
+        write_versions(engine, ids, 2)
+        wait_caught_up(engine, "nats")
+        received = consume_nats(url, stream, 2500)
+        assert check_versions(received, {i: 5 for i in ids}, exactly_once=True) == 0
+    finally:
+        engine.stop()
+        store.close()
+
+
+class StatePeer:
+    """A WebSocket server that records every binary frame (a DurableState envelope) and
+    acknowledges each with the number of frames taken on the connection."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.port = free_port()
+        self.received: list[tuple[str, bytes]] = []
+        self.lock = threading.Lock()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server: Any = None
+
+    async def _handle(self, ws: Any) -> None:
+        taken = 0
+        async for frame in ws:
+            s = DurableState.FromString(frame)
+            with self.lock:
+                self.received.append((f"{s.persistence_id}:{s.version_number}", frame))
+            taken += 1
+            await ws.send(str(taken))
+
+    def start(self) -> StatePeer:
+        from websockets.asyncio.server import serve
+
+        async def up() -> None:
+            self.server = await serve(self._handle, "127.0.0.1", self.port)
+
+        asyncio.run_coroutine_threadsafe(up(), self.loop).result(10)
+        return self
+
+    def frames(self) -> list[tuple[str, bytes]]:
+        with self.lock:
+            return list(self.received)
+
+    def close(self) -> None:
+        async def down() -> None:
+            if self.server is not None:
+                self.server.close()
+                await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(down(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture
+def peer() -> Iterator[StatePeer]:
+    pytest.importorskip("websockets")
+    p = StatePeer().start()
+    yield p
+    p.close()
+
+
+def test_websocket_every_version_arrives_in_order(peer: StatePeer) -> None:
+    from ego.publishers import WebSocketPublisher
+
+    engine = counter_engine("state-ws", ego.MemoryStore())
+    try:
+        ids = [f"cart-{i}" for i in range(300)]
+        engine.add_state_publisher(WebSocketPublisher(f"ws://127.0.0.1:{peer.port}/states", ack_timeout=2.0), name="ws")
+        write_versions(engine, ids, 4)
+        wait_caught_up(engine, "ws")
+        wait_until(lambda: len(peer.frames()) >= 1200, what="the peer to take every frame")
+        check_versions(peer.frames(), {i: 4 for i in ids})
+    finally:
+        engine.stop()
