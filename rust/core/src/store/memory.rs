@@ -34,7 +34,9 @@ struct Data {
     /// Interned type URLs: events share one copy of each.
     type_urls: Map<Arc<str>, ()>,
     snapshots: Map<String, BTreeMap<u64, Snapshot>>,
-    states: Map<String, DurableState>,
+    /// The latest state of each entity; the change log shares the versions (position = index
+    /// in the shard's log + 1; idempotency keys left out when read).
+    states: Map<String, Arc<DurableState>>,
     /// The durable-state change log, per shard (None: deleted), and where each entity's
     /// records are.
     state_logs: Map<u32, Vec<Option<Arc<DurableState>>>>,
@@ -306,17 +308,27 @@ impl StateStore for MemoryStore {
             return ready(Err(Error::Concurrency { persistence_id: state.persistence_id.into(), expected: expected_version, actual }));
         }
         let data = &mut *data;
+        let state = Arc::new(state);
         let log = data.state_logs.entry(state.shard).or_default();
-        let mut record = super::change_record(&state);
-        record.position = log.len() as u64 + 1;
-        data.state_positions.entry(state.persistence_id.clone()).or_default().push((state.shard, record.position));
-        log.push(Some(Arc::new(record)));
-        data.states.insert(state.persistence_id.clone(), state);
+        log.push(Some(state.clone()));
+        let at = (state.shard, log.len() as u64);
+        match data.state_positions.get_mut(state.persistence_id.as_str()) {
+            Some(positions) => positions.push(at),
+            None => {
+                data.state_positions.insert(state.persistence_id.clone(), vec![at]);
+            }
+        }
+        match data.states.get_mut(state.persistence_id.as_str()) {
+            Some(slot) => *slot = state,
+            None => {
+                data.states.insert(state.persistence_id.clone(), state);
+            }
+        }
         ready(Ok(()))
     }
 
     fn read_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<Option<DurableState>>> {
-        ready(Ok(self.inner.lock().states.get(persistence_id).cloned()))
+        ready(Ok(self.inner.lock().states.get(persistence_id).map(|s| (**s).clone())))
     }
 
     fn delete_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<()>> {
@@ -333,7 +345,18 @@ impl StateStore for MemoryStore {
     fn shard_state_changes(&self, shard: u32, after: u64, max: usize) -> BoxFuture<'static, Result<Vec<DurableState>>> {
         let data = self.inner.lock();
         let Some(log) = data.state_logs.get(&shard) else { return ready(Ok(Vec::new())) };
-        let out = log.iter().skip(after.min(usize::MAX as u64) as usize).flatten().take(max).map(|s| (**s).clone()).collect();
+        let out = log
+            .iter()
+            .enumerate()
+            .skip(after.min(usize::MAX as u64) as usize)
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
+            .take(max)
+            .map(|(i, s)| {
+                let mut record = super::change_record(s);
+                record.position = i as u64 + 1;
+                record
+            })
+            .collect();
         ready(Ok(out))
     }
 

@@ -537,11 +537,14 @@ impl RocksStore {
         it.seek(log_key(shard, after.saturating_add(1)));
         let mut out = Vec::with_capacity(max.min(4096));
         while it.valid() && out.len() < max {
-            let state = DurableState::decode(it.value().unwrap_or_default()).map_err(|e| Error::Corrupt {
-                persistence_id: format!("<state change log shard {shard} position {}>", seq_of_key(it.key().unwrap_or_default())).into(),
+            let position = seq_of_key(it.key().unwrap_or_default());
+            let mut state = DurableState::decode(it.value().unwrap_or_default()).map_err(|e| Error::Corrupt {
+                persistence_id: format!("<state change log shard {shard} position {position}>").into(),
                 sequence_number: 0,
                 detail: e.to_string().into(),
             })?;
+            state.idempotency_keys.clear();
+            state.position = position;
             out.push(state);
             it.next();
         }
@@ -935,14 +938,13 @@ impl Writer {
         let mut value = Vec::with_capacity(8 + state.encoded_len());
         value.extend_from_slice(&state.version_number.to_be_bytes());
         state.encode(&mut value).expect("vec grows");
-        group.batch.put_cf(self.cf(CF_STATES), state.persistence_id.as_bytes(), value);
-        // The change record, in the same batch.
+        group.batch.put_cf(self.cf(CF_STATES), state.persistence_id.as_bytes(), &value);
+        // The change record, in the same batch: the same encoding (its position is its key's,
+        // its idempotency keys are left out when it is read).
         let next = group.state_positions.get(&state.shard).or_else(|| self.state_positions.get(&state.shard)).copied().unwrap_or(0) + 1;
         group.state_positions.insert(state.shard, next);
-        let mut record = crate::store::change_record(&state);
-        record.position = next;
         let at = log_key(state.shard, next);
-        group.batch.put_cf(self.cf(CF_STATE_LOG), at, record.encode_to_vec());
+        group.batch.put_cf(self.cf(CF_STATE_LOG), at, &value[8..]);
         group.batch.put_cf(self.cf(CF_STATE_VERSIONS), journal_key(&state.persistence_id, state.version_number), at);
         group.versions.insert(state.persistence_id, state.version_number);
         Ok(())
