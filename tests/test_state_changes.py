@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from test_durable_state import CounterBehavior
+from waiting import wait_until
 
 import ego
 from ego import errors
@@ -128,6 +129,8 @@ def test_rebuild_lag_and_a_second_projection_from_the_start() -> None:
         assert events == []
         late = Changes()
         engine.add_projection("late", late, source="states", start="end")
+        # Its start (the head when its shard task began) is recorded before anything new.
+        wait_until(lambda: engine.projection_lag("late")[shard].offset == 5, what="the start at the end")
         engine.send_command("c", Increment(by=1))
         engine.wait_for_projection("late")
         assert [v for _, v, _, _ in late.seen] == [6]
