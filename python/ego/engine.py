@@ -674,6 +674,7 @@ class Engine(_ego.EngineCore):
             "projection",
             type_urls,
             on_other_journal == "start_over",
+            False,
             source,
         )
         if self.running:
