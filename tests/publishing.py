@@ -3,9 +3,11 @@ of what a consumer received (complete, in order per entity, decodable to the ori
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import ego
@@ -206,3 +208,62 @@ def consume_pulsar(url: str, topic: str, expected_total: int, timeout: float = 6
         out.append((msg.properties()["ego-event-id"], msg.data()))
     client.close()
     return out
+
+
+def event_id(frame: bytes) -> str:
+    """`persistence_id:sequence_number` of an ``ego.v1.Event`` frame."""
+    e = Event.FromString(frame)
+    return f"{e.persistence_id}:{e.sequence_number}"
+
+
+class Peer:
+    """A WebSocket server on `port` that records every binary frame as (its id by
+    `identify`, frame) and acknowledges each with the number of frames taken on the
+    connection."""
+
+    def __init__(self, port: int, identify: Callable[[bytes], str] = event_id) -> None:
+        self.port = port
+        self.identify = identify
+        self.received: list[tuple[str, bytes]] = []
+        self.lock = threading.Lock()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server: Any = None
+
+    async def _handle(self, ws: Any) -> None:
+        taken = 0
+        async for frame in ws:
+            record_id = self.identify(frame)
+            with self.lock:
+                self.received.append((record_id, frame))
+            taken += 1
+            await ws.send(str(taken))
+
+    def start(self) -> Peer:
+        from websockets.asyncio.server import serve
+
+        async def up() -> None:
+            self.server = await serve(self._handle, "127.0.0.1", self.port)
+
+        asyncio.run_coroutine_threadsafe(up(), self.loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        async def down() -> None:
+            if self.server is not None:
+                self.server.close()
+                await self.server.wait_closed()
+                self.server = None
+
+        asyncio.run_coroutine_threadsafe(down(), self.loop).result(10)
+
+    def frames(self) -> list[tuple[str, bytes]]:
+        with self.lock:
+            return list(self.received)
+
+    def close(self) -> None:
+        self.stop()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()

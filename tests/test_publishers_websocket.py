@@ -6,74 +6,19 @@ once, duplicates only from the unacknowledged window."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from brokers import free_port
 from publisher_crash import check_duplicates_in_windows, crash_rounds
-from publishing import bank_engine, check_delivery, make_publisher, wait_caught_up, write_history
+from publishing import Peer, bank_engine, check_delivery, make_publisher, wait_caught_up, write_history
 from waiting import wait_until
 
 import ego
-from ego.v1 import Event
 
 pytest.importorskip("websockets")
-
-
-class Peer:
-    """A WebSocket server on `port` that records every binary frame and acknowledges each with
-    the number of frames taken on the connection."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.received: list[tuple[str, bytes]] = []
-        self.lock = threading.Lock()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server: Any = None
-
-    async def _handle(self, ws: Any) -> None:
-        taken = 0
-        async for frame in ws:
-            e = Event.FromString(frame)
-            with self.lock:
-                self.received.append((f"{e.persistence_id}:{e.sequence_number}", frame))
-            taken += 1
-            await ws.send(str(taken))
-
-    def start(self) -> Peer:
-        from websockets.asyncio.server import serve
-
-        async def up() -> None:
-            self.server = await serve(self._handle, "127.0.0.1", self.port)
-
-        asyncio.run_coroutine_threadsafe(up(), self.loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        async def down() -> None:
-            if self.server is not None:
-                self.server.close()
-                await self.server.wait_closed()
-                self.server = None
-
-        asyncio.run_coroutine_threadsafe(down(), self.loop).result(10)
-
-    def frames(self) -> list[tuple[str, bytes]]:
-        with self.lock:
-            return list(self.received)
-
-    def close(self) -> None:
-        self.stop()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
 
 
 @pytest.fixture

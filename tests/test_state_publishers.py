@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from brokers import free_port
-from publishing import consume_nats, wait_caught_up
+from publishing import Peer, consume_nats, wait_caught_up
 from test_durable_state import CounterBehavior
 from test_publishers import AsyncCollect, Collect
 from waiting import wait_until
@@ -159,64 +159,21 @@ def test_nats_every_version_of_500_entities_arrives_once_in_order(tmp_path: Any)
         store.close()
 
 
-class StatePeer:
-    """A WebSocket server that records every binary frame (a DurableState envelope) and
-    acknowledges each with the number of frames taken on the connection."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.port = free_port()
-        self.received: list[tuple[str, bytes]] = []
-        self.lock = threading.Lock()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server: Any = None
-
-    async def _handle(self, ws: Any) -> None:
-        taken = 0
-        async for frame in ws:
-            s = DurableState.FromString(frame)
-            with self.lock:
-                self.received.append((f"{s.persistence_id}:{s.version_number}", frame))
-            taken += 1
-            await ws.send(str(taken))
-
-    def start(self) -> StatePeer:
-        from websockets.asyncio.server import serve
-
-        async def up() -> None:
-            self.server = await serve(self._handle, "127.0.0.1", self.port)
-
-        asyncio.run_coroutine_threadsafe(up(), self.loop).result(10)
-        return self
-
-    def frames(self) -> list[tuple[str, bytes]]:
-        with self.lock:
-            return list(self.received)
-
-    def close(self) -> None:
-        async def down() -> None:
-            if self.server is not None:
-                self.server.close()
-                await self.server.wait_closed()
-
-        asyncio.run_coroutine_threadsafe(down(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
+def state_id(frame: bytes) -> str:
+    """`persistence_id:version` of an ``ego.v1.DurableState`` frame."""
+    s = DurableState.FromString(frame)
+    return f"{s.persistence_id}:{s.version_number}"
 
 
 @pytest.fixture
-def peer() -> Iterator[StatePeer]:
+def peer() -> Iterator[Peer]:
     pytest.importorskip("websockets")
-    p = StatePeer().start()
+    p = Peer(free_port(), state_id).start()
     yield p
     p.close()
 
 
-def test_websocket_every_version_arrives_in_order(peer: StatePeer) -> None:
+def test_websocket_every_version_arrives_in_order(peer: Peer) -> None:
     from ego.publishers import WebSocketPublisher
 
     engine = counter_engine("state-ws", ego.MemoryStore())
