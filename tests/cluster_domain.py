@@ -27,6 +27,14 @@ def count_credits(engine: ego.Engine, table: str) -> None:
     engine.add_projection("credits", handle, transactional=True, event_types=[AccountCredited], poll_interval=0.05)
 
 
+def run_transfers(engine: ego.Engine) -> None:
+    """Runner setup: the transfer saga of examples/transfers (started by a desk's
+    ``TransferRequested``; its debit and credit go to the shards)."""
+    from transfer_saga import TransferSaga
+
+    engine.register_saga_type(TransferSaga, timeout=60.0)
+
+
 def credit_counts(pg_url: str, table: str) -> dict[str, int]:
     """The projection's table: account id -> credits counted."""
     import psycopg

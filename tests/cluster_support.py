@@ -43,7 +43,7 @@ def ray_cluster(worker_nodes: int = 2) -> Iterator[RayCluster]:
     """A head node and ``worker_nodes`` worker nodes, and this process connected as driver.
     Ray's workers import the tests' modules (the bank domain, the test behaviours) from the
     paths put on PYTHONPATH here."""
-    paths = [str(TESTS), str(ROOT / "examples" / "bank")]
+    paths = [str(TESTS), str(ROOT / "examples" / "bank"), str(ROOT / "examples" / "transfers")]
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(paths + ([old] if old else []))
     cluster = RayCluster(

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cluster_domain import count_credits, create_table, credit_counts, drop_table
+from cluster_domain import count_credits, create_table, credit_counts, drop_table, run_transfers
 from cluster_support import SHARD_RESOURCE, cluster_name, journal, ray_cluster
 from waiting import wait_until
 
@@ -173,3 +173,79 @@ def test_the_runner_runs_projections_once_per_cluster_across_its_restarts(ray_no
             cluster.shutdown()
     finally:
         drop_table(pg_url, table)
+
+
+@pytest.fixture
+def transfers(ray_nodes: Any, pg_url: str) -> Iterator[Cluster]:
+    """Accounts (``acc-``) and transfer desks (``request-``) in the shards, the transfer saga
+    in the runner."""
+    from transfer_saga import DeskBehavior
+
+    with journal(pg_url) as store_options:
+        cluster = Cluster(
+            cluster_name(),
+            pg_url,
+            [EntityType(AccountBehavior, prefix="acc-"), EntityType(DeskBehavior, prefix="request-")],
+            shards=2,
+            store_options=store_options,
+            actor_options={"resources": {SHARD_RESOURCE: 1}},
+            runner=RunnerSettings(run_transfers, store_options=store_options),
+        )
+        with cluster:
+            yield cluster
+        cluster.shutdown()
+
+
+def request(cluster: Cluster, transfer_id: str, source: str, target: str, amount: int) -> None:
+    from transfers_pb2 import RequestTransfer
+
+    cluster.send_command(
+        f"request-{transfer_id}", RequestTransfer(transfer_id=transfer_id, source=source, target=target, amount=amount)
+    )
+
+
+def settled(cluster: Cluster, transfer_id: str) -> ego.SagaInfo | None:
+    try:
+        info = cluster.saga_status(transfer_id)
+    except ego.errors.SagaNotFoundError:
+        return None
+    return info if info.status not in (ego.SagaStatus.RUNNING, ego.SagaStatus.COMPENSATING) else None
+
+
+def test_sagas_run_in_the_runner_and_send_their_steps_to_the_shards(transfers: Cluster) -> None:
+    transfers.send_commands([("acc-a", OpenAccount(initial_balance=100)), ("acc-b", OpenAccount(initial_balance=0))])
+    request(transfers, "t1", "acc-a", "acc-b", 30)
+    done = wait_until(lambda: settled(transfers, "t1"), what="transfer t1 settled", timeout=60)
+    assert done.status is ego.SagaStatus.COMPLETED
+    assert transfers.get_state("acc-a")[0].balance == 70
+    assert transfers.get_state("acc-b")[0].balance == 30
+    # The credit is rejected (the target is not open): the debit is compensated.
+    request(transfers, "t2", "acc-a", "acc-nobody", 20)
+    done = wait_until(lambda: settled(transfers, "t2"), what="transfer t2 settled", timeout=60)
+    assert done.status is ego.SagaStatus.COMPENSATED
+    assert transfers.get_state("acc-a")[0].balance == 70
+    with pytest.raises(ego.errors.SagaNotFoundError):
+        transfers.saga_status("t-never")
+
+    async def status() -> ego.SagaInfo:
+        return await transfers.saga_status_async("t1")
+
+    assert asyncio.run(status()).status is ego.SagaStatus.COMPLETED
+
+
+def test_sagas_resume_after_the_runner_is_killed_and_apply_each_step_once(transfers: Cluster) -> None:
+    accounts = [f"acc-{i}" for i in range(10)]
+    transfers.send_commands([(a, OpenAccount(initial_balance=1_000)) for a in accounts])
+    ids = [f"k{i}" for i in range(60)]
+    for n, transfer_id in enumerate(ids):
+        request(transfers, transfer_id, accounts[n % 10], accounts[(n + 3) % 10], 1 + n % 7)
+        if n == 20:
+            os.kill(transfers.runner_info()["pid"], signal.SIGKILL)
+    infos = [wait_until(lambda t=t: settled(transfers, t), what=f"transfer {t} settled", timeout=120) for t in ids]
+    assert {i.status for i in infos} == {ego.SagaStatus.COMPLETED}
+    # Each debit and each credit applied once: every balance is exact.
+    expected = dict.fromkeys(accounts, 1_000)
+    for n in range(len(ids)):
+        expected[accounts[n % 10]] -= 1 + n % 7
+        expected[accounts[(n + 3) % 10]] += 1 + n % 7
+    assert {a: transfers.get_state(a)[0].balance for a in accounts} == expected

@@ -449,6 +449,13 @@ class Engine(_ego.EngineCore):
             self._sagas = SagaRuntime(self)
         return self._sagas
 
+    def _route_saga_steps(self, sender: Any) -> None:
+        """Sends the steps of this engine's sagas through ``sender`` (an object with
+        ``send_command_async(entity_id, command, idempotency_key=...)``, such as an
+        ``ego.cluster.Cluster`` client) instead of to this engine's own entities. The sagas'
+        own journals stay in this engine. Used by a cluster's runner."""
+        self._saga_runtime().commands = sender
+
     def register_saga_type(
         self,
         factory: Callable[[str], SagaBehavior[Any]],

@@ -4,7 +4,9 @@ those in flight at the same time in one Ray call, and retries what a lost incarn
 Per shard, one call is in flight at a time; commands that arrive meanwhile wait and go
 together in the next call (up to ``max_batch``). So a shard's commands reach its engine in
 the order they were sent, and under load a call carries many commands (the Ray hop is paid
-once for them).
+once for them). Commands that a lost incarnation left without an outcome are sent again
+first, in their order, before any later command of the shard (after a backoff during which
+the shard gets nothing else): a retry never reorders one entity's commands.
 """
 
 from __future__ import annotations
@@ -157,6 +159,7 @@ class Dispatcher:
                 if not batch:
                     continue
                 self.calls += 1
+                retried: list[tuple[Pending, BaseException]] = []
                 try:
                     outcomes: list[Outcome] = await self._call(shard, [p.item for p in batch])
                 except Exception as e:
@@ -164,43 +167,47 @@ class Dispatcher:
                         for p in batch:
                             _settle_error(p, e)
                         continue
-                    for p in batch:
-                        self._retry(shard, p, e)
-                    continue
-                for p, outcome in zip(batch, outcomes, strict=True):
-                    if outcome[0] == "err" and outcome[1][1] in RETRIED:
-                        self._retry(shard, p, error_from_wire(outcome[1]))
-                    else:
-                        _settle(p, outcome)
+                    retried = [(p, e) for p in batch]
+                else:
+                    for p, outcome in zip(batch, outcomes, strict=True):
+                        if outcome[0] == "err" and outcome[1][1] in RETRIED:
+                            retried.append((p, error_from_wire(outcome[1])))
+                        else:
+                            _settle(p, outcome)
+                if retried:
+                    await self._retry(shard, retried)
         finally:
             self._in_flight[shard] = False
         self._kick(shard)
 
-    def _retry(self, shard: int, pending: Pending, error: BaseException) -> None:
-        """Sends ``pending`` again after a backoff, or fails it once ``give_up`` passed."""
-        if pending.future.done():
+    async def _retry(self, shard: int, retried: list[tuple[Pending, BaseException]]) -> None:
+        """Puts the commands a lost incarnation left back at the head of the shard's queue, in
+        their order, after a backoff (the shard is sent nothing meanwhile); those whose
+        ``give_up`` time would pass first fail with ``OutcomeUnknownError``."""
+        attempts = max(p.attempts for p, _ in retried) + 1
+        delay = min(0.02 * 2 ** min(attempts, 6), 0.5) * (0.5 + random.random())
+        again: list[Pending] = []
+        for pending, error in retried:
+            if pending.future.done():
+                continue
+            pending.attempts = attempts
+            pending.last_error = error
+            if time.monotonic() + delay > pending.give_up:
+                key = pending.item[4]
+                exc = OutcomeUnknownError(
+                    f"shard {shard} could not be reached for {self.retry_for} s (last: {type(error).__name__}: {error}); "
+                    f"the command may have been applied: send it again with idempotency_key={key!r}"
+                )
+                exc.idempotency_key = key  # type: ignore[attr-defined]
+                exc.__cause__ = error
+                _settle_error(pending, exc)
+                continue
+            again.append(pending)
+        if not again:
             return
-        pending.attempts += 1
-        pending.last_error = error
-        delay = min(0.02 * 2 ** min(pending.attempts, 6), 0.5) * (0.5 + random.random())
-        if time.monotonic() + delay > pending.give_up:
-            key = pending.item[4]
-            exc = OutcomeUnknownError(
-                f"shard {shard} could not be reached for {self.retry_for} s (last: {type(error).__name__}: {error}); "
-                f"the command may have been applied: send it again with idempotency_key={key!r}"
-            )
-            exc.idempotency_key = key  # type: ignore[attr-defined]
-            exc.__cause__ = error
-            _settle_error(pending, exc)
-            return
-        self.retries += 1
-
-        def again() -> None:
-            if not pending.future.done():
-                self._pending[shard].append(pending)
-                self._kick(shard)
-
-        self._loop.call_later(delay, again)
+        self.retries += len(again)
+        await asyncio.sleep(delay)
+        self._pending[shard][:0] = again
 
     def _expire(self, pending: Pending, timeout: float) -> None:
         if not pending.future.done():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -165,7 +166,7 @@ class Cluster:
             self._runner = (
                 ray_support.runner_actor_class()
                 .options(name=f"{self.name}-runner", **self._actor_options())
-                .remote(self.name, self.settings.postgres_url, self.runner, self.settings.fence)
+                .remote(self.name, self.settings.postgres_url, self.runner, self.settings.fence, self._client_factory())
             )
             waits.append(self._runner.info.remote())
         ray.get(waits, timeout=self.start_timeout)
@@ -174,6 +175,26 @@ class Cluster:
             self.shards, self._call, ray_support.is_lost, self.retry_for, self.max_batch, name=f"ego-cluster-{self.name}"
         )
         return self
+
+    def _client_factory(self) -> Callable[[], Cluster]:
+        """What builds a client of these shards in another process (the runner's, which sends
+        its sagas' steps to the shards): this client's settings, without a runner."""
+        return functools.partial(
+            Cluster,
+            self.name,
+            self.settings.postgres_url,
+            self.settings.entity_types,
+            shards=self.shards,
+            namespace=self.namespace,
+            store_options=self.settings.store_options,
+            engine_options=self.settings.engine_options,
+            actor_options=self.actor_options,
+            retry_for=self.retry_for,
+            max_batch=self.max_batch,
+            idempotency=self.idempotency,
+            fence=self.settings.fence,
+            start_timeout=self.start_timeout,
+        )
 
     def _actor_options(self) -> dict[str, Any]:
         return {
@@ -396,6 +417,43 @@ class Cluster:
         """
         handle = self._runner_handle()
         _ask(lambda: handle.wait_for_projection.remote(name, timeout), None if timeout is None else timeout + 30.0)
+
+    def saga(self, behavior: Any, *, timeout: float | None = None, ask_timeout: float = 30.0) -> Any:
+        """Starts a saga in the runner (``Engine.saga``): ``behavior`` (an
+        :class:`ego.SagaBehavior`, pickled to the runner: its class must be importable there)
+        gives the saga's id and initial state; its steps go to the shards under idempotency
+        keys derived from the saga id and step, so a step sent again after the runner's
+        restart is applied once. Idempotent. Returns its :class:`~ego.SagaInfo`.
+
+        The runner resumes the sagas of the types its ``setup`` registers after a restart;
+        register the saga's type there (``engine.register_saga_type``).
+
+        :raises ConfigurationError: the cluster has no runner.
+
+        Example::
+
+            info = cluster.saga(TransferSaga("transfer-7"), timeout=30.0)
+        """
+        handle = self._runner_handle()
+        return _ask(lambda: handle.saga.remote(behavior, timeout), ask_timeout)
+
+    async def saga_async(self, behavior: Any, *, timeout: float | None = None) -> Any:
+        """:meth:`saga` for asyncio callers."""
+        ref = self._runner_handle().saga.remote(behavior, timeout)
+        return await asyncio.wrap_future(ref.future())
+
+    def saga_status(self, saga_id: str, timeout: float = 30.0) -> Any:
+        """The :class:`~ego.SagaInfo` of a saga of the runner (``Engine.saga_status``).
+
+        :raises SagaNotFoundError: no saga with this id was started.
+        """
+        handle = self._runner_handle()
+        return _ask(lambda: handle.saga_status.remote(saga_id), timeout)
+
+    async def saga_status_async(self, saga_id: str) -> Any:
+        """:meth:`saga_status` for asyncio callers."""
+        ref = self._runner_handle().saga_status.remote(saga_id)
+        return await asyncio.wrap_future(ref.future())
 
     def _runner_handle(self) -> Any:
         self._running()

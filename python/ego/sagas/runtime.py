@@ -81,6 +81,9 @@ def step_key(saga_id: str, step: int) -> str:
 class SagaRuntime:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
+        # Where steps go: the engine itself, or (in a cluster's runner) the cluster client,
+        # which has the same send_command_async.
+        self.commands: Any = engine
         self.types: dict[str, SagaType] = {}
         self.names: dict[type[Any], str] = {}
         self.instances: dict[tuple[str, str], SagaBehavior[Any]] = {}
@@ -290,7 +293,7 @@ class SagaRuntime:
             while True:
                 try:
                     state, _ = await asyncio.wait_for(
-                        engine.send_command_async(step.entity_id, command, idempotency_key=key), timeout
+                        self.commands.send_command_async(step.entity_id, command, idempotency_key=key), timeout
                     )
                 except _UNKNOWN:
                     await asyncio.sleep(backoff)
