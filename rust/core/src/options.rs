@@ -23,6 +23,10 @@ pub struct EntityOptions {
     pub inline: bool,
     /// How many of its most recent idempotency keys an entity remembers.
     pub idempotency_window: usize,
+    /// Several processes serve this entity's id on one database: before each command and
+    /// each query the entity reads the journal head (or the stored state) and catches up
+    /// with what others wrote. Off (the default), each entity id is served by one process.
+    pub shared: bool,
 }
 
 /// What to delete after a successful snapshot (the Go library's `RetentionPolicy`).
@@ -49,6 +53,7 @@ impl Default for EntityOptions {
             retention: None,
             inline: true,
             idempotency_window: 1000,
+            shared: false,
         }
     }
 }

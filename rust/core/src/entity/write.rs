@@ -121,6 +121,11 @@ pub(crate) fn complete<H: Host>(
         Err(err) => {
             work.published.clear();
             Stats::add(&sh.stats.write_failures, 1);
+            if let Error::Concurrency { expected, actual, .. } = &err {
+                if !e.options.shared {
+                    sh.warn(&another_writer(e, *expected, *actual));
+                }
+            }
             work.broken = true;
             work.pending = work.revision;
             for p in replies {
@@ -180,4 +185,21 @@ fn committed<H: Host>(sh: &Shared<H>, e: &Entity<H>, work: &mut Work<H>) {
     if !work.published.is_empty() {
         sh.stream.publish(&std::mem::take(&mut work.published));
     }
+}
+
+/// The warning of a write refused because another writer got there first, for an entity
+/// that is not declared shared: each entity id must be served by one process.
+fn another_writer<H: Host>(e: &Entity<H>, expected: u64, actual: u64) -> String {
+    let what = match e.kind {
+        Kind::EventSourced => "its journal",
+        Kind::DurableState => "its stored state",
+    };
+    format!(
+        "entity {:?}: the store refused the write because {what} is at revision {actual}, not {expected}: another process \
+         wrote to this entity. Each entity id must be served by one process (the default); declare the entity type with \
+         shared=True when several processes serve the same ids (one journal read per command), or run a cluster \
+         (docs/cluster.md). The command failed with ConcurrencyError; the entity reloads, and the next command sees \
+         the other process's writes",
+        e.id
+    )
 }
