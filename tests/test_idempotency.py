@@ -15,6 +15,7 @@ import ego
 
 from bank_pb2 import Account, Credit, Debit, OpenAccount
 from domain import AccountBehavior
+from egotest.messages_pb2 import Tag
 
 Factory = Callable[[], Any]
 
@@ -220,3 +221,27 @@ def test_bad_keys_are_validation_errors() -> None:
     with pytest.raises(ego.errors.ConfigurationError):
         engine.register_entity_type(AccountBehavior, prefix="other-", idempotency_window=0)
     engine.stop()
+
+
+def test_a_command_with_a_map_is_the_same_command_whatever_order_its_map_was_filled_in() -> None:
+    # Given a command with a map field sent under a key
+    keys = [f"label-{i}" for i in range(50)]
+    first, again = Tag(amount=5), Tag(amount=5)
+    for k in keys:
+        first.labels[k] = k.upper()
+    for k in reversed(keys):
+        again.labels[k] = k.upper()
+    # (protobuf writes these two equal messages' maps in different orders)
+    assert first == again and first.SerializeToString() != again.SerializeToString()
+    store = ego.MemoryStore()
+    engine = start(store)
+    assert engine.send_command("wallet-1", first, idempotency_key="tagged")[1] == 1
+    # When the retry rebuilt the map in another order
+    state, revision = engine.send_command("wallet-1", again, idempotency_key="tagged")
+    # Then it is the same command: the original revision, nothing applied twice
+    assert (state.balance, revision) == (5, 1)
+    # And a different map under the same key is another command
+    again.labels["label-0"] = "changed"
+    with pytest.raises(ego.errors.IdempotencyKeyReusedError):
+        engine.send_command("wallet-1", again, idempotency_key="tagged")
+    close(engine, store)

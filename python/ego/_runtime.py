@@ -22,6 +22,25 @@ def message_class(full_name: str) -> type[Message] | None:
     return cls
 
 
+def has_map_fields(cls: type[Message]) -> bool:
+    """Whether messages of ``cls`` hold a map field, in themselves or in a nested message
+    (their serialization then depends on the order the map was filled in)."""
+    seen: set[str] = set()
+    todo = [cls.DESCRIPTOR]
+    while todo:
+        descriptor = todo.pop()
+        if descriptor.full_name in seen:
+            continue
+        seen.add(descriptor.full_name)
+        for field in descriptor.fields:
+            if field.message_type is None:
+                continue
+            if field.message_type.GetOptions().map_entry:
+                return True
+            todo.append(field.message_type)
+    return False
+
+
 _wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
 
 

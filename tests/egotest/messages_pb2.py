@@ -14,13 +14,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x65gotest/messages.proto\x12\x07\x65gotest\"-\n\x04Note\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0c\n\x04\x62lob\x18\x02 \x01(\x0c\x12\t\n\x01n\x18\x03 \x01(\x03\"\x18\n\x07\x43ounter\x12\r\n\x05value\x18\x01 \x01(\x03\"\x17\n\tIncrement\x12\n\n\x02\x62y\x18\x01 \x01(\x03\"\x12\n\x05Other\x12\t\n\x01x\x18\x01 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x65gotest/messages.proto\x12\x07\x65gotest\"-\n\x04Note\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0c\n\x04\x62lob\x18\x02 \x01(\x0c\x12\t\n\x01n\x18\x03 \x01(\x03\"\x18\n\x07\x43ounter\x12\r\n\x05value\x18\x01 \x01(\x03\"\x17\n\tIncrement\x12\n\n\x02\x62y\x18\x01 \x01(\x03\"\x12\n\x05Other\x12\t\n\x01x\x18\x01 \x01(\t\"n\n\x03Tag\x12(\n\x06labels\x18\x01 \x03(\x0b\x32\x18.egotest.Tag.LabelsEntry\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'egotest.messages_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_TAG_LABELSENTRY']._loaded_options = None
+  _globals['_TAG_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_NOTE']._serialized_start=35
   _globals['_NOTE']._serialized_end=80
   _globals['_COUNTER']._serialized_start=82
@@ -29,4 +31,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INCREMENT']._serialized_end=131
   _globals['_OTHER']._serialized_start=133
   _globals['_OTHER']._serialized_end=151
+  _globals['_TAG']._serialized_start=153
+  _globals['_TAG']._serialized_end=263
+  _globals['_TAG_LABELSENTRY']._serialized_start=218
+  _globals['_TAG_LABELSENTRY']._serialized_end=263
 # @@protoc_insertion_point(module_scope)

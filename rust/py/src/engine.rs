@@ -72,7 +72,7 @@ fn store_of<'py>(obj: Option<&Bound<'py, PyAny>>, roles: &[&[&str]]) -> PyResult
 }
 
 /// Checks that `command` is a protobuf message; with an idempotency key, returns the key and
-/// the hash of the command's type and bytes.
+/// the hash of the command's type and bytes (deterministic bytes: maps in key order).
 fn checked_command(core: &Core, command: &Bound<'_, PyAny>, key: Option<&str>) -> PyResult<Option<IdempotencyKey>> {
     let py = command.py();
     let info = core
@@ -82,7 +82,7 @@ fn checked_command(core: &Core, command: &Bound<'_, PyAny>, key: Option<&str>) -
         .info(command)?
         .ok_or_else(|| invalid_message(py, format!("a command must be a protobuf message, got {}", describe(command))))?;
     let Some(key) = key else { return Ok(None) };
-    let bytes = info.serialize(command)?;
+    let bytes = info.canonical_bytes(command)?;
     Ok(Some(IdempotencyKey { key: key.into(), command_hash: command_hash(&info.type_url, bytes.as_bytes()) }))
 }
 

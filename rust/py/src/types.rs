@@ -19,17 +19,39 @@ pub struct TypeInfo {
     /// The class's `SerializeToString`, called with the message as argument: no attribute
     /// lookup and no bound method per call (upb messages have their own `getattr`).
     serialize: Py<PyAny>,
+    /// Whether the class has map fields (its own or in a nested message): protobuf writes map
+    /// entries in no defined order unless asked for deterministic output.
+    has_maps: bool,
 }
+
+static HAS_MAPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 impl TypeInfo {
     fn new(class: Bound<'_, PyType>, type_url: Arc<str>) -> PyResult<TypeInfo> {
-        let serialize = class.getattr(pyo3::intern!(class.py(), "SerializeToString"))?.unbind();
-        Ok(TypeInfo { class: class.unbind(), type_url, serialize })
+        let py = class.py();
+        let serialize = class.getattr(pyo3::intern!(py, "SerializeToString"))?.unbind();
+        let has_maps = HAS_MAPS
+            .get_or_try_init(py, || py.import("ego._runtime")?.getattr("has_map_fields").map(Bound::unbind))?
+            .bind(py)
+            .call1((&class,))?
+            .is_truthy()?;
+        Ok(TypeInfo { class: class.unbind(), type_url, serialize, has_maps })
     }
 
-    /// `message.SerializeToString()`, for a message of this class.
-    pub fn serialize<'py>(&self, message: &Bound<'py, PyAny>) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
-        Ok(self.serialize.bind(message.py()).call1((message,))?.cast_into::<pyo3::types::PyBytes>()?)
+    /// The message's bytes for hashing: the same bytes for equal messages, whatever order
+    /// their map fields were filled in (deterministic serialization, asked only of classes
+    /// with maps: it costs a keyword argument per call, and it changes nothing without maps).
+    pub fn canonical_bytes<'py>(&self, message: &Bound<'py, PyAny>) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+        let py = message.py();
+        let serialize = self.serialize.bind(py);
+        let bytes = if self.has_maps {
+            let kwargs = pyo3::types::PyDict::new(py);
+            kwargs.set_item(pyo3::intern!(py, "deterministic"), true)?;
+            serialize.call((message,), Some(&kwargs))?
+        } else {
+            serialize.call1((message,))?
+        };
+        Ok(bytes.cast_into::<pyo3::types::PyBytes>()?)
     }
 }
 
