@@ -43,13 +43,16 @@ def make_store(kind: str, tmp: str, sync: bool = True) -> ego.stores.NativeStore
 
 
 @contextmanager
-def engine_on(kind: str, batch: int = 0, window: float = 0.0, **engine_opts: object) -> Iterator[ego.Engine]:
-    """A started engine with the account type registered for every id."""
+def engine_on(
+    kind: str, batch: int = 0, window: float = 0.0, shared: bool = False, **engine_opts: object
+) -> Iterator[ego.Engine]:
+    """A started engine with the account type registered for every id (``shared``: declared
+    shared by several processes, a journal read before each command)."""
     tmp = tempfile.mkdtemp(prefix="ego-bench-")
     store = make_store(kind, tmp)
     try:
         with ego.Engine("bench", store=store, **engine_opts) as engine:  # type: ignore[arg-type]
-            engine.register_entity_type(AccountBehavior, batch_threshold=batch, batch_flush_window=window)
+            engine.register_entity_type(AccountBehavior, batch_threshold=batch, batch_flush_window=window, shared=shared)
             yield engine
     finally:
         store.drop_tables()
@@ -110,16 +113,18 @@ def workload_b(
     telemetry: str = "off",
     encrypt: bool = False,
     keys: bool = False,
+    shared: bool = False,
 ) -> dict[str, float]:
     """`accounts` accounts x `credits` credits, issued concurrently through the asyncio API:
     each round sends one credit to every account and gathers the replies (1,000 concurrent
     callers). With `burst`, all `accounts x credits` commands are sent at once and gathered
     (every account then has `credits` commands waiting: what batching is for). `telemetry`:
     see `telemetry_settings`. `encrypt`: encryption at rest on (the built-in key store).
-    `keys`: every credit carries its own idempotency key."""
+    `keys`: every credit carries its own idempotency key. `shared`: the account type is
+    declared shared by several processes (a journal head read before each command)."""
 
     async def run() -> dict[str, float]:
-        with engine_on(kind, batch, **telemetry_settings(telemetry), **encryption_settings(encrypt)) as engine:
+        with engine_on(kind, batch, shared=shared, **telemetry_settings(telemetry), **encryption_settings(encrypt)) as engine:
             ids = [f"acc-{i}" for i in range(accounts)]
             await asyncio.gather(*(engine.send_command_async(i, OpenAccount(initial_balance=0)) for i in ids))
             credit = Credit(amount=1)

@@ -1,7 +1,7 @@
 """Child process of test_shared_entities.py: engine A in its own process credits an account
 on the PostgreSQL database the test uses, then prints the balance and revision.
 
-    python shared_child.py PG_URL TABLE_PREFIX ENTITY_ID AMOUNT
+    python shared_child.py PG_URL TABLE_PREFIX ENTITY_ID AMOUNT [shared]
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from domain import AccountBehavior
 
 def main() -> None:
     url, prefix, entity_id, amount = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    shared = sys.argv[5:] == ["shared"]
     store = ego.PostgresStore(url, table_prefix=prefix)
     try:
         with ego.Engine("engine-a", store=store) as engine:
-            engine.register_entity_type(AccountBehavior)
+            engine.register_entity_type(AccountBehavior, shared=shared)
             state, revision = engine.send_command(entity_id, Credit(amount=amount))
             print(state.balance, revision, flush=True)
     finally:

@@ -8,6 +8,9 @@ reservation of 8 on B must see the 10 on hand.
   next write of B is refused by the journal: the command fails with ``ConcurrencyError``, the
   engine logs a warning that names the rule, and the entity reloads, so the command after it
   sees A's events.
+- Declared ``shared=True``, B reads the journal head before each command and each
+  ``get_state`` and folds what it lacks: its ``get_state`` says revision 3 and the reservation
+  is accepted. One store read per command when nobody else wrote.
 
 Engine A is a second engine in this process, or a real second process
 (``shared_child.py``).
@@ -15,21 +18,26 @@ Engine A is a second engine in this process, or a real second process
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_competing_writers import ES_POINTS, Competing
+from test_durable_state import CounterBehavior
 from waiting import wait_until
 
 import ego
-from ego.errors import ConcurrencyError
+from ego.errors import ConcurrencyError, ConfigurationError
 
 from bank_pb2 import Credit, Debit, OpenAccount
 from domain import AccountBehavior
+from egotest.messages_pb2 import Counter, Increment
 
 CHILD = Path(__file__).resolve().parent / "shared_child.py"
 
@@ -69,10 +77,10 @@ def prefix(pg_url: str) -> Iterator[str]:
     cleanup.close()
 
 
-def restock_in_another_process(pg_url: str, prefix: str, entity_id: str, amount: int) -> tuple[int, int]:
+def restock_in_another_process(pg_url: str, prefix: str, entity_id: str, amount: int, *, shared: bool = False) -> tuple[int, int]:
     """Engine A in a child process credits ``amount``; returns its (balance, revision)."""
     out = subprocess.run(
-        [sys.executable, str(CHILD), pg_url, prefix, entity_id, str(amount)],
+        [sys.executable, str(CHILD), pg_url, prefix, entity_id, str(amount), *(["shared"] if shared else [])],
         check=True,
         capture_output=True,
         text=True,
@@ -85,14 +93,15 @@ def restock_in_another_process(pg_url: str, prefix: str, entity_id: str, amount:
 class TwoEngines:
     """Engines A and B on one PostgreSQL database (tables under ``prefix``)."""
 
-    def __init__(self, pg_url: str, prefix: str) -> None:
+    def __init__(self, pg_url: str, prefix: str, *, shared: bool = False) -> None:
         self.logger_b = Collecting()
         self.stores = [ego.PostgresStore(pg_url, table_prefix=prefix) for _ in range(2)]
         self.a = ego.Engine("engine-a", store=self.stores[0])
         self.b = ego.Engine("engine-b", store=self.stores[1], logger=self.logger_b)
         for engine in (self.a, self.b):
             engine.start()
-            engine.register_entity_type(AccountBehavior)
+            engine.register_entity_type(AccountBehavior, prefix="product-", shared=shared)
+            engine.register_entity_type(CounterBehavior, prefix="cart-", shared=shared)
 
     def close(self) -> None:
         for engine in (self.a, self.b):
@@ -151,3 +160,154 @@ def test_default_mode_a_single_writer_never_warns(default_mode: TwoEngines) -> N
     default_mode.b.send_command("product-1", Debit(amount=5))
     default_mode.b.stop()
     assert default_mode.logger_b.warnings() == []
+
+
+# -- shared=True ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def shared_mode(pg_url: str, prefix: str) -> Iterator[TwoEngines]:
+    engines = TwoEngines(pg_url, prefix, shared=True)
+    yield engines
+    engines.close()
+
+
+def then_b_sees_revision_3_and_accepts_the_reservation(engines: TwoEngines) -> None:
+    state, revision = engines.b.get_state("product-1")
+    assert (state.balance, revision) == (10, 3)
+    state, revision = engines.b.send_command("product-1", Debit(amount=8))
+    assert (state.balance, revision) == (2, 4)
+    # And A, in turn, sees B's reservation.
+    state, revision = engines.a.get_state("product-1")
+    assert (state.balance, revision) == (2, 4)
+    assert engines.logger_b.warnings() == []
+
+
+def test_shared_b_sees_what_engine_a_wrote_before_get_state_and_before_its_next_command(shared_mode: TwoEngines) -> None:
+    given_b_served_revision_2(shared_mode.b)
+    state, revision = shared_mode.a.send_command("product-1", Credit(amount=5))
+    assert (state.balance, revision) == (10, 3)
+    then_b_sees_revision_3_and_accepts_the_reservation(shared_mode)
+
+
+def test_shared_the_same_with_engine_a_in_another_process(shared_mode: TwoEngines, pg_url: str, prefix: str) -> None:
+    given_b_served_revision_2(shared_mode.b)
+    assert restock_in_another_process(pg_url, prefix, "product-1", 5, shared=True) == (10, 3)
+    then_b_sees_revision_3_and_accepts_the_reservation(shared_mode)
+
+
+def test_shared_a_command_sent_with_send_command_async_catches_up_too(shared_mode: TwoEngines) -> None:
+    given_b_served_revision_2(shared_mode.b)
+    shared_mode.a.send_command("product-1", Credit(amount=5))
+
+    async def reserve() -> Any:
+        return await shared_mode.b.send_command_async("product-1", Debit(amount=8))
+
+    state, revision = asyncio.run(reserve())
+    assert (state.balance, revision) == (2, 4)
+
+
+def test_shared_durable_state_b_reads_the_state_a_stored(shared_mode: TwoEngines) -> None:
+    assert shared_mode.b.send_command("cart-1", Increment(by=2)) == (Counter(value=2), 1)
+    assert shared_mode.a.send_command("cart-1", Increment(by=3)) == (Counter(value=5), 2)
+    assert shared_mode.b.get_state("cart-1") == (Counter(value=5), 2)
+    assert shared_mode.b.send_command("cart-1", Increment(by=1)) == (Counter(value=6), 3)
+    assert shared_mode.a.get_state("cart-1") == (Counter(value=6), 3)
+
+
+def test_shared_engines_writing_at_once_lose_races_with_concurrency_error_and_never_reply_a_stale_state(
+    shared_mode: TwoEngines,
+) -> None:
+    shared_mode.a.send_command("product-1", OpenAccount(initial_balance=0))
+    accepted = [0, 0]
+    bad: list[tuple[int, int, int]] = []
+
+    def credit(i: int, engine: ego.Engine) -> None:
+        while accepted[i] < 40:
+            try:
+                state, revision = engine.send_command("product-1", Credit(amount=1))
+            except ConcurrencyError:
+                continue  # lost a race with the other engine: nothing was written
+            accepted[i] += 1
+            if state.balance != revision - 1:
+                bad.append((i, revision, state.balance))
+
+    threads = [threading.Thread(target=credit, args=(i, e)) for i, e in enumerate((shared_mode.a, shared_mode.b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert bad == []
+    assert shared_mode.a.get_state("product-1")[1] == shared_mode.b.get_state("product-1")[1] == 81
+    assert shared_mode.logger_b.warnings() == []
+
+
+class CountingReads(Competing):
+    """The competing store, counting the engine's reads and writes by method."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[str, int] = {}
+
+    def _compete(self, point: str, pid: str) -> None:
+        with self.lock:
+            self.calls[point] = self.calls.get(point, 0) + 1
+        super()._compete(point, pid)
+
+
+def test_shared_costs_one_read_of_the_head_per_command_when_nobody_else_wrote() -> None:
+    store = CountingReads()
+    with ego.Engine("counted", store=store) as engine:
+        engine.register_entity_type(AccountBehavior, shared=True)
+        engine.send_command("acct", OpenAccount(initial_balance=0))
+        for _ in range(9):
+            engine.send_command("acct", Credit(amount=1))
+        engine.get_state("acct")
+    # The activation's recovery reads the head (and serves the first command on that read);
+    # then one read before each further command and before the query.
+    assert store.calls == {"highest_sequence_number": 1 + 9 + 1, "write_events": 10}
+
+
+def test_default_mode_reads_nothing_per_command() -> None:
+    store = CountingReads()
+    with ego.Engine("counted", store=store) as engine:
+        engine.register_entity_type(AccountBehavior)
+        engine.send_command("acct", OpenAccount(initial_balance=0))
+        for _ in range(9):
+            engine.send_command("acct", Credit(amount=1))
+        engine.get_state("acct")
+    assert store.calls == {"highest_sequence_number": 1, "write_events": 10}
+
+
+@pytest.mark.parametrize("point", ES_POINTS)
+def test_shared_another_writer_at_every_store_call_is_folded_before_the_next_reply(point: str) -> None:
+    # Before every command the other writer is armed to append a credit right before the
+    # armed store call; every reply is the fold of the journal up to its revision, and a
+    # command is refused only when the other writer got in between the head read and the
+    # write.
+    store = Competing()
+    options: dict[str, Any] = {}
+    if point in ("latest_snapshot", "write_snapshot"):
+        options = {"snapshot_interval": 2, "retention": ego.RetentionPolicy(delete_events_on_snapshot=True)}
+    with ego.Engine("shared", store=store) as engine:
+        engine.register_entity_type(AccountBehavior, shared=True, **options)
+        engine.send_command("race-1", OpenAccount(initial_balance=0))
+        for _ in range(12):
+            store.arm(point)
+            try:
+                state, revision = engine.send_command("race-1", Credit(amount=1))
+            except ConcurrencyError:
+                assert point == "write_events"
+            else:
+                store.check_event_sourced("race-1", state, revision)
+            # get_state sees every write committed before it was called (the other writer may
+            # append later still: during a snapshot write, which runs after the reply).
+            before = store.inner.highest_sequence_number("race-1")
+            state, revision = engine.get_state("race-1")
+            store.check_event_sourced("race-1", state, revision)
+            assert revision >= before
+
+
+def test_shared_refuses_batching() -> None:
+    with ego.Engine("refused") as engine, pytest.raises(ConfigurationError, match="batch_threshold"):
+        engine.register_entity_type(AccountBehavior, shared=True, batch_threshold=10)

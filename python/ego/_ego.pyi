@@ -135,6 +135,7 @@ class EntityOptions:
         retention: Any = None,
         idempotency_window: int | None = None,
         inline: bool = True,
+        shared: bool = False,
     ) -> Self: ...
     @property
     def snapshot_interval(self) -> int: ...
@@ -152,6 +153,8 @@ class EntityOptions:
     def inline(self) -> bool: ...
     @property
     def idempotency_window(self) -> int: ...
+    @property
+    def shared(self) -> bool: ...
 
 @disjoint_base
 class NativeStore:

@@ -294,6 +294,7 @@ class Engine(_ego.EngineCore):
         retention: RetentionPolicy | None = None,
         inline: bool = True,
         idempotency_window: int = 1000,
+        shared: bool = False,
     ) -> tuple[Any, int]:
         """Spawns an entity with this behaviour (its id is ``behavior.id()``), recovers its
         state from the stores and returns ``(state, revision)``. Idempotent: if the entity
@@ -317,6 +318,16 @@ class Engine(_ego.EngineCore):
           the caller (or its event loop) only waits for the reply.
         - ``idempotency_window``: how many of its most recent idempotency keys the entity
           remembers (see ``send_command(..., idempotency_key=...)``).
+        - ``shared``: several processes serve this entity id on one database (PostgreSQL).
+          Before each command and each ``get_state`` the entity reads the journal head (a
+          durable-state entity: its stored state) and folds what other processes wrote after
+          its revision: one store read per command when nobody else wrote. Off (the default),
+          each entity id must be served by one process: a write refused because another
+          process wrote fails with :class:`~ego.errors.ConcurrencyError`, logs a warning and
+          reloads the entity. Two shared engines writing the same entity at the same moment
+          still race: the loser's command fails with ``ConcurrencyError`` (nothing of it was
+          written; retry it) and the entity reloads. ``shared=True`` with ``batch_threshold``
+          above 0 is a ``ConfigurationError`` (batched commands run on events not yet written).
         """
         if isinstance(behavior, DurableStateBehavior):
             _refuse_snapshot_options(type(behavior), snapshot_interval, retention)
@@ -329,6 +340,7 @@ class Engine(_ego.EngineCore):
             retention=retention,
             inline=inline,
             idempotency_window=idempotency_window,
+            shared=shared,
         )
         entity_id = _entity_id(behavior)
         outcome = self._spawn(entity_id, behavior, options)
@@ -355,6 +367,7 @@ class Engine(_ego.EngineCore):
         mailbox_capacity: int = 10_000,
         inline: bool = True,
         idempotency_window: int = 1000,
+        shared: bool = False,
     ) -> tuple[Any, int]:
         """Spawns a durable-state entity (the Go library's ``DurableStateEntity``): like
         :meth:`entity`, but only for :class:`~ego.DurableStateBehavior` (snapshots do not
@@ -369,6 +382,7 @@ class Engine(_ego.EngineCore):
             mailbox_capacity=mailbox_capacity,
             inline=inline,
             idempotency_window=idempotency_window,
+            shared=shared,
         )
 
     def register_entity_type(
@@ -384,6 +398,7 @@ class Engine(_ego.EngineCore):
         retention: RetentionPolicy | None = None,
         inline: bool = True,
         idempotency_window: int = 1000,
+        shared: bool = False,
     ) -> None:
         """Lets entities activate on their first command: a command (or ``get_state``) for an
         id that is not in memory and starts with ``prefix`` creates the entity with
@@ -393,9 +408,13 @@ class Engine(_ego.EngineCore):
         The factory may return a new behaviour per entity or one shared instance (ego does not
         call ``id()`` on it: the entity id is the one the command was sent to).
 
-        :raises ConfigurationError: a bad option, or ``snapshot_interval``/``retention`` for a
+        :raises ConfigurationError: a bad option, ``snapshot_interval``/``retention`` for a
             durable-state behaviour class (they do not apply: the whole state is stored on
-            every change).
+            every change), or ``shared=True`` with ``batch_threshold`` above 0.
+
+        Example (several processes serve the same products on one PostgreSQL database)::
+
+            engine.register_entity_type(ProductBehavior, prefix="product-", shared=True)
         """
         if isinstance(factory, type) and issubclass(factory, DurableStateBehavior):
             _refuse_snapshot_options(factory, snapshot_interval, retention)
@@ -408,6 +427,7 @@ class Engine(_ego.EngineCore):
             retention=retention,
             inline=inline,
             idempotency_window=idempotency_window,
+            shared=shared,
         )
         if not callable(factory):
             raise ConfigurationError(f"factory must be callable, got {factory!r}")

@@ -21,6 +21,10 @@
 //! - A missing event after one that was folded is a gap: [`Error::Corrupt`] naming the entity
 //!   and the missing number.
 //!
+//! A catch-up ([`Recovery::resume`], entities declared shared by several processes) starts from
+//! the entity's working state instead: it reads the head and folds only the events after the
+//! entity's revision (or reads the stored durable state and takes it when it is newer).
+//!
 //! A state machine that knows nothing of mailboxes: [`step`] applies what a read returned and
 //! goes on as long as reads finish at once (embedded stores), then says what it needs next: a
 //! read to await ([`Progress::Reading`]), or that it is done (the recovered working set) or
@@ -61,6 +65,10 @@ pub(crate) struct Recovery<H: Host> {
     /// The first event found after a gap (None: the journal ended before the head).
     found: Option<u64>,
     stage: Stage,
+    /// A catch-up of a live entity (its state is `state`, its revision `base`).
+    pub(crate) resume: bool,
+    /// Messages the entity may serve on what this recovery read (shared entities).
+    pub(crate) credit: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -86,7 +94,35 @@ pub(crate) enum Fetched {
 impl<H: Host> Recovery<H> {
     /// A recovery from the start.
     pub(crate) fn new() -> Box<Self> {
-        Box::new(Recovery { state: None, keys: None, head: 0, base: 0, next: 1, folded: 0, found: None, stage: Stage::Start })
+        Box::new(Recovery {
+            state: None,
+            keys: None,
+            head: 0,
+            base: 0,
+            next: 1,
+            folded: 0,
+            found: None,
+            stage: Stage::Start,
+            resume: false,
+            credit: 0,
+        })
+    }
+
+    /// A catch-up of a live, settled entity: what others wrote after its revision.
+    pub(crate) fn resume(work: Work<H>) -> Box<Self> {
+        let mut work = work;
+        Box::new(Recovery {
+            state: work.state.take(),
+            keys: work.keys.take(),
+            head: work.revision,
+            base: work.revision,
+            next: work.revision + 1,
+            folded: 0,
+            found: None,
+            stage: Stage::Start,
+            resume: true,
+            credit: 0,
+        })
     }
 }
 
@@ -114,6 +150,7 @@ pub(crate) fn step<H: Host>(
             let revision = if e.kind == Kind::EventSourced { rec.head } else { rec.base };
             let mut work = Work::new(state, revision);
             work.keys = rec.keys.take();
+            work.credit = rec.credit;
             return Progress::Done(work);
         }
         let read = match next_read(sh, e, rec) {
@@ -174,6 +211,15 @@ fn absorb<H: Host>(
 ) -> Result<(), Fail<H::Failure>> {
     let host = &sh.host;
     match fetched? {
+        Fetched::Head(head) if rec.resume => {
+            if head <= rec.base {
+                // Nobody else wrote (the head never goes down: the entity is up to date).
+                rec.stage = Stage::Done;
+            } else {
+                rec.head = head;
+                rec.stage = Stage::Events;
+            }
+        }
         Fetched::Head(head) => {
             rec.head = head;
             if head == 0 {
@@ -229,6 +275,29 @@ fn absorb<H: Host>(
                 rec.found = None;
                 rec.stage = Stage::Recheck;
             }
+        }
+        Fetched::Durable(stored) if rec.resume => {
+            match stored {
+                // Not newer than what the entity holds: keep it.
+                Some(ds) if ds.version_number <= rec.base => {}
+                None if rec.base == 0 => {}
+                Some(ds) => {
+                    let st = ds.resulting_state.clone().unwrap_or_default();
+                    rec.state = Some(host.decode_state(cx, &e.behavior, &e.id, ds.version_number, &st)?);
+                    rec.base = ds.version_number;
+                    rec.keys = None;
+                    if !ds.idempotency_keys.is_empty() {
+                        keys_of(rec, e).absorb_records(&ds.idempotency_keys);
+                    }
+                }
+                // Deleted by another process: what a new entity would start from.
+                None => {
+                    rec.state = Some(host.initial_state(cx, &e.behavior)?);
+                    rec.base = 0;
+                    rec.keys = None;
+                }
+            }
+            rec.stage = Stage::Done;
         }
         Fetched::Durable(stored) => {
             match stored {

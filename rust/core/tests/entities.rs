@@ -234,6 +234,41 @@ fn stale_durable_write_is_refused_and_the_entity_reloads() {
 }
 
 #[test]
+fn a_shared_entity_catches_up_with_another_engine_before_each_command_and_query() {
+    let store = MemoryStore::new();
+    let (a, b) = (engine_on(stores_of(&store)), engine_on(stores_of(&store)));
+    let shared = EntityOptions { shared: true, ..Default::default() };
+    for kind in [Kind::EventSourced, Kind::DurableState] {
+        let id = if kind == Kind::EventSourced { "es" } else { "ds" };
+        spawn(&b, id, bank(kind), shared.clone()).unwrap();
+        spawn(&a, id, bank(kind), shared.clone()).unwrap();
+        assert_eq!(balance(ask(&b, id, Cmd::Credit(5))), (5, 1));
+        assert_eq!(balance(ask(&a, id, Cmd::Credit(5))), (10, 2));
+        // B never served revision 2: it reads it before the query and before the command.
+        assert_eq!(balance(state_of(&b, id)), (10, 2));
+        assert_eq!(balance(ask(&a, id, Cmd::Credit(1))), (11, 3));
+        assert_eq!(balance(ask(&b, id, Cmd::Debit(8))), (3, 4));
+        assert_eq!(balance(state_of(&a, id)), (3, 4));
+    }
+}
+
+#[test]
+fn a_default_entity_serves_what_it_has_until_its_write_is_refused_then_reloads() {
+    let store = MemoryStore::new();
+    let (a, b) = (engine_on(stores_of(&store)), engine_on(stores_of(&store)));
+    spawn(&b, "es", bank(Kind::EventSourced), EntityOptions::default()).unwrap();
+    assert_eq!(balance(ask(&b, "es", Cmd::Credit(5))), (5, 1));
+    spawn(&a, "es", bank(Kind::EventSourced), EntityOptions::default()).unwrap();
+    assert_eq!(balance(ask(&a, "es", Cmd::Credit(5))), (10, 2));
+    assert_eq!(balance(state_of(&b, "es")), (5, 1));
+    match ask(&b, "es", Cmd::Credit(1)) {
+        Err(Fail::Engine(Error::Concurrency { expected: 1, actual: 2, .. })) => {}
+        other => panic!("expected a concurrency error, got {:?}", other.map(|x| x.1)),
+    }
+    assert_eq!(balance(ask(&b, "es", Cmd::Debit(8))), (2, 3));
+}
+
+#[test]
 fn a_handler_failing_half_way_reloads_the_state() {
     let engine = engine_on(stores_of(&MemoryStore::new()));
     spawn(&engine, "h", bank(Kind::EventSourced), EntityOptions::default()).unwrap();

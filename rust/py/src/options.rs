@@ -64,7 +64,7 @@ fn retention_of(py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<RetentionP
 impl EntityOptions {
     #[new]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (*, snapshot_interval=None, passivate_after=None, batch_threshold=None, batch_flush_window=None, mailbox_capacity=None, retention=None, idempotency_window=None, inline=true))]
+    #[pyo3(signature = (*, snapshot_interval=None, passivate_after=None, batch_threshold=None, batch_flush_window=None, mailbox_capacity=None, retention=None, idempotency_window=None, inline=true, shared=false))]
     fn new(
         py: Python<'_>,
         snapshot_interval: Option<&Bound<'_, PyAny>>,
@@ -75,8 +75,9 @@ impl EntityOptions {
         retention: Option<&Bound<'_, PyAny>>,
         idempotency_window: Option<&Bound<'_, PyAny>>,
         inline: bool,
+        shared: bool,
     ) -> PyResult<Self> {
-        let mut core = ego_core::options::EntityOptions { inline, ..Default::default() };
+        let mut core = ego_core::options::EntityOptions { inline, shared, ..Default::default() };
         if let Some(v) = snapshot_interval {
             core.snapshot_interval = non_negative_int(py, "snapshot_interval", v)?;
         }
@@ -102,6 +103,18 @@ impl EntityOptions {
                 return Err(configuration(py, "idempotency_window must be a positive int, got 0".into()));
             }
             core.idempotency_window = n as usize;
+        }
+        if shared && core.batch_threshold > 0 {
+            // Batched commands run on events not yet written: a read of the journal head
+            // before each command could not tell what the entity lacks.
+            return Err(configuration(
+                py,
+                format!(
+                    "shared=True reads the journal head before each command, which batching cannot do (batched commands \
+                     run on events not yet written): leave batch_threshold at 0, got {}",
+                    core.batch_threshold
+                ),
+            ));
         }
         let retention = retention.filter(|v| !v.is_none());
         if let Some(v) = retention {
@@ -155,6 +168,12 @@ impl EntityOptions {
         self.core.idempotency_window
     }
 
+    /// Whether several processes serve the entity (a journal read before each command).
+    #[getter]
+    fn shared(&self) -> bool {
+        self.core.shared
+    }
+
     /// What to delete after each successful snapshot (an `ego.RetentionPolicy`), or None.
     #[getter]
     fn retention(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -164,7 +183,7 @@ impl EntityOptions {
     fn __repr__(&self) -> String {
         let o = &self.core;
         format!(
-            "EntityOptions(snapshot_interval={}, passivate_after={}, batch_threshold={}, batch_flush_window={}, mailbox_capacity={}, retention={}, inline={})",
+            "EntityOptions(snapshot_interval={}, passivate_after={}, batch_threshold={}, batch_flush_window={}, mailbox_capacity={}, retention={}, inline={}, shared={})",
             o.snapshot_interval,
             o.passivate_after.map_or("None".into(), |d| d.as_secs_f64().to_string()),
             o.batch_threshold,
@@ -172,6 +191,7 @@ impl EntityOptions {
             o.mailbox_capacity,
             if o.retention.is_some() { "RetentionPolicy(...)" } else { "None" },
             if o.inline { "True" } else { "False" },
+            if o.shared { "True" } else { "False" },
         )
     }
 }

@@ -1,6 +1,9 @@
 //! Activation: an entity that is not in memory recovers its state ([`crate::recovery`]) while
 //! its messages wait in the mailbox; the recovered working set is parked and the mailbox
 //! scheduled, or every waiting message gets the failure.
+//!
+//! An entity declared shared by several processes also catches up before it serves messages
+//! ([`catch_up`]): the messages queued when the read starts may be served on what it found.
 
 use std::sync::Arc;
 
@@ -14,14 +17,32 @@ use crate::stats::Stats;
 
 /// Recovers `e` (its phase is already `Recovering`).
 pub(crate) fn recover<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>) {
-    drive(sh, cx, e, Recovery::new(), None);
+    let mut rec = Recovery::new();
+    if e.options.shared {
+        rec.credit = e.cell.lock().mailbox.len();
+    }
+    drive(sh, cx, e, rec, None);
+}
+
+/// Catches a shared entity up with what other processes wrote (its phase is already
+/// `Recovering`; `work` is settled: nothing batched or in flight).
+pub(crate) fn catch_up<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>, work: Work<H>) {
+    let mut rec = Recovery::resume(work);
+    // Counted before the read starts: every message counted was queued before it.
+    rec.credit = e.cell.lock().mailbox.len();
+    drive(sh, cx, e, rec, None);
 }
 
 /// Runs the recovery until it is done, failed, or waiting for a read; a read is awaited on
 /// the runtime and its result fed back on the bridge.
 fn drive<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>, mut rec: Box<Recovery<H>>, input: Option<Result<Fetched>>) {
     match recovery::step(sh, cx, e, &mut rec, input) {
-        Progress::Done(work) => recovered(sh, e, work),
+        Progress::Done(work) => {
+            if !rec.resume {
+                Stats::add(&sh.stats.recoveries, 1);
+            }
+            recovered(sh, e, work)
+        }
         Progress::Failed(fail) => failed(sh, cx, e, fail),
         Progress::Reading(read) => {
             let (sh2, e2) = (sh.clone(), e.clone());
@@ -36,7 +57,6 @@ fn drive<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>, mut re
 
 /// Recovery finished: park the work and schedule the mailbox.
 fn recovered<H: Host>(sh: &Arc<Shared<H>>, e: &Arc<Entity<H>>, work: Work<H>) {
-    Stats::add(&sh.stats.recoveries, 1);
     let mut cell = e.cell.lock();
     cell.work = Some(work);
     if cell.mailbox.is_empty() {

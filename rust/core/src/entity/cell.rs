@@ -117,6 +117,9 @@ pub(crate) struct Work<H: Host> {
     pub(crate) broken: bool,
     /// The most recent idempotency keys (only for entities that were sent keyed commands).
     pub(crate) keys: Option<Box<KeyWindow>>,
+    /// Shared entities: how many more mailbox messages may be served on the last read of the
+    /// journal head (those that were queued when the read started); 0: read it again first.
+    pub(crate) credit: usize,
 }
 
 impl<H: Host> Work<H> {
@@ -132,6 +135,7 @@ impl<H: Host> Work<H> {
             published: Vec::new(),
             broken: false,
             keys: None,
+            credit: 0,
         }
     }
 

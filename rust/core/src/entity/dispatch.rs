@@ -35,6 +35,15 @@ pub(crate) fn dispatch<H: Host>(
     }
     match cell.phase {
         Phase::Removed => Err(DispatchError::Removed(msg)),
+        Phase::Idle if e.options.shared => {
+            // Read the journal head (catch up) before serving it.
+            cell.mailbox.push_back(msg);
+            cell.phase = Phase::Recovering;
+            let work = cell.work.take().expect("idle entity has work");
+            drop(cell);
+            activation::catch_up(sh, cx, e, work);
+            Ok(Dispatched::Queued)
+        }
         Phase::Idle if !e.options.inline => {
             // Not run inline: the bridge drives it, as if the entity were busy.
             cell.mailbox.push_back(msg);
@@ -89,6 +98,13 @@ pub(crate) fn drive<H: Host>(
         if work.inflight.is_some() || work.broken {
             break;
         }
+        if e.options.shared && work.credit == 0 {
+            // Queued after the last read of the journal head: read it again first (release).
+            if let Some(m) = own.take() {
+                e.cell.lock().mailbox.push_front(m);
+            }
+            break;
+        }
         let (msg, is_own) = match own.take() {
             Some(m) => (m, true),
             None if inline || budget == 0 => break,
@@ -105,6 +121,7 @@ pub(crate) fn drive<H: Host>(
             write::flush(sh, cx, e, &mut work, &mut own_result);
             continue;
         }
+        work.credit = work.credit.saturating_sub(1);
         match msg {
             Msg::Command(command, reply, key) => {
                 if !is_own && !sh.host.begin(cx, &reply) {
@@ -179,6 +196,13 @@ fn release<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>, mut 
         drop(cell);
         drop(work);
         activation::recover(sh, cx, e);
+        return;
+    }
+    if e.options.shared && work.credit == 0 && !cell.mailbox.is_empty() {
+        // A shared entity serves what queued since its last read after reading again.
+        cell.phase = Phase::Recovering;
+        drop(cell);
+        activation::catch_up(sh, cx, e, work);
         return;
     }
     let pending_batch = work.batch.opened;
