@@ -615,6 +615,7 @@ class Engine(_ego.EngineCore):
         event_types: Sequence[type[Message]] | None = None,
         on_other_journal: str = "fail",
         source: str = "events",
+        lease_ttl: float = 10.0,
     ) -> None:
         """Starts a projection named ``name``.
 
@@ -651,6 +652,14 @@ class Engine(_ego.EngineCore):
           store without a change log (a store written in Python without
           ``shard_state_changes``) raises :class:`~ego.errors.ConfigurationError`. Offsets over
           states do not record a journal identity (``on_other_journal`` does not apply).
+        - ``lease_ttl``: seconds. With a PostgreSQL offset store, one runner per projection
+          name runs across every process sharing the database: the one holding the
+          projection's lease (renewed every ``lease_ttl / 3``; every offset commit checks it in
+          its transaction). Engines in other processes report ``"standby"`` in
+          :meth:`projection_status` and take the lease over once it expires (within about
+          ``lease_ttl`` after its owner died) or at once when its owner stops. Memory,
+          RocksDB and Python-written stores serve one process: the lease is always held.
+          Raises :class:`~ego.errors.ConfigurationError` unless above 0 (at most a day).
 
         Entity types and projections may be added before :meth:`start`; they begin with it.
 
@@ -703,6 +712,7 @@ class Engine(_ego.EngineCore):
             on_other_journal == "start_over",
             False,
             source,
+            _lease_ttl(lease_ttl),
         )
         if self.running:
             self._add_projection(*args)
@@ -729,7 +739,9 @@ class Engine(_ego.EngineCore):
         return status is not None and status[0] == "running"
 
     def projection_status(self, name: str) -> tuple[str, str | None]:
-        """``("running" | "failed" | "stopped", error or None)``."""
+        """``("running" | "failed" | "stopped" | "paused" | "standby", error or None)``:
+        ``"standby"`` while a runner in another process holds the projection's lease (see
+        ``lease_ttl`` in :meth:`add_projection`)."""
         status = self._projection_status(name)
         if status is None:
             raise ValidationError(f'no projection named "{name}"')
@@ -843,6 +855,7 @@ class Engine(_ego.EngineCore):
         backoff: float = 0.1,
         max_backoff: float = 5.0,
         decrypt: bool = False,
+        lease_ttl: float = 10.0,
     ) -> None:
         """Starts publishing the journal's events through ``publisher`` (a connector of
         :mod:`ego.publishers` or any object with ``publish(records)``).
@@ -869,6 +882,10 @@ class Engine(_ego.EngineCore):
           ``ego-encryption-key-id`` header) unless ``decrypt=True``, which publishes the
           plaintext: the broker then holds personal data that erasing the entity cannot
           shred. An erased entity's events go out as tombstones either way.
+        - ``lease_ttl``: seconds. With a PostgreSQL offset store, one publisher per name runs
+          across the processes sharing the database (the one holding its lease); the others
+          report ``"standby"`` and take over within about ``lease_ttl`` after it died, or at
+          once when it stops (see :meth:`add_projection`).
 
         Raises :class:`~ego.errors.ConfigurationError` for a bad setting or a publisher without
         ``publish``, and :class:`~ego.errors.ValidationError` when the name is taken.
@@ -890,6 +907,7 @@ class Engine(_ego.EngineCore):
             backoff,
             max_backoff,
             not decrypt,
+            lease_ttl,
         )
 
     def add_state_publisher(
@@ -905,6 +923,7 @@ class Engine(_ego.EngineCore):
         poll_interval: float = 0.5,
         backoff: float = 0.1,
         max_backoff: float = 5.0,
+        lease_ttl: float = 10.0,
     ) -> None:
         """Starts publishing every durable-state version through ``publisher``: the same
         connectors and protocol as :meth:`add_event_publisher`, reading the durable-state change
@@ -924,7 +943,8 @@ class Engine(_ego.EngineCore):
 
         Raises :class:`~ego.errors.ConfigurationError` as :meth:`add_event_publisher` does, and
         when the state store keeps no change log (a Python store without
-        ``shard_state_changes``).
+        ``shard_state_changes``). One publisher per name runs across processes on PostgreSQL,
+        as for :meth:`add_event_publisher` (``lease_ttl``).
 
         Example::
 
@@ -945,6 +965,7 @@ class Engine(_ego.EngineCore):
             backoff,
             max_backoff,
             False,
+            lease_ttl,
         )
 
     def _add_publisher(
@@ -961,6 +982,7 @@ class Engine(_ego.EngineCore):
         backoff: float,
         max_backoff: float,
         as_stored: bool,
+        lease_ttl: float,
     ) -> None:
         if not callable(getattr(publisher, "publish", None)):
             raise ConfigurationError(f"a publisher needs a publish(records) method, got {publisher!r}")
@@ -978,6 +1000,7 @@ class Engine(_ego.EngineCore):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigurationError(f"batch_size must be a positive int, got {batch_size!r}")
         policy = RecoveryPolicy(on_refused)
+        ttl = _lease_ttl(lease_ttl)
         if offset_store is None:
             offset_store = self.stores[0] if self.stores else None
         runner = PublisherRunner(publisher, name)
@@ -1001,6 +1024,7 @@ class Engine(_ego.EngineCore):
             False,
             as_stored,
             source,
+            ttl,
         )
         self._publishers[name] = runner
 
@@ -1024,8 +1048,9 @@ class Engine(_ego.EngineCore):
         return sorted(self._publishers)
 
     def publisher_status(self, name: str) -> tuple[str, str | None]:
-        """``("running" | "failed" | "stopped", error or None)``; a publisher stops when the
-        broker refused a record under ``on_refused=FAIL``."""
+        """``("running" | "failed" | "stopped" | "standby", error or None)``; a publisher
+        stops when the broker refused a record under ``on_refused=FAIL``; ``"standby"``: a
+        publisher of the same name in another process holds the lease (``lease_ttl``)."""
         status = self._projection_status(_publisher_key(name))
         if status is None:
             raise ValidationError(f'no publisher named "{name}"')
@@ -1085,6 +1110,13 @@ def _refuse_snapshot_options(behavior: type, snapshot_interval: int, retention: 
             f"{', '.join(given)} do not apply to {behavior.__name__}, a durable-state behaviour "
             "(its whole state is stored on every change)"
         )
+
+
+def _lease_ttl(value: float) -> float:
+    """``lease_ttl`` checked: seconds above 0, at most a day."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 86_400:
+        raise ConfigurationError(f"lease_ttl must be a number of seconds above 0 (at most a day), got {value!r}")
+    return float(value)
 
 
 def _publisher_key(name: str) -> str:

@@ -405,7 +405,7 @@ class PostgresStore(NativeStore):
 
     ``url`` is a libpq-style URL (``postgresql://user:password@host:5432/db``) or key=value
     string. The tables (``<schema>.<table_prefix>events``, ``heads``, ``shards``,
-    ``snapshots``, ``states``, ``offsets``, ``keys``, ``erasures``, ``meta``, ``fences``, ``migrations``) are created or migrated on first
+    ``snapshots``, ``states``, ``offsets``, ``keys``, ``erasures``, ``meta``, ``fences``, ``leases``, ``migrations``) are created or migrated on first
     use; ``schema`` and ``table_prefix`` must be plain identifiers.
 
     Writes from every entity of the process that arrive together share one transaction

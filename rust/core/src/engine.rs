@@ -23,7 +23,7 @@ use crate::future::{block_on, ready, BoxFuture};
 use crate::host::{Fail, Host, Kind};
 use crate::ids::{shard_of, validate_id};
 use crate::options::{EngineConfig, EntityOptions};
-use crate::projection::{Projection, ProjectionOptions, RebuildPlan, Sink, Status};
+use crate::projection::{LeaseStart, Projection, ProjectionOptions, RebuildPlan, Sink, Status};
 use crate::registry::Registry;
 use crate::shared::{EntityType, Shared};
 use crate::state_log::{Source, StateChanges};
@@ -465,8 +465,24 @@ impl<H: Host> Engine<H> {
             (Some(keys), Some(plain)) if options.as_stored && options.source == Source::Events => as_stored_events(plain.clone(), keys),
             _ => events,
         };
+        let running = |p: &Arc<Projection>| matches!(p.status(), Status::Running | Status::Standby);
+        if self.shared.projections.lock().get(name).is_some_and(running) {
+            return Err(Error::Configuration(format!("a projection named {name:?} is already running").into()));
+        }
+        // One runner per projection across processes: take the lease first (or stand by), so
+        // the status is known when this returns.
+        let lease = if offsets.keeps_leases() {
+            let owner = crate::projection::new_lease_owner();
+            let epoch = self.shared.runtime.block_on(offsets.acquire_lease(name, &owner, options.lease_ttl))?;
+            LeaseStart::Leased { owner, epoch }
+        } else {
+            LeaseStart::None
+        };
         let mut projections = self.shared.projections.lock();
-        if projections.get(name).is_some_and(|p| p.status() == Status::Running) {
+        if projections.get(name).is_some_and(running) {
+            if let LeaseStart::Leased { owner, epoch: Some(_) } = &lease {
+                let _ = self.shared.runtime.block_on(offsets.release_lease(name, owner));
+            }
             return Err(Error::Configuration(format!("a projection named {name:?} is already running").into()));
         }
         let p = Projection::start(
@@ -479,6 +495,7 @@ impl<H: Host> Engine<H> {
             self.shared.config.shards,
             self.shared.nudge.clone(),
             filters,
+            lease,
         );
         projections.insert(name.to_string(), p);
         self.shared.has_projections.store(true, Ordering::Release);
@@ -555,7 +572,7 @@ impl<H: Host> Engine<H> {
     pub fn resume_projection(&self, name: &str) -> Result<()> {
         self.check_running()?;
         let p = self.projection(name).ok_or_else(|| Error::invalid(format!("no projection named {name:?}")))?;
-        if p.status() == Status::Running {
+        if matches!(p.status(), Status::Running | Status::Standby) {
             return Ok(());
         }
         block_on(p.stop());

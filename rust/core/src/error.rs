@@ -103,6 +103,11 @@ pub enum Error {
          the write was not applied, and this store writes no more"
     )]
     Fenced { fence: Arc<str>, epoch: u64, current: u64 },
+    /// A projection's runner no longer holds the projection's lease (it expired and another
+    /// process took it, or it was released): its commit was refused (nothing of it applied),
+    /// and the runner stands by.
+    #[error("projection {projection:?} lost its lease (epoch {epoch}): another runner took it; the commit was not applied")]
+    LeaseLost { projection: Arc<str>, epoch: u64 },
     /// ego itself failed (a bug, or the interpreter refused something ego needs); never a
     /// user's handler error.
     #[error("internal error: {0}")]

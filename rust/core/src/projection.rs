@@ -19,7 +19,7 @@ use crate::envelope::Event;
 use crate::error::{Error, Result};
 use crate::future::BoxFuture;
 use crate::state_log::Source;
-use crate::store::{EventsStore, OffsetStore, ReadModelWrite};
+use crate::store::{EventsStore, Lease, OffsetStore, ReadModelWrite};
 
 /// What happens to a batch (or event) the handler fails on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +74,10 @@ pub struct ProjectionOptions {
     pub as_stored: bool,
     /// What it reads: the event journal, or the durable-state change log.
     pub source: Source,
+    /// With an offset store shared by processes (PostgreSQL): how long the runner's lease on
+    /// the projection lasts unrenewed (renewed every third of it). A standby takes over
+    /// within about this long after the owner died.
+    pub lease_ttl: Duration,
 }
 
 impl Default for ProjectionOptions {
@@ -87,6 +91,7 @@ impl Default for ProjectionOptions {
             start_over_on_other_journal: false,
             as_stored: false,
             source: Source::Events,
+            lease_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -129,6 +134,9 @@ pub enum Status {
     /// Paused by the operator ([`crate::engine::Engine::pause_projection`]): its offsets stay
     /// where they are until it is resumed.
     Paused,
+    /// Another process's runner holds the projection's lease: this one waits to take it over
+    /// when that lease expires or is released.
+    Standby,
 }
 
 /// Lag of one shard.
@@ -185,6 +193,33 @@ pub struct Projection {
     positions: Mutex<HashMap<u32, u64>>,
     pub stats: ProjectionStats,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The lease, when the offset store keeps leases (None: the projection always runs).
+    lease: Option<LeaseHold>,
+    /// The shard tasks of the current term are to stop: the lease was lost.
+    standing_down: AtomicBool,
+}
+
+/// A runner's hold on its projection's lease.
+struct LeaseHold {
+    /// This runner's id (unique to this `Projection`: a restart is a new owner).
+    owner: Arc<str>,
+    /// The epoch held; 0 while not held.
+    epoch: AtomicU64,
+}
+
+/// A new lease owner id: process, time and a counter, unique across processes in practice.
+pub fn new_lease_owner() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{}-{:x}-{n}", std::process::id(), crate::clock::now_nanos())
+}
+
+/// How a projection starts with respect to its lease.
+pub enum LeaseStart {
+    /// The offset store keeps no leases: always held.
+    None,
+    /// `owner` took (or failed to take: `epoch` None) the lease.
+    Leased { owner: String, epoch: Option<u64> },
 }
 
 impl Projection {
@@ -200,7 +235,14 @@ impl Projection {
         shards: u32,
         nudge: Arc<Notify>,
         filters: Option<RebuildPlan>,
+        lease: LeaseStart,
     ) -> Arc<Projection> {
+        let (hold, first) = match lease {
+            LeaseStart::None => (None, None),
+            LeaseStart::Leased { owner, epoch } => (Some(LeaseHold { owner: owner.into(), epoch: AtomicU64::new(0) }), epoch),
+        };
+        let leased = hold.is_some();
+        let status = if leased && first.is_none() { Status::Standby } else { Status::Running };
         let p = Arc::new(Projection {
             name: name.into(),
             options,
@@ -208,7 +250,7 @@ impl Projection {
             events,
             offsets,
             shards,
-            status: Mutex::new(Status::Running),
+            status: Mutex::new(status),
             stop: AtomicBool::new(false),
             stopped: Notify::new(),
             nudge,
@@ -216,13 +258,24 @@ impl Projection {
             positions: Mutex::new(HashMap::new()),
             stats: ProjectionStats::default(),
             tasks: Mutex::new(Vec::new()),
+            lease: hold,
+            standing_down: AtomicBool::new(false),
         });
         if let Some((after, plan)) = filters {
             p.set_filters(after, &plan);
         }
-        let tasks = (0..shards).map(|shard| runtime.spawn(run_shard(p.clone(), shard))).collect();
+        let tasks = if leased { vec![runtime.spawn(run_leased(p.clone(), runtime.clone(), first))] } else { p.spawn_shards(runtime) };
         *p.tasks.lock() = tasks;
         p
+    }
+
+    fn spawn_shards(self: &Arc<Self>, runtime: &tokio::runtime::Handle) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..self.shards).map(|shard| runtime.spawn(run_shard(self.clone(), shard))).collect()
+    }
+
+    /// This runner's lease owner id and held epoch (0: not held); None without leases.
+    pub fn lease(&self) -> Option<(String, u64)> {
+        self.lease.as_ref().map(|l| (l.owner.to_string(), l.epoch.load(Ordering::Acquire)))
     }
 
     /// The projection's name.
@@ -244,7 +297,7 @@ impl Projection {
             let _ = t.await;
         }
         let mut status = self.status.lock();
-        if *status == Status::Running {
+        if matches!(*status, Status::Running | Status::Standby) {
             *status = Status::Stopped;
         }
     }
@@ -254,8 +307,27 @@ impl Projection {
         *self.status.lock() = Status::Paused;
     }
 
+    /// The shard tasks are to stop: the projection stops, or its runner lost the lease.
     fn stopping(&self) -> bool {
-        self.stop.load(Ordering::Acquire)
+        self.stop.load(Ordering::Acquire) || self.standing_down.load(Ordering::Acquire)
+    }
+
+    /// The lease is lost: the shard tasks stop after what they have in hand (their commits
+    /// are refused anyway) and the runner stands by.
+    fn stand_down(&self) {
+        self.standing_down.store(true, Ordering::Release);
+        self.stopped.notify_waiters();
+    }
+
+    /// Commits offsets (and writes) under the lease when there is one.
+    fn commit_offsets(&self, offsets: Vec<(u32, u64)>, writes: Vec<ReadModelWrite>) -> BoxFuture<'static, Result<()>> {
+        match &self.lease {
+            None => self.offsets.commit(&self.name, offsets, writes),
+            Some(l) => {
+                let lease = Lease { owner: l.owner.clone(), epoch: l.epoch.load(Ordering::Acquire), ttl: self.options.lease_ttl };
+                self.offsets.commit_leased(&self.name, &lease, offsets, writes)
+            }
+        }
     }
 
     /// The handled position of every shard, as last committed.
@@ -307,9 +379,14 @@ impl Projection {
     async fn commit(&self, shard: u32, last: u64, writes: Vec<ReadModelWrite>) -> std::result::Result<bool, HandlerFailure> {
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.offsets.commit(&self.name, vec![(shard, last)], writes.clone()).await {
+            match self.commit_offsets(vec![(shard, last)], writes.clone()).await {
                 Ok(()) => return Ok(true),
                 Err(e @ Error::ReadModelRefused(_)) => return Err(e.into()),
+                Err(e @ Error::LeaseLost { .. }) => {
+                    self.sink.log("warning", format!("{e}; standing by"));
+                    self.stand_down();
+                    return Ok(false);
+                }
                 Err(e) => {
                     self.stats.store_retries.fetch_add(1, Ordering::Relaxed);
                     self.sink
@@ -518,8 +595,7 @@ async fn run_shard(p: Arc<Projection>, shard: u32) {
     if offset > 0 && !committed.iter().any(|(s, _)| *s == shard) {
         // A start other than the beginning is kept, so a restart does not move it (and the
         // lag counts from it).
-        let offsets = p.offsets.clone();
-        if p.persist("saving the start", || offsets.write_offsets(&name, vec![(shard, offset)])).await.is_none() {
+        if !p.commit_offset(shard, offset).await {
             return;
         }
     }
@@ -570,6 +646,94 @@ async fn run_shard(p: Arc<Projection>, shard: u32) {
         offset = last;
         p.positions.lock().insert(shard, offset);
     }
+}
+
+/// A leased runner: stands by until it holds the lease, runs the shard tasks while it holds
+/// it (renewing it every third of its ttl), stands by again when it is lost, and releases it
+/// when the projection stops (or fails). `first`: the epoch taken when the projection started.
+async fn run_leased(p: Arc<Projection>, runtime: tokio::runtime::Handle, first: Option<u64>) {
+    let Some(hold) = p.lease.as_ref() else { return };
+    let ttl = p.options.lease_ttl;
+    let every = (ttl / 3).max(Duration::from_millis(10));
+    let mut held = first;
+    loop {
+        let Some(epoch) = held else {
+            // Standing by.
+            if wait_or_stop(&p, every, false).await {
+                break;
+            }
+            match p.offsets.acquire_lease(&p.name, &hold.owner, ttl).await {
+                Ok(e) => held = e,
+                Err(e) => p.sink.log("warning", format!("projection {:?}: taking the lease failed: {e}", p.name)),
+            }
+            continue;
+        };
+        hold.epoch.store(epoch, Ordering::Release);
+        p.standing_down.store(false, Ordering::Release);
+        {
+            let mut status = p.status.lock();
+            if *status == Status::Standby {
+                *status = Status::Running;
+                p.sink.log("info", format!("projection {:?}: took the lease (epoch {epoch})", p.name));
+            }
+        }
+        let shards = p.spawn_shards(&runtime);
+        let mut renewed = tokio::time::Instant::now();
+        loop {
+            if wait_or_stop(&p, every, true).await || p.standing_down.load(Ordering::Acquire) {
+                break;
+            }
+            match p.offsets.acquire_lease(&p.name, &hold.owner, ttl).await {
+                Ok(Some(e)) if e == epoch => renewed = tokio::time::Instant::now(),
+                Ok(_) => {
+                    p.sink
+                        .log("warning", format!("projection {:?}: lost the lease (epoch {epoch}) to another runner; standing by", p.name));
+                    break;
+                }
+                Err(e) => {
+                    p.sink.log("warning", format!("projection {:?}: renewing the lease failed: {e}", p.name));
+                    if renewed.elapsed() >= ttl {
+                        break;
+                    }
+                }
+            }
+        }
+        p.stand_down();
+        for t in shards {
+            let _ = t.await;
+        }
+        hold.epoch.store(0, Ordering::Release);
+        if p.stop.load(Ordering::Acquire) {
+            // Stopped or failed: hand the lease over at once.
+            if let Err(e) = p.offsets.release_lease(&p.name, &hold.owner).await {
+                p.sink.log("warning", format!("projection {:?}: releasing the lease failed (it expires within {ttl:?}): {e}", p.name));
+            }
+            return;
+        }
+        {
+            let mut status = p.status.lock();
+            if *status == Status::Running {
+                *status = Status::Standby;
+            }
+        }
+        held = None;
+    }
+}
+
+/// Waits `d`, or until the projection stops (or, with `running`, its runner stands down);
+/// `true` when it stops.
+async fn wait_or_stop(p: &Projection, d: Duration, running: bool) -> bool {
+    let stopped = p.stopped.notified();
+    tokio::pin!(stopped);
+    stopped.as_mut().enable();
+    let done = p.stop.load(Ordering::Acquire) || (running && p.standing_down.load(Ordering::Acquire));
+    if !done {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = stopped => {}
+        }
+    }
+    p.stop.load(Ordering::Acquire)
 }
 
 impl From<Error> for HandlerFailure {

@@ -626,7 +626,7 @@ impl EngineCore {
     }
 
     /// Starts a projection (see `ego.Engine.add_projection`).
-    #[pyo3(signature = (name, handler, per_event, offset_store, batch_size, policy, attempts, backoff, max_backoff, dead_letter, poll_interval, start_at_end, transactional, start_after=None, kind="projection", event_types=None, start_over_on_other_journal=false, as_stored=false, source="events"))]
+    #[pyo3(signature = (name, handler, per_event, offset_store, batch_size, policy, attempts, backoff, max_backoff, dead_letter, poll_interval, start_at_end, transactional, start_after=None, kind="projection", event_types=None, start_over_on_other_journal=false, as_stored=false, source="events", lease_ttl=10.0))]
     #[allow(clippy::too_many_arguments)]
     fn _add_projection(
         &self,
@@ -650,6 +650,7 @@ impl EngineCore {
         start_over_on_other_journal: bool,
         as_stored: bool,
         source: &str,
+        lease_ttl: f64,
     ) -> PyResult<()> {
         use ego_core::projection::{FailurePolicy, OnFailure, ProjectionOptions};
         use ego_core::state_log::Source;
@@ -671,6 +672,9 @@ impl EngineCore {
             "retry_and_skip" => FailurePolicy::RetryAndSkip,
             other => return Err(configuration(py, format!("unknown failure policy {other:?}"))),
         };
+        if !(lease_ttl.is_finite() && lease_ttl > 0.0 && lease_ttl <= 86_400.0) {
+            return Err(configuration(py, format!("lease_ttl must be a number of seconds above 0 (at most a day), got {lease_ttl}")));
+        }
         let secs = |v: f64| Duration::from_secs_f64(v.max(0.0));
         let options = ProjectionOptions {
             batch_size: batch_size.max(1),
@@ -681,6 +685,7 @@ impl EngineCore {
             start_over_on_other_journal,
             as_stored,
             source,
+            lease_ttl: secs(lease_ttl),
         };
         let kind = if kind == "publisher" { "publisher" } else { "projection" };
         let shape = if per_event { crate::projection::Shape::PerEvent } else { crate::projection::Shape::Batch };
@@ -697,8 +702,8 @@ impl EngineCore {
         crate::wait::bounded(py, || core.remove_projection(name)).map_err(|e| to_pyerr(py, &e))
     }
 
-    /// `(status, error)`: "running", "failed" (with the error), "stopped" or "paused"; None if
-    /// unknown.
+    /// `(status, error)`: "running", "failed" (with the error), "stopped", "paused" or
+    /// "standby" (another process runs it); None if unknown.
     fn _projection_status(&self, py: Python<'_>, name: &str) -> PyResult<Option<(&'static str, Option<String>)>> {
         use ego_core::projection::Status;
         Ok(self.core(py)?.projection(name).map(|p| match p.status() {
@@ -706,6 +711,7 @@ impl EngineCore {
             Status::Failed(why) => ("failed", Some(why)),
             Status::Stopped => ("stopped", None),
             Status::Paused => ("paused", None),
+            Status::Standby => ("standby", None),
         }))
     }
 

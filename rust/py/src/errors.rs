@@ -75,6 +75,9 @@ pub fn to_pyerr(py: Python<'_>, e: &Error) -> PyErr {
         Error::Fenced { fence, epoch, current } => {
             make(py, "FencedError", msg, &[("fence", text(fence)), ("epoch", int(*epoch)), ("current_epoch", int(*current))])
         }
+        Error::LeaseLost { projection, epoch } => {
+            make(py, "FencedError", msg, &[("fence", text(projection)), ("epoch", int(*epoch)), ("current_epoch", int(0))])
+        }
         Error::ReadModelRefused(_) => make(py, "ReadModelWriteError", msg, &[]),
         Error::JournalChanged { projection, recorded, current } => make(
             py,

@@ -222,7 +222,23 @@ pub fn change_record(state: &DurableState) -> DurableState {
     }
 }
 
+/// A projection's lease as one runner holds it: who (an id unique to that runner) and the
+/// epoch it took (a new owner takes a new epoch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: Arc<str>,
+    pub epoch: u64,
+    /// How long the lease lasts unrenewed: also how long a commit may sit idle holding the
+    /// lease's lock (a runner stopped mid-commit must not keep the next one waiting longer).
+    pub ttl: std::time::Duration,
+}
+
 /// Positions of projections, per shard.
+///
+/// Leases: a store whose offsets several processes share (PostgreSQL) keeps a lease per
+/// projection name, so that one runner at a time runs a projection across processes
+/// ([`OffsetStore::keeps_leases`]). Stores of one process (memory, RocksDB, stores written in
+/// Python) keep none: their lease is always held, and the default methods say so.
 pub trait OffsetStore: Send + Sync + 'static {
     /// Saves the positions of `projection` in the given shards.
     fn write_offsets(&self, projection: &str, offsets: Vec<(u32, u64)>) -> BoxFuture<'static, Result<()>>;
@@ -253,6 +269,38 @@ pub trait OffsetStore: Send + Sync + 'static {
     fn record_offsets_journal(&self, projection: &str, journal: &str) -> BoxFuture<'static, Result<()>> {
         let _ = (projection, journal);
         crate::future::ready(Ok(()))
+    }
+    /// Whether this store keeps projection leases (its offsets are shared by processes).
+    /// `false`: the lease methods below are never called and a projection always runs.
+    fn keeps_leases(&self) -> bool {
+        false
+    }
+    /// Takes, or renews, the lease of `projection` for `owner` until `ttl` from now (the
+    /// store's clock): `Some(epoch)` while `owner` holds it (a renewal keeps the epoch; taking
+    /// it from another owner, whose lease expired or was released, gives a new one), `None`
+    /// while another owner holds an unexpired lease.
+    fn acquire_lease(&self, projection: &str, owner: &str, ttl: std::time::Duration) -> BoxFuture<'static, Result<Option<u64>>> {
+        let _ = (projection, owner, ttl);
+        crate::future::ready(Ok(Some(0)))
+    }
+    /// Gives up `owner`'s lease of `projection` at once (another runner may take it right
+    /// away); nothing when `owner` does not hold it.
+    fn release_lease(&self, projection: &str, owner: &str) -> BoxFuture<'static, Result<()>> {
+        let _ = (projection, owner);
+        crate::future::ready(Ok(()))
+    }
+    /// [`OffsetStore::commit`] under a lease: the store checks, in the same transaction, that
+    /// `lease` is still the projection's lease, and refuses everything with
+    /// [`Error::LeaseLost`] otherwise (offsets and writes alike).
+    fn commit_leased(
+        &self,
+        projection: &str,
+        lease: &Lease,
+        offsets: Vec<(u32, u64)>,
+        writes: Vec<ReadModelWrite>,
+    ) -> BoxFuture<'static, Result<()>> {
+        let _ = lease;
+        self.commit(projection, offsets, writes)
     }
 }
 

@@ -28,6 +28,7 @@ mod errors;
 mod fence;
 mod journal;
 mod keys;
+mod leases;
 mod offsets;
 mod rows;
 mod schema;
@@ -91,7 +92,7 @@ impl PgStore {
         let n = &self.inner.names;
         let client = self.inner.pool.get().await.map_err(Error::storage)?;
         let sql = format!(
-            "DROP TABLE IF EXISTS {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}",
+            "DROP TABLE IF EXISTS {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}",
             n.events,
             n.heads,
             n.shards,
@@ -104,6 +105,7 @@ impl PgStore {
             n.state_changes,
             n.state_shards,
             n.fences,
+            n.leases,
             n.migrations
         );
         client.batch_execute(&sql).await.map_err(db_error)

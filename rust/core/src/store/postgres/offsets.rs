@@ -1,5 +1,7 @@
 //! Projection offsets, and the transaction that commits a read model's writes with them.
 
+use std::time::Duration;
+
 use tokio_postgres::types::ToSql;
 
 use super::connection::to_i64;
@@ -8,7 +10,7 @@ use super::fence::{begin, commit_error, execute_write};
 use super::PgStore;
 use crate::error::{Error, Result};
 use crate::future::BoxFuture;
-use crate::store::{check_offsets, OffsetStore, ReadModelWrite};
+use crate::store::{check_offsets, Lease, OffsetStore, ReadModelWrite};
 
 impl OffsetStore for PgStore {
     fn write_offsets(&self, projection: &str, offsets: Vec<(u32, u64)>) -> BoxFuture<'static, Result<()>> {
@@ -69,16 +71,59 @@ impl OffsetStore for PgStore {
         if writes.is_empty() {
             return self.write_offsets(projection, offsets);
         }
+        self.commit_in_transaction(projection, None, offsets, writes)
+    }
+
+    fn keeps_leases(&self) -> bool {
+        true
+    }
+
+    fn acquire_lease(&self, projection: &str, owner: &str, ttl: Duration) -> BoxFuture<'static, Result<Option<u64>>> {
+        let (projection, owner) = (projection.to_string(), owner.to_string());
+        self.read(move |inner, client| async move { super::leases::acquire(&client, &inner.names, &projection, &owner, ttl).await })
+    }
+
+    fn release_lease(&self, projection: &str, owner: &str) -> BoxFuture<'static, Result<()>> {
+        let (projection, owner) = (projection.to_string(), owner.to_string());
+        self.read(move |inner, client| async move { super::leases::release(&client, &inner.names, &projection, &owner).await })
+    }
+
+    fn commit_leased(
+        &self,
+        projection: &str,
+        lease: &Lease,
+        offsets: Vec<(u32, u64)>,
+        writes: Vec<ReadModelWrite>,
+    ) -> BoxFuture<'static, Result<()>> {
+        self.commit_in_transaction(projection, Some(lease.clone()), offsets, writes)
+    }
+}
+
+impl PgStore {
+    /// Commits offsets with a read model's writes in one transaction, checking the fence and
+    /// (with one) the lease in it first.
+    fn commit_in_transaction(
+        &self,
+        projection: &str,
+        lease: Option<Lease>,
+        offsets: Vec<(u32, u64)>,
+        writes: Vec<ReadModelWrite>,
+    ) -> BoxFuture<'static, Result<()>> {
         if let Err(e) = check_offsets(&offsets) {
             return crate::future::ready(Err(e));
         }
         let projection = projection.to_string();
         self.read(move |inner, mut client| async move {
             let tx = begin(&inner, &mut client).await?;
-            // Unqualified table names in the read model's SQL resolve in the store's schema
-            // first (for this transaction only).
-            let path = format!("SET LOCAL search_path TO {}, public", inner.names.schema);
-            tx.batch_execute(&path).await.map_err(db_error)?;
+            if let Some(lease) = &lease {
+                super::leases::check(&tx, &inner.names, &projection, lease).await?;
+            }
+            if !writes.is_empty() {
+                // Unqualified table names in the read model's SQL resolve in the store's schema
+                // first (for this transaction only).
+                let path = format!("SET LOCAL search_path TO {}, public", inner.names.schema);
+                tx.batch_execute(&path).await.map_err(db_error)?;
+            }
             for (i, w) in writes.iter().enumerate() {
                 match w {
                     ReadModelWrite::Sql { sql, params } => {

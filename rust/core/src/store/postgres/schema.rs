@@ -7,7 +7,7 @@ use super::errors::{chain, db_error};
 use crate::error::{Error, Result};
 
 /// Schema version this code writes.
-const SCHEMA_VERSION: i32 = 7;
+const SCHEMA_VERSION: i32 = 8;
 
 /// Checks that `name` is a plain SQL identifier.
 pub fn check_identifier(what: &str, name: &str, allow_empty: bool) -> Result<()> {
@@ -41,6 +41,7 @@ pub(super) struct Names {
     pub(super) fences: String,
     pub(super) state_changes: String,
     pub(super) state_shards: String,
+    pub(super) leases: String,
 }
 
 impl Names {
@@ -61,6 +62,7 @@ impl Names {
             fences: t("fences"),
             state_changes: t("state_changes"),
             state_shards: t("state_shards"),
+            leases: t("leases"),
         }
     }
 }
@@ -245,6 +247,18 @@ pub(super) async fn migrate(pool: &Pool, n: &Names) -> Result<()> {
             changes = n.state_changes,
             state_shards = n.state_shards,
             states = n.states,
+            m = n.migrations,
+        ))
+        .await
+        .map_err(db_error)?;
+    }
+    if current < 8 {
+        // Projection leases: which runner (owner) runs each projection, under which epoch,
+        // until when (server time). Every offset commit of a leased runner checks its row.
+        tx.batch_execute(&format!(
+            "CREATE TABLE {leases} (name text PRIMARY KEY, owner text NOT NULL, epoch bigint NOT NULL, expires_at timestamptz NOT NULL);
+             INSERT INTO {m} (version) VALUES (8);",
+            leases = n.leases,
             m = n.migrations,
         ))
         .await
