@@ -6,6 +6,7 @@ large lists."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 from pathlib import Path
 from typing import Any
@@ -202,8 +203,12 @@ class FailingFor:
     def __init__(self, bad: str) -> None:
         self._store = ego.MemoryStore()
         self.bad = bad
+        #: Per entity, the number of its events in each write (successful or not).
+        self.writes: dict[str, list[int]] = {}
 
     def write_events(self, events: Any) -> None:
+        for pid, n in collections.Counter(e.persistence_id for e in events).items():
+            self.writes.setdefault(pid, []).append(n)
         if any(e.persistence_id == self.bad and e.sequence_number > 1 for e in events):
             raise OSError("disk unplugged")
         self._store.write_events(events)
@@ -219,14 +224,19 @@ def test_a_failed_write_fails_exactly_its_commands() -> None:
         pairs: list[tuple[str, Any]] = []
         for _ in range(3):
             pairs += [("good-1", Credit(amount=1)), ("bad", Credit(amount=1)), ("good-2", Credit(amount=1))]
-        outcomes = engine.send_commands([(i, OpenAccount(initial_balance=0)) for i in ("good-1", "bad", "good-2")] + pairs)
-        assert all(isinstance(o, tuple) for o in outcomes[:3])
-        for n, outcome in enumerate(outcomes[3:]):
+        opens = engine.send_commands([(i, OpenAccount(initial_balance=0)) for i in ("good-1", "bad", "good-2")])
+        assert all(isinstance(o, tuple) for o in opens)
+        # An entity's commands of one call are one write: "bad"'s three credits fail together,
+        # the others' are written.
+        outcomes = engine.send_commands(pairs)
+        for n, outcome in enumerate(outcomes):
             if pairs[n][0] == "bad":
                 assert isinstance(outcome, errors.StoreError), outcome
             else:
                 assert isinstance(outcome, tuple), outcome
         assert engine.get_state("good-1") == (outcomes[-3][0], 4)  # type: ignore[index]
+        assert store.writes["bad"] == [1, 3]
+        assert store.writes["good-1"] == [1, 3]
         assert engine.get_state("good-2")[1] == 4
         assert engine.get_state("bad")[1] == 1
 

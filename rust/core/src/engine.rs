@@ -225,7 +225,7 @@ impl<H: Host> Engine<H> {
 
     /// Sends a command.
     pub fn send(&self, cx: H::Cx<'_>, id: &str, command: H::Command, reply: H::Reply) -> Result<Dispatched<H>, Fail<H::Failure>> {
-        self.route(cx, id, Msg::Command(command, reply, None))
+        self.route(cx, id, Msg::Command(command, reply, None, false))
     }
 
     /// Sends a command under an idempotency key: applied once, whatever the repeats (see
@@ -238,12 +238,30 @@ impl<H: Host> Engine<H> {
         key: Option<IdempotencyKey>,
         reply: H::Reply,
     ) -> Result<Dispatched<H>, Fail<H::Failure>> {
+        self.send_in_call(cx, id, command, key, false, reply)
+    }
+
+    /// Sends one command of a bulk call. `more`: more commands of the same call for this
+    /// entity follow (the caller sends them next, in order): the entity keeps this one's
+    /// events in its batch for theirs, so the call's commands for one entity are written
+    /// together (with batching off, each would be its own write). The last one (`more` false)
+    /// writes the batch; if the rest never comes (the caller could not send it), the batch is
+    /// written after at most 100 ms.
+    pub fn send_in_call(
+        &self,
+        cx: H::Cx<'_>,
+        id: &str,
+        command: H::Command,
+        key: Option<IdempotencyKey>,
+        more: bool,
+        reply: H::Reply,
+    ) -> Result<Dispatched<H>, Fail<H::Failure>> {
         if let Some(k) = &key {
             if k.key.is_empty() || k.key.len() > MAX_KEY_BYTES || k.key.chars().any(char::is_control) {
                 return Err(Error::invalid(format!("an idempotency key is 1 to {MAX_KEY_BYTES} bytes without control characters")).into());
             }
         }
-        self.route(cx, id, Msg::Command(command, reply, key.map(Box::new)))
+        self.route(cx, id, Msg::Command(command, reply, key.map(Box::new), more))
     }
 
     /// Asks for the confirmed state and revision (read-only; in order with earlier commands).

@@ -215,18 +215,26 @@ impl EngineCore {
     /// Hands every `(entity_id, command)` pair (or `(entity_id, command, idempotency_key)`
     /// triple) of `items` to its entity, in order, filling slot `i` of `bulk` with the outcome
     /// of item `i` (at once when it ran inline, later from its reply). A malformed item fills
-    /// its slot with a typed error; the others go on.
+    /// its slot with a typed error; the others go on. An entity's commands of the call are
+    /// written together (each but its last is sent with `more`).
     fn dispatch_bulk(core: &Core, py: Python<'_>, bulk: &Arc<Bulk>, items: &[Bound<'_, PyAny>]) {
+        let mut parsed = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
-            let (id, command, key) = match pair_of(core, py, item) {
-                Ok(p) => p,
-                Err(e) => {
-                    bulk.settle(i, Err(ego_core::host::Fail::Handler(e)));
-                    continue;
-                }
-            };
+            match pair_of(core, py, item) {
+                Ok((id, command, key)) => parsed.push((i, id, command, key)),
+                Err(e) => bulk.settle(i, Err(ego_core::host::Fail::Handler(e))),
+            }
+        }
+        // more[k]: a later item of the call goes to the same entity.
+        let mut more = vec![false; parsed.len()];
+        let mut seen = std::collections::HashSet::with_capacity(parsed.len());
+        for (k, (_, id, _, _)) in parsed.iter().enumerate().rev() {
+            more[k] = !seen.insert(id.to_str().unwrap_or_default());
+        }
+        drop(seen);
+        for ((i, id, command, key), more) in parsed.into_iter().zip(more) {
             let command = PyCommand::new(command.unbind());
-            match core.send_keyed(py, id.to_str().unwrap_or_default(), command, key, bulk.reply(i)) {
+            match core.send_in_call(py, id.to_str().unwrap_or_default(), command, key, more, bulk.reply(i)) {
                 Ok(Dispatched::Done(outcome)) => bulk.settle(i, outcome),
                 Ok(Dispatched::Queued) => {}
                 Err(fail) => bulk.settle(i, Err(fail)),

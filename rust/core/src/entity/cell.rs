@@ -43,8 +43,9 @@ pub enum Phase {
 /// A message in a mailbox.
 pub(crate) enum Msg<H: Host> {
     /// A command, with its idempotency key when it has one (boxed: rare, and every message of
-    /// every mailbox carries the field).
-    Command(H::Command, H::Reply, Option<Box<IdempotencyKey>>),
+    /// every mailbox carries the field), and whether more commands of the same bulk call for
+    /// this entity follow it (then its events wait for theirs: one write for all of them).
+    Command(H::Command, H::Reply, Option<Box<IdempotencyKey>>, bool),
     /// Read the confirmed state.
     Query(H::Reply),
     /// Stop the entity after the messages before this one. `erased`: it is being erased (the
@@ -55,7 +56,7 @@ pub(crate) enum Msg<H: Host> {
 impl<H: Host> Msg<H> {
     pub(crate) fn into_reply(self) -> H::Reply {
         match self {
-            Msg::Command(_, r, _) | Msg::Query(r) | Msg::Stop { reply: r, .. } => r,
+            Msg::Command(_, r, _, _) | Msg::Query(r) | Msg::Stop { reply: r, .. } => r,
         }
     }
 }
@@ -120,6 +121,9 @@ pub(crate) struct Work<H: Host> {
     /// Shared entities: how many more mailbox messages may be served on the last read of the
     /// journal head (those that were queued when the read started); 0: read it again first.
     pub(crate) credit: usize,
+    /// The last command said more of its bulk call follow: the batch waits for them (with
+    /// batching off, it would be written now).
+    pub(crate) held: bool,
 }
 
 impl<H: Host> Work<H> {
@@ -136,6 +140,7 @@ impl<H: Host> Work<H> {
             broken: false,
             keys: None,
             credit: 0,
+            held: false,
         }
     }
 

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::bridge::Job;
 use crate::clock::monotonic_millis;
@@ -19,6 +19,10 @@ use crate::error::Error;
 use crate::host::{Fail, Host, Outcome};
 use crate::shared::Shared;
 use crate::stats::Stats;
+
+/// How long a batch held for the rest of its bulk call waits at most (the rest normally
+/// arrives within microseconds; this only bounds a caller that could not send it).
+const HELD_FOR: Duration = Duration::from_millis(100);
 
 /// Hands `msg` to `e`: runs it inline when the entity is idle (the caller holds the context),
 /// queues it otherwise. `Err(Removed(msg))` when the entity was removed meanwhile (look it up
@@ -123,7 +127,7 @@ pub(crate) fn drive<H: Host>(
         }
         work.credit = work.credit.saturating_sub(1);
         match msg {
-            Msg::Command(command, reply, key) => {
+            Msg::Command(command, reply, key, more) => {
                 if !is_own && !sh.host.begin(cx, &reply) {
                     continue;
                 }
@@ -151,7 +155,13 @@ pub(crate) fn drive<H: Host>(
                     }
                 }
                 drop(command);
-                if work.broken || write::should_flush(e, &work) {
+                // More of this bulk call's commands for the entity follow: with batching off,
+                // their events join this one's write instead of each writing its own (not for
+                // shared entities, which read the journal head before each command and so
+                // write each command before the next, like batching off).
+                let more = more && !e.options.shared;
+                work.held = more;
+                if work.broken || (write::should_flush(e, &work) && !(more && e.options.batch_threshold == 0)) {
                     write::flush(sh, cx, e, &mut work, &mut own_result);
                 }
             }
@@ -180,7 +190,8 @@ fn release<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>, mut 
     for p in &mut work.batch.replies {
         p.own = false;
     }
-    if work.inflight.is_none() && !work.batch.is_empty() && (write::should_flush(e, &work) || write::window_expired(e, &work)) {
+    let held = work.held && !work.batch.is_empty();
+    if work.inflight.is_none() && !held && !work.batch.is_empty() && (write::should_flush(e, &work) || write::window_expired(e, &work)) {
         let mut own = None;
         write::flush(sh, cx, e, &mut work, &mut own);
     }
@@ -223,7 +234,10 @@ fn release<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>, mut 
         if !cell.timer_armed {
             cell.timer_armed = true;
             drop(cell);
-            let wait = e.options.batch_flush_window.saturating_sub(opened.elapsed());
+            // A held batch waits for the rest of its bulk call, but not for ever (a caller
+            // that could not send the rest): the timer writes it then.
+            let window = if held { e.options.batch_flush_window.max(HELD_FOR) } else { e.options.batch_flush_window };
+            let wait = window.saturating_sub(opened.elapsed());
             let (sh2, e2) = (sh.clone(), e.clone());
             sh.runtime.spawn(async move {
                 tokio::time::sleep(wait).await;

@@ -48,9 +48,10 @@ fn written<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>, resu
     dispatch::drive(sh, cx, e, work, None);
 }
 
-/// The flush window of a batch expired.
+/// The flush window of a batch expired (or a batch held for the rest of a bulk call waited
+/// long enough).
 fn flush_due<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>) {
-    let work = {
+    let mut work = {
         let mut cell = e.cell.lock();
         cell.timer_armed = false;
         if cell.phase != Phase::Idle {
@@ -60,5 +61,6 @@ fn flush_due<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Arc<Entity<H>>) {
         cell.phase = Phase::Busy;
         cell.work.take().expect("idle entity has work")
     };
+    work.held = false;
     dispatch::drive(sh, cx, e, work, None);
 }
