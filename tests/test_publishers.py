@@ -60,6 +60,60 @@ class AsyncCollect(Collect):
         super().publish(records)
 
 
+class Closable(Collect):
+    """A publisher whose close() is final (it has no reopen())."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+class Reopenable(Closable):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reopened = 0
+
+    def reopen(self) -> None:
+        self.reopened += 1
+
+
+def test_a_restart_restores_the_publishers_that_can_be_reused() -> None:
+    """stop() closes the publishers; start() adds again those with reopen() (called first)
+    and those without close(); they resume from their checkpoints. One whose close() is final
+    is left out (logged)."""
+    engine = bank_engine("py-restart", ego.MemoryStore())
+    plain, reopenable, final = Collect(), Reopenable(), Closable()
+    names = ["final", "plain", "reopenable"]
+    try:
+        accounts = [f"account-{i}" for i in range(5)]
+        write_history(engine, accounts, credits=2)
+        for name, sink in zip(names, (final, plain, reopenable), strict=True):
+            engine.add_event_publisher(sink, name=name)
+        for name in names:
+            wait_until(lambda name=name: caught_up(engine, name), what=name)  # type: ignore[misc]
+        engine.stop()
+        assert (final.closed, reopenable.closed, reopenable.reopened) == (1, 1, 0)
+        engine.start()
+        assert engine.publisher_names() == ["plain", "reopenable"]
+        assert reopenable.reopened == 1
+        write_history(engine, accounts, credits=4, first_credit=4)
+        for name in ("plain", "reopenable"):
+            wait_until(lambda name=name: caught_up(engine, name), what=name)  # type: ignore[misc]
+        for sink in (plain, reopenable):
+            assert check_delivery(sink.received(), {a: 5 for a in accounts}, exactly_once=True) == 0
+        assert len(final.received()) == 5 * 3
+        # A kept publisher removed while the engine is stopped stays out.
+        engine.stop()
+        engine.remove_publisher("plain")
+        engine.start()
+        assert engine.publisher_names() == ["reopenable"]
+    finally:
+        engine.stop()
+
+
 @pytest.mark.parametrize("kind", [Collect, AsyncCollect])
 def test_a_python_publisher_gets_every_event_in_order(kind: type[Collect]) -> None:
     engine = bank_engine("py-pub", ego.MemoryStore())

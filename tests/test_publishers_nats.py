@@ -98,3 +98,25 @@ def test_kill_9_of_the_publisher_delivers_every_event_exactly_once_to_stream_con
     # The stream deduplicates on Nats-Msg-Id: what was published twice is stored once.
     check_delivery(received, expected, exactly_once=True)
     assert windows, "the publisher was never killed while behind"
+
+
+def test_a_restart_restores_the_publisher() -> None:
+    """stop() closes the connector; start() reopens it and publishing resumes from the
+    checkpoint: every event once, before and after the restart."""
+    url = shared_server()
+    p = params(url)
+    engine = bank_engine("nats-restart", ego.MemoryStore())
+    try:
+        accounts = [f"account-{i}" for i in range(20)]
+        write_history(engine, accounts, credits=2)
+        engine.add_event_publisher(make_publisher("nats", p), name="nats")
+        wait_caught_up(engine, "nats")
+        engine.stop()
+        engine.start()
+        assert engine.publisher_names() == ["nats"]
+        write_history(engine, accounts, credits=4, first_credit=4)
+        wait_caught_up(engine, "nats")
+        received = consume_nats(url, p["stream"], 100)
+        assert check_delivery(received, {a: 5 for a in accounts}, exactly_once=True) == 0
+    finally:
+        engine.stop()

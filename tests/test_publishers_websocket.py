@@ -61,6 +61,24 @@ def test_peer_stopped_under_load_loses_nothing(peer: Peer) -> None:
         engine.stop()
 
 
+def test_a_restart_restores_the_publisher(peer: Peer) -> None:
+    """stop() closes the client; start() reopens it and publishing resumes from the checkpoint."""
+    engine = bank_engine("ws-restart", ego.MemoryStore())
+    try:
+        accounts = [f"account-{i}" for i in range(20)]
+        write_history(engine, accounts, credits=2)
+        engine.add_event_publisher(make_publisher("websocket", params(peer)), name="ws")
+        wait_caught_up(engine, "ws")
+        engine.stop()
+        engine.start()
+        assert engine.publisher_names() == ["ws"]
+        write_history(engine, accounts, credits=4, first_credit=4)
+        wait_caught_up(engine, "ws")
+        assert check_delivery(peer.frames(), {a: 5 for a in accounts}, exactly_once=True) == 0
+    finally:
+        engine.stop()
+
+
 @pytest.mark.slow
 def test_kill_9_of_the_publisher_delivers_every_event_at_least_once(peer: Peer, tmp_path: Path) -> None:
     expected, windows = crash_rounds("websocket", params(peer), tmp_path)

@@ -116,6 +116,7 @@ class Engine(_ego.EngineCore):
     #: Encryption at rest (None: records are stored in clear).
     encryption: Encryption | None
     _publishers: dict[str, PublisherRunner]
+    _publisher_args: dict[str, tuple[Any, ...]]
     # The configuration a restart brings back (see start()).
     _entity_types: dict[str, tuple[Callable[[str], Behavior], EntityOptions]]
     _projection_args: dict[str, tuple[Any, ...]]
@@ -185,6 +186,7 @@ class Engine(_ego.EngineCore):
                 distinct.append(s)
         self.stores = tuple(distinct)
         self._publishers = {}
+        self._publisher_args = {}
         self._entity_types = {}
         self._projection_args = {}
         self._spawned = {}
@@ -221,9 +223,12 @@ class Engine(_ego.EngineCore):
 
         Configure first, then start: entity types registered and projections added before
         ``start()`` begin with it. A restart (``stop()`` then ``start()``) keeps the
-        configuration: the entity types, the projections (they resume from their offsets) and
-        the entities spawned with :meth:`entity` (recovered again here; one that fails to
-        recover is logged and left out). Publishers are closed by ``stop()``: add them again.
+        configuration: the entity types, the projections (they resume from their offsets), the
+        entities spawned with :meth:`entity` (recovered again here; one that fails to recover
+        is logged and left out) and the publishers that can be used again after ``stop()``
+        closed them (they resume from their checkpoints): the connectors with ``reopen()``
+        (NATS, the WebSocket client), and publishers without ``close()``. Others (Kafka,
+        Pulsar, the WebSocket server) are logged and left out: add them again.
         """
         if self.running:
             return
@@ -233,6 +238,7 @@ class Engine(_ego.EngineCore):
                 self._register(prefix, factory, options)
             for args in self._projection_args.values():
                 self._add_projection(*args)
+            self._restore_publishers()
         except BaseException:
             super().stop(0.0)
             raise
@@ -265,6 +271,22 @@ class Engine(_ego.EngineCore):
         self._publishers.clear()
         super().stop(timeout)
         self.logger.info("engine stopped", engine=self.name)
+
+    def _restore_publishers(self) -> None:
+        """Adds again the publishers the last ``stop()`` closed, those that can be reused."""
+        for name, args in list(self._publisher_args.items()):
+            publisher = args[0]
+            reopen = getattr(publisher, "reopen", None)
+            if callable(reopen):
+                reopen()
+            elif callable(getattr(publisher, "close", None)):
+                self.logger.warning(
+                    "a publisher closed by stop() is not restored (its close() is final and it has no reopen()): add it again",
+                    publisher=name,
+                )
+                del self._publisher_args[name]
+                continue
+            self._add_publisher(*args)
 
     def __enter__(self) -> Engine:
         self.start()
@@ -1004,6 +1026,21 @@ class Engine(_ego.EngineCore):
         if offset_store is None:
             offset_store = self.stores[0] if self.stores else None
         runner = PublisherRunner(publisher, name)
+        args = (
+            publisher,
+            source,
+            name,
+            start,
+            offset_store,
+            batch_size,
+            on_refused,
+            dead_letter,
+            poll_interval,
+            backoff,
+            max_backoff,
+            as_stored,
+            lease_ttl,
+        )
         self._add_projection(
             _publisher_key(name),
             runner,
@@ -1027,12 +1064,16 @@ class Engine(_ego.EngineCore):
             ttl,
         )
         self._publishers[name] = runner
+        self._publisher_args[name] = args
 
     def remove_publisher(self, name: str) -> None:
         """Stops a publisher and closes it (its checkpoints stay in its offset store).
         Raises :class:`~ego.errors.ValidationError` for an unknown name."""
         runner = self._publishers.pop(name, None)
+        kept = self._publisher_args.pop(name, None)
         if runner is None:
+            if kept is not None and not self.running:
+                return  # a stopped engine's publisher: not restored by the next start()
             raise ValidationError(f'no publisher named "{name}"')
         self._close_publisher(runner)
         self.remove_projection(_publisher_key(name))

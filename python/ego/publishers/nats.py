@@ -227,6 +227,15 @@ class NatsPublisher:
             return BrokerUnavailableError(f"NATS: {type(error).__name__}: {error}")
         return PublishRefusedError(f"NATS refused the record: {type(error).__name__}: {error}")
 
+    def reopen(self) -> None:
+        """Makes a closed publisher usable again (``Engine.start()`` calls it when it restores
+        the publisher after a restart): the next publish connects anew. Nothing when open."""
+        if not self._closed:
+            return
+        self._loop = LoopThread(f"ego-nats-{self.stream}")
+        self._nc, self._js = None, None
+        self._closed = False
+
     def close(self) -> None:
         """Closes the connection and its thread. Idempotent."""
         if self._closed:

@@ -1,8 +1,10 @@
 """The publisher protocol: a batch of records in, acknowledgements out.
 
 A publisher is any object with ``publish(records)`` (plain or ``async def``) and, optionally,
-``close()`` and ``format`` (a :class:`~ego.publishers.PayloadFormat`; default
-:class:`~ego.publishers.ProtobufEnvelope`). ``publish`` returns once the broker acknowledged
+``close()``, ``reopen()`` and ``format`` (a :class:`~ego.publishers.PayloadFormat`; default
+:class:`~ego.publishers.ProtobufEnvelope`). ``engine.stop()`` calls ``close()``; a restart
+(``engine.start()``) calls ``reopen()`` and adds the publisher again (one with ``close()``
+but no ``reopen()`` is not restored). ``publish`` returns once the broker acknowledged
 the records, with one of:
 
 - ``None``: every record is acknowledged;

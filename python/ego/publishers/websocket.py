@@ -160,6 +160,16 @@ class WebSocketPublisher:
         why = f"{type(error).__name__}: {error}" if error else f"the peer acknowledged {acked_upto} of {len(records)} frames"
         return [None if i < acked_upto else BrokerUnavailableError(f"WebSocket {self.url}: {why}") for i in range(len(records))]
 
+    def reopen(self) -> None:
+        """Makes a closed publisher usable again (``Engine.start()`` calls it when it restores
+        the publisher after a restart): the next publish connects anew. Nothing when open."""
+        if not self._closed:
+            return
+        self._loop = LoopThread("ego-websocket")
+        self._ws, self._reader, self._changed = None, None, None
+        self._sent = self._acked = 0
+        self._closed = False
+
     def close(self) -> None:
         """Closes the connection and its thread. Idempotent."""
         if self._closed:
