@@ -2,18 +2,21 @@
 on the same broker, in the same run; and the end-to-end latency from "write acknowledged" to
 "broker acknowledged" at a steady rate.
 
-    python benches/publishers.py [--events 1000000] [--rate 10000] [--seconds 5] [--only kafka,nats,pulsar,websocket]
+    python benches/publishers.py [--events 1000000] [--rate 10000] [--seconds 5] [--rounds 1] [--only kafka,nats,pulsar,websocket]
 
 Brokers (started here on free ports): Tansu (Kafka protocol, memory storage), a throwaway
 nats-server with JetStream, pulsar-lite, and a websockets peer that acknowledges every frame.
 The raw loop sends the same payloads (the protobuf envelopes ego sends), with the same keys,
-headers and producer settings, and waits for every acknowledgement.
+headers and producer settings, and waits for every acknowledgement. With ``--rounds N`` the raw
+loop and ego alternate N times on the same broker (each on a topic of its own) and the
+medians are printed with every round's figures: on a shared machine one pair is noise.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import statistics
 import sys
 import tempfile
@@ -65,7 +68,19 @@ def journal(events: int) -> tuple[ego.Engine, list[Record]]:
     return engine, collected
 
 
-def raw_kafka(servers: str, topic: str, records: list[Record]) -> float:
+Raw = tuple[str, str, bytes, dict[str, str]]
+"""What a raw loop sends per event: (event id, key, value, headers), a plain tuple of strings
+and bytes, so the million of them held for the raw loops are not tracked by Python's cyclic
+garbage collector (holding the records themselves, each with its PersistedEvent, made every
+full collection during ego's run walk millions of objects: a cost of the benchmark, not of
+publishing)."""
+
+
+def raw_inputs(records: list[Record]) -> list[Raw]:
+    return [(r.id, r.key, r.value, r.headers) for r in records]
+
+
+def raw_kafka(servers: str, topic: str, records: list[Raw]) -> float:
     import confluent_kafka as ck
 
     p = ck.Producer(
@@ -84,10 +99,10 @@ def raw_kafka(servers: str, topic: str, records: list[Record]) -> float:
             acked[0] += 1
 
     t = time.perf_counter()
-    for r in records:
+    for _, key, value, headers in records:
         while True:
             try:
-                p.produce(topic, r.value, r.key, headers=r.headers, on_delivery=done)
+                p.produce(topic, value, key, headers=headers, on_delivery=done)
                 break
             except BufferError:
                 p.poll(0.01)
@@ -96,7 +111,7 @@ def raw_kafka(servers: str, topic: str, records: list[Record]) -> float:
     return len(records) / (time.perf_counter() - t)
 
 
-def raw_nats(url: str, stream: str, subject: str, records: list[Record]) -> float:
+def raw_nats(url: str, stream: str, subject: str, records: list[Raw]) -> float:
     import nats
 
     async def run() -> float:
@@ -105,8 +120,8 @@ def raw_nats(url: str, stream: str, subject: str, records: list[Record]) -> floa
         await js.add_stream(name=stream, subjects=[f"{subject}.>"], duplicate_window=120)
         t = time.perf_counter()
         futures = []
-        for r in records:
-            futures.append(await js.publish_async(f"{subject}.account", r.value, headers={**r.headers, "Nats-Msg-Id": r.id}))
+        for event_id, _, value, headers in records:
+            futures.append(await js.publish_async(f"{subject}.account", value, headers={**headers, "Nats-Msg-Id": event_id}))
         await asyncio.gather(*futures)
         rate = len(records) / (time.perf_counter() - t)
         await nc.close()
@@ -115,7 +130,7 @@ def raw_nats(url: str, stream: str, subject: str, records: list[Record]) -> floa
     return asyncio.run(run())
 
 
-def raw_pulsar(url: str, topic: str, records: list[Record]) -> float:
+def raw_pulsar(url: str, topic: str, records: list[Raw]) -> float:
     import logging
     import threading
 
@@ -139,8 +154,8 @@ def raw_pulsar(url: str, topic: str, records: list[Record]) -> float:
             acked[0] += 1
 
     t = time.perf_counter()
-    for i, r in enumerate(records):
-        producer.send_async(r.value, done, properties=r.headers, partition_key=r.key, ordering_key=r.key, sequence_id=i + 1)
+    for i, (_, key, value, headers) in enumerate(records):
+        producer.send_async(value, done, properties=headers, partition_key=key, ordering_key=key, sequence_id=i + 1)
     producer.flush()
     rate = len(records) / (time.perf_counter() - t)
     client.close()
@@ -173,7 +188,7 @@ class Peer:
         asyncio.run_coroutine_threadsafe(up(), self.loop).result(10)
 
 
-def raw_websocket(url: str, records: list[Record]) -> float:
+def raw_websocket(url: str, records: list[Raw]) -> float:
     from websockets.asyncio.client import connect
 
     async def run() -> float:
@@ -188,8 +203,8 @@ def raw_websocket(url: str, records: list[Record]) -> float:
 
             reader = asyncio.create_task(read())
             t = time.perf_counter()
-            for r in records:
-                await ws.send(r.value)
+            for _, _, value, _ in records:
+                await ws.send(value)
             await done.wait()
             rate = len(records) / (time.perf_counter() - t)
             await reader
@@ -208,13 +223,22 @@ def ego_rate(engine: ego.Engine, publisher: Any, events: int, name: str) -> floa
 
 
 class Timed:
-    """Wraps a publisher: notes when each record's publish call returned (acknowledged)."""
+    """Wraps a publisher: notes when each record's publish call returned (acknowledged). A
+    connector with ``send`` (two phases: Kafka) is wrapped as such, so it runs as ego runs it."""
 
     def __init__(self, inner: Any) -> None:
         self.inner, self.format, self.acked = inner, getattr(inner, "format", None), {}
+        if callable(getattr(inner, "send", None)):
+            self.send = self._send
 
     def publish(self, records: list[Record]) -> Any:
-        out = self.inner.publish(records)
+        return self._note(records, self.inner.publish(records))
+
+    def _send(self, records: list[Record]) -> Any:
+        wait = self.inner.send(records)
+        return lambda: self._note(records, wait())
+
+    def _note(self, records: list[Record], out: Any) -> Any:
         now = time.perf_counter()
         for r, res in zip(records, out or [None] * len(records), strict=True):
             if res is None:
@@ -267,44 +291,66 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--only", default="kafka,nats,pulsar,websocket")
+    parser.add_argument("--rounds", type=int, default=1, help="raw and ego alternating this many times (medians)")
     args = parser.parse_args()
     kinds = args.only.split(",")
     work = Path(tempfile.mkdtemp(prefix="ego-bench-publishers-"))
     t = time.perf_counter()
-    engine, records = journal(args.events)
+    engine, written = journal(args.events)
+    records = raw_inputs(written)
+    del written
+    gc.collect()
     print(f"journal of {len(records):,} events written in {time.perf_counter() - t:.1f} s", flush=True)
     rows = []
     for kind in kinds:
-        tag = uuid.uuid4().hex[:8]
+        broker: Any = None
         if kind == "kafka":
             broker = tansu(work / "tansu").start()
-            servers = f"127.0.0.1:{broker.port}"
-            raw = raw_kafka(servers, f"raw-{tag}", records)
-            params: dict[str, Any] = {"servers": servers, "topic": f"ego-{tag}"}
         elif kind == "nats":
             broker = nats_server(work / "nats").start()
-            url = f"nats://127.0.0.1:{broker.port}"
-            raw = raw_nats(url, f"RAW{tag}", f"raw{tag}", records)
-            params = {"url": url, "prefix": f"ego{tag}", "stream": f"EGO{tag}"}
         elif kind == "pulsar":
             broker = pulsar_lite(work / "pulsar").start()
-            url = f"pulsar://127.0.0.1:{broker.port}"
-            raw = raw_pulsar(url, f"persistent://public/default/raw-{tag}", records)
-            params = {"url": url, "topic": f"persistent://public/default/ego-{tag}"}
         else:
-            broker = None
             peer = Peer()
-            raw = raw_websocket(f"ws://127.0.0.1:{peer.port}/raw", records)
-            params = {"url": f"ws://127.0.0.1:{peer.port}/ego"}
-        rate = ego_rate(engine, make_publisher(kind, params), len(records), f"bench-{kind}")
+        raws, rates = [], []
+        for n in range(args.rounds):
+            tag = uuid.uuid4().hex[:8]
+            if kind == "kafka":
+                servers = f"127.0.0.1:{broker.port}"
+                raws.append(raw_kafka(servers, f"raw-{tag}", records))
+                params: dict[str, Any] = {"servers": servers, "topic": f"ego-{tag}"}
+            elif kind == "nats":
+                url = f"nats://127.0.0.1:{broker.port}"
+                raws.append(raw_nats(url, f"RAW{tag}", f"raw{tag}", records))
+                params = {"url": url, "prefix": f"ego{tag}", "stream": f"EGO{tag}"}
+            elif kind == "pulsar":
+                url = f"pulsar://127.0.0.1:{broker.port}"
+                raws.append(raw_pulsar(url, f"persistent://public/default/raw-{tag}", records))
+                params = {"url": url, "topic": f"persistent://public/default/ego-{tag}"}
+            else:
+                raws.append(raw_websocket(f"ws://127.0.0.1:{peer.port}/raw-{tag}", records))
+                params = {"url": f"ws://127.0.0.1:{peer.port}/ego-{tag}"}
+            rates.append(ego_rate(engine, make_publisher(kind, params), len(records), f"bench-{kind}-{n}"))
+            if args.rounds > 1:
+                print(
+                    f"{kind:10} round {n + 1}: raw {raws[-1]:10,.0f}/s  ego {rates[-1]:10,.0f}/s  ratio {rates[-1] / raws[-1]:5.2f}",
+                    flush=True,
+                )
+        raw, rate = statistics.median(raws), statistics.median(rates)
         lat_params = {**params, "topic": f"{params.get('topic', '')}-lat", "stream": f"{params.get('stream', '')}LAT"}
         lat_params["prefix"] = f"{params.get('prefix', '')}lat"
         p50, p99 = latency(kind, lat_params, args.rate, args.seconds)
         if broker is not None:
             broker.stop(kill=True)
         rows.append((kind, raw, rate, p50, p99))
+        ratios = sorted(r / w for r, w in zip(rates, raws, strict=True))
         print(
-            f"{kind:10} raw {raw:10,.0f}/s  ego {rate:10,.0f}/s  ratio {rate / raw:5.2f}  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms",
+            f"{kind:10} raw {raw:10,.0f}/s  ego {rate:10,.0f}/s  ratio {rate / raw:5.2f}  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms"
+            + (
+                f"  (median of {args.rounds}; per-round ratios {', '.join(f'{x:.2f}' for x in ratios)})"
+                if args.rounds > 1
+                else ""
+            ),
             flush=True,
         )
     engine.stop()

@@ -129,6 +129,51 @@ def test_a_python_publisher_gets_every_event_in_order(kind: type[Collect]) -> No
         engine.stop()
 
 
+class TwoPhase(Collect):
+    """A publisher with ``send``: the acknowledgements of a send are given only once another
+    send is outstanding too (or after 10 s, when the batch is reported unacknowledged), so the
+    records arrive only if ego hands over a batch while another one waits for its
+    acknowledgements; while `down` is set every wait fails transiently."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outstanding = 0
+        self.most_outstanding = 0
+        self.company = threading.Condition(self.lock)
+
+    def send(self, records: list[Record]) -> Any:
+        with self.lock:
+            self.outstanding += 1
+            self.most_outstanding = max(self.most_outstanding, self.outstanding)
+            self.company.notify_all()
+
+        def acknowledged() -> list[BaseException | None] | None:
+            with self.lock:
+                together = self.company.wait_for(lambda: self.most_outstanding >= 2, timeout=10)
+                self.outstanding -= 1
+            if not together:
+                raise errors.BrokerUnavailableError("no second batch was handed over while this one waited")
+            return self.publish(records)
+
+        return acknowledged
+
+
+def test_a_publisher_with_send_has_one_batch_in_flight_per_shard() -> None:
+    engine = bank_engine("py-two-phase", ego.MemoryStore())
+    try:
+        accounts = [f"account-{i}" for i in range(200)]
+        write_history(engine, accounts, credits=3)
+        sink = TwoPhase()
+        engine.add_event_publisher(sink, name="py", batch_size=50)
+        wait_until(lambda: caught_up(engine, "py"), what="the two-phase publisher to catch up")
+        assert sink.most_outstanding >= 2
+        assert sink.most_outstanding <= 8, "more than one batch of a shard in flight (8 shards)"
+        assert check_delivery(sink.received(), {a: 4 for a in accounts}, exactly_once=True) == 0
+        assert engine.publisher_stats("py")["published"] == 800
+    finally:
+        engine.stop()
+
+
 def test_transient_failures_are_retried_without_limit_and_never_skip() -> None:
     engine = bank_engine("py-transient", ego.MemoryStore())
     sink = Collect()

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ego.errors import BrokerUnavailableError, ConfigurationError, PublisherClosedError, PublishRefusedError
 from ego.publishers._optional import require
-from ego.publishers.formats import PayloadFormat
+from ego.publishers.formats import EVENT_ID_HEADER, PayloadFormat
 from ego.publishers.records import Record
 
 __all__ = ["KafkaPublisher"]
@@ -50,29 +50,44 @@ _TRANSIENT_CODES = (
 )
 
 
-class _Waiting:
-    """How many records of the current ``publish`` call still wait for their delivery report."""
+class _Produced:
+    """The records one ``send`` produced, until their delivery reports come: one object and
+    one callback (``report``, one bound method for every message of the send) per send
+    rather than per record, so publishing allocates nothing per record that Python's cyclic
+    garbage collector tracks. ``expected`` is set once by ``send`` when it has produced every
+    record; ``reports`` counts the reports (on whichever thread serves them); ``failed`` holds
+    the event ids of the records the broker did not take, with the error."""
 
-    __slots__ = ("left",)
+    __slots__ = ("expected", "failed", "reports")
 
     def __init__(self) -> None:
-        self.left = 0
+        self.expected = -1
+        self.reports = 0
+        self.failed: dict[str, Any] = {}
+
+    def report(self, error: Any, message: Any) -> None:
+        if error is not None:
+            self.failed[_event_id(message)] = error
+        self.reports += 1
+
+    @property
+    def complete(self) -> bool:
+        return 0 <= self.expected <= self.reports
+
+    def error(self, event_id: str) -> Any:
+        """The error of the record `event_id` (None: acknowledged, or no report yet). A
+        failed message without the event id header (a format of the user's that leaves it
+        out) fails every record of the send."""
+        if not self.failed:
+            return None
+        return self.failed.get(event_id, self.failed.get(""))
 
 
-class _Pending:
-    """One produced record until its delivery report comes."""
-
-    __slots__ = ("done", "error", "waiting")
-
-    def __init__(self, waiting: _Waiting) -> None:
-        self.done = False
-        self.error: Any = None
-        self.waiting = waiting
-
-    def delivered(self, error: Any, _message: Any) -> None:
-        self.error = error
-        self.done = True
-        self.waiting.left -= 1
+def _event_id(message: Any) -> str:
+    for key, value in message.headers() or ():
+        if key == EVENT_ID_HEADER:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return ""
 
 
 class KafkaPublisher:
@@ -127,63 +142,80 @@ class KafkaPublisher:
             self._producer = self._ck.Producer(settings)
         except self._ck.KafkaException as e:
             raise ConfigurationError(f"invalid Kafka settings: {e}") from e
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, _Produced] = {}
         self._closed = threading.Event()
         self._transient = {getattr(self._ck.KafkaError, c) for c in _TRANSIENT_CODES if hasattr(self._ck.KafkaError, c)}
 
     def publish(self, records: Sequence[Record]) -> list[BaseException | None] | None:
         """Produces the records not already in flight and waits for their acknowledgements."""
+        return self.send(records)()
+
+    def send(self, records: Sequence[Record]) -> Callable[[], list[BaseException | None] | None]:
+        """Produces the records not already in flight and returns a callable that waits for
+        their acknowledgements (up to ``ack_timeout`` seconds from its call) and returns what
+        :meth:`publish` returns. Several sends may be outstanding at once (ego has one per
+        shard in flight); librdkafka keeps each partition's order."""
         if self._closed.is_set():
             raise PublisherClosedError("the Kafka publisher is closed")
         producer, pending, topic = self._producer, self._pending, self.topic
-        waiting = _Waiting()
-        handles: list[_Pending] = []
-        append = handles.append
-        for r in records:
+        produced = _Produced()
+        report = produced.report
+        # Per record, the send whose delivery report decides it (None: a record already
+        # acknowledged in a call that gave up waiting); only built when records are inherited.
+        sources: list[_Produced | None] | None = None
+        expected = 0
+        for i, r in enumerate(records):
             # A record still queued from a call that gave up waiting is not produced again
             # (that would duplicate it and could reorder its key): its report is awaited.
-            p = pending.pop(r.id, None) if pending else None
-            if p is not None and not (p.done and p.error is not None):
-                p.waiting = waiting
-                if not p.done:
-                    waiting.left += 1
-                append(p)
+            earlier = pending.pop(r.id, None) if pending else None
+            if earlier is not None and not (earlier.complete and earlier.error(r.id) is not None):
+                if sources is None:
+                    sources = [produced] * i
+                sources.append(None if earlier.complete else earlier)
                 continue
-            p = _Pending(waiting)
-            waiting.left += 1
+            if sources is not None:
+                sources.append(produced)
             value = None if r.erased else r.value
             while True:
                 try:
-                    producer.produce(topic, value, r.key, headers=r.headers, on_delivery=p.delivered)
+                    producer.produce(topic, value, r.key, headers=r.headers, on_delivery=report)
+                    expected += 1
                     break
                 except BufferError:
                     producer.poll(0.01)
                 except self._ck.KafkaException as e:
-                    p.error = e.args[0] if e.args else e
-                    p.done = True
-                    waiting.left -= 1
+                    produced.failed[r.id] = e.args[0] if e.args else e
                     break
-            append(p)
+        produced.expected = expected
+        return lambda: self._acknowledgements(records, produced, sources)
+
+    def _acknowledgements(
+        self, records: Sequence[Record], produced: _Produced, sources: list[_Produced | None] | None
+    ) -> list[BaseException | None] | None:
         deadline = time.monotonic() + self.ack_timeout
-        producer.poll(0)
-        while waiting.left > 0 and not self._closed.is_set():
+        waits = [produced] if sources is None else list({id(s): s for s in sources if s is not None}.values())
+        while not all(w.complete for w in waits) and not self._closed.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            producer.flush(min(left, 0.05))
-        if self._closed.is_set() and waiting.left > 0:
+            # Serves the delivery reports of every outstanding send (each counts its own).
+            self._producer.poll(min(left, 0.05))
+        if self._closed.is_set() and not all(w.complete for w in waits):
             raise PublisherClosedError("the Kafka publisher was closed before the broker acknowledged")
-        if waiting.left == 0 and all(p.error is None for p in handles):
+        if sources is None and produced.complete and not produced.failed:
             return None
+        pending = self._pending
         results: list[BaseException | None] = []
-        for r, p in zip(records, handles, strict=True):
-            if not p.done:
-                pending[r.id] = p
-                results.append(BrokerUnavailableError(f"not acknowledged within {self.ack_timeout} s"))
-            elif p.error is None:
+        for i, r in enumerate(records):
+            source = produced if sources is None else sources[i]
+            if source is None:
                 results.append(None)
+            elif not source.complete:
+                pending[r.id] = source
+                results.append(BrokerUnavailableError(f"not acknowledged within {self.ack_timeout} s"))
             else:
-                results.append(self._failure(p.error))
+                error = source.error(r.id)
+                results.append(None if error is None else self._failure(error))
         return results
 
     def _failure(self, error: Any) -> BaseException:

@@ -17,6 +17,13 @@ transient: the records not acknowledged are handed over again after a backoff, a
 takes. Any other exception means the broker refused the record for good, and the publisher's
 failure policy applies (stop, or skip to the dead-letter handler).
 
+A publisher may also have ``send(records)`` (plain, not ``async def``): it hands the records
+to the client without waiting and returns a callable that waits for their acknowledgements and
+returns (or raises) as ``publish`` would. ego then calls ``send`` on the publisher's thread and
+the callable on a second thread, so one batch per shard can be in flight at once instead of
+one per publisher (:class:`~ego.publishers.KafkaPublisher` does this); the callables of several
+sends may run while another ``send`` is under way, so the client must allow that.
+
 A publisher never sees a record again once it acknowledged it (unless the process stopped
 before the checkpoint was written), and records of one entity come in sequence order.
 

@@ -6,12 +6,12 @@ Not public API."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ego._ego import PersistedEvent
 from ego.errors import BrokerUnavailableError, PublisherClosedError, PublishRefusedError
-from ego.publishers.formats import PayloadFormat, ProtobufEnvelope
+from ego.publishers.formats import EVENT_ID_HEADER, PayloadFormat, ProtobufEnvelope
 from ego.publishers.records import Record, Source
 
 __all__ = ["PublisherRunner", "is_transient"]
@@ -38,11 +38,17 @@ class PublisherRunner:
         self.name = name
         fmt = getattr(publisher, "format", None)
         self.format: PayloadFormat = fmt if fmt is not None else ProtobufEnvelope()
+        # The default format is rendered inline (see _envelope_records).
+        self._envelope = type(self.format) is ProtobufEnvelope
         self.closed = False
         # Per shard: ids the broker acknowledged in the batch being handled (with their
         # positions), so a batch handed over again after a failure skips them.
         self._acked: dict[int, dict[str, int]] = {}
         self.is_async = inspect.iscoroutinefunction(publisher.publish)
+        # A connector with `send` (hand over now, wait later) is driven in two phases: the
+        # projection's thread calls `submit`, a second thread the callable it returns, so
+        # batches of several shards are in flight at once (rust/py/src/projection.rs).
+        self.two_phase = callable(getattr(publisher, "send", None)) and not self.is_async
 
     def __call__(self, sources: list[Source]) -> Awaitable[None] | None:
         if self.closed:
@@ -56,6 +62,29 @@ class PublisherRunner:
             raise self._error(e, len(records)) from e
         self._settle(records, acked, outcome)
         return None
+
+    def submit(self, sources: list[Source]) -> Callable[[], None] | None:
+        """The first phase of a two-phase publisher: renders the batch and hands it to
+        ``publisher.send``; returns None when there is nothing to send, or a callable that
+        waits for the acknowledgements and raises as ``__call__`` does."""
+        if self.closed:
+            raise PublisherClosedError(f"publisher {self.name!r} is closed")
+        records, acked = self._records(sources)
+        if not records:
+            return None
+        try:
+            wait = self.publisher.send(records)
+        except BaseException as e:
+            raise self._error(e, len(records)) from e
+
+        def acknowledged() -> None:
+            try:
+                outcome = wait()
+            except BaseException as e:
+                raise self._error(e, len(records)) from e
+            self._settle(records, acked, outcome)
+
+        return acknowledged
 
     async def _finish_async(self, records: list[Record], acked: dict[str, int]) -> None:
         try:
@@ -71,6 +100,8 @@ class PublisherRunner:
         if acked:
             for done in [i for i, p in acked.items() if p < start]:
                 del acked[done]
+        if self._envelope:
+            return self._envelope_records(sources, acked), acked
         render = self.format.render
         records: list[Record] = []
         append = records.append
@@ -87,6 +118,31 @@ class PublisherRunner:
                 headers["ego-erased"] = "true"
             append(Record(event_id, s.persistence_id, value, headers, s.shard, position, s, erased))
         return records, acked
+
+    @staticmethod
+    def _envelope_records(sources: list[Source], acked: dict[str, int]) -> list[Record]:
+        """The records of the default format, :meth:`ProtobufEnvelope.render` written out
+        here (the same value and headers; tests/test_publishers.py compares them): one call
+        per published record, so each attribute is read once and the tuple made directly."""
+        records: list[Record] = []
+        append = records.append
+        new = tuple.__new__
+        event_type, state_type = ProtobufEnvelope._EVENT, ProtobufEnvelope._STATE
+        for s in sources:
+            event_id = s.event_id
+            if acked and event_id in acked:
+                continue
+            if type(s) is PersistedEvent:
+                erased, position, content_type = s.erased, s.position, event_type
+            else:
+                erased, position, content_type = is_erased(s), _position(s), state_type
+            headers = {"content-type": content_type, EVENT_ID_HEADER: event_id}
+            if s.is_encrypted:
+                headers["ego-encryption-key-id"] = s.encryption_key_id
+            if erased:
+                headers["ego-erased"] = "true"
+            append(new(Record, (event_id, s.persistence_id, s.envelope_bytes(), headers, s.shard, position, s, erased)))
+        return records
 
     def _error(self, e: BaseException, count: int) -> BaseException:
         if is_transient(e):

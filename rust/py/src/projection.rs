@@ -44,6 +44,9 @@ pub struct PySink {
     event_types: Option<Arc<std::collections::HashSet<String>>>,
     /// It reads the durable-state change log: records are `PersistedState`s.
     states: bool,
+    /// A second thread that waits for acknowledgements, for a handler that hands a batch over
+    /// in two phases (see [`PySink::two_phase`]).
+    acks: Option<Arc<Worker>>,
 }
 
 impl PySink {
@@ -69,7 +72,24 @@ impl PySink {
             telemetry: host.telemetry.clone().filter(|t| t.tracing.is_some()),
             event_types: None,
             states: false,
+            acks: None,
         })
+    }
+
+    /// When the handler says so (a true `two_phase` attribute: the publisher runner of a
+    /// connector that can), each batch is handed over in two phases: `handler.submit(records)`
+    /// on the projection's thread, which gives the records to the client and returns None
+    /// (done) or a callable, then that callable on a second thread, which waits for the
+    /// acknowledgements and raises as the handler would. The projection's thread is then free
+    /// for other shards' batches while one shard's acknowledgements are outstanding, so a
+    /// publisher has up to one batch in flight per shard (each shard's batch is still
+    /// acknowledged before its offset is committed and its next batch read).
+    pub fn two_phase(mut self, py: Python<'_>) -> PyResult<Self> {
+        let wanted = self.handler.bind(py).getattr_opt("two_phase")?.map(|v| v.is_truthy()).transpose()?.unwrap_or(false);
+        if wanted && matches!(self.shape, Shape::Batch) && !self.transactional {
+            self.acks = Some(Arc::new(Worker::start(&format!("ego-acks-{}", self.name))?));
+        }
+        Ok(self)
     }
 
     /// Hands the handler `PersistedState` records (a projection over the durable-state change
@@ -174,6 +194,73 @@ fn sql_value(v: &Bound<'_, PyAny>) -> PyResult<SqlValue> {
     })
 }
 
+impl PySink {
+    /// [`Sink::handle`] for a two-phase handler (see [`PySink::two_phase`]).
+    fn handle_in_two_phases(
+        &self,
+        shard: u32,
+        events: Arc<[Event]>,
+        acks: Arc<Worker>,
+    ) -> BoxFuture<'static, Result<Vec<ReadModelWrite>, HandlerFailure>> {
+        let (done, rx) = oneshot::channel::<Result<Vec<ReadModelWrite>, HandlerFailure>>();
+        let (handler, decoder, states) = (self.handler.clone(), self.decoder.clone(), self.states);
+        let (name, telemetry, log, kind) = (self.name.clone(), self.telemetry.clone(), self.log.clone(), self.kind);
+        let job: Job = Box::new(move |py, _| {
+            let tracing = telemetry.as_ref().and_then(|t| t.tracing.as_ref());
+            let span = tracing.and_then(|t| {
+                t.start_batch(py, kind, &name, shard, events.len()).map_err(|e| log.write(py, "warning", &format!("telemetry: {e}"))).ok()
+            });
+            // Ends the span and reports the batch's outcome.
+            let finish = move |py: Python<'_>, result: PyResult<()>| {
+                let tracing = telemetry.as_ref().and_then(|t| t.tracing.as_ref());
+                if let (Some(t), Some(span)) = (tracing, span) {
+                    let error = result.as_ref().err().map(|e| e.to_string());
+                    if let Err(e) = t.end_batch(py, &span, error) {
+                        log.write(py, "warning", &format!("telemetry: {e}"));
+                    }
+                }
+                let _ = done.send(result.map(|()| Vec::new()).map_err(|e| failure(py, e)));
+            };
+            let submitted = (|| -> PyResult<Option<Py<PyAny>>> {
+                let records = events.iter().map(|e| record(py, e.clone(), &decoder, states)).collect::<PyResult<Vec<_>>>()?;
+                let ticket = handler.bind(py).call_method1("submit", (PyList::new(py, records)?,))?;
+                Ok(if ticket.is_none() { None } else { Some(ticket.unbind()) })
+            })();
+            match submitted {
+                Ok(Some(ticket)) => {
+                    // The acknowledgements are awaited on the second thread; should it be gone,
+                    // the batch fails (and is handed over again or stops the publisher).
+                    let finish = Arc::new(parking_lot::Mutex::new(Some(finish)));
+                    let later = finish.clone();
+                    let wait: Job = Box::new(move |py, _| {
+                        let result = ticket.bind(py).call0().map(|_| ());
+                        if let Some(finish) = later.lock().take() {
+                            finish(py, result);
+                        }
+                    });
+                    if !acks.run(wait) {
+                        if let Some(finish) = finish.lock().take() {
+                            finish(py, Err(crate::errors::internal(py, "the publisher's acknowledgement thread stopped")));
+                        }
+                    }
+                }
+                Ok(None) => finish(py, Ok(())),
+                Err(e) => finish(py, Err(e)),
+            }
+        });
+        if !self.worker.run(job) {
+            return Box::pin(async {
+                Err(HandlerFailure { message: "the projection's thread stopped".into(), original: None, transient: false })
+            });
+        }
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| {
+                Err(HandlerFailure { message: "the handler call was dropped".into(), original: None, transient: false })
+            })
+        })
+    }
+}
+
 impl Sink for PySink {
     fn handle(&self, shard: u32, events: Arc<[Event]>) -> BoxFuture<'static, Result<Vec<ReadModelWrite>, HandlerFailure>> {
         let events = match &self.event_types {
@@ -191,6 +278,9 @@ impl Sink for PySink {
                 }
             }
         };
+        if let Some(acks) = &self.acks {
+            return self.handle_in_two_phases(shard, events, acks.clone());
+        }
         let (done, rx) = oneshot::channel();
         let (handler, decoder, shape, transactional) = (self.handler.clone(), self.decoder.clone(), self.shape, self.transactional);
         let states = self.states;
