@@ -178,3 +178,29 @@ def test_bad_schema_and_prefix_names_are_refused(pg_url: str) -> None:
     for kwargs in ({"schema": "x; DROP TABLE y"}, {"table_prefix": 'a"b'}, {"schema": "9lives"}):
         with pytest.raises(errors.ConfigurationError):
             ego.PostgresStore(pg_url, **kwargs)  # type: ignore[arg-type]
+
+
+def test_head_reads_that_arrive_together_each_get_their_own_ids_head(pg_url: str, prefix: str) -> None:
+    # Concurrent reads of the journal head share queries (store/postgres/heads.rs); each
+    # caller still gets the head of the id it asked for, 0 for an id never written.
+    store = ego.PostgresStore(pg_url, table_prefix=prefix, pool_size=2)
+    try:
+        for i in range(60):
+            store.write_events([make_event(f"h-{i}", seq) for seq in range(1, i % 7 + 2)])
+        wrong: list[tuple[str, int]] = []
+
+        def read(worker: int) -> None:
+            for round_ in range(20):
+                i = (worker * 7 + round_) % 70
+                head = store.highest_sequence_number(f"h-{i}")
+                if head != (i % 7 + 1 if i < 60 else 0):
+                    wrong.append((f"h-{i}", head))
+
+        threads = [threading.Thread(target=read, args=(w,)) for w in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert wrong == []
+    finally:
+        store.close()

@@ -61,6 +61,15 @@ pub(super) struct Inner {
     pub(super) fence: Option<super::fence::Fence>,
     /// `None` once closed: the writer task ends and its connection closes.
     pub(super) writer: parking_lot::Mutex<Option<mpsc::UnboundedSender<Request>>>,
+    /// Head reads waiting to share a query (see `heads`).
+    pub(super) heads: parking_lot::Mutex<HeadReads>,
+}
+
+/// The head reads waiting for a query, and how many queries run.
+#[derive(Default)]
+pub(super) struct HeadReads {
+    pub(super) reads: Vec<(String, oneshot::Sender<Result<u64>>)>,
+    pub(super) leaders: usize,
 }
 
 /// A write for the writer task.

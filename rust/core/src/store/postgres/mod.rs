@@ -20,12 +20,14 @@
 //!
 //! Modules: `schema` (tables and migrations), `connection` (settings, pool, shared
 //! internals), `writer` (the group-commit writer), `rows` (row decoding), `offsets`
-//! (projection offsets and read-model transactions), `errors` (error mapping); this file holds
+//! (projection offsets and read-model transactions), `errors` (error mapping), `heads` (head
+//! reads that arrive together share one query); this file holds
 //! the store handle and its reads.
 
 mod connection;
 mod errors;
 mod fence;
+mod heads;
 mod journal;
 mod keys;
 mod leases;
@@ -77,7 +79,15 @@ impl PgStore {
             None => None,
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        let inner = Arc::new(Inner { pool, names, options, runtime: runtime.clone(), fence, writer: parking_lot::Mutex::new(Some(tx)) });
+        let inner = Arc::new(Inner {
+            pool,
+            names,
+            options,
+            runtime: runtime.clone(),
+            fence,
+            writer: parking_lot::Mutex::new(Some(tx)),
+            heads: parking_lot::Mutex::new(Default::default()),
+        });
         runtime.spawn(writer::writer(inner.clone(), rx));
         Ok(PgStore { inner })
     }
@@ -209,15 +219,7 @@ impl EventsStore for PgStore {
     }
 
     fn highest_sequence_number(&self, persistence_id: &str) -> BoxFuture<'static, Result<u64>> {
-        let pid = persistence_id.to_string();
-        self.read(move |inner, client| async move {
-            let stmt = client
-                .prepare_cached(&format!("SELECT highest FROM {} WHERE persistence_id = $1", inner.names.heads))
-                .await
-                .map_err(db_error)?;
-            let row = client.query_opt(&stmt, &[&pid]).await.map_err(db_error)?;
-            Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
-        })
+        heads::read_head(&self.inner, persistence_id.to_string())
     }
 
     fn delete_events(&self, persistence_id: &str, to: u64) -> BoxFuture<'static, Result<()>> {
