@@ -311,3 +311,18 @@ def test_shared_another_writer_at_every_store_call_is_folded_before_the_next_rep
 def test_shared_refuses_batching() -> None:
     with ego.Engine("refused") as engine, pytest.raises(ConfigurationError, match="batch_threshold"):
         engine.register_entity_type(AccountBehavior, shared=True, batch_threshold=10)
+
+
+def test_shared_spawned_entities_and_durable_state_entities_take_the_option_too() -> None:
+    journal = ego.MemoryStore()
+    with ego.Engine("a", store=journal) as a, ego.Engine("b", store=journal) as b:
+        for engine in (a, b):
+            engine.entity(AccountBehavior("acct"), shared=True)
+            engine.durable_state_entity(CounterBehavior("cart"), shared=True)
+        b.send_command("acct", OpenAccount(initial_balance=3))
+        a.send_command("acct", Credit(amount=4))
+        assert (b.get_state("acct")[0].balance, b.get_state("acct")[1]) == (7, 2)
+        a.send_command("cart", Increment(by=2))
+        assert b.send_command("cart", Increment(by=1)) == (Counter(value=3), 2)
+    assert ego.EntityOptions(shared=True).shared
+    assert not ego.EntityOptions().shared
