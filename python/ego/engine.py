@@ -545,7 +545,7 @@ class Engine(_ego.EngineCore):
         runtime = self._saga_runtime()
         saga_id, start = runtime.start_command(behavior, timeout)
         record, revision = self.send_command(saga_entity_id(saga_id), start)
-        runtime.wake([saga_id])
+        runtime.wake([saga_id], record)
         return runtime.info(saga_id, record, revision)
 
     async def saga_async(self, behavior: SagaBehavior[Any], *, timeout: float | None = None) -> SagaInfo:
@@ -553,7 +553,7 @@ class Engine(_ego.EngineCore):
         runtime = self._saga_runtime()
         saga_id, start = runtime.start_command(behavior, timeout)
         record, revision = await self.send_command_async(saga_entity_id(saga_id), start)
-        runtime.wake([saga_id])
+        runtime.wake([saga_id], record)
         return runtime.info(saga_id, record, revision)
 
     def saga_status(self, saga_id: str, timeout: float | None = None) -> SagaInfo:

@@ -53,11 +53,14 @@ class SagaTypes(Protocol):
 class SagaEntity(EventSourcedBehavior[Message, Message, SagaRecord]):
     """The entity behind one saga (persistence id ``ego.saga:<saga id>``)."""
 
-    __slots__ = ("saga_id", "types")
+    __slots__ = ("decided", "saga_id", "types")
 
     def __init__(self, saga_id: str, types: SagaTypes) -> None:
         self.saga_id = saga_id
         self.types = types
+        # The events the last command decided (not yet folded by the engine) and the record
+        # they fold into, built while deciding: folding them again would do the work twice.
+        self.decided: tuple[list[Message], SagaRecord] | None = None
 
     def id(self) -> str:  # pragma: no cover - registered by prefix, never asked
         return self.saga_id
@@ -79,9 +82,19 @@ class SagaEntity(EventSourcedBehavior[Message, Message, SagaRecord]):
             decide.start(command.saga_type, command.initial_state, command.timeout)
         else:
             raise TypeError(f"a saga takes no {type(command).__name__}")
+        self.decided = (decide.events, work) if decide.events else None
         return decide.events
 
     def handle_event(self, event: Message, state: SagaRecord) -> SagaRecord:
+        decided = self.decided
+        if decided is not None:
+            events, record = decided
+            if events and event is events[0]:
+                # The engine folds the events the command just decided, in order: the first
+                # gives the record built while deciding, the others are in it already.
+                self.decided = (events[1:], record) if len(events) > 1 else None
+                return record
+            self.decided = None
         fold(event, state, self.types)
         return state
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -197,22 +198,24 @@ class SagaRuntime:
             return
         asyncio.run_coroutine_threadsafe(coro, self.loop)
 
-    def wake(self, saga_ids: Any) -> None:
-        """Makes sure a driver runs for each of these sagas and looks at its journal again."""
+    def wake(self, saga_ids: Any, record: SagaRecord | None = None) -> None:
+        """Makes sure a driver runs for each of these sagas and looks at its journal again.
+        ``record``: the saga's record as a command to it just answered (one saga id), which a
+        new driver starts from instead of reading it again."""
         if self.stopped:
             return
         ids = list(saga_ids)
         with contextlib.suppress(RuntimeError):  # the loop is closing
-            self.loop.call_soon_threadsafe(self._wake, ids)
+            self.loop.call_soon_threadsafe(self._wake, ids, record)
 
-    def _wake(self, saga_ids: list[str]) -> None:
+    def _wake(self, saga_ids: list[str], record: SagaRecord | None = None) -> None:
         for saga_id in saga_ids:
             waker = self.wakers.get(saga_id)
             if waker is not None:
                 waker.set()
             elif not self.stopped:
                 self.wakers[saga_id] = asyncio.Event()
-                self.drivers[saga_id] = self.loop.create_task(self._drive(saga_id))
+                self.drivers[saga_id] = self.loop.create_task(self._drive(saga_id, record))
 
     async def _resume(self, saga_type: str) -> None:
         """Starts a driver for each saga of this type the journal has (after a restart: the
@@ -232,13 +235,12 @@ class SagaRuntime:
             if after is None:
                 return
 
-    async def _drive(self, saga_id: str) -> None:
+    async def _drive(self, saga_id: str, record: SagaRecord | None = None) -> None:
         engine = self.engine
         entity = saga_entity_id(saga_id)
         waker = self.wakers[saga_id]
         backoff = 0.05
         try:
-            record: SagaRecord | None = None
             while not self.stopped:
                 try:
                     if record is None:
@@ -292,9 +294,12 @@ class SagaRuntime:
         with step_span(engine, saga_id, saga_type, step, command) as span:
             while True:
                 try:
-                    state, _ = await asyncio.wait_for(
-                        self.commands.send_command_async(step.entity_id, command, idempotency_key=key), timeout
-                    )
+                    if self.commands is engine:  # the engine's own timeout: no task, no timer handle
+                        state, _ = await engine.send_command_async(step.entity_id, command, idempotency_key=key, timeout=timeout)
+                    else:
+                        state, _ = await asyncio.wait_for(
+                            self.commands.send_command_async(step.entity_id, command, idempotency_key=key), timeout
+                        )
                 except _UNKNOWN:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 1.0)
@@ -331,17 +336,41 @@ class SagaRuntime:
 class _Reader:
     """The journal reader of one saga type: hands each event its ``correlate`` maps to a saga
     to that saga's entity (deduplicated there by source and sequence number), in journal order
-    per entity, then wakes the sagas' drivers. Checkpointed like any projection."""
+    per entity, and wakes the sagas' drivers. Checkpointed like any projection.
+
+    The work is done on the runtime's thread, where the drivers run: the projection's thread
+    only waits for it (two threads taking turns with the GIL for every event cost more than
+    the work)."""
 
     def __init__(self, runtime: SagaRuntime, kind: SagaType) -> None:
         self.runtime = runtime
         self.kind = kind
 
     async def __call__(self, events: list[PersistedEvent]) -> None:
+        runtime = self.runtime
+        if runtime.stopped:
+            raise EngineClosedError("the engine's sagas stopped")
+        handed = asyncio.run_coroutine_threadsafe(self.observe(events), runtime.loop)
+        waiting = asyncio.wrap_future(handed)
+        while True:
+            try:
+                done, _ = await asyncio.wait((waiting,), timeout=1.0)
+            except asyncio.CancelledError:
+                handed.cancel()
+                raise
+            if done:
+                break
+            if runtime.stopped:  # the runtime's loop may be gone with the work in it
+                handed.cancel()
+                raise EngineClosedError("the engine's sagas stopped")
+        if waiting.cancelled():
+            raise EngineClosedError("the engine's sagas stopped")
+        waiting.result()
+
+    async def observe(self, events: list[PersistedEvent]) -> None:
         runtime, kind = self.runtime, self.kind
         engine = runtime.engine
         sent = []
-        woken: set[str] = set()
         for event in events:
             source = event.persistence_id
             if source.startswith(SAGA_PREFIX) or event.erased:
@@ -358,12 +387,19 @@ class _Reader:
                 observe.starts = True
                 observe.initial_state.CopyFrom(pack(runtime.behavior(kind.name, saga_id).initial_state()))
                 observe.timeout = kind.timeout
-            sent.append(engine.send_command_async(saga_entity_id(saga_id), observe))
-            woken.add(saga_id)
+            future = engine.send_command_async(saga_entity_id(saga_id), observe)
+            # Each saga's driver goes on as soon as its own event is recorded (not when the
+            # whole batch is), from the record the saga answered with.
+            future.add_done_callback(functools.partial(_recorded, runtime, saga_id))
+            sent.append(future)
         for future in sent:
             await future
-        if woken:
-            runtime.wake(woken)
+
+
+def _recorded(runtime: SagaRuntime, saga_id: str, future: asyncio.Future[Any]) -> None:
+    """(On the runtime's thread.)"""
+    if not future.cancelled() and future.exception() is None:
+        runtime._wake([saga_id], future.result()[0])
 
 
 def _overrides_correlate(cls: type[Any]) -> bool:
