@@ -22,6 +22,7 @@ TREES = [
     (ROOT / "examples" / "bank", ROOT / "examples" / "bank"),
     (ROOT / "examples" / "upcasting", ROOT / "examples" / "upcasting"),
     (ROOT / "examples" / "transfers", ROOT / "examples" / "transfers"),
+    (ROOT / "examples" / "inventory", ROOT / "examples" / "inventory"),
     (ROOT / "tests" / "protos", ROOT / "tests"),
 ]
 

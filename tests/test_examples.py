@@ -83,3 +83,27 @@ def test_the_upcasting_example_runs() -> None:
         "the projection saw: Deposited(1250 EUR), Deposited(725 EUR), Deposited(100 EUR)",
         "the store still holds: MoneyDeposited, MoneyDeposited, Deposited",
     ]
+
+
+def test_the_several_processes_example_runs(pg_url: str) -> None:
+    """examples/inventory: two worker processes and the main one serve the same products
+    (shared=True) and add the same transactional projection (leased) on one database."""
+    result = subprocess.run(
+        [sys.executable, "run.py", pg_url], cwd=ROOT / "examples" / "inventory", capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "(each once)" in result.stdout and "never below zero" in result.stdout, result.stdout
+
+
+def test_the_inventory_example_passes_mypy_strict() -> None:
+    """The example app is typed end to end: its commands are the behaviour's command types and
+    the state comes back as ``Product`` from a typed entity handle (tests/test_typing.py shows
+    mypy catching the mistakes)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--no-error-summary", "inventory.py", "run.py"],
+        cwd=ROOT / "examples" / "inventory",
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
