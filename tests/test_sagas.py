@@ -174,6 +174,34 @@ def test_a_deadline_that_passed_while_the_process_was_down_fires_once_after_rest
     close(engine, store)
 
 
+def test_a_saga_whose_type_is_registered_later_waits_for_it_then_goes_on(reopenable: Factory) -> None:
+    # Given a running saga whose deadline falls due while the process is down
+    store = reopenable()
+    engine = open_engine(store, Waiting)
+    engine.send_command("account-a", OpenAccount(initial_balance=100))
+    engine.saga(Waiting("w2", "account-a", 25), timeout=0.3)
+    request(engine, "w2", "account-x", "account-y", 1)
+    deadline = time.monotonic() + 10
+    while balance(engine, "account-a") != 75:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    close(engine, store)
+    time.sleep(0.4)
+    # When the engine restarts with another saga type first (the sagas are resumed then)
+    store = reopenable()
+    engine = open_engine(store, TransferSaga)
+    time.sleep(0.5)
+    # Then the saga of the unknown type waits, untouched, for its type
+    assert engine.saga_status("w2").status is ego.SagaStatus.RUNNING
+    assert balance(engine, "account-a") == 75
+    # And registering its type wakes it: its deadline fires and the debit is undone
+    engine.register_saga_type(Waiting)
+    info = wait_for_saga(engine, "w2")
+    assert info.status is ego.SagaStatus.COMPENSATED and info.reason == "timed out"
+    assert balance(engine, "account-a") == 100
+    close(engine, store)
+
+
 def test_a_timer_that_falls_due_after_the_saga_ended_does_nothing(engine: ego.Engine) -> None:
     engine.register_entity_type(AccountBehavior, prefix="account-")
     engine.register_entity_type(DeskBehavior, prefix="request-")

@@ -86,6 +86,10 @@ class SagaRuntime:
         # which has the same send_command_async.
         self.commands: Any = engine
         self.types: dict[str, SagaType] = {}
+        # Sagas found waiting for a type this engine does not know yet, by type: registering
+        # the type wakes them (and only them).
+        self.parked: dict[str, set[str]] = {}
+        self.resumed = False
         self.names: dict[type[Any], str] = {}
         self.instances: dict[tuple[str, str], SagaBehavior[Any]] = {}
         self.live: dict[tuple[str, int], Any] = {}
@@ -114,7 +118,10 @@ class SagaRuntime:
         key = (saga_type, saga_id)
         behavior = self.instances.get(key)
         if behavior is None:
-            kind = self.types.get(saga_type)
+            with self.lock:
+                kind = self.types.get(saga_type)
+                if kind is None:
+                    self.parked.setdefault(saga_type, set()).add(saga_id)
             if kind is None:
                 raise ConfigurationError(f"saga {saga_id!r} is a {saga_type!r}, a saga type this engine does not know")
             behavior = kind.factory(saga_id)
@@ -149,6 +156,8 @@ class SagaRuntime:
                 return name
             self.types[name] = SagaType(name, cls, factory, timeout)
             self.names.setdefault(cls, name)
+            waiting = self.parked.pop(name, set())
+            resume, self.resumed = not self.resumed, True
         if _overrides_correlate(cls):
             self.engine.add_projection(
                 f"ego.saga:{name}",
@@ -156,7 +165,10 @@ class SagaRuntime:
                 recovery=Recovery(RecoveryPolicy.RETRY_AND_FAIL, attempts=1_000_000, backoff=0.05, max_backoff=2.0),
                 poll_interval=0.2,
             )
-        self._submit(self._resume(name))
+        if resume:
+            self._submit(self._resume())
+        elif waiting:
+            self.wake(waiting)
         return name
 
     def _type_of(self, behavior: SagaBehavior[Any]) -> SagaType:
@@ -217,9 +229,10 @@ class SagaRuntime:
                 self.wakers[saga_id] = asyncio.Event()
                 self.drivers[saga_id] = self.loop.create_task(self._drive(saga_id, record))
 
-    async def _resume(self, saga_type: str) -> None:
-        """Starts a driver for each saga of this type the journal has (after a restart: the
-        ones that are not over go on, deadlines that passed meanwhile fire now)."""
+    async def _resume(self) -> None:
+        """Starts a driver for each saga the journal has, once per runtime (after a restart:
+        the ones that are not over go on, deadlines that passed meanwhile fire now; those of
+        a type not registered yet wait for it)."""
         store = self.engine.stores[0] if self.engine.stores else None
         if store is None:
             return
@@ -268,9 +281,12 @@ class SagaRuntime:
                     backoff = 0.05
                 except (EngineClosedError, asyncio.CancelledError):
                     raise
-                except (RecoveryError, ConfigurationError) as e:  # e.g. a saga type not registered
-                    engine.logger.error("saga driver stopped", saga_id=saga_id, error=repr(e))
-                    return
+                except (RecoveryError, ConfigurationError) as e:
+                    # E.g. its type is not registered (yet): registering it wakes this driver.
+                    engine.logger.warning("saga driver waits", saga_id=saga_id, error=repr(e))
+                    await waker.wait()
+                    waker.clear()
+                    record = None
                 except Exception as e:  # a store that fails for now: read the journal again
                     engine.logger.warning("saga driver retries", saga_id=saga_id, error=repr(e))
                     await asyncio.sleep(backoff)
