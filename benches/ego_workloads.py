@@ -112,7 +112,7 @@ def workload_b(
     burst: bool = False,
     telemetry: str = "off",
     encrypt: bool = False,
-    keys: bool = False,
+    keys: bool | str = False,
     shared: bool = False,
 ) -> dict[str, float]:
     """`accounts` accounts x `credits` credits, issued concurrently through the asyncio API:
@@ -120,8 +120,13 @@ def workload_b(
     callers). With `burst`, all `accounts x credits` commands are sent at once and gathered
     (every account then has `credits` commands waiting: what batching is for). `telemetry`:
     see `telemetry_settings`. `encrypt`: encryption at rest on (the built-in key store).
-    `keys`: every credit carries its own idempotency key. `shared`: the account type is
-    declared shared by several processes (a journal head read before each command)."""
+    `keys`: every credit carries its own idempotency key (True). The key strings are made
+    before the timed loop: a caller that retries has its key already (a request id), so
+    making one is not what the key costs. `keys="unsent"` makes the same strings and sends
+    the credits without them: the baseline of an instruction count (benches/instructions.py
+    counts the whole process, so the strings' making cancels out and the difference is what
+    ego does with a key). `shared`: the account type is declared shared by several
+    processes (a journal head read before each command)."""
 
     async def run() -> dict[str, float]:
         with engine_on(kind, batch, shared=shared, **telemetry_settings(telemetry), **encryption_settings(encrypt)) as engine:
@@ -130,13 +135,16 @@ def workload_b(
             credit = Credit(amount=1)
             send = engine.send_command_async
             lat: list[float] = []
+            key_rounds = [[f"{i}/{round_}" for i in ids] for round_ in range(credits)] if keys else []
             gc.collect()
             started, cpu = time.perf_counter(), time.process_time()
             if burst:
                 await asyncio.gather(*[send(i, credit) for _ in range(credits) for i in ids])
             for round_ in range(0 if burst else credits):
-                if keys:
-                    await asyncio.gather(*[send(i, credit, idempotency_key=f"{i}/{round_}") for i in ids])
+                if keys is True:
+                    await asyncio.gather(
+                        *[send(i, credit, idempotency_key=k) for i, k in zip(ids, key_rounds[round_], strict=True)]
+                    )
                     continue
                 if latency:
                     t0 = time.perf_counter()
