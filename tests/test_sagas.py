@@ -202,6 +202,33 @@ def test_a_saga_whose_type_is_registered_later_waits_for_it_then_goes_on(reopena
     close(engine, store)
 
 
+def test_a_restart_leaves_finished_sagas_alone(reopenable: Factory) -> None:
+    # Given a saga that is over and a running one whose deadline falls due while the process is down
+    store = reopenable()
+    engine = open_engine(store, Waiting)
+    engine.send_command("account-a", OpenAccount(initial_balance=100))
+    engine.saga(Waiting("over", "account-a", 5), timeout=0.1)
+    assert wait_for_saga(engine, "over").status is ego.SagaStatus.COMPENSATED
+    assert type(saga_journal(store, "over")[-1]).__name__ == "SagaEnded"
+    engine.saga(Waiting("w3", "account-a", 25), timeout=0.5)
+    request(engine, "w3", "account-x", "account-y", 1)
+    deadline = time.monotonic() + 10
+    while balance(engine, "account-a") != 75:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    close(engine, store)
+    time.sleep(0.6)
+    # When the engine restarts
+    store = reopenable()
+    engine = open_engine(store, Waiting)
+    # Then the running saga goes on (its deadline fires) and the one that is over is not recovered
+    info = wait_for_saga(engine, "w3")
+    assert info.status is ego.SagaStatus.COMPENSATED and info.reason == "timed out"
+    assert not engine.is_live("ego.saga:over")
+    assert engine.saga_status("over").status is ego.SagaStatus.COMPENSATED
+    close(engine, store)
+
+
 def test_a_timer_that_falls_due_after_the_saga_ended_does_nothing(engine: ego.Engine) -> None:
     engine.register_entity_type(AccountBehavior, prefix="account-")
     engine.register_entity_type(DeskBehavior, prefix="request-")

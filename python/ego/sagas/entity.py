@@ -22,6 +22,7 @@ from ego.v1.sagas_pb2 import (
     SagaDeadline,
     SagaDeadlineFired,
     SagaDeadlineSet,
+    SagaEnded,
     SagaEventObserved,
     SagaEventRecorded,
     SagaFire,
@@ -82,6 +83,8 @@ class SagaEntity(EventSourcedBehavior[Message, Message, SagaRecord]):
             decide.start(command.saga_type, command.initial_state, command.timeout)
         else:
             raise TypeError(f"a saga takes no {type(command).__name__}")
+        if work.status in FINAL and state.status not in FINAL:
+            decide.emit(SagaEnded())
         self.decided = (decide.events, work) if decide.events else None
         return decide.events
 
@@ -146,6 +149,8 @@ def fold(event: Message, rec: SagaRecord, types: SagaTypes) -> None:
     elif isinstance(event, SagaDeadlineSet):
         rec.deadlines.append(event.deadline)
         rec.next_deadline = max(rec.next_deadline, event.deadline.id + 1)
+    elif isinstance(event, SagaEnded):
+        pass  # the final status change before it said everything
     elif isinstance(event, SagaDeadlineFired):
         if rec.pending:
             rec.timed_out = True

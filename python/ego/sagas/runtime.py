@@ -36,6 +36,7 @@ from ego.v1.sagas_pb2 import (
     SAGA_STATUS_COMPLETED,
     SAGA_STATUS_FAILED,
     SAGA_STATUS_RUNNING,
+    SagaEnded,
     SagaFire,
     SagaObserve,
     SagaRecord,
@@ -242,9 +243,10 @@ class SagaRuntime:
             if asyncio.iscoroutine(page) or isinstance(page, asyncio.Future):
                 page = await page
             ids, after = page
-            found = [i[len(SAGA_PREFIX) :] for i in ids if i.startswith(SAGA_PREFIX)]
+            found = [i for i in ids if i.startswith(SAGA_PREFIX)]
             if found:
-                self._wake(found)
+                going_on = await self.loop.run_in_executor(None, _not_ended, store, found)
+                self._wake([i[len(SAGA_PREFIX) :] for i in going_on])
             if after is None:
                 return
 
@@ -416,6 +418,26 @@ def _recorded(runtime: SagaRuntime, saga_id: str, future: asyncio.Future[Any]) -
     """(On the runtime's thread.)"""
     if not future.cancelled() and future.exception() is None:
         runtime._wake([saga_id], future.result()[0])
+
+
+def _not_ended(store: Any, persistence_ids: list[str]) -> list[str]:
+    """The sagas whose journal does not end with ``SagaEnded``: read from the last event's type
+    (in the clear, encrypted or not), without recovering the saga. A store that answers with
+    an awaitable, or fails, leaves the saga in (its driver reads it)."""
+    going_on = []
+    for persistence_id in persistence_ids:
+        try:
+            last = store.highest_sequence_number(persistence_id)
+            events = store.replay_events(persistence_id, last, last, 1) if isinstance(last, int) and last > 0 else None
+            ended = isinstance(events, list) and bool(events) and events[-1].event.type_url == _ENDED
+        except Exception:
+            ended = False
+        if not ended:
+            going_on.append(persistence_id)
+    return going_on
+
+
+_ENDED = "type.googleapis.com/" + SagaEnded.DESCRIPTOR.full_name
 
 
 def _overrides_correlate(cls: type[Any]) -> bool:

@@ -163,6 +163,10 @@ class SagaStatusChanged(_message.Message):
     keep_first: bool
     def __init__(self, status: _Optional[_Union[SagaStatus, str]] = ..., reason: _Optional[str] = ..., keep_first: _Optional[bool] = ...) -> None: ...
 
+class SagaEnded(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class SagaRecord(_message.Message):
     __slots__ = ("saga_id", "saga_type", "status", "reason", "state", "pending", "done", "next_step", "deadlines", "seen", "buffered", "started", "next_deadline", "timed_out")
     class SeenEntry(_message.Message):
