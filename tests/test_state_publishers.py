@@ -186,3 +186,39 @@ def test_websocket_every_version_arrives_in_order(peer: Peer) -> None:
         check_versions(peer.frames(), {i: 4 for i in ids})
     finally:
         engine.stop()
+
+
+def test_encrypted_versions_are_published_as_stored_unless_decrypt() -> None:
+    """With encryption on, a state publisher sends the change log as stored (the state's bytes
+    are ciphertext, the key id in the envelope and the ``ego-encryption-key-id`` header) unless
+    ``decrypt=True``; an erased entity's versions are tombstones either way."""
+    engine = ego.Engine("state-as-stored", store=ego.MemoryStore(), encryption=ego.Encryption(master_key=bytes(range(32))))
+    engine.start()
+    engine.register_entity_type(CounterBehavior, prefix="cart-")
+    try:
+        write_versions(engine, ["cart-0", "cart-1"], 2)
+        engine.erase_entity("cart-0")
+        stored, plain = Collect(), Collect()
+        engine.add_state_publisher(stored, name="stored")
+        engine.add_state_publisher(plain, name="plain", decrypt=True)
+        wait_until(lambda: len(stored.records) == 4 and len(plain.records) == 4, what="four records in each")
+        for sink, encrypted in ((stored, True), (plain, False)):
+            by_id = {r.id: r for r in sink.records}
+            assert sorted(by_id) == ["cart-0:1", "cart-0:2", "cart-1:1", "cart-1:2"]
+            for version in (1, 2):
+                gone = by_id[f"cart-0:{version}"]
+                tombstone = DurableState.FromString(gone.value)
+                assert gone.erased and gone.headers["ego-erased"] == "true"
+                assert tombstone.is_erased and not tombstone.resulting_state.value
+                live = by_id[f"cart-1:{version}"]
+                envelope = DurableState.FromString(live.value)
+                assert not live.erased and not envelope.is_erased
+                assert envelope.is_encrypted is encrypted and live.source.is_encrypted is encrypted
+                assert ("ego-encryption-key-id" in live.headers) is encrypted
+                if encrypted:
+                    assert envelope.encryption_key_id == live.headers["ego-encryption-key-id"] != ""
+                    assert envelope.resulting_state.value != Counter(value=version).SerializeToString()
+                else:
+                    assert Counter.FromString(envelope.resulting_state.value) == Counter(value=version)
+    finally:
+        engine.stop()

@@ -946,6 +946,7 @@ class Engine(_ego.EngineCore):
         backoff: float = 0.1,
         max_backoff: float = 5.0,
         lease_ttl: float = 10.0,
+        decrypt: bool = False,
     ) -> None:
         """Starts publishing every durable-state version through ``publisher``: the same
         connectors and protocol as :meth:`add_event_publisher`, reading the durable-state change
@@ -956,9 +957,10 @@ class Engine(_ego.EngineCore):
         brokers' deduplication id) = ``persistence_id:version``, ``value`` = the
         ``ego.v1.DurableState`` envelope in the default format (the state message itself in
         the CloudEvents formats), ``source`` = the :class:`~ego.PersistedState`. Versions of an
-        erased entity go out as tombstones (``erased``); versions of encrypted entities go out
-        decrypted (publishing them as stored, as ``add_event_publisher`` does by default, is not
-        built for states yet). Give a connector its own subject,
+        erased entity go out as tombstones (``erased``). With ``Engine(..., encryption=...)``,
+        versions go out as stored (the state's bytes are ciphertext, ``is_encrypted`` set, the
+        key named by the ``ego-encryption-key-id`` header) unless ``decrypt=True``, as for
+        :meth:`add_event_publisher`. Give a connector its own subject,
         topic or stream for states (e.g. ``NatsPublisher(subject="ego.states.{entity_type}",
         stream="EGO_STATES")``). The settings are those of :meth:`add_event_publisher`;
         ``dead_letter`` gets ``(publisher, persistence_id, state, version, error)``.
@@ -986,7 +988,7 @@ class Engine(_ego.EngineCore):
             poll_interval,
             backoff,
             max_backoff,
-            False,
+            not decrypt,
             lease_ttl,
         )
 

@@ -13,7 +13,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::bridge::{self, Job, Queue};
 use crate::crypto::keys::KeyRing;
-use crate::crypto::layer::{as_stored_events, encrypt_stores};
+use crate::crypto::layer::{as_stored_events, as_stored_states, encrypt_stores};
 use crate::entity::cell::{DispatchError, Dispatched, Entity, Msg, Phase};
 use crate::entity::idempotency::IdempotencyKey;
 use crate::entity::{dispatch, jobs, passivation};
@@ -57,6 +57,7 @@ impl<H: Host> Engine<H> {
     /// (see [`crate::crypto`]).
     pub fn start_with(host: H, config: EngineConfig, stores: Stores, keys: Option<Arc<KeyRing>>) -> Result<Self> {
         let plain_events = keys.as_ref().and_then(|_| stores.events.clone());
+        let plain_states = keys.as_ref().and_then(|_| stores.states.clone());
         let stores = match &keys {
             Some(k) => encrypt_stores(&stores, k),
             None => stores,
@@ -96,6 +97,7 @@ impl<H: Host> Engine<H> {
             tracing,
             keys,
             plain_events,
+            plain_states,
             journal,
         });
         let mut bridge = Vec::with_capacity(shared.queue.threads());
@@ -479,8 +481,15 @@ impl<H: Host> Engine<H> {
             return Err(Error::invalid("a projection name must be non-empty and without NUL"));
         }
         let events = self.journal_of(options.source)?;
-        let events = match (&self.shared.keys, &self.shared.plain_events) {
-            (Some(keys), Some(plain)) if options.as_stored && options.source == Source::Events => as_stored_events(plain.clone(), keys),
+        let events = match (&self.shared.keys, options.as_stored, options.source) {
+            (Some(keys), true, Source::Events) => match &self.shared.plain_events {
+                Some(plain) => as_stored_events(plain.clone(), keys),
+                None => events,
+            },
+            (Some(keys), true, Source::States) => match &self.shared.plain_states {
+                Some(plain) => Arc::new(StateChanges::new(as_stored_states(plain.clone(), keys))) as Arc<dyn EventsStore>,
+                None => events,
+            },
             _ => events,
         };
         let running = |p: &Arc<Projection>| matches!(p.status(), Status::Running | Status::Standby);

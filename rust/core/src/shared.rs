@@ -54,6 +54,9 @@ pub struct Shared<H: Host> {
     /// The events store as given, under the encrypting wrapper (None without encryption): read
     /// by publishers that publish records as stored.
     pub(crate) plain_events: Option<Arc<dyn crate::store::EventsStore>>,
+    /// The durable-state store as given, likewise: its change log is read by state
+    /// publishers that publish records as stored.
+    pub(crate) plain_states: Option<Arc<dyn crate::store::StateStore>>,
     /// The events store's journal, as it recorded itself (None: it records nothing).
     pub(crate) journal: Option<crate::store::JournalInfo>,
 }

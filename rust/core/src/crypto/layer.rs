@@ -35,7 +35,10 @@ pub fn encrypt_stores(stores: &Stores, keys: &Arc<KeyRing>) -> Stores {
             .snapshots
             .clone()
             .map(|inner| Arc::new(EncryptedSnapshots { inner, keys: keys.clone() }) as Arc<dyn SnapshotStore>),
-        states: stores.states.clone().map(|inner| Arc::new(EncryptedStates { inner, keys: keys.clone() }) as Arc<dyn StateStore>),
+        states: stores
+            .states
+            .clone()
+            .map(|inner| Arc::new(EncryptedStates { inner, keys: keys.clone(), decrypt: true }) as Arc<dyn StateStore>),
     }
 }
 
@@ -68,6 +71,15 @@ fn open_any(key: &SealingKey, record: Record, pid: &str, seq: u64, any: &mut Any
 /// through [`encrypt_stores`]. Writes go through as they are.
 pub fn as_stored_events(inner: Arc<dyn EventsStore>, keys: &Arc<KeyRing>) -> Arc<dyn EventsStore> {
     Arc::new(EncryptedEvents { inner, keys: keys.clone(), decrypt: false })
+}
+
+/// The durable-state store of an encrypted engine as readers who are not to see plaintext
+/// (state publishers that publish as stored) read its change log: each version as stored
+/// (ciphertext, `is_encrypted` and `encryption_key_id` kept), except that an erased entity's
+/// versions read as tombstones, as through [`encrypt_stores`]. Everything else goes through
+/// [`encrypt_stores`]' wrapper unchanged (states read by id are decrypted).
+pub fn as_stored_states(inner: Arc<dyn StateStore>, keys: &Arc<KeyRing>) -> Arc<dyn StateStore> {
+    Arc::new(EncryptedStates { inner, keys: keys.clone(), decrypt: false })
 }
 
 /// The plaintext of encrypted events (tombstones for erased entities); with `decrypt` false,
@@ -115,9 +127,10 @@ async fn open_events(keys: &Arc<KeyRing>, events: Vec<Event>, decrypt: bool) -> 
     Ok(out)
 }
 
-/// The plaintext of encrypted change-log records (tombstones for erased entities), like
+/// The plaintext of encrypted change-log records (tombstones for erased entities); with
+/// `decrypt` false, the records as stored but the erased ones as tombstones, like
 /// [`open_events`].
-async fn open_changes(keys: &Arc<KeyRing>, changes: Vec<DurableState>) -> Result<Vec<DurableState>> {
+async fn open_changes(keys: &Arc<KeyRing>, changes: Vec<DurableState>, decrypt: bool) -> Result<Vec<DurableState>> {
     let mut out = Vec::with_capacity(changes.len());
     let mut current: Option<(String, String, KeyLookup)> = None;
     for mut change in changes {
@@ -131,6 +144,7 @@ async fn open_changes(keys: &Arc<KeyRing>, changes: Vec<DurableState>) -> Result
             current = Some((pid.clone(), change.encryption_key_id.clone(), found));
         }
         match &current.as_ref().expect("looked up").2 {
+            KeyLookup::Found(_) | KeyLookup::Missing if !decrypt => {}
             KeyLookup::Found(key) => {
                 if let Some(any) = change.resulting_state.as_mut() {
                     open_any(key, Record::DurableState, pid, version, any)?;
@@ -298,6 +312,8 @@ impl SnapshotStore for EncryptedSnapshots {
 pub struct EncryptedStates {
     inner: Arc<dyn StateStore>,
     keys: Arc<KeyRing>,
+    /// Change-log reads give plaintext (false: as stored, see [`as_stored_states`]).
+    decrypt: bool,
 }
 
 impl StateStore for EncryptedStates {
@@ -363,8 +379,8 @@ impl StateStore for EncryptedStates {
     }
 
     fn shard_state_changes(&self, shard: u32, after: u64, max: usize) -> BoxFuture<'static, Result<Vec<DurableState>>> {
-        let (read, keys) = (self.inner.shard_state_changes(shard, after, max), self.keys.clone());
-        inline(Box::pin(async move { open_changes(&keys, read.await?).await }))
+        let (read, keys, decrypt) = (self.inner.shard_state_changes(shard, after, max), self.keys.clone(), self.decrypt);
+        inline(Box::pin(async move { open_changes(&keys, read.await?, decrypt).await }))
     }
 
     fn state_shard_heads(&self) -> BoxFuture<'static, Result<Vec<ShardHead>>> {
