@@ -1,7 +1,11 @@
 """State publishers (``engine.add_state_publisher``): every durable-state version arrives, in
 order per entity, keyed by the persistence id with the event id ``persistence_id:version``, and
 decodes to the state of that version; on a Python publisher (sync and async), NATS JetStream
-(the stream deduplicates on the event id: each version exactly once) and WebSocket."""
+(the stream deduplicates on the event id: each version exactly once) and WebSocket. Faults, on
+NATS JetStream: a broker stopped under load and started again loses nothing and keeps the
+order; kill -9 of the publishing process (10 rounds) leaves the deduplicating stream with every
+version exactly once; on Kafka (Tansu, no deduplication across producer sessions) every
+version at least once, duplicates only from the window the broker had not acknowledged."""
 
 from __future__ import annotations
 
@@ -12,8 +16,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from brokers import free_port
-from publishing import Peer, consume_nats, wait_caught_up
+from brokers import Broker, free_port, nats_server, tansu
+from publisher_crash import check_duplicates_in_windows, crash_rounds
+from publishing import Peer, consume_kafka, consume_nats, make_publisher, wait_caught_up
 from test_durable_state import CounterBehavior
 from test_publishers import AsyncCollect, Collect
 from waiting import wait_until
@@ -222,3 +227,63 @@ def test_encrypted_versions_are_published_as_stored_unless_decrypt() -> None:
                     assert Counter.FromString(envelope.resulting_state.value) == Counter(value=version)
     finally:
         engine.stop()
+
+
+@pytest.fixture
+def throwaway_nats(tmp_path: Any) -> Iterator[Broker]:
+    pytest.importorskip("nats")
+    broker = nats_server(tmp_path / "nats").start()
+    yield broker
+    broker.stop(kill=True)
+
+
+def nats_params(url: str) -> dict[str, object]:
+    tag = uuid.uuid4().hex[:10].upper()
+    return {"url": url, "prefix": f"egotest{tag.lower()}.states", "stream": f"EGOTEST_STATES_{tag}"}
+
+
+def test_nats_broker_stopped_under_load_loses_no_version(throwaway_nats: Broker) -> None:
+    url = f"nats://127.0.0.1:{throwaway_nats.port}"
+    p = nats_params(url)
+    engine = counter_engine("state-nats-outage", ego.MemoryStore())
+    ids = [f"cart-{i}" for i in range(200)]
+    try:
+        engine.add_state_publisher(make_publisher("nats", {**p, "ack_timeout": 0.5}), name="nats", max_backoff=0.5)
+        write_versions(engine, ids, 5)
+        throwaway_nats.stop()
+        write_versions(engine, ids, 6)
+        wait_until(lambda: engine.publisher_stats("nats")["failures"] > 0, what="a failed publish while the broker is down")
+        assert engine.publisher_status("nats") == ("running", None)
+        assert sum(lag.events_behind for lag in engine.publisher_lag("nats").values()) > 0
+        throwaway_nats.start()
+        wait_caught_up(engine, "nats", what="the state publisher to catch up after the outage")
+        received = consume_nats(url, str(p["stream"]), 200 * 11)
+        check_versions(received, {i: 11 for i in ids}, exactly_once=True)
+    finally:
+        engine.stop()
+
+
+@pytest.mark.slow
+def test_nats_kill_9_of_the_publisher_leaves_every_version_once_in_the_stream(throwaway_nats: Broker, tmp_path: Any) -> None:
+    url = f"nats://127.0.0.1:{throwaway_nats.port}"
+    p = nats_params(url)
+    expected, _ = crash_rounds("nats", p, tmp_path, source="states")
+    assert len(expected) == 100 and all(v > 0 for v in expected.values())
+    received = consume_nats(url, str(p["stream"]), sum(expected.values()))
+    # The stream deduplicates on Nats-Msg-Id (persistence_id:version): each version stored once.
+    check_versions(received, expected, exactly_once=True)
+
+
+@pytest.mark.slow
+def test_kafka_kill_9_of_the_publisher_delivers_every_version_at_least_once(tmp_path: Any) -> None:
+    pytest.importorskip("confluent_kafka")
+    broker = tansu(tmp_path / "tansu").start()
+    try:
+        p = {"servers": f"127.0.0.1:{broker.port}", "topic": f"egotest-states-{uuid.uuid4().hex[:10]}"}
+        expected, windows = crash_rounds("kafka", p, tmp_path, source="states")
+        assert len(expected) == 100 and all(v > 0 for v in expected.values())
+        received = consume_kafka(p["servers"], p["topic"], sum(expected.values()))
+        check_versions(received, expected)
+        check_duplicates_in_windows(received, windows, source="states")
+    finally:
+        broker.stop(kill=True)
