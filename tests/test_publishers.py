@@ -232,7 +232,7 @@ def test_a_refused_record_goes_to_the_dead_letter_handler_under_skip() -> None:
             dead_letter=lambda name, pid, event, seq, error: dead.append((name, event.event_id, seq)),
         )
         wait_until(lambda: caught_up(engine, "py"))
-        assert dead == [("publisher:py", "account-1:2", 2)]
+        assert dead == [("py", "account-1:2", 2)]  # the publisher's name
         ids = [r.id for r in sink.records]
         assert "account-1:2" not in ids and len(ids) == len(set(ids)) == 5
         assert engine.publisher_stats("py")["dead_letters"] == 1

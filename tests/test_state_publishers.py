@@ -110,7 +110,7 @@ def test_a_refused_version_goes_to_the_dead_letter_handler() -> None:
         write_versions(engine, ["cart-1"], 3)
         wait_caught_up(engine, "carts")
         assert [r.id for r in publisher.records] == ["cart-1:1", "cart-1:3"]
-        assert dead == [("publisher:carts", "cart-1", 2)]  # the name as event publishers pass it
+        assert dead == [("carts", "cart-1", 2)]  # the publisher's name
     finally:
         engine.stop()
 

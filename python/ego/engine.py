@@ -895,7 +895,8 @@ class Engine(_ego.EngineCore):
         - ``offset_store``: where the checkpoints are kept (default: the engine's events store).
         - ``on_refused``: what a record the broker refuses for good does:
           ``RecoveryPolicy.FAIL`` (the publisher stops; ``publisher_status`` tells why) or
-          ``SKIP`` (it goes to ``dead_letter(publisher, persistence_id, event, seq, error)``);
+          ``SKIP`` (it goes to ``dead_letter(publisher, persistence_id, event, seq, error)``,
+          ``publisher`` being this publisher's ``name``; plain or ``async def``);
           ``RETRY_AND_*`` retry it 5 times first. Broker outages are not refusals: they are
           retried with backoff (``backoff`` doubling to ``max_backoff`` seconds) for as long as
           they last, and the lag grows meanwhile.
@@ -963,7 +964,8 @@ class Engine(_ego.EngineCore):
         :meth:`add_event_publisher`. Give a connector its own subject,
         topic or stream for states (e.g. ``NatsPublisher(subject="ego.states.{entity_type}",
         stream="EGO_STATES")``). The settings are those of :meth:`add_event_publisher`;
-        ``dead_letter`` gets ``(publisher, persistence_id, state, version, error)``.
+        ``dead_letter`` gets ``(publisher, persistence_id, state, version, error)``, ``publisher``
+        being this publisher's ``name``.
 
         Raises :class:`~ego.errors.ConfigurationError` as :meth:`add_event_publisher` does, and
         when the state store keeps no change log (a Python store without
@@ -1043,6 +1045,10 @@ class Engine(_ego.EngineCore):
             as_stored,
             lease_ttl,
         )
+        if dead_letter is not None:
+            # The journal reader behind the publisher is a projection named
+            # "publisher:<name>"; the dead-letter handler gets the publisher's own name.
+            dead_letter = _named_dead_letter(dead_letter, name)
         self._add_projection(
             _publisher_key(name),
             runner,
@@ -1160,6 +1166,15 @@ def _lease_ttl(value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 86_400:
         raise ConfigurationError(f"lease_ttl must be a number of seconds above 0 (at most a day), got {value!r}")
     return float(value)
+
+
+def _named_dead_letter(dead_letter: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """`dead_letter` called with the publisher's name in place of its journal reader's."""
+
+    def call(_reader: str, persistence_id: str, record: Any, sequence_number: int, error: BaseException) -> Any:
+        return dead_letter(name, persistence_id, record, sequence_number, error)
+
+    return call
 
 
 def _publisher_key(name: str) -> str:
