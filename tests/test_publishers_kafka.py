@@ -100,3 +100,31 @@ def test_kill_9_of_the_publisher_delivers_every_event_at_least_once(tansu_broker
     received = consume_kafka(str(p["servers"]), str(p["topic"]), sum(expected.values()))
     check_delivery(received, expected)
     check_duplicates_in_windows(received, windows)
+
+
+def test_after_a_fatal_error_an_outstanding_batch_is_produced_again_on_the_new_producer(tansu_broker: Broker) -> None:
+    """A fatal producer error (idempotence state lost) makes the connector start a new
+    producer while another shard's batch may still wait for reports from the old one: that
+    batch is reported unacknowledged and, handed over again, produced on the new producer
+    instead of waiting for reports that will never come."""
+    import confluent_kafka as ck
+
+    from ego.publishers import KafkaPublisher, Record
+
+    p = params(tansu_broker)
+    publisher = KafkaPublisher(str(p["servers"]), str(p["topic"]), ack_timeout=2.0)
+    try:
+        records = [
+            Record(f"account-{i}:1", f"account-{i}", b"v%d" % i, {"ego-event-id": f"account-{i}:1"}, 0, i + 1, None)  # type: ignore[arg-type]
+            for i in range(20)
+        ]
+        wait = publisher.send(records)  # outstanding on the first producer
+        failure = publisher._failure(ck.KafkaError(ck.KafkaError._FATAL, "simulated", fatal=True))
+        assert isinstance(failure, ego.errors.BrokerUnavailableError)
+        first = wait()
+        assert first is not None and all(isinstance(e, ego.errors.BrokerUnavailableError) for e in first)
+        assert publisher.publish(records) is None  # the second producer takes all of them
+        received = consume_kafka(str(p["servers"]), str(p["topic"]), 20)
+        assert {event_id for event_id, _ in received} == {r.id for r in records}
+    finally:
+        publisher.close()

@@ -56,11 +56,14 @@ class _Produced:
     rather than per record, so publishing allocates nothing per record that Python's cyclic
     garbage collector tracks. ``expected`` is set once by ``send`` when it has produced every
     record; ``reports`` counts the reports (on whichever thread serves them); ``failed`` holds
-    the event ids of the records the broker did not take, with the error."""
+    the event ids of the records the broker did not take, with the error; ``producer`` is the
+    producer they went to (after a fatal error it is replaced, and the old one's reports are
+    no longer awaited: its records are produced again)."""
 
-    __slots__ = ("expected", "failed", "reports")
+    __slots__ = ("expected", "failed", "producer", "reports")
 
-    def __init__(self) -> None:
+    def __init__(self, producer: Any) -> None:
+        self.producer = producer
         self.expected = -1
         self.reports = 0
         self.failed: dict[str, Any] = {}
@@ -158,7 +161,7 @@ class KafkaPublisher:
         if self._closed.is_set():
             raise PublisherClosedError("the Kafka publisher is closed")
         producer, pending, topic = self._producer, self._pending, self.topic
-        produced = _Produced()
+        produced = _Produced(producer)
         report = produced.report
         # Per record, the send whose delivery report decides it (None: a record already
         # acknowledged in a call that gave up waiting); only built when records are inherited.
@@ -168,7 +171,11 @@ class KafkaPublisher:
             # A record still queued from a call that gave up waiting is not produced again
             # (that would duplicate it and could reorder its key): its report is awaited.
             earlier = pending.pop(r.id, None) if pending else None
-            if earlier is not None and not (earlier.complete and earlier.error(r.id) is not None):
+            if (
+                earlier is not None
+                and (earlier.complete or earlier.producer is producer)
+                and not (earlier.complete and earlier.error(r.id) is not None)
+            ):
                 if sources is None:
                     sources = [produced] * i
                 sources.append(None if earlier.complete else earlier)
@@ -194,7 +201,8 @@ class KafkaPublisher:
     ) -> list[BaseException | None] | None:
         deadline = time.monotonic() + self.ack_timeout
         waits = [produced] if sources is None else list({id(s): s for s in sources if s is not None}.values())
-        while not all(w.complete for w in waits) and not self._closed.is_set():
+        # A send to a producer replaced after a fatal error gets no more reports: not awaited.
+        while not all(w.complete or w.producer is not self._producer for w in waits) and not self._closed.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 break
