@@ -58,14 +58,17 @@ pub(super) async fn release(client: &deadpool_postgres::Object, names: &Names, n
     Ok(())
 }
 
-/// Inside a commit transaction: bounds how long it may sit idle, then checks that `lease` is
+/// Inside a commit transaction: bounds how long it may sit idle and checks that `lease` is
 /// still `name`'s lease and locks its row until commit. `Err(LeaseLost)` otherwise.
 pub(super) async fn check(tx: &deadpool_postgres::Transaction<'_>, names: &Names, name: &str, lease: &Lease) -> Result<()> {
-    let ms = lease.ttl.as_millis().clamp(1, i32::MAX as u128);
-    tx.batch_execute(&format!("SET LOCAL idle_in_transaction_session_timeout = {ms}")).await.map_err(db_error)?;
-    let sql = format!("SELECT owner, epoch FROM {} WHERE name = $1 FOR SHARE", names.leases);
+    let ms = lease.ttl.as_millis().clamp(1, i32::MAX as u128).to_string();
+    // One round trip: the bound is set (as SET LOCAL would) by the statement that reads the row.
+    let sql = format!(
+        "SELECT owner, epoch, set_config('idle_in_transaction_session_timeout', $2, true) FROM {} WHERE name = $1 FOR SHARE",
+        names.leases
+    );
     let statement = tx.prepare_cached(&sql).await.map_err(db_error)?;
-    let row = tx.query_opt(&statement, &[&name]).await.map_err(db_error)?;
+    let row = tx.query_opt(&statement, &[&name, &ms]).await.map_err(db_error)?;
     match row {
         Some(r) if r.get::<_, &str>(0) == &*lease.owner && r.get::<_, i64>(1) as u64 == lease.epoch => Ok(()),
         _ => Err(Error::LeaseLost { projection: name.into(), epoch: lease.epoch }),
