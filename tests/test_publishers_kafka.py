@@ -128,3 +128,24 @@ def test_after_a_fatal_error_an_outstanding_batch_is_produced_again_on_the_new_p
         assert {event_id for event_id, _ in received} == {r.id for r in records}
     finally:
         publisher.close()
+
+
+def test_a_restart_restores_the_publisher(tansu_broker: Broker) -> None:
+    """stop() closes the producer; start() reopens the publisher with a new one, and publishing
+    resumes from the checkpoint: every event once, before and after the restart."""
+    p = params(tansu_broker)
+    engine = bank_engine("kafka-restart", ego.MemoryStore())
+    try:
+        accounts = [f"account-{i}" for i in range(20)]
+        write_history(engine, accounts, credits=2)
+        engine.add_event_publisher(make_publisher("kafka", p), name="kafka")
+        wait_caught_up(engine, "kafka")
+        engine.stop()
+        engine.start()
+        assert engine.publisher_names() == ["kafka"]
+        write_history(engine, accounts, credits=4, first_credit=4)
+        wait_caught_up(engine, "kafka")
+        received = consume_kafka(str(p["servers"]), str(p["topic"]), 100)
+        assert check_delivery(received, {a: 5 for a in accounts}, exactly_once=True) == 0
+    finally:
+        engine.stop()

@@ -238,6 +238,15 @@ class KafkaPublisher:
             return BrokerUnavailableError(f"Kafka: {text}")
         return PublishRefusedError(f"Kafka refused the record: {text}")
 
+    def reopen(self) -> None:
+        """Makes a closed publisher usable again (``Engine.start()`` calls it when it restores
+        the publisher after a restart): a new producer. Nothing when open."""
+        if not self._closed.is_set():
+            return
+        self._producer = self._ck.Producer(self._settings)
+        self._pending.clear()
+        self._closed.clear()
+
     def close(self) -> None:
         """Stops waiting, drops what is still queued (it was not acknowledged, so it is
         published again by the next run) and closes the producer. Idempotent."""
