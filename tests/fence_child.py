@@ -17,27 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ego
 
-from egotest.messages_pb2 import Counter, Note
-
-
-class Tally(ego.EventSourcedBehavior):
-    """Each `Note` is one event; the state counts them."""
-
-    def __init__(self, entity_id: str) -> None:
-        self.entity_id = entity_id
-
-    def id(self) -> str:
-        return self.entity_id
-
-    def initial_state(self) -> Counter:
-        return Counter()
-
-    def handle_command(self, command: Note, state: Counter) -> list[Note]:
-        return [Note(text=self.entity_id, n=state.value + 1)]
-
-    def handle_event(self, event: Note, state: Counter) -> Counter:
-        state.value = event.n
-        return state
+from egotest.messages_pb2 import Note
+from tally import Tally
 
 
 def main() -> None:
