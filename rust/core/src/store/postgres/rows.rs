@@ -76,27 +76,11 @@ fn idempotency_of(row: &Row) -> Vec<IdempotencyRecord> {
 
 /// A durable-state row as an envelope.
 pub(super) fn state_of(row: &Row) -> DurableState {
-    let key: Option<String> = row.get("encryption_key_id");
-    DurableState {
-        persistence_id: row.get("persistence_id"),
-        version_number: row.get::<_, i64>("version") as u64,
-        resulting_state: Some(Any { type_url: row.get("type_url"), value: row.get::<_, Vec<u8>>("payload").into() }),
-        timestamp: row.get("timestamp"),
-        shard: row.get::<_, i32>("shard") as u32,
-        encryption_key_id: key.unwrap_or_default(),
-        is_encrypted: row.get("is_encrypted"),
-        idempotency_keys: idempotency_of(row),
-        position: 0,
-        is_erased: false,
-    }
+    DurableState { idempotency_keys: idempotency_of(row), ..durable_state_of(row, 0) }
 }
 
-/// The columns of the durable-state change log, in the order of every query of it.
-pub(super) const CHANGE_COLUMNS: &str =
-    "shard, position, persistence_id, version, timestamp, type_url, payload, encryption_key_id, is_encrypted";
-
-/// A change-log row as an envelope.
-pub(super) fn change_of(row: &Row) -> DurableState {
+/// The columns the states table and the change log share, as an envelope at `position`.
+fn durable_state_of(row: &Row, position: u64) -> DurableState {
     let key: Option<String> = row.get("encryption_key_id");
     DurableState {
         persistence_id: row.get("persistence_id"),
@@ -107,9 +91,18 @@ pub(super) fn change_of(row: &Row) -> DurableState {
         encryption_key_id: key.unwrap_or_default(),
         is_encrypted: row.get("is_encrypted"),
         idempotency_keys: Vec::new(),
-        position: row.get::<_, i64>("position") as u64,
+        position,
         is_erased: false,
     }
+}
+
+/// The columns of the durable-state change log, in the order of every query of it.
+pub(super) const CHANGE_COLUMNS: &str =
+    "shard, position, persistence_id, version, timestamp, type_url, payload, encryption_key_id, is_encrypted";
+
+/// A change-log row as an envelope.
+pub(super) fn change_of(row: &Row) -> DurableState {
+    durable_state_of(row, row.get::<_, i64>("position") as u64)
 }
 
 impl ToSql for SqlValue {

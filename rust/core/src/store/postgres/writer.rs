@@ -373,6 +373,35 @@ async fn claim_heads(step: &mut Step<'_, '_>, event_chains: &mut BTreeMap<String
 
 /// Numbers the accepted events (each shard's counter row is locked, in shard order, until
 /// commit) and inserts them.
+/// How many records each shard gets (one shard per record).
+fn per_shard(shards: impl Iterator<Item = u32>) -> BTreeMap<u32, i64> {
+    let mut counts: BTreeMap<u32, i64> = BTreeMap::new();
+    for shard in shards {
+        *counts.entry(shard).or_default() += 1;
+    }
+    counts
+}
+
+/// Takes `per_shard[s]` positions of each shard `s` from the counter table `counters` (a row
+/// per shard), in this transaction: the first position of each shard's run, the run then
+/// numbered upwards.
+async fn number_positions(step: &mut Step<'_, '_>, counters: &str, per_shard: BTreeMap<u32, i64>) -> PgResult<HashMap<u32, i64>> {
+    let ids: Vec<i32> = per_shard.keys().map(|s| *s as i32).collect();
+    let counts: Vec<i64> = per_shard.values().copied().collect();
+    let sql = format!(
+        "INSERT INTO {counters} AS s (shard, position) SELECT * FROM unnest($1::int4[], $2::int8[]) \
+         ON CONFLICT (shard) DO UPDATE SET position = s.position + EXCLUDED.position RETURNING shard, position"
+    );
+    let numbering = prepared(step.tx, step.statements, &sql).await?;
+    let mut first = HashMap::with_capacity(per_shard.len());
+    for row in step.tx.query(&numbering, &[&ids, &counts]).await? {
+        let shard = row.get::<_, i32>(0) as u32;
+        let last: i64 = row.get(1);
+        first.insert(shard, last - per_shard[&shard] + 1);
+    }
+    Ok(first)
+}
+
 async fn insert_events(step: &mut Step<'_, '_>, event_chains: &BTreeMap<String, Chain>) -> PgResult<()> {
     let (n, group) = (step.names, step.group);
     let accepted: Vec<&Vec<Event>> = event_chains
@@ -386,26 +415,7 @@ async fn insert_events(step: &mut Step<'_, '_>, event_chains: &BTreeMap<String, 
     if accepted.is_empty() {
         return Ok(());
     }
-    let mut per_shard: BTreeMap<u32, i64> = BTreeMap::new();
-    for events in &accepted {
-        for e in events.iter() {
-            *per_shard.entry(e.shard).or_default() += 1;
-        }
-    }
-    let shards: Vec<i32> = per_shard.keys().map(|s| *s as i32).collect();
-    let counts: Vec<i64> = per_shard.values().copied().collect();
-    let sql = format!(
-        "INSERT INTO {s} AS s (shard, position) SELECT * FROM unnest($1::int4[], $2::int8[]) \
-         ON CONFLICT (shard) DO UPDATE SET position = s.position + EXCLUDED.position RETURNING shard, position",
-        s = n.shards
-    );
-    let mut next: HashMap<u32, i64> = HashMap::new();
-    let numbering = prepared(step.tx, step.statements, &sql).await?;
-    for row in step.tx.query(&numbering, &[&shards, &counts]).await? {
-        let shard = row.get::<_, i32>(0) as u32;
-        let last: i64 = row.get(1);
-        next.insert(shard, last - per_shard[&shard] + 1);
-    }
+    let mut next = number_positions(step, &n.shards, per_shard(accepted.iter().flat_map(|events| events.iter().map(|e| e.shard)))).await?;
     let total: usize = accepted.iter().map(|e| e.len()).sum();
     let mut pids = Vec::with_capacity(total);
     let mut seqs = Vec::with_capacity(total);
@@ -521,24 +531,7 @@ async fn log_state_changes(step: &mut Step<'_, '_>, state_chains: &BTreeMap<Stri
     if accepted.is_empty() {
         return Ok(());
     }
-    let mut per_shard: BTreeMap<u32, i64> = BTreeMap::new();
-    for s in &accepted {
-        *per_shard.entry(s.shard).or_default() += 1;
-    }
-    let shards: Vec<i32> = per_shard.keys().map(|s| *s as i32).collect();
-    let counts: Vec<i64> = per_shard.values().copied().collect();
-    let sql = format!(
-        "INSERT INTO {s} AS s (shard, position) SELECT * FROM unnest($1::int4[], $2::int8[]) \
-         ON CONFLICT (shard) DO UPDATE SET position = s.position + EXCLUDED.position RETURNING shard, position",
-        s = n.state_shards
-    );
-    let mut next: HashMap<u32, i64> = HashMap::new();
-    let numbering = prepared(step.tx, step.statements, &sql).await?;
-    for row in step.tx.query(&numbering, &[&shards, &counts]).await? {
-        let shard = row.get::<_, i32>(0) as u32;
-        let last: i64 = row.get(1);
-        next.insert(shard, last - per_shard[&shard] + 1);
-    }
+    let mut next = number_positions(step, &n.state_shards, per_shard(accepted.iter().map(|s| s.shard))).await?;
     let mut shard_col = Vec::with_capacity(accepted.len());
     let mut positions = Vec::with_capacity(accepted.len());
     for s in &accepted {
