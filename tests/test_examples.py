@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from hypothesis import strategies as st
 
 import ego
@@ -90,28 +89,11 @@ def test_the_several_processes_example_runs(pg_url: str) -> None:
     """examples/inventory: two worker processes and the main one serve the same products
     (shared=True) and add the same transactional projection (leased) on one database."""
 
-    def run() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "run.py", pg_url], cwd=ROOT / "examples" / "inventory", capture_output=True, text=True, timeout=600
-        )
-
-    result = run()
-    if _exit_abort(result):
-        # A known bug (see _exit_abort): once in a few runs a process of the example aborts at
-        # interpreter exit, after its engine stopped. Run it again so that its results are
-        # still checked; a second abort is reported as the known bug, not hidden.
-        result = run()
-        if _exit_abort(result):
-            pytest.xfail("ego's exit-time abort ('FATAL: exception not rethrown') hit twice in a row")
+    result = subprocess.run(
+        [sys.executable, "run.py", pg_url], cwd=ROOT / "examples" / "inventory", capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "(each once)" in result.stdout and "never below zero" in result.stdout, result.stdout
-
-
-def _exit_abort(result: subprocess.CompletedProcess[str]) -> bool:
-    """The known exit-time abort: a thread of ego's extension takes the GIL while the
-    interpreter finalizes, and glibc aborts the process with "FATAL: exception not rethrown"
-    (SIGABRT). Not yet fixed; seen in the inventory example's processes."""
-    return "FATAL: exception not rethrown" in result.stderr
 
 
 def test_the_inventory_example_passes_mypy_strict() -> None:

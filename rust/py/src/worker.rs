@@ -4,10 +4,12 @@
 //! `async def` callbacks.
 //!
 //! At interpreter exit ([`shutdown`], registered with `atexit` when the module loads) every
-//! worker is told to finish and is waited for, briefly, while the interpreter is still whole:
-//! a thread that asks for the GIL once finalization has begun is ended by CPython with a forced
-//! unwind, which aborts the process ("FATAL: exception not rethrown"). A worker still busy when
-//! the wait ends never takes the GIL again.
+//! worker thread that has not ended is told to finish and is waited for, briefly, while the
+//! interpreter is still whole: a thread that asks for the GIL once finalization has begun is
+//! ended by CPython with a forced unwind, which aborts the process ("FATAL: exception not
+//! rethrown"). That includes the threads of workers already dropped (a stopped projection's):
+//! such a thread still takes the GIL once, to close its event loop, and may do so late. A
+//! worker still busy when the wait ends never takes the GIL again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Weak};
@@ -27,7 +29,6 @@ pub struct Worker {
 
 struct Inner {
     tx: Mutex<Option<mpsc::Sender<Job>>>,
-    done: Mutex<Option<mpsc::Receiver<()>>>,
 }
 
 static ISAWAITABLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -35,8 +36,11 @@ static ISAWAITABLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static EXITING: AtomicBool = AtomicBool::new(false);
 /// Set when the exit's wait for the workers ends: no worker takes the GIL after it.
 static FINALIZING: AtomicBool = AtomicBool::new(false);
-/// Every worker started, to be finished at exit.
+/// Every worker whose handle is alive, to be told to finish at exit.
 static LIVE: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
+/// The end signal of every worker thread that may not have ended yet (whether or not its
+/// handle is alive), waited for at exit.
+static THREADS: Mutex<Vec<mpsc::Receiver<()>>> = Mutex::new(Vec::new());
 
 /// How long interpreter exit waits for the workers' queued jobs (all workers together).
 const EXIT_GRACE: Duration = Duration::from_secs(5);
@@ -53,10 +57,13 @@ impl Worker {
                 let _ = done_tx.send(());
             })
             .map_err(|e| Python::attach(|py| crate::errors::internal(py, format!("cannot start a thread: {e}"))))?;
-        let inner = Arc::new(Inner { tx: Mutex::new(Some(tx)), done: Mutex::new(Some(done_rx)) });
+        let inner = Arc::new(Inner { tx: Mutex::new(Some(tx)) });
         let mut live = LIVE.lock();
         live.retain(|w| w.strong_count() > 0);
         live.push(Arc::downgrade(&inner));
+        let mut threads = THREADS.lock();
+        threads.retain(|done| matches!(done.try_recv(), Err(mpsc::TryRecvError::Empty)));
+        threads.push(done_rx);
         Ok(Worker { inner })
     }
 
@@ -104,19 +111,16 @@ fn run_jobs(rx: &mpsc::Receiver<Job>) {
 }
 
 /// Finishes every worker at interpreter exit: no new jobs, queued ones run, then each thread
-/// closes its event loop and ends. Waits up to [`EXIT_GRACE`] in all with the GIL released;
-/// a worker still busy after that never takes the GIL again (its jobs are dropped unrun).
+/// closes its event loop and ends. Waits for every thread that has not ended (those of dropped
+/// workers too) up to [`EXIT_GRACE`] in all with the GIL released; a worker still busy after
+/// that never takes the GIL again (its jobs are dropped unrun).
 #[pyfunction]
 pub fn shutdown(py: Python<'_>) {
     EXITING.store(true, Ordering::Release);
-    let live: Vec<Arc<Inner>> = LIVE.lock().drain(..).filter_map(|w| w.upgrade()).collect();
-    let waits: Vec<mpsc::Receiver<()>> = live
-        .iter()
-        .filter_map(|inner| {
-            inner.tx.lock().take();
-            inner.done.lock().take()
-        })
-        .collect();
+    for inner in LIVE.lock().drain(..).filter_map(|w| w.upgrade()) {
+        inner.tx.lock().take();
+    }
+    let waits: Vec<mpsc::Receiver<()>> = THREADS.lock().drain(..).collect();
     py.detach(|| {
         let deadline = Instant::now() + EXIT_GRACE;
         for done in waits {
