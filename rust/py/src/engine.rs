@@ -219,10 +219,12 @@ impl EngineCore {
     /// written together (each but its last is sent with `more`).
     fn dispatch_bulk(core: &Core, py: Python<'_>, bulk: &Arc<Bulk>, items: &[Bound<'_, PyAny>]) {
         let mut parsed = Vec::with_capacity(items.len());
+        // Outcomes known while dispatching, filled in together at the end.
+        let mut known = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             match pair_of(core, py, item) {
                 Ok((id, command, key)) => parsed.push((i, id, command, key)),
-                Err(e) => bulk.settle(i, Err(ego_core::host::Fail::Handler(e))),
+                Err(e) => known.push((i, Err(ego_core::host::Fail::Handler(e)))),
             }
         }
         // more[k]: a later item of the call goes to the same entity.
@@ -234,12 +236,16 @@ impl EngineCore {
         drop(seen);
         for ((i, id, command, key), more) in parsed.into_iter().zip(more) {
             let command = PyCommand::new(command.unbind());
-            match core.send_in_call(py, id.to_str().unwrap_or_default(), command, key, more, bulk.reply(i)) {
-                Ok(Dispatched::Done(outcome)) => bulk.settle(i, outcome),
+            let id = id.to_str().unwrap_or_default();
+            let (sent, dropped) = bulk.dispatching(i, |reply| core.send_in_call(py, id, command, key, more, reply));
+            match sent {
+                Ok(Dispatched::Done(outcome)) => known.push((i, outcome)),
+                Ok(Dispatched::Queued) if dropped => bulk.drop_slot(i),
                 Ok(Dispatched::Queued) => {}
-                Err(fail) => bulk.settle(i, Err(fail)),
+                Err(fail) => known.push((i, Err(fail))),
             }
         }
+        bulk.settle_all(known);
     }
 
     /// The items of a bulk call's `pairs` (any iterable).

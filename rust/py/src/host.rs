@@ -117,7 +117,7 @@ impl PyHost {
     /// A host whose recoveries and projections pass stored events through `adapters`.
     /// `telemetry`: spans and counters (None: off); `log`: where records go.
     pub fn new(adapters: Vec<Py<PyAny>>, telemetry: Option<Arc<Telemetry>>, log: Arc<Log>) -> Self {
-        let types = Arc::new(Types::default());
+        let types = Arc::new(Types);
         let metrics = telemetry.as_ref().is_some_and(|t| t.metrics);
         PyHost {
             types: types.clone(),
@@ -197,10 +197,9 @@ impl PyHost {
     }
 
     fn serialize(&self, what: &'static str, value: &Bound<'_, PyAny>, max_bytes: usize) -> Result<Any, PyFail> {
-        let py = value.py();
         let info = internal(self.types.info(value))?
             .ok_or_else(|| contract(format!("{what} must be a protobuf message, got {}", describe(value))))?;
-        let bytes = handler(value.call_method0(pyo3::intern!(py, "SerializeToString")))?;
+        let bytes = handler(info.to_bytes(value))?;
         let bytes = bytes.cast::<PyBytes>().map_err(|e| Fail::Handler(e.into()))?.as_bytes();
         if bytes.len() > max_bytes {
             return Err(Fail::Engine(Error::TooLarge { what, size: bytes.len(), limit: max_bytes }));

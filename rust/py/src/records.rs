@@ -87,7 +87,7 @@ pub struct PersistedEvent {
 /// The decoder of events built in Python (no event adapters).
 fn plain_decoder() -> Arc<Decoder> {
     static PLAIN: std::sync::OnceLock<Arc<Decoder>> = std::sync::OnceLock::new();
-    PLAIN.get_or_init(|| Arc::new(Decoder { types: Arc::new(Types::default()), adapters: Vec::new() })).clone()
+    PLAIN.get_or_init(|| Arc::new(Decoder { types: Arc::new(Types), adapters: Vec::new() })).clone()
 }
 
 #[pymethods]

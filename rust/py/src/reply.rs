@@ -492,7 +492,42 @@ impl Bulk {
         }
     }
 
-    fn drop_slot(self: &Arc<Self>, i: usize) {
+    /// Fills the slots of commands whose outcome the caller got back while dispatching (one
+    /// lock for all of them; see [`Bulk::settle`]).
+    pub fn settle_all(self: &Arc<Self>, outcomes: Vec<(usize, Outcome)>) {
+        if outcomes.is_empty() {
+            return;
+        }
+        let mut state = self.state.lock();
+        let mut last = false;
+        for (i, outcome) in outcomes {
+            match state.slots.get_mut(i) {
+                Some(slot @ (BulkSlot::Waiting | BulkSlot::Started)) => {
+                    *slot = BulkSlot::Done(outcome);
+                    last |= Self::count_down(&mut state);
+                }
+                Some(slot @ BulkSlot::Dropped) => *slot = BulkSlot::Done(outcome),
+                Some(BulkSlot::Done(_)) | None => {}
+            }
+        }
+        drop(state);
+        if last {
+            self.complete();
+        }
+    }
+
+    /// Sends command `i` with `send`, on the calling thread: its reply, if the engine drops it
+    /// meanwhile (it answers with the outcome instead), leaves the slot alone. Returns what
+    /// `send` returned and whether the reply was dropped.
+    pub fn dispatching<R>(self: &Arc<Self>, i: usize, send: impl FnOnce(Reply) -> R) -> (R, bool) {
+        let this = Arc::as_ptr(self) as usize;
+        let outer = INLINE.with(|c| c.replace((this, i, false)));
+        let result = send(self.reply(i));
+        let (_, _, dropped) = INLINE.with(|c| c.replace(outer));
+        (result, dropped)
+    }
+
+    pub fn drop_slot(self: &Arc<Self>, i: usize) {
         let mut state = self.state.lock();
         let last = match state.slots.get_mut(i) {
             Some(slot @ (BulkSlot::Waiting | BulkSlot::Started)) => {
@@ -642,10 +677,28 @@ impl BulkReply {
     }
 }
 
+thread_local! {
+    /// The bulk call and slot being dispatched on this thread ([`Bulk::dispatching`]), and
+    /// whether its reply was dropped meanwhile.
+    static INLINE: std::cell::Cell<(usize, usize, bool)> = const { std::cell::Cell::new((0, usize::MAX, false)) };
+}
+
 impl Drop for BulkReply {
     fn drop(&mut self) {
         if let Some(bulk) = self.bulk.take() {
-            bulk.drop_slot(self.index);
+            let this = (Arc::as_ptr(&bulk) as usize, self.index);
+            let inline = INLINE.with(|c| {
+                let (b, i, _) = c.get();
+                let inline = (b, i) == this;
+                if inline {
+                    c.set((b, i, true));
+                }
+                inline
+            });
+            // Dropped by the engine while its caller dispatches it: the caller settles it.
+            if !inline {
+                bulk.drop_slot(self.index);
+            }
         }
     }
 }

@@ -150,7 +150,6 @@ pub(crate) fn drive<H: Host>(
                         }
                     }
                     Step::Batched(output) => {
-                        work.batch.opened.get_or_insert_with(Instant::now);
                         work.batch.replies.push(Pending { reply, output, own: is_own });
                     }
                 }
@@ -163,6 +162,11 @@ pub(crate) fn drive<H: Host>(
                 work.held = more;
                 if work.broken || (write::should_flush(e, &work) && !(more && e.options.batch_threshold == 0)) {
                     write::flush(sh, cx, e, &mut work, &mut own_result);
+                }
+                // The batch waits for more: its flush window starts now (a batch written
+                // at once needs no clock reading).
+                if work.batch.opened.is_none() && !work.batch.is_empty() {
+                    work.batch.opened = Some(Instant::now());
                 }
             }
             Msg::Query(reply) => {

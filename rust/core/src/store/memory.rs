@@ -127,24 +127,30 @@ impl MemoryStore {
             }
         }
         let mut data = self.inner.lock();
-        let data = &mut *data;
-        let highest = data.journals.get(pid).map_or(0, |j| j.highest);
-        if first != highest + 1 {
-            return Err(Error::Concurrency { persistence_id: pid.into(), expected: first - 1, actual: highest });
-        }
-        let pid: Arc<str> = match data.journals.get_key_value(pid) {
-            Some((k, _)) => k.clone(),
-            None => pid.into(),
+        let Data { journals, logs, type_urls, .. } = &mut *data;
+        // One lookup of the journal (an existing one on the hot path), one of the shard's log.
+        let journal = match journals.get_mut(pid) {
+            Some(journal) => journal,
+            None => {
+                let pid: Arc<str> = pid.into();
+                journals.entry(pid.clone()).or_insert(Journal { pid, highest: 0, events: VecDeque::new() })
+            }
         };
-        let journal = data.journals.entry(pid.clone()).or_insert_with(|| Journal { pid: pid.clone(), highest, events: VecDeque::new() });
+        if first != journal.highest + 1 {
+            return Err(Error::Concurrency { persistence_id: pid.into(), expected: first - 1, actual: journal.highest });
+        }
+        let shard = events[0].shard;
+        let mut log = logs.entry(shard).or_default();
         for e in events {
-            let log = data.logs.entry(e.shard).or_default();
+            if e.shard != shard {
+                log = logs.entry(e.shard).or_default();
+            }
             let any = e.event.unwrap_or_default();
-            let type_url = match data.type_urls.get_key_value(any.type_url.as_str()) {
+            let type_url = match type_urls.get_key_value(any.type_url.as_str()) {
                 Some((k, _)) => k.clone(),
                 None => {
                     let k: Arc<str> = any.type_url.into();
-                    data.type_urls.insert(k.clone(), ());
+                    type_urls.insert(k.clone(), ());
                     k
                 }
             };
