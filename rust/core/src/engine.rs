@@ -78,6 +78,7 @@ impl<H: Host> Engine<H> {
             None => None,
         };
         let tracing = host.tracing();
+        let events_in_memory = stores.events.as_ref().is_some_and(|s| s.in_memory());
         let threads = config.bridge_threads.max(1);
         let shared = Arc::new(Shared {
             host,
@@ -95,6 +96,7 @@ impl<H: Host> Engine<H> {
             projections: Mutex::new(HashMap::new()),
             stream: Stream::default(),
             tracing,
+            events_in_memory,
             keys,
             plain_events,
             plain_states,

@@ -48,6 +48,8 @@ pub struct Shared<H: Host> {
     pub(crate) stream: Stream,
     /// The host traces commands ([`Host::tracing`], read once at start).
     pub(crate) tracing: bool,
+    /// The events store keeps its events in memory ([`crate::store::EventsStore::in_memory`]).
+    pub(crate) events_in_memory: bool,
     /// The data keys, when records are encrypted (the stores above are then the encrypting
     /// wrappers of `crate::crypto::layer`).
     pub(crate) keys: Option<Arc<KeyRing>>,

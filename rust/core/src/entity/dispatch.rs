@@ -16,7 +16,7 @@ use crate::entity::cell::{DispatchError, Dispatched, Entity, Msg, Pending, Phase
 use crate::entity::process::{self, Step};
 use crate::entity::write;
 use crate::error::Error;
-use crate::host::{Fail, Host, Outcome};
+use crate::host::{Fail, Host, Kind, Outcome};
 use crate::shared::Shared;
 use crate::stats::Stats;
 
@@ -158,7 +158,8 @@ pub(crate) fn drive<H: Host>(
                 // their events join this one's write instead of each writing its own (not for
                 // shared entities, which read the journal head before each command and so
                 // write each command before the next, like batching off).
-                let more = more && !e.options.shared;
+                // Nor on an in-memory events store: holding would only defer the replies.
+                let more = more && !e.options.shared && !(sh.events_in_memory && e.kind == Kind::EventSourced);
                 work.held = more;
                 if work.broken || (write::should_flush(e, &work) && !(more && e.options.batch_threshold == 0)) {
                     write::flush(sh, cx, e, &mut work, &mut own_result);

@@ -192,6 +192,10 @@ impl EventsStore for MemoryStore {
         ready(self.append(events))
     }
 
+    fn in_memory(&self) -> bool {
+        true
+    }
+
     fn claim_journal(&self, shards: u32) -> BoxFuture<'static, Result<Option<JournalInfo>>> {
         let mut data = self.inner.lock();
         let has_events = data.logs.values().any(|l| !l.is_empty());

@@ -49,6 +49,12 @@ pub struct ShardHead {
 pub trait EventsStore: Send + Sync + 'static {
     /// Appends the events of one persistence id atomically (see the module contract).
     fn write_events(&self, events: Vec<Event>) -> BoxFuture<'static, Result<()>>;
+    /// Whether the store keeps its events in this process's memory, so that a write costs next
+    /// to nothing: the engine then writes each command of a bulk call as it comes instead of
+    /// holding an entity's commands for one write (which would only defer their replies).
+    fn in_memory(&self) -> bool {
+        false
+    }
     /// Events with `from <= seq <= to`, ascending, at most `max`.
     fn replay_events(&self, persistence_id: &str, from: u64, to: u64, max: u64) -> BoxFuture<'static, Result<Vec<Event>>>;
     /// The highest sequence number ever written (kept after deletion), 0 if none.
