@@ -20,8 +20,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyTuple, PyType};
 
 /// Upper bounds (ms) of the command latency histogram's buckets (a last bucket takes the rest).
 pub const LATENCY_BOUNDS_MS: [f64; 19] =
@@ -102,7 +103,9 @@ impl Telemetry {
 
 impl Tracing {
     /// Starts (and makes current) the span of a command; `parent` is the caller's context, or
-    /// an [`Unsampled`] context (the send methods sampled the command out: attached, no span).
+    /// what a command sampled out by the send methods carries (a [`SampledOut`] span, or an
+    /// [`Unsampled`] context): then no span is made, the context is attached and the handle
+    /// is the context variable's token.
     pub fn start_command(
         &self,
         py: Python<'_>,
@@ -112,13 +115,8 @@ impl Tracing {
         command_type: &str,
     ) -> PyResult<Py<PyAny>> {
         if let (Some(fast), Some(parent)) = (&self.fast, parent) {
-            if let Ok(unsampled) = parent.bind(py).cast::<Unsampled>() {
-                // The handle is the context variable's token.
-                return fast
-                    .current
-                    .bind(py)
-                    .call_method1(pyo3::intern!(py, "set"), (unsampled.get().context.bind(py),))
-                    .map(Bound::unbind);
+            if let Some(token) = fast.attach_unsampled(parent.bind(py))? {
+                return Ok(token);
             }
         }
         self.start_command.bind(py).call1((self.tracer.bind(py), parent, id, entity_type, command_type)).map(Bound::unbind)
@@ -179,7 +177,7 @@ impl Tracing {
     /// Ends a command's span.
     pub fn end_command(&self, py: Python<'_>, handle: &Py<PyAny>, outcome: &str, revision: u64) -> PyResult<()> {
         if let Some(fast) = self.unsampled(handle.bind(py)) {
-            return fast.current.bind(py).call_method1(pyo3::intern!(py, "reset"), (handle,)).map(|_| ());
+            return fast.reset.bind(py).call1((handle,)).map(|_| ());
         }
         self.end_command.bind(py).call1((handle, outcome, revision)).map(|_| ())
     }
@@ -289,13 +287,21 @@ pub struct Fast {
     /// (`2**64`: always; 0: never).
     parent_based: bool,
     bound: u128,
-    /// The context variable the OpenTelemetry API keeps the current context in.
-    current: Py<PyAny>,
+    /// The bound `get`, `set` and `reset` methods of the context variable the OpenTelemetry
+    /// API keeps the current context in (looked up once: a command calls them directly).
+    get: Py<PyAny>,
+    set: Py<PyAny>,
+    reset: Py<PyAny>,
     token_type: Py<PyAny>,
     /// The key of the current span in a context, `opentelemetry.trace.Span`, `Context`.
     span_key: Py<PyAny>,
     span_abc: Py<PyAny>,
-    context_type: Py<PyAny>,
+    context_type: Py<PyType>,
+    /// `dict`'s `tp_new`, which makes an empty `Context` as `Context()` does (checked in
+    /// [`Fast::new`]: `Context` overrides neither `__new__` nor `__init__`), without the
+    /// type call; None: `Context()` is called.
+    context_new: Option<ffi::newfunc>,
+    empty_args: Py<PyTuple>,
     /// `(trace_id, span_id) -> SpanContext` of a sampled-out root.
     make_context: Py<PyAny>,
     /// `(tracer, trace_id or None, entity_id, command) -> (span, context)`: a sampled
@@ -307,7 +313,7 @@ pub struct Fast {
 
 /// What a send does about its command's trace.
 pub enum Begun {
-    /// Sampled out: the context to carry (an [`Unsampled`]).
+    /// Sampled out: what to carry (a [`SampledOut`] span, or an [`Unsampled`] context).
     Out(Py<PyAny>),
     /// Sampled: the caller's span (ended by the send) and the context to carry.
     In(Py<PyAny>, Py<PyAny>),
@@ -330,20 +336,40 @@ fn random_u64() -> u64 {
     })
 }
 
+/// A type's slot `slot` (null when it has none).
+fn type_slot(ty: &Bound<'_, PyType>, slot: std::os::raw::c_int) -> *mut std::os::raw::c_void {
+    // SAFETY: `ty` is a live type object; PyType_GetSlot accepts static and heap types (3.10+).
+    unsafe { ffi::PyType_GetSlot(ty.as_type_ptr(), slot) }
+}
+
 impl Fast {
     fn new(helpers: &Bound<'_, PyAny>, parent_based: bool, bound: u128) -> PyResult<Fast> {
         let py = helpers.py();
         let get = |name: &str| helpers.getattr(name).map(Bound::unbind);
         let span_abc = py.import("opentelemetry.trace")?.getattr("Span")?;
         span_abc.call_method1("register", (py.get_type::<SampledOut>(),))?;
+        let current = helpers.getattr("CURRENT_CONTEXT")?;
+        let context_type = py.import("opentelemetry.context")?.getattr("Context")?.cast_into::<PyType>()?;
+        let dict_type = py.get_type::<PyDict>();
+        let inherits = |slot| {
+            let s = type_slot(&context_type, slot);
+            !s.is_null() && s == type_slot(&dict_type, slot)
+        };
+        let context_new = (context_type.is_subclass(&dict_type)? && inherits(ffi::Py_tp_new) && inherits(ffi::Py_tp_init))
+            // SAFETY: the slot is dict's tp_new (non-null), a `newfunc`.
+            .then(|| unsafe { std::mem::transmute::<*mut std::os::raw::c_void, ffi::newfunc>(type_slot(&dict_type, ffi::Py_tp_new)) });
         Ok(Fast {
             parent_based,
             bound,
-            current: get("CURRENT_CONTEXT")?,
+            get: current.getattr("get")?.unbind(),
+            set: current.getattr("set")?.unbind(),
+            reset: current.getattr("reset")?.unbind(),
             token_type: py.import("contextvars")?.getattr("Token")?.unbind(),
             span_key: get("SPAN_KEY")?,
             span_abc: span_abc.unbind(),
-            context_type: py.import("opentelemetry.context")?.getattr("Context")?.unbind(),
+            context_type: context_type.unbind(),
+            context_new,
+            empty_args: PyTuple::empty(py).unbind(),
             make_context: get("unsampled_context")?,
             start_send: get("start_send")?,
             end_send: get("end_send")?,
@@ -351,11 +377,45 @@ impl Fast {
         })
     }
 
+    /// A new empty `Context` (a dict subclass: filled with `PyDict_SetItem`, which does not
+    /// go through its read-only `__setitem__`).
+    fn new_context<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let ty = self.context_type.bind(py);
+        let context = match self.context_new {
+            // SAFETY: dict's tp_new called with a subtype of dict whose tp_new and tp_init are
+            // dict's, as `Context()` calls it (dict's tp_init does nothing without arguments).
+            Some(new) => unsafe {
+                Bound::from_owned_ptr_or_err(py, new(ty.as_type_ptr(), self.empty_args.as_ptr(), std::ptr::null_mut()))?
+            },
+            None => ty.call0()?,
+        };
+        Ok(context.cast_into::<PyDict>()?)
+    }
+
+    /// Attaches what a command sampled out by the send methods carries (`carried`: a
+    /// [`SampledOut`] span, put in a new context, or an [`Unsampled`] context) and returns the
+    /// context variable's token; None when `carried` is neither (a caller's context).
+    fn attach_unsampled(&self, carried: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
+        let py = carried.py();
+        let context = if let Ok(span) = carried.cast::<SampledOut>() {
+            let context = self.new_context(py)?;
+            context.set_item(self.span_key.bind(py), span)?;
+            context.into_any()
+        } else if let Ok(unsampled) = carried.cast::<Unsampled>() {
+            unsampled.get().context.bind(py).clone()
+        } else {
+            return Ok(None);
+        };
+        self.set.bind(py).call1((context,)).map(|token| Some(token.unbind()))
+    }
+
     /// Takes the sampling decision of a command sent now, from the caller's current context.
     pub fn begin(&self, py: Python<'_>, tracer: &Py<PyAny>, entity_id: &str, command: &Bound<'_, PyAny>) -> PyResult<Begun> {
-        let context = self.current.bind(py).call_method0(pyo3::intern!(py, "get"))?;
+        let context = self.get.bind(py).call0()?;
+        // The caller's context, when it holds anything (usually it is empty).
+        let values = context.cast::<PyDict>().ok().filter(|d| !d.is_empty());
         let mut parent: Option<(u128, bool)> = None;
-        if let Ok(dict) = context.cast::<PyDict>() {
+        if let Some(dict) = &values {
             if let Some(span) = dict.get_item(self.span_key.bind(py))? {
                 if span.is_instance(self.span_abc.bind(py))? {
                     let sc = span.call_method0(pyo3::intern!(py, "get_span_context"))?;
@@ -385,19 +445,22 @@ impl Fast {
                 self.start_send.bind(py).call1((tracer.bind(py), root, entity_id, command))?.extract()?;
             return Ok(Begun::In(span, context));
         }
-        let context = if parent.is_some() {
-            context.unbind()
-        } else {
-            let span =
-                SampledOut { trace_id, span_id: random_u64(), make_context: self.make_context.clone_ref(py), context: OnceLock::new() };
-            let values = match context.cast::<PyDict>() {
-                Ok(d) if !d.is_empty() => d.copy()?,
-                _ => PyDict::new(py),
-            };
-            values.set_item(self.span_key.bind(py), Bound::new(py, span)?)?;
-            self.context_type.bind(py).call1((values,))?.unbind()
+        if parent.is_some() {
+            return Ok(Begun::Out(Bound::new(py, Unsampled { context: context.unbind() })?.into_any().unbind()));
+        }
+        let span = Bound::new(
+            py,
+            SampledOut { trace_id, span_id: random_u64(), make_context: self.make_context.clone_ref(py), context: OnceLock::new() },
+        )?;
+        let Some(values) = values else {
+            // The usual case: an empty caller context. The span alone is carried; the handler's
+            // context is made when it runs (`attach_unsampled`).
+            return Ok(Begun::Out(span.into_any().unbind()));
         };
-        Ok(Begun::Out(Bound::new(py, Unsampled { context })?.into_any().unbind()))
+        let context = self.new_context(py)?;
+        context.update(values.as_mapping())?;
+        context.set_item(self.span_key.bind(py), span)?;
+        Ok(Begun::Out(Bound::new(py, Unsampled { context: context.into_any().unbind() })?.into_any().unbind()))
     }
 
     /// Ends a sampled command's caller span: `result` is `(state, revision)`, or the error;
