@@ -377,3 +377,40 @@ def test_which_samplers_are_decided_in_rust(sampler: Sampler, rule: Any) -> None
     provider, _ = traced(sampler)
     assert ego.Telemetry(tracer_provider=provider)._sampling_rule == rule
     provider.shutdown()
+
+
+def test_a_sampled_out_command_keeps_the_callers_other_context_values() -> None:
+    """A caller context that holds values but no span (baggage, say): the handler of a
+    sampled-out command sees those values next to its sampled-out span, and the caller's
+    context is back as it was after the call."""
+    from opentelemetry import baggage, context
+
+    seen: list[Any] = []
+
+    class Looks(AccountBehavior):
+        def handle_command(self, command: Any, state: Account) -> Any:
+            span = trace.get_current_span()
+            seen.append((baggage.get_baggage("tenant"), span.is_recording(), span.get_span_context()))
+            return super().handle_command(command, state)
+
+    provider, spans = traced(ALWAYS_OFF)
+    with ego.Engine("sampled-out-baggage", telemetry=ego.Telemetry(tracer_provider=provider, metrics=False)) as engine:
+        engine.register_entity_type(Looks, prefix="acc-")
+        engine.send_command("acc-1", OpenAccount(initial_balance=0))
+        token = context.attach(baggage.set_baggage("tenant", "t-1"))
+        try:
+            before = context.get_current()
+            engine.send_command("acc-1", Credit(amount=1))
+
+            async def one() -> None:
+                await engine.send_command_async("acc-1", Credit(amount=1))
+
+            asyncio.run(one())
+            assert context.get_current() is before
+        finally:
+            context.detach(token)
+    assert spans.get_finished_spans() == ()
+    assert [s[0] for s in seen] == [None, "t-1", "t-1"]
+    assert all(not recording and c.is_valid and not c.trace_flags.sampled for _, recording, c in seen)
+    assert len({c.trace_id for _, _, c in seen}) == 3
+    provider.shutdown()
