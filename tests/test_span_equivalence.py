@@ -414,3 +414,44 @@ def test_a_sampled_out_command_keeps_the_callers_other_context_values() -> None:
     assert all(not recording and c.is_valid and not c.trace_flags.sampled for _, recording, c in seen)
     assert len({c.trace_id for _, _, c in seen}) == 3
     provider.shutdown()
+
+
+class Meddling(AccountBehavior):
+    """Does everything the span API allows to the current span (ego.command, made in Rust on
+    the fast path), ending it early on a debit."""
+
+    def handle_command(self, command: Any, state: Account) -> Any:
+        span = trace.get_current_span()
+        SEEN.append(type(span).__name__)
+        span.set_attributes({"handler.a": 1, "handler.b": "two"})
+        span.add_event("at a time", {"k": "v"}, timestamp=1_000)
+        span.add_link(SpanContext(0xAB, 0xCD, is_remote=True), {"link": True})
+        span.update_name("renamed by the handler")
+        span.record_exception(ValueError("noted"), {"extra": 1})
+        if isinstance(command, Debit):
+            span.end()
+        return super().handle_command(command, state)
+
+
+SEEN: list[str] = []
+
+
+def test_a_handler_that_uses_the_whole_span_api() -> None:
+    def scenario(engine: ego.Engine, tracer: trace.Tracer) -> None:
+        engine.send_command("acc-1", OpenAccount(initial_balance=10))
+        engine.send_command("acc-1", Debit(amount=1))
+
+        async def main() -> None:
+            await engine.send_command_async("acc-1", Credit(amount=1))
+
+        asyncio.run(main())
+
+    SEEN.clear()
+    result = same(scenario, behavior=Meddling)
+    assert SEEN[:3] == ["LightSpan"] * 3  # the fast path's spans are made in Rust
+    commands = [s for s in result if s[0] == "renamed by the handler"]
+    assert len(commands) == 3
+    assert all(dict(c[4])["handler.b"] == "two" for c in commands)
+    assert all([e[0] for e in c[6]] == ["at a time", "exception"] for c in commands)
+    # Ended by the handler: ego's outcome came after and was refused, as the SDK refuses it.
+    assert sum(1 for c in commands if "ego.outcome" not in dict(c[4])) == 1

@@ -7,14 +7,16 @@ attached, so the handler's own spans join that trace (and are sampled out with i
 
 With a sampler whose rule is known (`sampling_rule`), the Rust send methods take the sampling
 decision themselves (rust/py/src/telemetry.rs): a sampled-out command calls none of these
-helpers; a sampled one gets its caller span from `start_send` (with the trace id the decision
-was taken on, when it has no parent) and ends it with `end_send` or `watch_send`.
+helpers. A sampled one gets its three spans made in Rust (rust/py/src/spans.rs) when the
+tracer allows it (`_light`), with `replay` and `fail_send` for what is rare (a handler that
+touches its span, a failed send); otherwise its caller span comes from `start_send` (with the
+trace id the decision was taken on, when it has no parent) and ends with `end_send` or
+`watch_send`, and the helpers below make SDK spans.
 """
 
 from __future__ import annotations
 
 import functools
-from time import time_ns
 from typing import Any
 
 from opentelemetry import context, trace
@@ -33,6 +35,7 @@ CURRENT_CONTEXT: Any = getattr(getattr(context, "_RUNTIME_CONTEXT", None), "_cur
 _UNSAMPLED = TraceFlags(TraceFlags.DEFAULT | getattr(TraceFlags, "RANDOM_TRACE_ID", 0))
 _RANDOM = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED | _RANDOM)
+_SAMPLED_PLAIN = TraceFlags(TraceFlags.SAMPLED)
 # The tracer's attributes a root span made here reads (see `_root_span`).
 _TRACER_PARTS = (
     "sampler",
@@ -211,179 +214,80 @@ def _light(tracer: Any) -> _Light | None:
     return light
 
 
-class LightSpan(trace.Span):
-    """A sampled span of ego's (``ego.send_command``, ``ego.command``, ``ego.persist``) made
-    without the SDK's span machinery: ego's attributes go to a dict, and at the end one
-    `ReadableSpan` goes to the provider's processors. Whatever else is done to it (the
-    handler annotating its current span, an exception recorded) is kept in order and replayed
-    on an SDK span at the end, so the exported span is the SDK's."""
+def error_status(description: str) -> Status:
+    """ego's ERROR status (for the spans made in Rust, rust/py/src/spans.rs)."""
+    return Status(StatusCode.ERROR, description)
 
-    __slots__ = ("_attributes", "_context", "_ended", "_light", "_name", "_ops", "_parent", "_start", "_status")
 
-    def __init__(self, light: _Light, name: str, context: SpanContext, parent: Any, attributes: dict[str, Any]) -> None:
-        self._light = light
-        self._name = name
-        self._context = context
-        self._parent = parent
-        self._attributes = attributes
-        self._start = time_ns()
-        # What was done to the span other than ego's attributes and status, in order: (SDK
-        # method, args), replayed at the end. Once there is any, ego's own go there too.
-        self._ops: list[tuple[str, tuple[Any, ...]]] = []
-        self._status = _UNSET
-        self._ended = False
+def replay(
+    light: _Light,
+    name: str,
+    context: SpanContext,
+    parent: SpanContext | None,
+    attributes: dict[str, Any],
+    status: Status | None,
+    start: int,
+    end: int,
+    ops: list[tuple[str, tuple[Any, ...]]],
+) -> None:
+    """Ends a span made in Rust that the handler did something to (`ops`: ``(SDK method,
+    args)`` in order, ego's own attributes after the first of them): the same span made
+    as an SDK span and the operations replayed on it, so it is exported as the SDK would
+    export it."""
+    from opentelemetry.sdk.trace import _Span
 
-    def get_span_context(self) -> SpanContext:
-        return self._context
-
-    def is_recording(self) -> bool:
-        return not self._ended
-
-    def _op(self, name: str, *args: Any) -> None:
-        if not self._ended:
-            self._ops.append((name, args))
-
-    def set_attributes(self, attributes: Any) -> None:
-        self._op("set_attributes", dict(attributes))
-
-    def set_attribute(self, key: str, value: Any) -> None:
-        self._op("set_attribute", key, value)
-
-    def add_event(self, name: str, attributes: Any = None, timestamp: int | None = None) -> None:
-        self._op("add_event", name, attributes, time_ns() if timestamp is None else timestamp)
-
-    def add_link(self, context: Any, attributes: Any = None) -> None:
-        self._op("add_link", context, attributes)
-
-    def update_name(self, name: str) -> None:
-        self._op("update_name", name)
-
-    def set_status(self, status: Any, description: str | None = None) -> None:
-        self._op("set_status", status, description)
-
-    def record_exception(
-        self, exception: BaseException, attributes: Any = None, timestamp: int | None = None, escaped: bool = False
-    ) -> None:
-        self._op("record_exception", exception, attributes, time_ns() if timestamp is None else timestamp, escaped)
-
-    def end(self, end_time: int | None = None) -> None:
-        # Ended by the handler: the SDK span ends then (ego's later attributes are refused,
-        # with the SDK's warning, as they were).
-        self._op("end", time_ns() if end_time is None else end_time)
-
-    def __exit__(self, exc_type: Any, exc_val: BaseException | None, exc_tb: Any) -> None:
-        if exc_val is not None and self.is_recording():
-            self.record_exception(exc_val, escaped=True)
-            self.set_status(Status(StatusCode.ERROR, f"{type(exc_val).__name__}: {exc_val}"))
-        self.end()
-
-    def __repr__(self) -> str:
-        return f'LightSpan(name="{self._name}", context={self._context})'
-
-    def _set(self, key: str, value: Any) -> None:
-        if self._ops:
-            self._ops.append(("set_attribute", (key, value)))
+    tracer = light.tracer
+    span = _Span(
+        name=name,
+        context=context,
+        parent=parent,
+        sampler=tracer.sampler,
+        resource=light.resource,
+        attributes=attributes,
+        span_processor=light.processor,
+        kind=_INTERNAL,
+        links=(),
+        instrumentation_info=light.info,
+        record_exception=True,
+        set_status_on_exception=True,
+        limits=tracer._span_limits,
+        instrumentation_scope=light.scope,
+    )
+    span.start(start_time=start)
+    if status is not None:
+        span.set_status(status)
+    ended = False
+    for op, args in ops:
+        if op == "end":
+            span.end(end_time=args[0])
+            ended = True
         else:
-            self._attributes[key] = value
-
-    def _fail(self, description: str) -> None:
-        status = Status(StatusCode.ERROR, description)
-        if self._ops:
-            self._ops.append(("set_status", (status,)))
-        else:
-            self._status = status
-
-    def _settle(self, future: Any) -> None:
-        """`settle` for an asyncio send's caller span, the usual outcome first."""
-        if not future.cancelled() and future.exception() is None:
-            self._set("ego.outcome", "ok")
-            self._set("ego.revision", future.result()[1])
-            self._finish()
-        else:
-            settle(self, future)
-
-    def _finish(self, end_time: int | None = None) -> None:
-        end = time_ns() if end_time is None else end_time
-        self._ended = True
-        light = self._light
-        if not self._ops:
-            light.processor.on_end(
-                light.readable(
-                    name=self._name,
-                    context=self._context,
-                    parent=self._parent,
-                    resource=light.resource,
-                    attributes=self._attributes,
-                    kind=_INTERNAL,
-                    instrumentation_info=light.info,
-                    status=self._status,
-                    start_time=self._start,
-                    end_time=end,
-                    instrumentation_scope=light.scope,
-                )
-            )
-            return
-        from opentelemetry.sdk.trace import _Span
-
-        tracer = light.tracer
-        span = _Span(
-            name=self._name,
-            context=self._context,
-            parent=self._parent,
-            sampler=tracer.sampler,
-            resource=light.resource,
-            attributes=self._attributes,
-            span_processor=light.processor,
-            kind=_INTERNAL,
-            links=(),
-            instrumentation_info=light.info,
-            record_exception=True,
-            set_status_on_exception=True,
-            limits=tracer._span_limits,
-            instrumentation_scope=light.scope,
-        )
-        span.start(start_time=self._start)
-        if self._status is not _UNSET:
-            span.set_status(self._status)
-        ended = False
-        for name, args in self._ops:
-            if name == "end":
-                span.end(end_time=args[0])
-                ended = True
-            else:
-                getattr(span, name)(*args)
-        if not ended:
-            span.end(end_time=end)
+            getattr(span, op)(*args)
+    if not ended:
+        span.end(end_time=end)
 
 
-# A SpanContext without the checks of its constructor (ids made here are valid).
-_span_context = functools.partial(tuple.__new__, SpanContext)
-
-
-def _child(parent: LightSpan, name: str, attributes: dict[str, Any]) -> LightSpan:
-    c = parent._context
-    span_id = parent._light.tracer.id_generator.generate_span_id()
-    return LightSpan(parent._light, name, _span_context((c[0], span_id, False, c[3], c[4], True)), c, attributes)
+def fail_send(span: Any, error: BaseException, how: str) -> None:
+    """Ends the caller span (made in Rust) of a send that failed: `how` is "sync" (raised
+    out of ``send_command``: recorded as ``start_as_current_span`` records it), "call" (out
+    of ``send_command_async`` before any future existed) or "future" (its future's)."""
+    span._set("ego.outcome", _outcome(error))
+    if how == "call":
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, str(error)))
+    elif how == "future" or isinstance(error, Exception):
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    span._finish()
 
 
 def start_send(tracer: Any, trace_id: int | None, entity_id: str, command: Any) -> tuple[Any, Any]:
-    """The caller span of a command sampled in Rust and the context to carry: a child of the
-    caller's current span, or (`trace_id` given) a root span with that trace id. A
-    `LightSpan` when the tracer allows (`_light`), an SDK span otherwise."""
+    """The caller span of a command sampled in Rust, made by the SDK (when the tracer does not
+    let ego make its spans, `_light`; otherwise rust/py/src/spans.rs makes them), and the
+    context to carry: a child of the caller's current span, or (`trace_id` given) a root
+    span with that trace id."""
     attributes = {"ego.entity_id": entity_id, "ego.command_type": _type_name(command)}
-    light = _light(tracer)
-    if light is not None:
-        generate = tracer.id_generator.generate_span_id
-        if trace_id is None:
-            parent = trace.get_current_span().get_span_context()
-            flags = _SAMPLED if parent.trace_flags & _RANDOM else TraceFlags(TraceFlags.SAMPLED)
-            span_context = _span_context((parent.trace_id, generate(), False, flags, parent.trace_state, True))
-        else:
-            parent = None
-            flags = _SAMPLED if light.random else TraceFlags(TraceFlags.SAMPLED)
-            span_context = _span_context((trace_id, generate(), False, flags, _NO_TRACE_STATE, True))
-        span = LightSpan(light, "ego.send_command", span_context, parent, attributes)
-    elif trace_id is None:
+    if trace_id is None:
         span = tracer.start_span("ego.send_command", attributes=attributes)
     else:
         span = _root_span(tracer, trace_id, "ego.send_command", attributes)
@@ -394,84 +298,50 @@ def end_send(span: Any, result: Any, error: BaseException | None, sync: bool) ->
     """Ends a caller span: `result` is ``(state, revision)``, or `error` what the call raised
     (`sync`: out of ``send_command``, recorded as ``start_as_current_span`` records it;
     otherwise out of ``send_command_async`` before any future existed)."""
-    light = type(span) is LightSpan
     if error is None:
-        if light:
-            span._set("ego.outcome", "ok")
-            span._set("ego.revision", result[1])
-        else:
-            span.set_attribute("ego.outcome", "ok")
-            span.set_attribute("ego.revision", result[1])
+        span.set_attribute("ego.outcome", "ok")
+        span.set_attribute("ego.revision", result[1])
     else:
-        if light:
-            span._set("ego.outcome", _outcome(error))
-        else:
-            span.set_attribute("ego.outcome", _outcome(error))
+        span.set_attribute("ego.outcome", _outcome(error))
         if not sync:
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, str(error)))
         elif isinstance(error, Exception):
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-    if light:
-        span._finish()
-    else:
-        span.end()
+    span.end()
 
 
 def settle(span: Any, future: Any) -> None:
     """Ends the caller span of an asyncio send when its future is done."""
-    light = type(span) is LightSpan
     if future.cancelled():
-        span._set("ego.outcome", "cancelled") if light else span.set_attribute("ego.outcome", "cancelled")
+        span.set_attribute("ego.outcome", "cancelled")
     elif (error := future.exception()) is not None:
-        span._set("ego.outcome", _outcome(error)) if light else span.set_attribute("ego.outcome", _outcome(error))
+        span.set_attribute("ego.outcome", _outcome(error))
         span.record_exception(error)
         span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-    elif light:
-        span._set("ego.outcome", "ok")
-        span._set("ego.revision", future.result()[1])
     else:
         span.set_attribute("ego.outcome", "ok")
         span.set_attribute("ego.revision", future.result()[1])
-    if light:
-        span._finish()
-    else:
-        span.end()
+    span.end()
 
 
 def watch_send(span: Any, future: Any) -> None:
     """Ends `span` (a sampled asyncio send's) when `future` is done."""
-    if type(span) is LightSpan:
-        future.add_done_callback(span._settle)
-    else:
-        future.add_done_callback(functools.partial(settle, span))
+    future.add_done_callback(functools.partial(settle, span))
 
 
 def start_command(tracer: Any, parent: Any, entity_id: str, entity_type: str, command_type: str) -> tuple[Any, Any]:
-    caller = parent.get(SPAN_KEY) if parent is not None else None
-    if type(caller) is not LightSpan:
-        caller = trace.get_current_span(parent)
-    attributes = {"ego.entity_id": entity_id, "ego.entity_type": entity_type, "ego.command_type": command_type}
-    if type(caller) is LightSpan:
-        span = _child(caller, "ego.command", attributes)
-        return span, CURRENT_CONTEXT.set(trace.set_span_in_context(span, parent))
+    caller = trace.get_current_span(parent)
     if not caller.is_recording():
         return None, context.attach(parent)
+    attributes = {"ego.entity_id": entity_id, "ego.entity_type": entity_type, "ego.command_type": command_type}
     span = tracer.start_span("ego.command", context=parent, kind=_INTERNAL, attributes=attributes)
     return span, context.attach(trace.set_span_in_context(span, parent))
 
 
 def end_command(handle: tuple[Any, Any], outcome: str, revision: int) -> None:
     span, token = handle
-    if type(span) is LightSpan:
-        CURRENT_CONTEXT.reset(token)
-        span._set("ego.outcome", outcome)
-        span._set("ego.revision", revision)
-        if outcome == "rejected":
-            span._fail("the command was rejected")
-        span._finish()
-        return
     context.detach(token)
     if span is None:
         return
@@ -487,18 +357,11 @@ def start_write(tracer: Any, parent: tuple[Any, Any], entity_id: str, events: in
     if command is None:
         return None
     attributes = {"ego.entity_id": entity_id, "ego.events": events, "ego.revision": revision}
-    if type(command) is LightSpan:
-        return _child(command, "ego.persist", attributes)
     return tracer.start_span("ego.persist", context=trace.set_span_in_context(command), kind=_INTERNAL, attributes=attributes)
 
 
 def end_write(span: Any, error: str | None, end_ns: int) -> None:
     if span is None:
-        return
-    if type(span) is LightSpan:
-        if error is not None:
-            span._fail(error)
-        span._finish(end_ns)
         return
     if error is not None:
         span.set_status(Status(StatusCode.ERROR, error))

@@ -21,6 +21,7 @@ mod projection;
 mod pystore;
 mod records;
 mod reply;
+mod spans;
 mod store;
 mod subscription;
 mod telemetry;

@@ -11,18 +11,19 @@
 //! to the parent's trace id or to a new random one. A sampled-out command then creates no
 //! span at all: its handler runs in the caller's context, or, without a parent, in a context
 //! whose current span is a [`SampledOut`] span (not recording, with the new trace id), so the
-//! spans the handler opens are sampled out with it, as with the SDK. Other samplers keep the
+//! spans the handler opens are sampled out with it, as with the SDK. A sampled command's spans
+//! are made in Rust ([`crate::spans`]) when the tracer allows it. Other samplers keep the
 //! Python wrappers (`ego.telemetry._senders`), which ask the SDK for every command.
 
-use std::cell::Cell;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple, PyType};
+
+use crate::spans::{self, random_u64, LightCache, LightSpan, Statics};
 
 /// Upper bounds (ms) of the command latency histogram's buckets (a last bucket takes the rest).
 pub const LATENCY_BOUNDS_MS: [f64; 19] =
@@ -85,7 +86,7 @@ impl Telemetry {
             let helpers = py.import("ego._telemetry")?;
             let get = |name: &str| helpers.getattr(name).map(Bound::unbind);
             let rule: Option<(bool, u128)> = settings.getattr("_sampling_rule")?.extract()?;
-            let fast = rule.map(|(parent_based, bound)| Fast::new(&helpers, parent_based, bound)).transpose()?;
+            let fast = rule.map(|(parent_based, bound)| Fast::new(&helpers, &tracer, parent_based, bound)).transpose()?;
             Some(Tracing {
                 fast,
                 tracer: tracer.unbind(),
@@ -115,6 +116,9 @@ impl Tracing {
         command_type: &str,
     ) -> PyResult<Py<PyAny>> {
         if let (Some(fast), Some(parent)) = (&self.fast, parent) {
+            if let Ok(send) = parent.bind(py).cast::<LightSpan>() {
+                return fast.start_light_command(send, id, entity_type, command_type);
+            }
             if let Some(token) = fast.attach_unsampled(parent.bind(py))? {
                 return Ok(token);
             }
@@ -150,6 +154,17 @@ impl Tracing {
     /// Ends the caller span of a sampled command sent with `send_command`: `result` is its
     /// `(state, revision)` or its error.
     pub fn end_send(&self, py: Python<'_>, span: Py<PyAny>, result: &PyResult<Py<PyAny>>) {
+        if let Ok(light) = span.bind(py).cast::<LightSpan>() {
+            let error = result.as_ref().err().map(|e| e.value(py).clone().into_any());
+            let result = match result {
+                Ok(r) => Ok(r.bind(py)),
+                Err(_) => Err(error.as_ref().expect("an error")),
+            };
+            if let Err(e) = spans::end_send(light, result, "sync") {
+                e.write_unraisable(py, None);
+            }
+            return;
+        }
         if let Some(fast) = &self.fast {
             fast.end(py, span, result, true);
         }
@@ -159,6 +174,19 @@ impl Tracing {
     /// future is done (or now, when the call itself failed).
     pub fn watch_send(&self, py: Python<'_>, span: Py<PyAny>, future: &PyResult<Py<PyAny>>) {
         let Some(fast) = &self.fast else { return };
+        if let Ok(light) = span.bind(py).cast::<LightSpan>() {
+            let r = match future {
+                Ok(future) => light
+                    .getattr(pyo3::intern!(py, "_settle"))
+                    .and_then(|settle| future.bind(py).call_method1(pyo3::intern!(py, "add_done_callback"), (settle,)))
+                    .map(|_| ()),
+                Err(e) => spans::end_send(light, Err(&e.value(py).clone().into_any()), "call"),
+            };
+            if let Err(e) = r {
+                e.write_unraisable(py, None);
+            }
+            return;
+        }
         match future {
             Ok(future) => {
                 if let Err(e) = fast.watch_send.bind(py).call1((span, future)) {
@@ -179,6 +207,18 @@ impl Tracing {
         if let Some(fast) = self.unsampled(handle.bind(py)) {
             return fast.reset.bind(py).call1((handle,)).map(|_| ());
         }
+        if let (Some(fast), Ok(span)) = (&self.fast, handle.bind(py).cast::<LightSpan>()) {
+            let span = span.get();
+            if let Some(token) = span.take_token() {
+                fast.reset.bind(py).call1((token,))?;
+            }
+            span.set(py, pyo3::intern!(py, "ego.outcome"), pyo3::types::PyString::new(py, outcome).into_any())?;
+            span.set(py, pyo3::intern!(py, "ego.revision"), revision.into_pyobject(py)?.into_any())?;
+            if outcome == "rejected" {
+                span.fail(py, "the command was rejected")?;
+            }
+            return span.finish(py, None);
+        }
         self.end_command.bind(py).call1((handle, outcome, revision)).map(|_| ())
     }
 
@@ -187,12 +227,27 @@ impl Tracing {
         if self.unsampled(parent.bind(py)).is_some() {
             return Ok(None);
         }
+        if let Ok(command) = parent.bind(py).cast::<LightSpan>() {
+            let attributes = PyDict::new(py);
+            attributes.set_item(pyo3::intern!(py, "ego.entity_id"), id)?;
+            attributes.set_item(pyo3::intern!(py, "ego.events"), events)?;
+            attributes.set_item(pyo3::intern!(py, "ego.revision"), revision)?;
+            let span = command.get().child(py, "ego.persist", attributes)?;
+            return Ok(Some(Bound::new(py, span)?.into_any().unbind()));
+        }
         let span = self.start_write.bind(py).call1((self.tracer.bind(py), parent, id, events, revision))?;
         Ok((!span.is_none()).then(|| span.unbind()))
     }
 
     /// Ends a write's span.
     pub fn end_write(&self, py: Python<'_>, span: Py<PyAny>, error: Option<String>, end_nanos: i64) -> PyResult<()> {
+        if let Ok(light) = span.bind(py).cast::<LightSpan>() {
+            let light = light.get();
+            if let Some(error) = error {
+                light.fail(py, &error)?;
+            }
+            return light.finish(py, Some(end_nanos));
+        }
         self.end_write.bind(py).call1((span, error, end_nanos)).map(|_| ())
     }
 
@@ -304,6 +359,14 @@ pub struct Fast {
     empty_args: Py<PyTuple>,
     /// `(trace_id, span_id) -> SpanContext` of a sampled-out root.
     make_context: Py<PyAny>,
+    /// How sampled spans are made in Rust (when the tracer allows: [`LightCache`]).
+    statics: Arc<Statics>,
+    lights: LightCache,
+    /// `TraceFlags.RANDOM_TRACE_ID` (0 when the API has none).
+    random_flag: u8,
+    /// The command type's name per command class (`_type_name`).
+    type_names: Mutex<Vec<(Py<PyAny>, Py<PyAny>)>>,
+    type_name: Py<PyAny>,
     /// `(tracer, trace_id or None, entity_id, command) -> (span, context)`: a sampled
     /// command's caller span; `end_send(span, result, error)`; `watch_send(span, future)`.
     start_send: Py<PyAny>,
@@ -319,23 +382,6 @@ pub enum Begun {
     In(Py<PyAny>, Py<PyAny>),
 }
 
-thread_local! {
-    static RNG: Cell<u64> = Cell::new(std::collections::hash_map::RandomState::new().build_hasher().finish() | 1);
-}
-
-/// A random non-zero u64 (wyrand over a per-thread state seeded from the OS's randomness).
-fn random_u64() -> u64 {
-    RNG.with(|s| loop {
-        let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
-        s.set(x);
-        let t = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
-        let r = (t >> 64) as u64 ^ t as u64;
-        if r != 0 {
-            return r;
-        }
-    })
-}
-
 /// A type's slot `slot` (null when it has none).
 fn type_slot(ty: &Bound<'_, PyType>, slot: std::os::raw::c_int) -> *mut std::os::raw::c_void {
     // SAFETY: `ty` is a live type object; PyType_GetSlot accepts static and heap types (3.10+).
@@ -343,11 +389,13 @@ fn type_slot(ty: &Bound<'_, PyType>, slot: std::os::raw::c_int) -> *mut std::os:
 }
 
 impl Fast {
-    fn new(helpers: &Bound<'_, PyAny>, parent_based: bool, bound: u128) -> PyResult<Fast> {
+    fn new(helpers: &Bound<'_, PyAny>, tracer: &Bound<'_, PyAny>, parent_based: bool, bound: u128) -> PyResult<Fast> {
         let py = helpers.py();
         let get = |name: &str| helpers.getattr(name).map(Bound::unbind);
         let span_abc = py.import("opentelemetry.trace")?.getattr("Span")?;
         span_abc.call_method1("register", (py.get_type::<SampledOut>(),))?;
+        span_abc.call_method1("register", (py.get_type::<LightSpan>(),))?;
+        let statics = Arc::new(Statics::new(helpers)?);
         let current = helpers.getattr("CURRENT_CONTEXT")?;
         let context_type = py.import("opentelemetry.context")?.getattr("Context")?.cast_into::<PyType>()?;
         let dict_type = py.get_type::<PyDict>();
@@ -371,10 +419,50 @@ impl Fast {
             context_new,
             empty_args: PyTuple::empty(py).unbind(),
             make_context: get("unsampled_context")?,
+            lights: LightCache::new(tracer, statics.clone())?,
+            statics,
+            random_flag: helpers.getattr("_RANDOM")?.extract()?,
+            type_names: Mutex::new(Vec::new()),
+            type_name: get("_type_name")?,
             start_send: get("start_send")?,
             end_send: get("end_send")?,
             watch_send: get("watch_send")?,
         })
+    }
+
+    /// `_type_name(command)`, kept per command class.
+    fn command_type<'py>(&self, command: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let py = command.py();
+        let ty = command.get_type();
+        let mut names = self.type_names.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, name)) = names.iter().find(|(t, _)| t.bind(py).is(&ty)) {
+            return Ok(name.bind(py).clone());
+        }
+        let name = self.type_name.bind(py).call1((command,))?;
+        if names.len() < 64 {
+            names.push((ty.into_any().unbind(), name.clone().unbind()));
+        }
+        Ok(name)
+    }
+
+    /// The span of a command sent under the Rust span `send`, made current (its token kept
+    /// in it) in a context made of the caller's and the span.
+    fn start_light_command(&self, send: &Bound<'_, LightSpan>, id: &str, entity_type: &str, command_type: &str) -> PyResult<Py<PyAny>> {
+        let py = send.py();
+        let attributes = PyDict::new(py);
+        attributes.set_item(pyo3::intern!(py, "ego.entity_id"), id)?;
+        attributes.set_item(pyo3::intern!(py, "ego.entity_type"), entity_type)?;
+        attributes.set_item(pyo3::intern!(py, "ego.command_type"), command_type)?;
+        let send = send.get();
+        let command = Bound::new(py, send.child(py, "ego.command", attributes)?)?;
+        let context = self.new_context(py)?;
+        if let Some(caller) = &send.caller_context {
+            context.update(caller.bind(py).as_mapping())?;
+        }
+        context.set_item(self.span_key.bind(py), &command)?;
+        let token = self.set.bind(py).call1((context,))?;
+        command.get().keep_token(token.unbind());
+        Ok(command.into_any().unbind())
     }
 
     /// A new empty `Context` (a dict subclass: filled with `PyDict_SetItem`, which does not
@@ -415,6 +503,8 @@ impl Fast {
         // The caller's context, when it holds anything (usually it is empty).
         let values = context.cast::<PyDict>().ok().filter(|d| !d.is_empty());
         let mut parent: Option<(u128, bool)> = None;
+        // The parent's SpanContext and trace flags.
+        let mut parent_context: Option<(Bound<'_, PyTuple>, u8)> = None;
         if let Some(dict) = &values {
             if let Some(span) = dict.get_item(self.span_key.bind(py))? {
                 if span.is_instance(self.span_abc.bind(py))? {
@@ -425,6 +515,7 @@ impl Fast {
                             let trace_id: u128 = sc.get_item(0)?.extract()?;
                             let flags: u8 = sc.get_item(3)?.extract()?;
                             parent = Some((trace_id, flags & 1 == 1));
+                            parent_context = Some((sc.clone(), flags));
                         }
                     }
                 }
@@ -440,6 +531,26 @@ impl Fast {
             }
         };
         if sampled {
+            if let Some(light) = self.lights.get(py)? {
+                let statics = &self.statics;
+                let (flags, trace_state, parent) = match parent_context {
+                    Some((sc, flags)) => {
+                        let f = if flags & self.random_flag != 0 { &statics.sampled_random } else { &statics.sampled };
+                        (f.clone_ref(py), sc.get_item(4)?.unbind(), Some(sc.into_any().unbind()))
+                    }
+                    None => {
+                        let f = if light.random { &statics.sampled_random } else { &statics.sampled };
+                        (f.clone_ref(py), statics.no_trace_state.clone_ref(py), None)
+                    }
+                };
+                let attributes = PyDict::new(py);
+                attributes.set_item(pyo3::intern!(py, "ego.entity_id"), entity_id)?;
+                attributes.set_item(pyo3::intern!(py, "ego.command_type"), self.command_type(command)?)?;
+                let caller = values.map(|d| d.clone().unbind());
+                let span = LightSpan::new(light, "ego.send_command", trace_id, flags, trace_state, parent, attributes, caller);
+                let span = Bound::new(py, span)?.into_any().unbind();
+                return Ok(Begun::In(span.clone_ref(py), span));
+            }
             let root = parent.is_none().then_some(trace_id);
             let (span, context): (Py<PyAny>, Py<PyAny>) =
                 self.start_send.bind(py).call1((tracer.bind(py), root, entity_id, command))?.extract()?;
