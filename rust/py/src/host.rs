@@ -421,11 +421,11 @@ impl Host for PyHost {
     fn trace_command(&self, py: Python<'_>, id: &str, b: &PyBehavior, command: &PyCommand) -> Option<Py<PyAny>> {
         let t = self.tracing_of()?;
         let msg = command.msg.bind(py);
-        let command_type = match self.types.info(msg) {
+        let command_type = || match self.types.info(msg) {
             Ok(Some(info)) => info.type_url.rsplit('/').next().unwrap_or_default().to_string(),
             _ => describe(msg),
         };
-        let started = t.start_command(py, command.trace.as_ref(), id, &b.class.name, &command_type);
+        let started = t.start_command(py, command.trace.as_ref(), id, &b.class.name, command_type);
         self.traced(py, "starting a command span", started)
     }
 

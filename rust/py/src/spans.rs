@@ -175,6 +175,16 @@ pub fn random_u64() -> u64 {
     })
 }
 
+/// `f(arg)` through the vectorcall protocol (`PyObject_CallFunctionObjArgs` builds no
+/// argument tuple), for the calls every traced or sampled-out command makes.
+pub fn call_one<'py>(f: &Bound<'py, PyAny>, arg: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: live objects; the argument list ends with a null pointer.
+    unsafe {
+        let r = ffi::PyObject_CallFunctionObjArgs(f.as_ptr(), arg.as_ptr(), std::ptr::null_mut::<ffi::PyObject>());
+        Bound::from_owned_ptr_or_err(f.py(), r)
+    }
+}
+
 /// Nanoseconds since the epoch (as `time.time_ns()`).
 pub fn now_ns() -> i64 {
     ego_core::clock::now_nanos()
@@ -380,7 +390,7 @@ impl LightSpan {
         )?;
         let readable = light.readable.bind(py).call1(args)?;
         for on_end in &light.on_end {
-            on_end.bind(py).call1((&readable,))?;
+            call_one(on_end.bind(py), &readable)?;
         }
         Ok(())
     }

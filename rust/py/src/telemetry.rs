@@ -23,7 +23,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple, PyType};
 
-use crate::spans::{self, random_u64, LightCache, LightSpan, Statics};
+use crate::spans::{self, call_one, random_u64, LightCache, LightSpan, Statics};
 
 /// Upper bounds (ms) of the command latency histogram's buckets (a last bucket takes the rest).
 pub const LATENCY_BOUNDS_MS: [f64; 19] =
@@ -106,24 +106,24 @@ impl Tracing {
     /// Starts (and makes current) the span of a command; `parent` is the caller's context, or
     /// what a command sampled out by the send methods carries (a [`SampledOut`] span, or an
     /// [`Unsampled`] context): then no span is made, the context is attached and the handle
-    /// is the context variable's token.
+    /// is the context variable's token. `command_type` is called only when a span is made.
     pub fn start_command(
         &self,
         py: Python<'_>,
         parent: Option<&Py<PyAny>>,
         id: &str,
         entity_type: &str,
-        command_type: &str,
+        command_type: impl FnOnce() -> String,
     ) -> PyResult<Py<PyAny>> {
         if let (Some(fast), Some(parent)) = (&self.fast, parent) {
             if let Ok(send) = parent.bind(py).cast::<LightSpan>() {
-                return fast.start_light_command(send, id, entity_type, command_type);
+                return fast.start_light_command(send, id, entity_type, &command_type());
             }
             if let Some(token) = fast.attach_unsampled(parent.bind(py))? {
                 return Ok(token);
             }
         }
-        self.start_command.bind(py).call1((self.tracer.bind(py), parent, id, entity_type, command_type)).map(Bound::unbind)
+        self.start_command.bind(py).call1((self.tracer.bind(py), parent, id, entity_type, command_type())).map(Bound::unbind)
     }
 
     /// With sampling decided in Rust: the decision for a command sent now (None: the Python
@@ -205,12 +205,12 @@ impl Tracing {
     /// Ends a command's span.
     pub fn end_command(&self, py: Python<'_>, handle: &Py<PyAny>, outcome: &str, revision: u64) -> PyResult<()> {
         if let Some(fast) = self.unsampled(handle.bind(py)) {
-            return fast.reset.bind(py).call1((handle,)).map(|_| ());
+            return call_one(fast.reset.bind(py), handle.bind(py)).map(|_| ());
         }
         if let (Some(fast), Ok(span)) = (&self.fast, handle.bind(py).cast::<LightSpan>()) {
             let span = span.get();
             if let Some(token) = span.take_token() {
-                fast.reset.bind(py).call1((token,))?;
+                call_one(fast.reset.bind(py), token.bind(py))?;
             }
             span.set(py, pyo3::intern!(py, "ego.outcome"), pyo3::types::PyString::new(py, outcome).into_any())?;
             span.set(py, pyo3::intern!(py, "ego.revision"), revision.into_pyobject(py)?.into_any())?;
@@ -460,7 +460,7 @@ impl Fast {
             context.update(caller.bind(py).as_mapping())?;
         }
         context.set_item(self.span_key.bind(py), &command)?;
-        let token = self.set.bind(py).call1((context,))?;
+        let token = call_one(self.set.bind(py), &context)?;
         command.get().keep_token(token.unbind());
         Ok(command.into_any().unbind())
     }
@@ -494,7 +494,7 @@ impl Fast {
         } else {
             return Ok(None);
         };
-        self.set.bind(py).call1((context,)).map(|token| Some(token.unbind()))
+        call_one(self.set.bind(py), &context).map(|token| Some(token.unbind()))
     }
 
     /// Takes the sampling decision of a command sent now, from the caller's current context.
