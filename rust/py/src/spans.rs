@@ -412,6 +412,25 @@ pub fn end_send(span: &Bound<'_, LightSpan>, result: Result<&Bound<'_, PyAny>, &
     }
 }
 
+impl LightSpan {
+    /// Ends an asyncio send's span with what its future (done) holds.
+    pub fn settle(slf: &Bound<'_, Self>, future: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        match future.call_method0(pyo3::intern!(py, "result")) {
+            Ok(r) => end_send(slf, Ok(&r), "future"),
+            Err(_) if future.call_method0(pyo3::intern!(py, "cancelled"))?.is_truthy()? => {
+                let span = slf.get();
+                span.set(py, pyo3::intern!(py, "ego.outcome"), pyo3::intern!(py, "cancelled").clone().into_any())?;
+                span.finish(py, None)
+            }
+            Err(_) => {
+                let error = future.call_method0(pyo3::intern!(py, "exception"))?;
+                end_send(slf, Err(&error), "future")
+            }
+        }
+    }
+}
+
 #[pymethods]
 impl LightSpan {
     fn get_span_context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
@@ -504,19 +523,7 @@ impl LightSpan {
 
     /// Ends an asyncio send's span when its future is done.
     fn _settle(slf: &Bound<'_, Self>, future: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        match future.call_method0(pyo3::intern!(py, "result")) {
-            Ok(r) => end_send(slf, Ok(&r), "future"),
-            Err(_) if future.call_method0(pyo3::intern!(py, "cancelled"))?.is_truthy()? => {
-                let span = slf.get();
-                span.set(py, pyo3::intern!(py, "ego.outcome"), pyo3::intern!(py, "cancelled").clone().into_any())?;
-                span.finish(py, None)
-            }
-            Err(_) => {
-                let error = future.call_method0(pyo3::intern!(py, "exception"))?;
-                end_send(slf, Err(&error), "future")
-            }
-        }
+        LightSpan::settle(slf, future)
     }
 
     /// ego's own attribute and end (for `fail_send`).

@@ -176,6 +176,11 @@ impl Tracing {
         let Some(fast) = &self.fast else { return };
         if let Ok(light) = span.bind(py).cast::<LightSpan>() {
             let r = match future {
+                // Done already (the entity was idle, the store in memory): ended now, without
+                // a callback through the event loop.
+                Ok(future) if future.bind(py).call_method0(pyo3::intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(false) => {
+                    LightSpan::settle(light, future.bind(py))
+                }
                 Ok(future) => light
                     .getattr(pyo3::intern!(py, "_settle"))
                     .and_then(|settle| future.bind(py).call_method1(pyo3::intern!(py, "add_done_callback"), (settle,)))
