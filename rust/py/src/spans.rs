@@ -85,11 +85,20 @@ impl Statics {
     }
 
     /// `SpanContext(trace_id, span_id, is_remote=False, trace_flags, trace_state)`.
-    fn span_context(&self, py: Python<'_>, trace_id: u128, span_id: u64, flags: &Py<PyAny>, state: &Py<PyAny>) -> PyResult<Py<PyAny>> {
+    /// Out of the cyclic collector's view: a tuple of ints, bools and the (shared) flags and
+    /// trace state cannot be part of a cycle, and the span processors keep many of them.
+    fn span_context(
+        &self,
+        py: Python<'_>,
+        trace_id: &Py<PyAny>,
+        span_id: u64,
+        flags: &Py<PyAny>,
+        state: &Py<PyAny>,
+    ) -> PyResult<Py<PyAny>> {
         let fields = PyTuple::new(
             py,
             [
-                trace_id.into_pyobject(py)?.into_any(),
+                trace_id.bind(py).clone(),
                 span_id.into_pyobject(py)?.into_any(),
                 pyo3::types::PyBool::new(py, false).to_owned().into_any(),
                 flags.bind(py).clone(),
@@ -102,7 +111,9 @@ impl Statics {
         // `tuple.__new__(SpanContext, fields)`.
         unsafe {
             let obj = (self.tuple_new)(self.span_context_type.bind(py).as_type_ptr(), args.as_ptr(), std::ptr::null_mut());
-            Ok(Bound::from_owned_ptr_or_err(py, obj)?.unbind())
+            let obj = Bound::from_owned_ptr_or_err(py, obj)?;
+            crate::untrack::untrack(&obj);
+            Ok(obj.unbind())
         }
     }
 }
@@ -216,6 +227,8 @@ pub struct LightSpan {
     light: Arc<Light>,
     name: &'static str,
     trace_id: u128,
+    /// `trace_id` as a Python int (made once per trace: children share it).
+    trace_id_py: Py<PyAny>,
     span_id: u64,
     flags: Py<PyAny>,
     trace_state: Py<PyAny>,
@@ -236,7 +249,7 @@ impl LightSpan {
     pub fn new(
         light: Arc<Light>,
         name: &'static str,
-        trace_id: u128,
+        trace_id: (u128, Py<PyAny>),
         flags: Py<PyAny>,
         trace_state: Py<PyAny>,
         parent: Option<Py<PyAny>>,
@@ -246,7 +259,8 @@ impl LightSpan {
         LightSpan {
             light,
             name,
-            trace_id,
+            trace_id: trace_id.0,
+            trace_id_py: trace_id.1,
             span_id: random_u64(),
             flags,
             trace_state,
@@ -265,7 +279,7 @@ impl LightSpan {
         Ok(LightSpan::new(
             self.light.clone(),
             name,
-            self.trace_id,
+            (self.trace_id, self.trace_id_py.clone_ref(py)),
             self.flags.clone_ref(py),
             self.trace_state.clone_ref(py),
             Some(parent),
@@ -282,7 +296,7 @@ impl LightSpan {
         if let Some(c) = self.context.get() {
             return Ok(c.clone_ref(py));
         }
-        let c = self.light.statics.span_context(py, self.trace_id, self.span_id, &self.flags, &self.trace_state)?;
+        let c = self.light.statics.span_context(py, &self.trace_id_py, self.span_id, &self.flags, &self.trace_state)?;
         Ok(self.context.get_or_init(|| c).clone_ref(py))
     }
 

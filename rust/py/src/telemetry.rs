@@ -552,6 +552,7 @@ impl Fast {
                 attributes.set_item(pyo3::intern!(py, "ego.entity_id"), entity_id)?;
                 attributes.set_item(pyo3::intern!(py, "ego.command_type"), self.command_type(command)?)?;
                 let caller = values.map(|d| d.clone().unbind());
+                let trace_id = (trace_id, trace_id.into_pyobject(py)?.into_any().unbind());
                 let span = LightSpan::new(light, "ego.send_command", trace_id, flags, trace_state, parent, attributes, caller);
                 let span = Bound::new(py, span)?.into_any().unbind();
                 return Ok(Begun::In(span.clone_ref(py), span));
