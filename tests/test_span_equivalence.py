@@ -455,3 +455,18 @@ def test_a_handler_that_uses_the_whole_span_api() -> None:
     assert all([e[0] for e in c[6]] == ["at a time", "exception"] for c in commands)
     # Ended by the handler: ego's outcome came after and was refused, as the SDK refuses it.
     assert sum(1 for c in commands if "ego.outcome" not in dict(c[4])) == 1
+
+
+def test_the_span_contexts_of_egos_spans_are_out_of_the_collectors_view() -> None:
+    """The span processors keep finished spans until they export them: the SpanContexts of
+    the spans made in Rust (tuples of ints and shared flags, never in a cycle) are untracked;
+    the spans themselves stay tracked."""
+    import gc
+
+    def scenario(engine: ego.Engine, tracer: trace.Tracer) -> None:
+        engine.send_command("acc-1", OpenAccount(initial_balance=1))
+
+    spans = run(scenario, ALWAYS, behavior=AccountBehavior)
+    assert sorted(s.name for s in spans) == ["ego.command", "ego.persist", "ego.send_command"]
+    assert not any(gc.is_tracked(s.context) for s in spans)
+    assert all(gc.is_tracked(s) for s in spans)
