@@ -45,6 +45,8 @@ class Competing:
         self.lock = threading.Lock()
         self.armed: str | None = None
         self.fired: dict[str, int] = {}
+        #: Per armed method, the other writer's writes completed (counted after the write).
+        self.landed: dict[str, int] = {}
         self.log: dict[str, dict[int, Event]] = {}
         self.states: dict[str, dict[int, bytes]] = {}
         self.credit = 1000
@@ -73,13 +75,17 @@ class Competing:
             event = Event(persistence_id=pid, sequence_number=head + 1, timestamp=time.time_ns())
             event.event.Pack(AccountCredited(amount=amount))
             self.write_events([event])
+        with self.lock:
+            self.landed[point] = self.landed.get(point, 0) + 1
 
     # -- the store protocol: the engine's calls, each after the competitor's turn ----------------
 
     def write_events(self, events: Sequence[Event]) -> None:
         self._compete("write_events", events[0].persistence_id)
-        self.inner.write_events(events)
+        # The write and its record in the log together: a reader of the journal (on another
+        # thread) must never see an event the log does not have yet.
         with self.lock:
+            self.inner.write_events(events)
             self.log.setdefault(events[0].persistence_id, {}).update((e.sequence_number, e) for e in events)
 
     def replay_events(self, pid: str, from_sequence_number: int, to_sequence_number: int, max_count: int) -> list[Event]:
@@ -115,8 +121,8 @@ class Competing:
 
     def write_state(self, state: DurableState, expected_version: int) -> None:
         self._compete("write_state", state.persistence_id)
-        self.inner.write_state(state, expected_version)
         with self.lock:
+            self.inner.write_state(state, expected_version)
             self.states.setdefault(state.persistence_id, {})[state.version_number] = state.resulting_state.value
 
     def read_state(self, pid: str) -> DurableState | None:
