@@ -470,3 +470,39 @@ def test_the_span_contexts_of_egos_spans_are_out_of_the_collectors_view() -> Non
     assert sorted(s.name for s in spans) == ["ego.command", "ego.persist", "ego.send_command"]
     assert not any(gc.is_tracked(s.context) for s in spans)
     assert all(gc.is_tracked(s) for s in spans)
+
+
+def test_sampled_out_spans_kept_by_a_handler_keep_their_trace() -> None:
+    """ego reuses a sampled-out command's span and context for the next command only when
+    nothing else holds them: spans (and contexts) a handler keeps stay what they were."""
+    from opentelemetry import context
+
+    kept: list[tuple[Any, Any, int]] = []
+
+    class Keeps(AccountBehavior):
+        def handle_command(self, command: Any, state: Account) -> Any:
+            span = trace.get_current_span()
+            if isinstance(command, Credit) and command.amount % 2:
+                kept.append((span, context.get_current(), span.get_span_context().trace_id))
+            return super().handle_command(command, state)
+
+    provider, spans = traced(ALWAYS_OFF)
+    with ego.Engine("sampled-out-kept", telemetry=ego.Telemetry(tracer_provider=provider, metrics=False)) as engine:
+        engine.register_entity_type(Keeps, prefix="acc-")
+        engine.send_command("acc-1", OpenAccount(initial_balance=0))
+        for i in range(1, 41):
+            engine.send_command("acc-1", Credit(amount=i))
+
+        async def many() -> None:
+            for i in range(41, 81):
+                await engine.send_command_async("acc-1", Credit(amount=i))
+
+        asyncio.run(many())
+    assert spans.get_finished_spans() == ()
+    assert len(kept) == 40
+    assert len({id(span) for span, _, _ in kept}) == 40
+    assert len({trace_id for _, _, trace_id in kept}) == 40
+    for span, ctx, trace_id in kept:
+        assert span.get_span_context().trace_id == trace_id
+        assert trace.get_current_span(ctx) is span
+    provider.shutdown()

@@ -16,7 +16,7 @@
 //! Python wrappers (`ego.telemetry._senders`), which ask the SDK for every command.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pyo3::ffi;
@@ -284,20 +284,38 @@ pub struct Unsampled {
 /// Registered as an `opentelemetry.trace.Span`.
 #[pyclass(frozen, module = "ego._telemetry")]
 pub struct SampledOut {
-    trace_id: u128,
-    span_id: u64,
+    /// `(trace_id, span_id)`: renewed when the span is reused ([`Fast::sampled_out`]).
+    ids: Mutex<(u128, u64)>,
     make_context: Py<PyAny>,
-    context: OnceLock<Py<PyAny>>,
+    context: Mutex<Option<Py<PyAny>>>,
+}
+
+impl SampledOut {
+    fn new(make_context: Py<PyAny>, trace_id: u128) -> SampledOut {
+        SampledOut { ids: Mutex::new((trace_id, random_u64())), make_context, context: Mutex::new(None) }
+    }
+
+    fn ids(&self) -> (u128, u64) {
+        *self.ids.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The span of another sampled-out root (only when nothing but ego holds this one).
+    fn renew(&self, trace_id: u128) {
+        *self.ids.lock().unwrap_or_else(|e| e.into_inner()) = (trace_id, random_u64());
+        let old = self.context.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(old);
+    }
 }
 
 #[pymethods]
 impl SampledOut {
     fn get_span_context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        if let Some(c) = self.context.get() {
+        if let Some(c) = self.context.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             return Ok(c.clone_ref(py));
         }
-        let c = self.make_context.bind(py).call1((self.trace_id, self.span_id))?.unbind();
-        Ok(self.context.get_or_init(|| c).clone_ref(py))
+        let c = self.make_context.bind(py).call1(self.ids())?.unbind();
+        *self.context.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone_ref(py));
+        Ok(c)
     }
 
     fn is_recording(&self) -> bool {
@@ -336,7 +354,8 @@ impl SampledOut {
     fn __exit__(&self, _args: &Bound<'_, PyTuple>) {}
 
     fn __repr__(&self) -> String {
-        format!("SampledOut(trace_id=0x{:032x}, span_id=0x{:016x})", self.trace_id, self.span_id)
+        let (trace_id, span_id) = self.ids();
+        format!("SampledOut(trace_id=0x{trace_id:032x}, span_id=0x{span_id:016x})")
     }
 }
 
@@ -372,6 +391,8 @@ pub struct Fast {
     /// The command type's name per command class (`_type_name`).
     type_names: Mutex<Vec<(Py<PyAny>, Py<PyAny>)>>,
     type_name: Py<PyAny>,
+    /// The handler's context of the last sampled-out root and its span ([`Fast::sampled_out`]).
+    pool: Mutex<Option<(Py<PyDict>, Py<SampledOut>)>>,
     /// `(tracer, trace_id or None, entity_id, command) -> (span, context)`: a sampled
     /// command's caller span; `end_send(span, result, error)`; `watch_send(span, future)`.
     start_send: Py<PyAny>,
@@ -429,6 +450,7 @@ impl Fast {
             random_flag: helpers.getattr("_RANDOM")?.extract()?,
             type_names: Mutex::new(Vec::new()),
             type_name: get("_type_name")?,
+            pool: Mutex::new(None),
             start_send: get("start_send")?,
             end_send: get("end_send")?,
             watch_send: get("watch_send")?,
@@ -470,6 +492,28 @@ impl Fast {
         Ok(command.into_any().unbind())
     }
 
+    /// The span of a sampled-out root whose caller's context is empty, and the handler's context
+    /// holding it (kept in `pool`). The last one is reused, ids renewed, when nothing but ego
+    /// holds it any more (the pool and the context: the command that carried it is done and
+    /// nobody kept the span or the context), which saves two objects per command.
+    fn sampled_out(&self, py: Python<'_>, trace_id: u128) -> PyResult<Py<PyAny>> {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((context, span)) = pool.as_ref() {
+            // SAFETY: attached; reading the reference counts of live objects.
+            let free = unsafe { ffi::Py_REFCNT(span.as_ptr()) == 2 && ffi::Py_REFCNT(context.as_ptr()) == 1 };
+            if free {
+                span.get().renew(trace_id);
+                return Ok(span.clone_ref(py).into_any());
+            }
+        }
+        let span = Py::new(py, SampledOut::new(self.make_context.clone_ref(py), trace_id))?;
+        let context = self.new_context(py)?;
+        context.set_item(self.span_key.bind(py), &span)?;
+        let carried = span.clone_ref(py).into_any();
+        *pool = Some((context.unbind(), span));
+        Ok(carried)
+    }
+
     /// A new empty `Context` (a dict subclass: filled with `PyDict_SetItem`, which does not
     /// go through its read-only `__setitem__`).
     fn new_context<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -491,9 +535,21 @@ impl Fast {
     fn attach_unsampled(&self, carried: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
         let py = carried.py();
         let context = if let Ok(span) = carried.cast::<SampledOut>() {
-            let context = self.new_context(py)?;
-            context.set_item(self.span_key.bind(py), span)?;
-            context.into_any()
+            let pooled = self
+                .pool
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .filter(|(_, s)| s.bind(py).is(span))
+                .map(|(c, _)| c.clone_ref(py));
+            match pooled {
+                Some(context) => context.into_bound(py).into_any(),
+                None => {
+                    let context = self.new_context(py)?;
+                    context.set_item(self.span_key.bind(py), span)?;
+                    context.into_any()
+                }
+            }
         } else if let Ok(unsampled) = carried.cast::<Unsampled>() {
             unsampled.get().context.bind(py).clone()
         } else {
@@ -565,15 +621,12 @@ impl Fast {
         if parent.is_some() {
             return Ok(Begun::Out(Bound::new(py, Unsampled { context: context.unbind() })?.into_any().unbind()));
         }
-        let span = Bound::new(
-            py,
-            SampledOut { trace_id, span_id: random_u64(), make_context: self.make_context.clone_ref(py), context: OnceLock::new() },
-        )?;
         let Some(values) = values else {
             // The usual case: an empty caller context. The span alone is carried; the handler's
-            // context is made when it runs (`attach_unsampled`).
-            return Ok(Begun::Out(span.into_any().unbind()));
+            // context is the one made with it (`sampled_out`, `attach_unsampled`).
+            return Ok(Begun::Out(self.sampled_out(py, trace_id)?.into_any()));
         };
+        let span = Bound::new(py, SampledOut::new(self.make_context.clone_ref(py), trace_id))?;
         let context = self.new_context(py)?;
         context.update(values.as_mapping())?;
         context.set_item(self.span_key.bind(py), span)?;
