@@ -250,7 +250,7 @@ impl<H: Host> Engine<H> {
     /// events in its batch for theirs, so the call's commands for one entity are written
     /// together (with batching off, each would be its own write). The last one (`more` false)
     /// writes the batch; if the rest never comes (the caller could not send it), the batch is
-    /// written after at most 100 ms.
+    /// written after at most a second.
     pub fn send_in_call(
         &self,
         cx: H::Cx<'_>,
