@@ -85,7 +85,7 @@ impl PyCommand {
 
 /// The host (one per engine).
 pub struct PyHost {
-    pub types: Arc<Types>,
+    pub types: Types,
     /// Type resolution and event adapters, shared with what projections receive.
     pub decoder: Arc<Decoder>,
     classes: Mutex<HashMap<usize, Arc<BehaviorClass>, foldhash::fast::FixedState>>,
@@ -117,11 +117,10 @@ impl PyHost {
     /// A host whose recoveries and projections pass stored events through `adapters`.
     /// `telemetry`: spans and counters (None: off); `log`: where records go.
     pub fn new(adapters: Vec<Py<PyAny>>, telemetry: Option<Arc<Telemetry>>, log: Arc<Log>) -> Self {
-        let types = Arc::new(Types);
         let metrics = telemetry.as_ref().is_some_and(|t| t.metrics);
         PyHost {
-            types: types.clone(),
-            decoder: Arc::new(Decoder { types, adapters }),
+            types: Types,
+            decoder: Arc::new(Decoder { types: Types, adapters }),
             classes: Mutex::new(HashMap::default()),
             telemetry,
             metrics,

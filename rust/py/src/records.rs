@@ -16,7 +16,7 @@ use crate::types::{describe, Types};
 
 /// Resolves stored messages: the event adapters, then the class of the type URL.
 pub struct Decoder {
-    pub types: Arc<Types>,
+    pub types: Types,
     pub adapters: Vec<Py<PyAny>>,
 }
 
@@ -35,10 +35,7 @@ impl Decoder {
                     .map_err(|e| adapter_error(py, pid, seq, e))?
                     .ok_or_else(|| Error::contract(format!("an event adapter returned {}, not a protobuf message", describe(&m))))?;
                 type_url = info.type_url.to_string();
-                payload = m
-                    .call_method0("SerializeToString")
-                    .and_then(|b| Ok(b.cast_into::<PyBytes>()?))
-                    .map_err(|e| adapter_error(py, pid, seq, e))?;
+                payload = info.to_bytes(&m).and_then(|b| Ok(b.cast_into::<PyBytes>()?)).map_err(|e| adapter_error(py, pid, seq, e))?;
             }
             let out = adapter.bind(py).call_method1("adapt", (&type_url, &payload, seq)).map_err(|e| adapter_error(py, pid, seq, e))?;
             if out.is_none() {
@@ -87,7 +84,7 @@ pub struct PersistedEvent {
 /// The decoder of events built in Python (no event adapters).
 fn plain_decoder() -> Arc<Decoder> {
     static PLAIN: std::sync::OnceLock<Arc<Decoder>> = std::sync::OnceLock::new();
-    PLAIN.get_or_init(|| Arc::new(Decoder { types: Arc::new(Types), adapters: Vec::new() })).clone()
+    PLAIN.get_or_init(|| Arc::new(Decoder { types: Types, adapters: Vec::new() })).clone()
 }
 
 #[pymethods]
@@ -116,7 +113,7 @@ impl PersistedEvent {
             .types
             .info(event)?
             .ok_or_else(|| crate::errors::invalid_message(py, format!("an event must be a protobuf message, got {}", describe(event))))?;
-        let bytes = event.call_method0(pyo3::intern!(py, "SerializeToString"))?;
+        let bytes = info.to_bytes(event)?;
         let bytes = bytes.cast::<PyBytes>().map_err(PyErr::from)?;
         let event = Event {
             persistence_id,
@@ -297,7 +294,7 @@ impl PersistedState {
             return Err(to_pyerr(py, &Error::EntityErased(self.state.persistence_id.as_str().into())));
         }
         let any = self.state.resulting_state.clone().unwrap_or_default();
-        let decoder = Decoder { types: self.decoder.types.clone(), adapters: Vec::new() };
+        let decoder = Decoder { types: Types, adapters: Vec::new() };
         decoder.decode(py, &any, &self.state.persistence_id, self.state.version_number).map_err(|e| to_pyerr(py, &e))
     }
     /// Its shard.

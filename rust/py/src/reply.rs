@@ -473,22 +473,25 @@ impl Bulk {
     /// Fills slot `i` (a slot whose reply was dropped inline gets its real outcome: the
     /// engine returned it instead of replying). Done slots are left as they are.
     pub fn settle(self: &Arc<Self>, i: usize, outcome: Outcome) {
-        let mut state = self.state.lock();
+        let last = Self::fill(&mut self.state.lock(), i, outcome);
+        if last {
+            self.complete();
+        }
+    }
+
+    /// Fills slot `i` under the lock; `true` when it was the last open one.
+    fn fill(state: &mut BulkState, i: usize, outcome: Outcome) -> bool {
         // No slot: the caller took the result already (it gave up waiting).
-        let last = match state.slots.get_mut(i) {
+        match state.slots.get_mut(i) {
             Some(slot @ (BulkSlot::Waiting | BulkSlot::Started)) => {
                 *slot = BulkSlot::Done(outcome);
-                Self::count_down(&mut state)
+                Self::count_down(state)
             }
             Some(slot @ BulkSlot::Dropped) => {
                 *slot = BulkSlot::Done(outcome);
                 false
             }
             Some(BulkSlot::Done(_)) | None => false,
-        };
-        drop(state);
-        if last {
-            self.complete();
         }
     }
 
@@ -501,14 +504,7 @@ impl Bulk {
         let mut state = self.state.lock();
         let mut last = false;
         for (i, outcome) in outcomes {
-            match state.slots.get_mut(i) {
-                Some(slot @ (BulkSlot::Waiting | BulkSlot::Started)) => {
-                    *slot = BulkSlot::Done(outcome);
-                    last |= Self::count_down(&mut state);
-                }
-                Some(slot @ BulkSlot::Dropped) => *slot = BulkSlot::Done(outcome),
-                Some(BulkSlot::Done(_)) | None => {}
-            }
+            last |= Self::fill(&mut state, i, outcome);
         }
         drop(state);
         if last {

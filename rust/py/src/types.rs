@@ -56,7 +56,7 @@ impl TypeInfo {
             kwargs.set_item(pyo3::intern!(py, "deterministic"), true)?;
             serialize.call((message,), Some(&kwargs))?
         } else {
-            serialize.call1((message,))?
+            self.to_bytes(message)?
         };
         Ok(bytes.cast_into::<pyo3::types::PyBytes>()?)
     }
@@ -68,7 +68,7 @@ type Map<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 /// knows about a class does not depend on the engine. A class's info lives as long as the
 /// process (and keeps the class alive, so its address is never reused by another class):
 /// lookups hand out `&'static` references, without reference counting.
-#[derive(Default)]
+#[derive(Clone, Copy, Default)]
 pub struct Types;
 
 static BY_CLASS: LazyLock<Mutex<Map<usize, &'static TypeInfo>>> = LazyLock::new(Default::default);

@@ -371,8 +371,6 @@ async fn claim_heads(step: &mut Step<'_, '_>, event_chains: &mut BTreeMap<String
     Ok(())
 }
 
-/// Numbers the accepted events (each shard's counter row is locked, in shard order, until
-/// commit) and inserts them.
 /// How many records each shard gets (one shard per record).
 fn per_shard(shards: impl Iterator<Item = u32>) -> BTreeMap<u32, i64> {
     let mut counts: BTreeMap<u32, i64> = BTreeMap::new();
@@ -402,6 +400,8 @@ async fn number_positions(step: &mut Step<'_, '_>, counters: &str, per_shard: BT
     Ok(first)
 }
 
+/// Numbers the accepted events (each shard's counter row is locked, in shard order, until
+/// commit) and inserts them.
 async fn insert_events(step: &mut Step<'_, '_>, event_chains: &BTreeMap<String, Chain>) -> PgResult<()> {
     let (n, group) = (step.names, step.group);
     let accepted: Vec<&Vec<Event>> = event_chains
