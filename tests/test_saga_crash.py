@@ -27,7 +27,7 @@ from saga_child import INITIAL, plan
 from transfer_saga import DeskBehavior, TransferSaga
 
 HERE = Path(__file__).resolve().parent
-ACCOUNTS, TRANSFERS, WAVES, SEED = 100, 1000, 5, 5
+ACCOUNTS, TRANSFERS, WAVES, SEED = 100, 1000, 12, 5
 STATUS_NAMES = {1: "running", 2: "completed", 3: "compensating", 4: "compensated", 5: "failed"}
 
 
@@ -68,16 +68,22 @@ class _Types:
 def test_sigkill_during_a_thousand_concurrent_transfers(tmp_path: Path) -> None:
     db = tmp_path / "db"
     rng = random.Random(SEED)
-    kills = rounds = 0
+    kills = rounds = wave = 0
     while kills < 20:
         rounds += 1
         assert rounds <= 60, f"the child finished before it was killed in {rounds - 1 - kills} rounds"
-        wave = min(kills // 4, WAVES - 1)  # a new wave of 1,000 transfers every 4 kills
-        if "DONE" not in run_child(db, wave, rng.uniform(0.1, 1.0)):
+        if "DONE" in run_child(db, wave, rng.uniform(0.05, 1.0)):
+            # Finished before the kill: the next child gets a new wave to work on (a child of
+            # a finished wave has nothing left to do, so it would hardly ever be killed).
+            assert wave < WAVES - 1, f"every wave finished before its kill ({kills} kills)"
+            wave += 1
+        else:
             kills += 1
-    assert "DONE" in run_child(db, WAVES - 1, None)
+            if kills % 4 == 0 and wave < WAVES - 1:
+                wave += 1  # a new wave of 1,000 transfers every 4 kills
+    assert "DONE" in run_child(db, wave, None)
 
-    requests = [r for w in range(WAVES) for r in plan(ACCOUNTS, TRANSFERS, w, SEED)]
+    requests = [r for w in range(wave + 1) for r in plan(ACCOUNTS, TRANSFERS, w, SEED)]
     store = ego.RocksDBStore(db)
     with ego.Engine("check", store=store) as engine:
         engine.register_entity_type(AccountBehavior, prefix="account-")

@@ -10,6 +10,12 @@
 //! - [`untrack`]: live behaviours and states out of the cyclic collector's view.
 //! - [`telemetry`], [`logs`]: OpenTelemetry spans and counters; the engine's logger.
 
+/// The allocator of everything Rust allocates in the module: mimalloc frees memory allocated
+/// on another thread without taking a lock (glibc's malloc takes the owning arena's lock; a
+/// bulk call's helper thread frees what the calling thread allocated; docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bounds;
 mod engine;
 mod errors;
