@@ -213,28 +213,26 @@ impl EngineCore {
     }
 
     /// Hands every `(entity_id, command)` pair (or `(entity_id, command, idempotency_key)`
-    /// triple) of `items` to its entity, in order, filling slot `i` of `bulk` with the outcome
-    /// of item `i` (at once when it ran inline, later from its reply). A malformed item fills
-    /// its slot with a typed error; the others go on. An entity's commands of the call are
-    /// written together (each but its last is sent with `more`).
+    /// triple) of `items` to its entity, filling slot `i` of `bulk` with the outcome of item `i`
+    /// (at once when it ran inline, later from its reply). A malformed item fills its slot with
+    /// a typed error; the others go on. An entity's commands are sent one after the other, in
+    /// their order, entities in the order of their first command: each entity's commands of the
+    /// call are written together (each but its last is sent with `more`), and that write can
+    /// start while the next entity's commands run.
     fn dispatch_bulk(core: &Core, py: Python<'_>, bulk: &Arc<Bulk>, items: &[Bound<'_, PyAny>]) {
         let mut parsed = Vec::with_capacity(items.len());
         // Outcomes known while dispatching, filled in together at the end.
         let mut known = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             match pair_of(core, py, item) {
-                Ok((id, command, key)) => parsed.push((i, id, command, key)),
+                Ok((id, command, key)) => parsed.push(Some((i, id, command, key))),
                 Err(e) => known.push((i, Err(ego_core::host::Fail::Handler(e)))),
             }
         }
-        // more[k]: a later item of the call goes to the same entity.
-        let mut more = vec![false; parsed.len()];
-        let mut seen = std::collections::HashSet::with_capacity(parsed.len());
-        for (k, (_, id, _, _)) in parsed.iter().enumerate().rev() {
-            more[k] = !seen.insert(id.to_str().unwrap_or_default());
-        }
-        drop(seen);
-        for ((i, id, command, key), more) in parsed.into_iter().zip(more) {
+        let ids: Vec<&str> = parsed.iter().flatten().map(|(_, id, _, _)| id.to_str().unwrap_or_default()).collect();
+        let (order, more) = by_entity(&ids);
+        for (k, more) in order.into_iter().zip(more) {
+            let Some((i, id, command, key)) = parsed[k].take() else { continue };
             let command = PyCommand::new(command.unbind());
             let id = id.to_str().unwrap_or_default();
             let (sent, dropped) = bulk.dispatching(i, |reply| core.send_in_call(py, id, command, key, more, reply));
@@ -260,6 +258,48 @@ impl EngineCore {
             })?
             .collect()
     }
+}
+
+/// The order in which a bulk call sends its commands: each entity's commands together, in
+/// their order, entities in the order of their first command (the identity when no entity has
+/// two). `more[j]`: the command sent `j`-th is followed by another of its entity.
+fn by_entity(ids: &[&str]) -> (Vec<usize>, Vec<bool>) {
+    let n = ids.len();
+    let mut groups: std::collections::HashMap<&str, usize, foldhash::fast::FixedState> =
+        std::collections::HashMap::with_capacity_and_hasher(n, Default::default());
+    let mut group = Vec::with_capacity(n);
+    let mut sizes: Vec<usize> = Vec::new();
+    for id in ids {
+        let g = *groups.entry(id).or_insert_with(|| {
+            sizes.push(0);
+            sizes.len() - 1
+        });
+        sizes[g] += 1;
+        group.push(g);
+    }
+    if sizes.len() == n {
+        return ((0..n).collect(), vec![false; n]);
+    }
+    // Where each entity's commands start in the new order.
+    let mut next: Vec<usize> = sizes
+        .iter()
+        .scan(0, |at, &size| {
+            let start = *at;
+            *at += size;
+            Some(start)
+        })
+        .collect();
+    let mut order = vec![0; n];
+    let mut more = vec![true; n];
+    for (k, &g) in group.iter().enumerate() {
+        order[next[g]] = k;
+        next[g] += 1;
+    }
+    // `next[g]` is now the end of entity g's commands: its last one has no more.
+    for end in next {
+        more[end - 1] = false;
+    }
+    (order, more)
 }
 
 /// The entity id, command and idempotency key (None for a pair) of one bulk item, or the
