@@ -229,7 +229,7 @@ impl EngineCore {
                 Err(e) => known.push((i, Err(ego_core::host::Fail::Handler(e)))),
             }
         }
-        let ids: Vec<&str> = parsed.iter().flatten().map(|(_, id, _, _)| id.to_str().unwrap_or_default()).collect();
+        let ids: Vec<&str> = parsed.iter().map(|p| p.as_ref().map_or("", |(_, id, _, _)| id.to_str().unwrap_or_default())).collect();
         let (order, more) = by_entity(&ids);
         for (k, more) in order.into_iter().zip(more) {
             let Some((i, id, command, key)) = parsed[k].take() else { continue };

@@ -10,9 +10,10 @@
 //! - [`untrack`]: live behaviours and states out of the cyclic collector's view.
 //! - [`telemetry`], [`logs`]: OpenTelemetry spans and counters; the engine's logger.
 
-/// The allocator of everything Rust allocates in the module: mimalloc frees memory allocated
-/// on another thread without taking a lock (glibc's malloc takes the owning arena's lock; a
-/// bulk call's helper thread frees what the calling thread allocated; docs/performance.md).
+/// The allocator of everything Rust allocates in the module (Python objects keep CPython's):
+/// mimalloc frees memory allocated on another thread without a lock, where glibc's malloc takes
+/// the owning arena's lock, and the store writer threads free what the calling thread allocated
+/// (workload B on RocksDB 1.7x faster; docs/benchmarks.md, "The allocator: mimalloc").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
