@@ -506,3 +506,28 @@ def test_sampled_out_spans_kept_by_a_handler_keep_their_trace() -> None:
         assert span.get_span_context().trace_id == trace_id
         assert trace.get_current_span(ctx) is span
     provider.shutdown()
+
+
+def test_bulk_commands_are_traced_under_the_callers_span_inline_or_queued() -> None:
+    """A bulk call's commands are traced as part of the caller's current span: those that run
+    inline and those that queue and run on a bridge thread (here every command: inline off)."""
+
+    def scenario(engine: ego.Engine, tracer: trace.Tracer) -> None:
+        # Without a caller span nothing is traced.
+        opened = engine.send_commands([("acc-1", OpenAccount(initial_balance=100)), ("acc-2", OpenAccount(initial_balance=5))])
+        assert all(isinstance(o, tuple) for o in opened)
+        with tracer.start_as_current_span("request"):
+            outcomes = engine.send_commands(
+                [("acc-1", Credit(amount=5)), ("acc-2", Debit(amount=50)), ("acc-1", Debit(amount=1))]
+            )
+            # And one sent alone, for comparison: under its own ego.send_command span.
+            engine.send_command("acc-2", Credit(amount=1))
+        assert isinstance(outcomes[1], InsufficientFunds)
+
+    for inline in (True, False):
+        result = same(scenario, inline=inline)
+        commands = [s for s in result if s[0] == "ego.command"]
+        assert len(commands) == 4, (inline, names(result))
+        bulk = [s for s in commands if s[2] is not None and s[2][0] == "request"]
+        assert len(bulk) == 3, (inline, commands)
+        assert sorted(dict(s[4])["ego.outcome"] for s in bulk) == ["accepted", "accepted", "rejected"]

@@ -229,11 +229,19 @@ impl EngineCore {
                 Err(e) => known.push((i, Err(ego_core::host::Fail::Handler(e)))),
             }
         }
+        // With traces on, the commands are traced as part of the caller's current span, as
+        // those that run inline are anyway: its context goes with each command, so one that
+        // queues (its entity busy) and runs on a bridge thread is traced under it too.
+        let context = match core.shared().host().tracing_of() {
+            Some(t) => t.current_context(py).ok(),
+            None => None,
+        };
         let ids: Vec<&str> = parsed.iter().map(|p| p.as_ref().map_or("", |(_, id, _, _)| id.to_str().unwrap_or_default())).collect();
         let (order, more) = by_entity(&ids);
         for (k, more) in order.into_iter().zip(more) {
             let Some((i, id, command, key)) = parsed[k].take() else { continue };
-            let command = PyCommand::new(command.unbind());
+            let mut command = PyCommand::new(command.unbind());
+            command.trace = context.as_ref().map(|c| c.clone_ref(py));
             let id = id.to_str().unwrap_or_default();
             let (sent, dropped) = bulk.dispatching(i, |reply| core.send_in_call(py, id, command, key, more, reply));
             match sent {

@@ -102,7 +102,16 @@ impl Telemetry {
     }
 }
 
+/// `opentelemetry.context.get_current`, looked up once.
+static GET_CURRENT: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+
 impl Tracing {
+    /// The caller's current OpenTelemetry context (`opentelemetry.context.get_current()`).
+    pub fn current_context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let get = GET_CURRENT.get_or_try_init(py, || py.import("opentelemetry.context")?.getattr("get_current").map(Bound::unbind))?;
+        get.bind(py).call0().map(Bound::unbind)
+    }
+
     /// Starts (and makes current) the span of a command; `parent` is the caller's context, or
     /// what a command sampled out by the send methods carries (a [`SampledOut`] span, or an
     /// [`Unsampled`] context): then no span is made, the context is attached and the handle
