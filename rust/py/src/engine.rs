@@ -24,7 +24,7 @@ use crate::pystore::PyStore;
 use crate::reply::{outcome_into_result, settle_now, waker_for, AsyncReply, Bulk, Reply, SyncSlot};
 use crate::store::NativeStore;
 use crate::telemetry::{Telemetry, Tracing};
-use crate::types::describe;
+use crate::types::{describe, Types};
 
 type Core = Engine<PyHost>;
 
@@ -73,12 +73,9 @@ fn store_of<'py>(obj: Option<&Bound<'py, PyAny>>, roles: &[&[&str]]) -> PyResult
 
 /// Checks that `command` is a protobuf message; with an idempotency key, returns the key and
 /// the hash of the command's type and bytes (deterministic bytes: maps in key order).
-fn checked_command(core: &Core, command: &Bound<'_, PyAny>, key: Option<&str>) -> PyResult<Option<IdempotencyKey>> {
+fn checked_command(command: &Bound<'_, PyAny>, key: Option<&str>) -> PyResult<Option<IdempotencyKey>> {
     let py = command.py();
-    let info = core
-        .shared()
-        .host()
-        .types
+    let info = Types
         .info(command)?
         .ok_or_else(|| invalid_message(py, format!("a command must be a protobuf message, got {}", describe(command))))?;
     let Some(key) = key else { return Ok(None) };
@@ -128,8 +125,8 @@ impl EngineCore {
         self.core.read().clone().ok_or_else(|| to_pyerr(py, &Error::EngineClosed))
     }
 
-    fn check_message(core: &Core, py: Python<'_>, what: &str, obj: &Bound<'_, PyAny>) -> PyResult<()> {
-        if core.shared().host().types.info(obj)?.is_none() {
+    fn check_message(py: Python<'_>, what: &str, obj: &Bound<'_, PyAny>) -> PyResult<()> {
+        if Types.info(obj)?.is_none() {
             return Err(invalid_message(py, format!("{what} must be a protobuf message, got {}", describe(obj))));
         }
         Ok(())
@@ -224,7 +221,7 @@ impl EngineCore {
         // Outcomes known while dispatching, filled in together at the end.
         let mut known = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
-            match pair_of(core, py, item) {
+            match pair_of(py, item) {
                 Ok((id, command, key)) => parsed.push(Some((i, id, command, key))),
                 Err(e) => known.push((i, Err(ego_core::host::Fail::Handler(e)))),
             }
@@ -313,7 +310,6 @@ fn by_entity(ids: &[&str]) -> (Vec<usize>, Vec<bool>) {
 /// The entity id, command and idempotency key (None for a pair) of one bulk item, or the
 /// typed error of a malformed one.
 fn pair_of<'py>(
-    core: &Core,
     py: Python<'py>,
     item: &Bound<'py, PyAny>,
 ) -> PyResult<(Bound<'py, pyo3::types::PyString>, Bound<'py, PyAny>, Option<IdempotencyKey>)> {
@@ -337,13 +333,13 @@ fn pair_of<'py>(
     let id = id.cast_into::<pyo3::types::PyString>().map_err(PyErr::from)?;
     let key = if sequence.len()? == 3 { sequence.get_item(2)? } else { py.None().into_bound(py) };
     let key = if key.is_none() {
-        checked_command(core, &command, None)?
+        checked_command(&command, None)?
     } else {
         let Ok(text) = key.cast::<pyo3::types::PyString>() else {
-            EngineCore::check_message(core, py, "a command", &command)?;
+            EngineCore::check_message(py, "a command", &command)?;
             return Err(validation(py, format!("an idempotency key must be a str or None, got {}", describe(&key))));
         };
-        checked_command(core, &command, Some(text.to_str()?))?
+        checked_command(&command, Some(text.to_str()?))?
     };
     Ok((id, command, key))
 }
@@ -497,7 +493,7 @@ impl EngineCore {
         let (trace, span) = Tracing::carry(tracing, py, trace_context, entity_id, command)?;
         let send = || {
             let timer = Self::timer(&core);
-            let key = checked_command(&core, command, idempotency_key)?;
+            let key = checked_command(command, idempotency_key)?;
             let command = PyCommand { msg: command.clone().unbind(), trace, metadata: checked_metadata(py, metadata)? };
             let result = self.blocking(py, entity_id, timeout, |core, reply| core.send_keyed(py, entity_id, command, key, reply));
             if let Some((sent, t)) = timer {
@@ -600,8 +596,8 @@ impl EngineCore {
         let (trace, span) = Tracing::carry(tracing, py, trace_context, entity_id, command)?;
         let send = || {
             let mut key = None;
-            if let Some(core) = &core {
-                key = checked_command(core, command, idempotency_key)?;
+            if core.is_some() {
+                key = checked_command(command, idempotency_key)?;
             }
             let command = PyCommand { msg: command.clone().unbind(), trace, metadata: checked_metadata(py, metadata)? };
             let deadline = timeout.map(|t| (entity_id, t));

@@ -85,7 +85,6 @@ impl PyCommand {
 
 /// The host (one per engine).
 pub struct PyHost {
-    pub types: Types,
     /// Type resolution and event adapters, shared with what projections receive.
     pub decoder: Arc<Decoder>,
     classes: Mutex<HashMap<usize, Arc<BehaviorClass>, foldhash::fast::FixedState>>,
@@ -118,14 +117,7 @@ impl PyHost {
     /// `telemetry`: spans and counters (None: off); `log`: where records go.
     pub fn new(adapters: Vec<Py<PyAny>>, telemetry: Option<Arc<Telemetry>>, log: Arc<Log>) -> Self {
         let metrics = telemetry.as_ref().is_some_and(|t| t.metrics);
-        PyHost {
-            types: Types,
-            decoder: Arc::new(Decoder { types: Types, adapters }),
-            classes: Mutex::new(HashMap::default()),
-            telemetry,
-            metrics,
-            log,
-        }
+        PyHost { decoder: Arc::new(Decoder { adapters }), classes: Mutex::new(HashMap::default()), telemetry, metrics, log }
     }
 
     /// Commands handled per (behaviour class name, outcome), the classes that saw any.
@@ -188,7 +180,7 @@ impl PyHost {
         match previous {
             Some(prev) if prev.get_type().is(value.get_type()) => Ok(()),
             Some(prev) => Err(contract(format!("{what} must return the state (a {}), got {}", describe(prev), describe(value)))),
-            None => match internal(self.types.info(value))? {
+            None => match internal(Types.info(value))? {
                 Some(_) => Ok(()),
                 None => Err(contract(format!("{what} must return a protobuf message, got {}", describe(value)))),
             },
@@ -196,8 +188,8 @@ impl PyHost {
     }
 
     fn serialize(&self, what: &'static str, value: &Bound<'_, PyAny>, max_bytes: usize) -> Result<Any, PyFail> {
-        let info = internal(self.types.info(value))?
-            .ok_or_else(|| contract(format!("{what} must be a protobuf message, got {}", describe(value))))?;
+        let info =
+            internal(Types.info(value))?.ok_or_else(|| contract(format!("{what} must be a protobuf message, got {}", describe(value))))?;
         let bytes = handler(info.to_bytes(value))?;
         let bytes = bytes.cast::<PyBytes>().map_err(|e| Fail::Handler(e.into()))?.as_bytes();
         if bytes.len() > max_bytes {
@@ -207,7 +199,7 @@ impl PyHost {
     }
 
     fn parse<'py>(&self, py: Python<'py>, any: &Any, id: &str, seq: u64) -> Result<Bound<'py, PyAny>, PyFail> {
-        let info = internal(self.types.by_url(py, &any.type_url))?.ok_or_else(|| {
+        let info = internal(Types.by_url(py, &any.type_url))?.ok_or_else(|| {
             Fail::Engine(Error::UnknownEventType {
                 persistence_id: id.into(),
                 sequence_number: seq,
@@ -420,7 +412,7 @@ impl Host for PyHost {
     fn trace_command(&self, py: Python<'_>, id: &str, b: &PyBehavior, command: &PyCommand) -> Option<Py<PyAny>> {
         let t = self.tracing_of()?;
         let msg = command.msg.bind(py);
-        let command_type = || match self.types.info(msg) {
+        let command_type = || match Types.info(msg) {
             Ok(Some(info)) => info.type_url.rsplit('/').next().unwrap_or_default().to_string(),
             _ => describe(msg),
         };

@@ -16,7 +16,6 @@ use crate::types::{describe, Types};
 
 /// Resolves stored messages: the event adapters, then the class of the type URL.
 pub struct Decoder {
-    pub types: Types,
     pub adapters: Vec<Py<PyAny>>,
 }
 
@@ -29,8 +28,7 @@ impl Decoder {
         for adapter in &self.adapters {
             if let Some(m) = message.take() {
                 // A later adapter sees the upcast event as bytes again.
-                let info = self
-                    .types
+                let info = Types
                     .info(&m)
                     .map_err(|e| adapter_error(py, pid, seq, e))?
                     .ok_or_else(|| Error::contract(format!("an event adapter returned {}, not a protobuf message", describe(&m))))?;
@@ -52,8 +50,10 @@ impl Decoder {
         if let Some(m) = message {
             return Ok(m);
         }
-        let info = self.types.by_url(py, &type_url).map_err(|e| adapter_error(py, pid, seq, e))?.ok_or_else(|| {
-            Error::UnknownEventType { persistence_id: pid.into(), sequence_number: seq, type_url: type_url.as_str().into() }
+        let info = Types.by_url(py, &type_url).map_err(|e| adapter_error(py, pid, seq, e))?.ok_or_else(|| Error::UnknownEventType {
+            persistence_id: pid.into(),
+            sequence_number: seq,
+            type_url: type_url.as_str().into(),
         })?;
         info.class.bind(py).call_method1(pyo3::intern!(py, "FromString"), (payload,)).map_err(|e| Error::Corrupt {
             persistence_id: pid.into(),
@@ -84,7 +84,7 @@ pub struct PersistedEvent {
 /// The decoder of events built in Python (no event adapters).
 fn plain_decoder() -> Arc<Decoder> {
     static PLAIN: std::sync::OnceLock<Arc<Decoder>> = std::sync::OnceLock::new();
-    PLAIN.get_or_init(|| Arc::new(Decoder { types: Types, adapters: Vec::new() })).clone()
+    PLAIN.get_or_init(|| Arc::new(Decoder { adapters: Vec::new() })).clone()
 }
 
 #[pymethods]
@@ -108,9 +108,7 @@ impl PersistedEvent {
         if sequence_number == 0 {
             return Err(to_pyerr(py, &Error::invalid("sequence numbers start at 1")));
         }
-        let decoder = plain_decoder();
-        let info = decoder
-            .types
+        let info = Types
             .info(event)?
             .ok_or_else(|| crate::errors::invalid_message(py, format!("an event must be a protobuf message, got {}", describe(event))))?;
         let bytes = info.to_bytes(event)?;
@@ -125,7 +123,7 @@ impl PersistedEvent {
             metadata: metadata.unwrap_or_default(),
             ..Event::default()
         };
-        Ok(PersistedEvent { event, decoder })
+        Ok(PersistedEvent { event, decoder: plain_decoder() })
     }
 
     /// The entity id.
@@ -294,8 +292,7 @@ impl PersistedState {
             return Err(to_pyerr(py, &Error::EntityErased(self.state.persistence_id.as_str().into())));
         }
         let any = self.state.resulting_state.clone().unwrap_or_default();
-        let decoder = Decoder { types: Types, adapters: Vec::new() };
-        decoder.decode(py, &any, &self.state.persistence_id, self.state.version_number).map_err(|e| to_pyerr(py, &e))
+        plain_decoder().decode(py, &any, &self.state.persistence_id, self.state.version_number).map_err(|e| to_pyerr(py, &e))
     }
     /// Its shard.
     #[getter]
