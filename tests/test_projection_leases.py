@@ -337,3 +337,62 @@ def test_single_process_stores_always_hold_the_lease(tmp_path: Path) -> None:
         finally:
             for engine in engines:
                 engine.stop()
+
+
+def test_offsets_moved_by_hand_go_under_the_lease(pg_url: str, prefix: str) -> None:
+    """`set_projection_offset` and `rebuild_projection` write under the projection's lease: the
+    owner's process moves them and goes on running (a standby never takes over meanwhile);
+    another process is refused with a typed error and nothing changes (before, its write went
+    through and the owner overwrote it at its next commit)."""
+    stores = [ego.PostgresStore(pg_url, table_prefix=prefix) for _ in range(2)]
+    engines = [ego.Engine(f"e{i}", store=s, shards=2) for i, s in enumerate(stores)]
+    seen: list[list[str]] = [[], []]
+    try:
+        for i, engine in enumerate(engines):
+            engine.start()
+            engine.add_projection(
+                "p", lambda events, i=i: seen[i].extend(e.persistence_id for e in events), lease_ttl=5, poll_interval=0.02
+            )
+        assert [e.projection_status("p")[0] for e in engines] == ["running", "standby"]
+        engines[0].register_entity_type(Tally)
+        ids = [f"x-{n}" for n in range(10)]
+        for entity_id in ids:
+            engines[0].send_command(entity_id, Note())
+        engines[0].wait_for_projection("p", timeout=30)
+        assert sorted(seen[0]) == sorted(ids)
+        shard = ego._ego.shard_of(ids[0], 2)
+        in_shard = sorted(i for i in ids if ego._ego.shard_of(i, 2) == shard)
+
+        # Another process: refused, nothing changed, both runners as they were.
+        with pytest.raises(ego.errors.ProjectionLeaseHeldError) as refused:
+            engines[1].set_projection_offset("p", shard, 0)
+        assert refused.value.projection == "p"
+        with pytest.raises(ego.errors.ProjectionLeaseHeldError):
+            engines[1].rebuild_projection("p")
+        assert [e.projection_status("p")[0] for e in engines] == ["running", "standby"]
+        assert sum(s.events_behind for s in engines[1].projection_lag("p").values()) == 0
+        assert sorted(seen[0]) == sorted(ids)
+
+        # The owner's process: the shard is handled again from the start, by the same runner.
+        engines[0].set_projection_offset("p", shard, 0)
+        wait_until(lambda: len(seen[0]) == len(ids) + len(in_shard), what="the shard's events again")
+        assert sorted(seen[0][len(ids) :]) == in_shard
+        engines[0].rebuild_projection("p")
+        wait_until(lambda: len(seen[0]) == 2 * len(ids) + len(in_shard), what="every event again")
+        assert sorted(seen[0][len(ids) + len(in_shard) :]) == sorted(ids)
+        assert [e.projection_status("p")[0] for e in engines] == ["running", "standby"]
+        assert seen[1] == []
+
+        # The owner paused: its lease is free, so the other process may move the offsets.
+        engines[0].pause_projection("p")
+        wait_until(lambda: engines[1].projection_status("p")[0] == "running", timeout=10, what="the handover")
+        engines[1].set_projection_offset("p", shard, 0)
+        wait_until(lambda: sorted(seen[1]) == in_shard, what="the other process handling the shard again")
+        with pytest.raises(ego.errors.ProjectionLeaseHeldError):
+            engines[0].set_projection_offset("p", shard, 0)
+        assert engines[0].projection_status("p")[0] == "paused"
+    finally:
+        for engine in engines:
+            engine.stop()
+        for s in stores:
+            s.close()

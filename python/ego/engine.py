@@ -845,7 +845,9 @@ class Engine(_ego.EngineCore):
           (``PersistedEvent.timestamp_ns``); give one or the other.
 
         Raises :class:`~ego.errors.ValidationError` for an unknown projection, a value of
-        another type, or both arguments. Example::
+        another type, or both arguments; :class:`~ego.errors.ProjectionLeaseHeldError` when the
+        offsets are shared by processes (PostgreSQL) and another process runs the projection
+        (the offsets are written under the projection's lease; nothing was changed). Example::
 
             engine.rebuild_projection("balances", datetime(2026, 11, 1, tzinfo=timezone.utc))
         """

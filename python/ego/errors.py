@@ -34,6 +34,7 @@ __all__ = [
     "MigrationError",
     "OutcomeUnknownError",
     "ProjectionFailedError",
+    "ProjectionLeaseHeldError",
     "ProjectionTimeoutError",
     "PublishError",
     "PublishRefusedError",
@@ -281,6 +282,17 @@ class ProjectionFailedError(EgoError):
     """A projection waited for (``engine.wait_for_projection``) stopped: a failure its policy
     did not absorb (the message has the error; ``engine.projection_status`` too), or it was
     stopped."""
+
+
+class ProjectionLeaseHeldError(EgoError):
+    """``set_projection_offset`` or ``rebuild_projection`` was refused: the projection's offsets
+    are shared by processes (PostgreSQL) and another process's runner holds its lease (it
+    would overwrite the change with its own positions). Nothing was changed. Make the change
+    in the process that runs the projection, or once it stopped (the lease then comes here).
+
+    ``projection`` is the projection's name."""
+
+    projection: str | None = None
 
 
 class ProjectionTimeoutError(EgoError, TimeoutError):

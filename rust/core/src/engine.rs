@@ -27,7 +27,7 @@ use crate::projection::{LeaseStart, Projection, ProjectionOptions, RebuildPlan, 
 use crate::registry::Registry;
 use crate::shared::{EntityType, Shared};
 use crate::state_log::{Source, StateChanges};
-use crate::store::{EventsStore, OffsetStore, SnapshotCriteria, Stores};
+use crate::store::{EventsStore, Lease, OffsetStore, SnapshotCriteria, Stores};
 
 /// Longest idempotency key, in UTF-8 bytes.
 pub const MAX_KEY_BYTES: usize = 255;
@@ -445,7 +445,7 @@ impl<H: Host> Engine<H> {
                 self.shared.runtime.block_on(log.shard_heads())?;
             }
         }
-        self.start_projection(name, sink, offsets, options, None)
+        self.start_projection(name, sink, offsets, options, None, None)
     }
 
     /// What a projection of `source` reads, as a journal.
@@ -471,6 +471,8 @@ impl<H: Host> Engine<H> {
         self.shared.journal.as_ref()
     }
 
+    /// Starts a projection's runner; `held`: a lease already taken for it (see
+    /// [`Engine::stop_for_offset_change`]), else it takes the lease itself (or stands by).
     fn start_projection(
         &self,
         name: &str,
@@ -478,6 +480,7 @@ impl<H: Host> Engine<H> {
         offsets: Arc<dyn OffsetStore>,
         options: ProjectionOptions,
         filters: Option<RebuildPlan>,
+        held: Option<Lease>,
     ) -> Result<()> {
         if name.is_empty() || name.contains('\0') {
             return Err(Error::invalid("a projection name must be non-empty and without NUL"));
@@ -500,7 +503,9 @@ impl<H: Host> Engine<H> {
         }
         // One runner per projection across processes: take the lease first (or stand by), so
         // the status is known when this returns.
-        let lease = if offsets.keeps_leases() {
+        let lease = if let Some(held) = held {
+            LeaseStart::Leased { owner: held.owner.to_string(), epoch: Some(held.epoch) }
+        } else if offsets.keeps_leases() {
             let owner = crate::projection::new_lease_owner();
             let epoch = self.shared.runtime.block_on(offsets.acquire_lease(name, &owner, options.lease_ttl))?;
             LeaseStart::Leased { owner, epoch }
@@ -547,17 +552,52 @@ impl<H: Host> Engine<H> {
 
     /// Replays exactly the events written after `after_nanos` (Unix time, exclusive) to the
     /// projection: it stops, its offsets move back, and it starts again.
+    ///
+    /// With an offset store shared by processes (PostgreSQL), the change is made under the
+    /// projection's lease: [`Error::LeaseHeld`] when another process's runner holds it.
     pub fn rebuild_projection(&self, name: &str, after_nanos: i64) -> Result<()> {
         let p = self.projection(name).ok_or_else(|| Error::invalid(format!("no projection named {name:?}")))?;
-        block_on(p.stop());
         let events = self.journal_of(p.options.source)?;
+        let lease = self.stop_for_offset_change(&p)?;
         let offsets = p.offsets.clone();
+        let shards = self.shared.config.shards;
         let plan = self
             .shared
             .runtime
-            .block_on(async { Projection::rebuild_offsets(&events, &offsets, name, self.shared.config.shards, after_nanos).await })?;
+            .block_on(async { Projection::rebuild_offsets(&events, &offsets, name, shards, after_nanos, lease.as_ref()).await });
         self.shared.projections.lock().remove(name);
-        self.start_projection(name, p.sink.clone(), offsets, p.options.clone(), Some((after_nanos, plan)))
+        match plan {
+            Ok(plan) => self.start_projection(name, p.sink.clone(), offsets, p.options.clone(), Some((after_nanos, plan)), lease),
+            // Nothing was written (or not all of it): start again from the stored offsets.
+            Err(e) => self.start_projection(name, p.sink.clone(), offsets, p.options.clone(), None, lease).and(Err(e)),
+        }
+    }
+
+    /// Stops projection `p` for an offset change by hand. With an offset store that keeps
+    /// leases, the change must be made under the projection's lease (a runner elsewhere would
+    /// overwrite it with its own positions): `p`'s runner stops without releasing it, and the
+    /// lease is renewed (or taken, when free) under that runner's owner id; the returned lease
+    /// is handed to the runner that starts next. When another runner holds the lease, `p`
+    /// starts again as it was (standing by) and the answer is [`Error::LeaseHeld`].
+    fn stop_for_offset_change(&self, p: &Arc<Projection>) -> Result<Option<Lease>> {
+        let Some(owner) = p.lease_owner() else {
+            block_on(p.stop());
+            return Ok(None);
+        };
+        let paused = p.status() == Status::Paused;
+        block_on(p.stop_keeping_lease());
+        let ttl = p.options.lease_ttl;
+        let name = p.name();
+        match self.shared.runtime.block_on(p.offsets.acquire_lease(name, &owner, ttl)) {
+            Ok(Some(epoch)) => Ok(Some(Lease { owner, epoch, ttl })),
+            outcome => {
+                if !paused {
+                    self.shared.projections.lock().remove(name);
+                    self.start_projection(name, p.sink.clone(), p.offsets.clone(), p.options.clone(), None, None)?;
+                }
+                Err(outcome.err().unwrap_or_else(|| Error::LeaseHeld { projection: name.into() }))
+            }
+        }
     }
 
     /// Moves the offset of projection `name` on `shard` to `position` (at most the shard's
@@ -577,14 +617,21 @@ impl<H: Host> Engine<H> {
             return Err(Error::invalid(format!("position {position} is beyond the head of shard {shard} ({head})")));
         }
         let paused = p.status() == Status::Paused;
-        block_on(p.stop());
+        let lease = self.stop_for_offset_change(&p)?;
         let offsets = p.offsets.clone();
-        self.shared.runtime.block_on(offsets.write_offsets(name, vec![(shard, position)]))?;
+        let written = match &lease {
+            Some(lease) => self.shared.runtime.block_on(offsets.commit_leased(name, lease, vec![(shard, position)], Vec::new())),
+            None => self.shared.runtime.block_on(offsets.write_offsets(name, vec![(shard, position)])),
+        };
         if paused {
-            return Ok(());
+            // No runner to hand the lease to: let another process's runner take it at once.
+            if let Some(lease) = &lease {
+                let _ = self.shared.runtime.block_on(offsets.release_lease(name, &lease.owner));
+            }
+            return written;
         }
         self.shared.projections.lock().remove(name);
-        self.start_projection(name, p.sink.clone(), offsets, p.options.clone(), None)
+        self.start_projection(name, p.sink.clone(), offsets, p.options.clone(), None, lease).and(written)
     }
 
     /// Pauses projection `name`: its tasks stop after the batch in hand and its offsets stay
@@ -606,7 +653,7 @@ impl<H: Host> Engine<H> {
         }
         block_on(p.stop());
         self.shared.projections.lock().remove(name);
-        self.start_projection(name, p.sink.clone(), p.offsets.clone(), p.options.clone(), None)
+        self.start_projection(name, p.sink.clone(), p.offsets.clone(), p.options.clone(), None, None)
     }
 
     /// Names of the projections.

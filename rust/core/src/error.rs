@@ -108,6 +108,14 @@ pub enum Error {
     /// and the runner stands by.
     #[error("projection {projection:?} lost its lease (epoch {epoch}): another runner took it; the commit was not applied")]
     LeaseLost { projection: Arc<str>, epoch: u64 },
+    /// An offset change by hand (`set_projection_offset`, `rebuild_projection`) was refused:
+    /// another process's runner holds the projection's lease, and would overwrite the change
+    /// with its own positions. Nothing was changed.
+    #[error(
+        "projection {projection:?} runs in another process (its runner holds the projection's lease): its offsets \
+         can be changed there, or here once that runner stops and the lease comes to this process; nothing was changed"
+    )]
+    LeaseHeld { projection: Arc<str> },
     /// ego itself failed (a bug, or the interpreter refused something ego needs); never a
     /// user's handler error.
     #[error("internal error: {0}")]

@@ -197,6 +197,8 @@ pub struct Projection {
     lease: Option<LeaseHold>,
     /// The shard tasks of the current term are to stop: the lease was lost.
     standing_down: AtomicBool,
+    /// Stopping keeps the lease (not released): the engine takes it over for an offset change.
+    keep_lease: AtomicBool,
 }
 
 /// A runner's hold on its projection's lease.
@@ -260,6 +262,7 @@ impl Projection {
             tasks: Mutex::new(Vec::new()),
             lease: hold,
             standing_down: AtomicBool::new(false),
+            keep_lease: AtomicBool::new(false),
         });
         if let Some((after, plan)) = filters {
             p.set_filters(after, &plan);
@@ -300,6 +303,19 @@ impl Projection {
         if matches!(*status, Status::Running | Status::Standby) {
             *status = Status::Stopped;
         }
+    }
+
+    /// Stops like [`Projection::stop`] but leaves the lease in the store as it is (held or
+    /// not): the engine renews it under this runner's owner id, to change offsets under it
+    /// and hand it to the runner that starts next.
+    pub async fn stop_keeping_lease(&self) {
+        self.keep_lease.store(true, Ordering::Release);
+        self.stop().await;
+    }
+
+    /// This runner's lease owner id (None without leases).
+    pub fn lease_owner(&self) -> Option<Arc<str>> {
+        self.lease.as_ref().map(|l| l.owner.clone())
     }
 
     /// Marks a stopped projection as paused.
@@ -508,16 +524,17 @@ impl Projection {
 
     /// Sets every shard's offset for a rebuild from `after_nanos` (exclusive): the first event
     /// of each shard with a later timestamp is handled next, and until the shard's current end
-    /// the events at or before that time are left out. Call while the projection is stopped.
+    /// the events at or before that time are left out. Call while the projection is stopped;
+    /// with `lease` (an offset store that keeps leases), the offsets are written under it.
     pub async fn rebuild_offsets(
         events: &Arc<dyn EventsStore>,
         offsets: &Arc<dyn OffsetStore>,
         name: &str,
         shards: u32,
         after_nanos: i64,
+        lease: Option<&Lease>,
     ) -> Result<Vec<(u32, u64, u64)>> {
         let heads: HashMap<u32, u64> = events.shard_heads().await?.into_iter().map(|h| (h.shard, h.position)).collect();
-        offsets.reset_offsets(name).await?;
         let mut plan = Vec::new();
         let mut to_write = Vec::new();
         for shard in 0..shards {
@@ -526,7 +543,14 @@ impl Projection {
             to_write.push((shard, start));
             plan.push((shard, start, head));
         }
-        offsets.write_offsets(name, to_write).await?;
+        match lease {
+            // Every shard's offset in one commit under the lease.
+            Some(lease) => offsets.commit_leased(name, lease, to_write, Vec::new()).await?,
+            None => {
+                offsets.reset_offsets(name).await?;
+                offsets.write_offsets(name, to_write).await?;
+            }
+        }
         Ok(plan)
     }
 
@@ -704,6 +728,10 @@ async fn run_leased(p: Arc<Projection>, runtime: tokio::runtime::Handle, first: 
         }
         hold.epoch.store(0, Ordering::Release);
         if p.stop.load(Ordering::Acquire) {
+            if p.keep_lease.load(Ordering::Acquire) {
+                // Stopped for an offset change: the engine goes on under this lease.
+                return;
+            }
             // Stopped or failed: hand the lease over at once.
             if let Err(e) = p.offsets.release_lease(&p.name, &hold.owner).await {
                 p.sink.log("warning", format!("projection {:?}: releasing the lease failed (it expires within {ttl:?}): {e}", p.name));

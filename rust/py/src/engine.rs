@@ -810,7 +810,10 @@ impl EngineCore {
     /// (``position`` = that event's ``position``), or to replay from an earlier point. The
     /// projection's tasks stop after the batch in hand and start again from the new offset (a
     /// failed projection too; a paused one stays paused). Raises ``ValidationError`` for an
-    /// unknown projection, a shard the engine does not have or a position beyond the head.
+    /// unknown projection, a shard the engine does not have or a position beyond the head;
+    /// ``ProjectionLeaseHeldError`` when the offsets are shared by processes (PostgreSQL) and
+    /// another process runs the projection (the change is made under the projection's lease;
+    /// nothing was changed).
     ///
     ///     engine.set_projection_offset("balances", 3, event.position)
     fn set_projection_offset(&self, py: Python<'_>, name: &str, shard: &Bound<'_, PyAny>, position: &Bound<'_, PyAny>) -> PyResult<()> {

@@ -78,6 +78,7 @@ pub fn to_pyerr(py: Python<'_>, e: &Error) -> PyErr {
         Error::LeaseLost { projection, epoch } => {
             make(py, "FencedError", msg, &[("fence", text(projection)), ("epoch", int(*epoch)), ("current_epoch", int(0))])
         }
+        Error::LeaseHeld { projection } => make(py, "ProjectionLeaseHeldError", msg, &[("projection", text(projection))]),
         Error::ReadModelRefused(_) => make(py, "ReadModelWriteError", msg, &[]),
         Error::JournalChanged { projection, recorded, current } => make(
             py,
