@@ -162,6 +162,25 @@ def test_default_mode_a_single_writer_never_warns(default_mode: TwoEngines) -> N
     assert default_mode.logger_b.warnings() == []
 
 
+def test_default_mode_many_refusals_log_one_warning_not_one_each(default_mode: TwoEngines) -> None:
+    """Two processes fighting over many entities would log a long warning per command: the
+    engine logs the first at once and then at most one every 10 s (counting the rest)."""
+    ids = [f"product-{n}" for n in range(20)]
+    for entity_id in ids:
+        default_mode.b.send_command(entity_id, OpenAccount(initial_balance=0))
+        default_mode.a.send_command(entity_id, Credit(amount=5))
+    for entity_id in ids:
+        with pytest.raises(ConcurrencyError):
+            default_mode.b.send_command(entity_id, Credit(amount=1))
+        # Each entity reloaded: its next command is accepted.
+        assert default_mode.b.send_command(entity_id, Credit(amount=1))[1] == 3
+    default_mode.b.stop()  # flushes the log
+    warnings = [w for w in default_mode.logger_b.warnings() if "another process wrote" in w]
+    assert len(warnings) == 1
+    assert "product-0" in warnings[0]
+    assert "more writes" not in warnings[0]
+
+
 # -- shared=True ---------------------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ use crate::host::{Fail, Host, Kind};
 use crate::ids::{shard_of, validate_id};
 use crate::options::{EngineConfig, EntityOptions};
 use crate::projection::{LeaseStart, Projection, ProjectionOptions, RebuildPlan, Sink, Status};
+use crate::rate_limit::WarnLimit;
 use crate::registry::Registry;
 use crate::shared::{EntityType, Shared};
 use crate::state_log::{Source, StateChanges};
@@ -101,6 +102,7 @@ impl<H: Host> Engine<H> {
             plain_events,
             plain_states,
             journal,
+            another_writer_warnings: WarnLimit::new(crate::shared::ANOTHER_WRITER_WARNING_EVERY),
         });
         let mut bridge = Vec::with_capacity(shared.queue.threads());
         for me in 0..shared.queue.threads() {

@@ -36,6 +36,7 @@ pub mod host;
 pub mod ids;
 pub mod options;
 pub mod projection;
+mod rate_limit;
 mod recovery;
 pub mod registry;
 pub mod shared;

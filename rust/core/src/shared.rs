@@ -16,6 +16,7 @@ use crate::future::{poll_once, BoxFuture};
 use crate::host::Host;
 use crate::options::{EngineConfig, EntityOptions};
 use crate::projection::Projection;
+use crate::rate_limit::WarnLimit;
 use crate::registry::Registry;
 use crate::stats::Stats;
 use crate::store::Stores;
@@ -61,7 +62,14 @@ pub struct Shared<H: Host> {
     pub(crate) plain_states: Option<Arc<dyn crate::store::StateStore>>,
     /// The events store's journal, as it recorded itself (None: it records nothing).
     pub(crate) journal: Option<crate::store::JournalInfo>,
+    /// Writes refused because another process wrote to an entity not declared shared: at
+    /// most one warning per [`ANOTHER_WRITER_WARNING_EVERY`] (two processes fighting over many
+    /// entities would otherwise log one per command).
+    pub(crate) another_writer_warnings: WarnLimit,
 }
+
+/// How often at most an engine warns that another process wrote to its entities.
+pub const ANOTHER_WRITER_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl<H: Host> Shared<H> {
     /// The host.

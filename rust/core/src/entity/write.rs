@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::event_stream::Published;
 use crate::future::{ready, BoxFuture};
 use crate::host::{Fail, Host, Kind, Outcome};
-use crate::shared::Shared;
+use crate::shared::{Shared, ANOTHER_WRITER_WARNING_EVERY};
 use crate::stats::Stats;
 use crate::waiter::Waiter;
 
@@ -123,7 +123,9 @@ pub(crate) fn complete<H: Host>(
             Stats::add(&sh.stats.write_failures, 1);
             if let Error::Concurrency { expected, actual, .. } = &err {
                 if !e.options.shared {
-                    sh.warn(&another_writer(e, *expected, *actual));
+                    if let Some(held_back) = sh.another_writer_warnings.admit() {
+                        sh.warn(&another_writer(e, *expected, *actual, held_back));
+                    }
                 }
             }
             work.broken = true;
@@ -188,8 +190,17 @@ fn committed<H: Host>(sh: &Shared<H>, e: &Entity<H>, work: &mut Work<H>) {
 }
 
 /// The warning of a write refused because another writer got there first, for an entity
-/// that is not declared shared: each entity id must be served by one process.
-fn another_writer<H: Host>(e: &Entity<H>, expected: u64, actual: u64) -> String {
+/// that is not declared shared: each entity id must be served by one process. `held_back`:
+/// refusals of the same kind since the previous warning that were not logged (rate limit).
+fn another_writer<H: Host>(e: &Entity<H>, expected: u64, actual: u64, held_back: u64) -> String {
+    let more = match held_back {
+        0 => String::new(),
+        n => format!(
+            " ({n} more writes of this engine were refused the same way since the previous warning; this warning is logged \
+             at most once every {} s)",
+            ANOTHER_WRITER_WARNING_EVERY.as_secs()
+        ),
+    };
     let what = match e.kind {
         Kind::EventSourced => "its journal",
         Kind::DurableState => "its stored state",
@@ -199,7 +210,7 @@ fn another_writer<H: Host>(e: &Entity<H>, expected: u64, actual: u64) -> String 
          wrote to this entity. Each entity id must be served by one process (the default); declare the entity type with \
          shared=True when several processes serve the same ids (one journal read per command), or run a cluster \
          (docs/cluster.md). The command failed with ConcurrencyError; the entity reloads, and the next command sees \
-         the other process's writes",
+         the other process's writes{more}",
         e.id
     )
 }
