@@ -77,6 +77,27 @@ def test_broker_stopped_under_load_loses_nothing(broker: Broker) -> None:
         engine.stop()
 
 
+def test_a_restart_restores_the_publisher(broker: Broker) -> None:
+    """stop() closes the connector (its client); start() reopens it with a new client and
+    publishing resumes from the checkpoint: every event before and after the restart."""
+    p = params(broker)
+    engine = bank_engine("pulsar-restart", ego.MemoryStore())
+    try:
+        accounts = [f"account-{i}" for i in range(20)]
+        write_history(engine, accounts, credits=2)
+        engine.add_event_publisher(make_publisher("pulsar", p), name="pulsar")
+        wait_caught_up(engine, "pulsar")
+        engine.stop()
+        engine.start()
+        assert engine.publisher_names() == ["pulsar"]
+        write_history(engine, accounts, credits=4, first_credit=4)
+        wait_caught_up(engine, "pulsar")
+        received = consume_pulsar(str(p["url"]), str(p["topic"]), 100)
+        assert check_delivery(received, {a: 5 for a in accounts}) == 0
+    finally:
+        engine.stop()
+
+
 @pytest.mark.slow
 def test_kill_9_of_the_publisher_delivers_every_event_at_least_once(broker: Broker, tmp_path: Path) -> None:
     p = params(broker)

@@ -227,8 +227,9 @@ class Engine(_ego.EngineCore):
         entities spawned with :meth:`entity` (recovered again here; one that fails to recover
         is logged and left out) and the publishers that can be used again after ``stop()``
         closed them (they resume from their checkpoints): the connectors with ``reopen()``
-        (Kafka, NATS, the WebSocket client), and publishers without ``close()``. Others
-        (Pulsar, the WebSocket server) are logged and left out: add them again.
+        (Kafka, NATS, Pulsar, the WebSocket client), and publishers without ``close()``.
+        Others (a publisher of your own whose ``close()`` is final) are logged and left out:
+        add them again.
         """
         if self.running:
             return

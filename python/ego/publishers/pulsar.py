@@ -117,14 +117,18 @@ class PulsarPublisher:
             "batching_max_publish_delay_ms": 1,
         }
         self._producer_options.update(producer_options or {})
-        try:
-            self._client = self._pulsar.Client(service_url, **options)
-        except Exception as e:
-            raise ConfigurationError(f"invalid Pulsar settings: {e}") from e
+        self._client_options = options
+        self._client = self._new_client()
         self._producers: dict[int, Any] = {}
         self._pending: dict[str, _Pending] = {}
         self._cond = threading.Condition()
         self._closed = False
+
+    def _new_client(self) -> Any:
+        try:
+            return self._pulsar.Client(self.service_url, **self._client_options)
+        except Exception as e:
+            raise ConfigurationError(f"invalid Pulsar settings: {e}") from e
 
     def _producer(self, shard: int) -> Any:
         producer = self._producers.get(shard)
@@ -199,6 +203,18 @@ class PulsarPublisher:
         if name in _TRANSIENT or isinstance(error, (TimeoutError, ConnectionError)):
             return BrokerUnavailableError(f"Pulsar: {name}: {error}")
         return PublishRefusedError(f"Pulsar refused the record: {name}: {error}")
+
+    def reopen(self) -> None:
+        """Makes a closed publisher usable again (``Engine.start()`` calls it when it restores
+        the publisher after a restart): a new client, whose producers (same names) are created
+        on the next publish; what the old client had in flight was reported unacknowledged, so
+        it is sent again from the checkpoint. Nothing when open."""
+        if not self._closed:
+            return
+        self._client = self._new_client()
+        self._producers = {}
+        self._pending = {}
+        self._closed = False
 
     def close(self) -> None:
         """Stops waiting and closes the producers and the client. Idempotent."""
