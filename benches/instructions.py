@@ -6,6 +6,7 @@ timings do not (the counts are the same whatever else runs).
     python benches/instructions.py --workload c --option encrypt --small 2 --large 6
     python benches/instructions.py --workload b --option keys
     python benches/instructions.py --workload b --telemetry sampled
+    python benches/instructions.py --workload bulk --floor
 
 `--option` compares this checkout with an option off and on (encryption at rest, an idempotency
 key on every command) instead of two builds; `--telemetry` compares telemetry off with
@@ -16,7 +17,9 @@ Each build runs the workload twice, with `small` and `large` commands; the diffe
 two totals divided by the difference of the sizes is the cost of one command, with start-up
 (imports, engine start) cancelled out. Workload "a": one account, commands one after another
 (the inline path); "b": 100 accounts, asyncio, concurrent; "c": loads (recoveries) of an
-account with 10,000 events, sizes counting loads, not commands. In-memory store. Needs valgrind.
+account with 10,000 events, sizes counting loads, not commands; "bulk": workload B's credits
+to 1,000 accounts through `send_commands`, 1,000 pairs per call; "floor": the handler floor of
+benches/floor.py (no engine). In-memory store. Needs valgrind.
 """
 
 from __future__ import annotations
@@ -39,6 +42,18 @@ if {workload!r} == "b":
     w.workload_b("memory", accounts=100, credits=n // 100, **options)
 elif {workload!r} == "c":
     w.workload_c("memory", events=10_000, loads=n, **options)
+elif {workload!r} == "bulk":
+    w.workload_bulk("memory", "sync", accounts=1000, credits=n // 1000)
+elif {workload!r} == "floor":
+    import floor
+    b = floor.AccountBehavior("a")
+    state = b.initial_state()
+    state = b.handle_event(b.handle_command(floor.OpenAccount(initial_balance=0), state)[0], state)
+    credit = floor.Credit(amount=1)
+    for _ in range(n):
+        for e in b.handle_command(credit, state):
+            e.SerializeToString()
+            state = b.handle_event(e, state)
 else:
     w.workload_a("memory", commands=n, **options)
 """
@@ -75,7 +90,8 @@ def per_command(checkout: Path, workload: str, small: int, large: int, options: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", type=Path, help="another checkout with its own .venv (make build there)")
-    parser.add_argument("--workload", choices=("a", "b", "c"), default="a")
+    parser.add_argument("--workload", choices=("a", "b", "c", "bulk", "floor"), default="a")
+    parser.add_argument("--floor", action="store_true", help="compare the workload with the handler floor (benches/floor.py)")
     parser.add_argument("--option", choices=("encrypt", "keys"), help="compare this checkout with the option off and on")
     parser.add_argument("--telemetry", choices=("metrics", "sampled", "all"), help="compare telemetry off with this")
     parser.add_argument("--small", type=int, default=2000)
@@ -89,6 +105,12 @@ def main() -> None:
             f"workload {args.workload}, in memory: {off:,.0f} instructions per {unit} without telemetry, {on:,.0f} with {args.telemetry}"
         )
         print(f"  off / {args.telemetry}: {off / on:.3f} (the throughput ratio if instructions were all)")
+        return
+    if args.floor:
+        floor = per_command(HERE.parent, "floor", args.small, args.large)
+        work = per_command(HERE.parent, args.workload, args.small, args.large)
+        print(f"handler floor: {floor:,.0f} instructions per command; workload {args.workload}, in memory: {work:,.0f}")
+        print(f"  floor / workload: {floor / work:.3f} (the throughput ratio to the floor if instructions were all)")
         return
     if args.option:
         # Without keys, the key strings are still made (and not sent): see workload_b.
