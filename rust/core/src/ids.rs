@@ -16,7 +16,8 @@ pub fn validate_id(id: &str) -> Result<()> {
         "it is empty"
     } else if id.len() > MAX_ID_BYTES {
         "it is longer than 255 bytes"
-    } else if id.chars().any(char::is_control) {
+    } else if !id.bytes().all(|b| (0x20..0x7f).contains(&b)) && id.chars().any(char::is_control) {
+        // (Printable ASCII, the usual id, needs no decoding.)
         "it contains a control character"
     } else {
         return Ok(());

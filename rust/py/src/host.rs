@@ -195,7 +195,7 @@ impl PyHost {
         if bytes.len() > max_bytes {
             return Err(Fail::Engine(Error::TooLarge { what, size: bytes.len(), limit: max_bytes }));
         }
-        Ok(Any { type_url: info.type_url.to_string(), value: Bytes::copy_from_slice(bytes) })
+        Ok(Any { type_url: String::from(&*info.type_url), value: Bytes::copy_from_slice(bytes) })
     }
 
     fn parse<'py>(&self, py: Python<'py>, any: &Any, id: &str, seq: u64) -> Result<Bound<'py, PyAny>, PyFail> {
@@ -244,12 +244,40 @@ fn kept_state(state: Bound<'_, PyAny>) -> Py<PyAny> {
     state.unbind()
 }
 
+/// The events returned by `handle_command`, one by one (no allocation, unlike a boxed
+/// iterator: this runs twice per command).
+enum EventsOf<'py> {
+    List(pyo3::types::list::BoundListIterator<'py>),
+    Tuple(pyo3::types::tuple::BoundTupleIterator<'py>),
+}
+
+impl EventsOf<'_> {
+    /// How many events are left.
+    fn len(&self) -> usize {
+        match self {
+            EventsOf::List(i) => i.len(),
+            EventsOf::Tuple(i) => i.len(),
+        }
+    }
+}
+
+impl<'py> Iterator for EventsOf<'py> {
+    type Item = Bound<'py, PyAny>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            EventsOf::List(i) => i.next(),
+            EventsOf::Tuple(i) => i.next(),
+        }
+    }
+}
+
 /// Iterates the events returned by `handle_command` (a list or a tuple).
-fn events_of<'a, 'py>(events: &'a Bound<'py, PyAny>) -> Result<Box<dyn Iterator<Item = Bound<'py, PyAny>> + 'a>, PyFail> {
+fn events_of<'py>(events: &Bound<'py, PyAny>) -> Result<EventsOf<'py>, PyFail> {
     if let Ok(list) = events.cast::<PyList>() {
-        Ok(Box::new(list.iter()))
+        Ok(EventsOf::List(list.iter()))
     } else if let Ok(tuple) = events.cast::<PyTuple>() {
-        Ok(Box::new(tuple.iter()))
+        Ok(EventsOf::Tuple(tuple.iter()))
     } else {
         Err(contract(format!("handle_command must return a list of events (return [] for none), got {}", describe(events))))
     }
@@ -303,7 +331,9 @@ impl Host for PyHost {
     }
 
     fn encode_events(&self, _py: Python<'_>, events: &Bound<'_, PyAny>, max_bytes: usize, out: &mut Vec<Any>) -> Result<(), PyFail> {
-        for event in events_of(events)? {
+        let events = events_of(events)?;
+        out.reserve_exact(events.len());
+        for event in events {
             out.push(self.serialize("event", &event, max_bytes)?);
         }
         Ok(())

@@ -32,7 +32,7 @@ impl Decoder {
                     .info(&m)
                     .map_err(|e| adapter_error(py, pid, seq, e))?
                     .ok_or_else(|| Error::contract(format!("an event adapter returned {}, not a protobuf message", describe(&m))))?;
-                type_url = info.type_url.to_string();
+                type_url = String::from(&*info.type_url);
                 payload = info.to_bytes(&m).and_then(|b| Ok(b.cast_into::<PyBytes>()?)).map_err(|e| adapter_error(py, pid, seq, e))?;
             }
             let out = adapter.bind(py).call_method1("adapt", (&type_url, &payload, seq)).map_err(|e| adapter_error(py, pid, seq, e))?;
@@ -116,7 +116,7 @@ impl PersistedEvent {
         let event = Event {
             persistence_id,
             sequence_number,
-            event: Some(Any::new(info.type_url.to_string(), bytes.as_bytes().to_vec())),
+            event: Some(Any::new(String::from(&*info.type_url), bytes.as_bytes().to_vec())),
             timestamp: timestamp_ns.unwrap_or_else(ego_core::clock::now_nanos),
             shard,
             position,

@@ -137,7 +137,7 @@ pub(crate) fn process<H: Host>(
             for any in encoded {
                 work.pending += 1;
                 work.batch.events.push(Event {
-                    persistence_id: e.id.to_string(),
+                    persistence_id: String::from(&*e.id),
                     sequence_number: work.pending,
                     event: Some(any),
                     timestamp,
@@ -185,7 +185,7 @@ pub(crate) fn process<H: Host>(
                 window(work, e).insert(key.key.clone(), key.command_hash, revision);
             }
             work.batch.durable = Some(Box::new(DurableState {
-                persistence_id: e.id.to_string(),
+                persistence_id: String::from(&*e.id),
                 version_number: work.pending,
                 resulting_state: Some(encoded),
                 timestamp: now_nanos(),

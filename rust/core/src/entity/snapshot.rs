@@ -37,7 +37,7 @@ pub(crate) fn maybe_snapshot<H: Host>(sh: &Arc<Shared<H>>, cx: H::Cx<'_>, e: &Ar
     let idempotency_keys =
         work.keys.as_deref().map(|w| w.records().into_iter().filter(|r| r.revision <= work.revision).collect()).unwrap_or_default();
     let snapshot = Snapshot {
-        persistence_id: e.id.to_string(),
+        persistence_id: String::from(&*e.id),
         sequence_number: work.revision,
         state: Some(state),
         timestamp: now_nanos(),

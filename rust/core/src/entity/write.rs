@@ -12,7 +12,7 @@ use crate::entity::cell::{Entity, Phase, Work};
 use crate::entity::snapshot;
 use crate::error::{Error, Result};
 use crate::event_stream::Published;
-use crate::future::{ready, BoxFuture};
+use crate::future::{poll_once, ready, BoxFuture};
 use crate::host::{Fail, Host, Kind, Outcome};
 use crate::shared::{Shared, ANOTHER_WRITER_WARNING_EVERY};
 use crate::stats::Stats;
@@ -76,7 +76,10 @@ pub(crate) fn flush<H: Host>(
     };
     work.inflight = Some(batch.replies);
     work.inflight_revision = work.pending;
-    match sh.poll_now(write) {
+    // An in-memory journal's write is finished when it returns: no need to enter the runtime
+    // to poll it.
+    let polled = if sh.events_in_memory && e.kind == Kind::EventSourced { poll_once(write) } else { sh.poll_now(write) };
+    match polled {
         Ok(result) => complete(sh, cx, e, work, result, own),
         Err(write) => {
             // The inline caller waits on its reply like everybody else.

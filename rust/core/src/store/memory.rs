@@ -81,9 +81,9 @@ struct Extra {
 impl Stored {
     fn to_event(&self) -> Event {
         let mut e = Event {
-            persistence_id: self.pid.to_string(),
+            persistence_id: String::from(&*self.pid),
             sequence_number: self.seq,
-            event: Some(crate::envelope::Any { type_url: self.type_url.to_string(), value: self.payload.clone() }),
+            event: Some(crate::envelope::Any { type_url: String::from(&*self.type_url), value: self.payload.clone() }),
             timestamp: self.timestamp,
             shard: self.shard,
             position: self.position,
