@@ -265,23 +265,47 @@ impl EngineCore {
     }
 }
 
+thread_local! {
+    /// The hash table [`by_entity`] groups ids with, kept between calls (cleared, not freed):
+    /// a table for a call of 1,000 pairs is some 50 KB, which the allocator would otherwise
+    /// hand back and fault in again on every call.
+    static GROUPS: std::cell::RefCell<hashbrown::HashTable<(usize, usize)>> = const { std::cell::RefCell::new(hashbrown::HashTable::new()) };
+}
+
+/// Entries [`GROUPS`] keeps room for between calls (a larger call's table is shrunk back).
+const GROUPS_KEPT: usize = 1 << 16;
+
 /// The order in which a bulk call sends its commands: each entity's commands together, in
 /// their order, entities in the order of their first command (the identity when no entity has
 /// two). `more[j]`: the command sent `j`-th is followed by another of its entity.
 fn by_entity(ids: &[&str]) -> (Vec<usize>, Vec<bool>) {
     let n = ids.len();
-    let mut groups: std::collections::HashMap<&str, usize, foldhash::fast::FixedState> =
-        std::collections::HashMap::with_capacity_and_hasher(n, Default::default());
+    use std::hash::BuildHasher;
+    let hasher = foldhash::fast::FixedState::default();
     let mut group = Vec::with_capacity(n);
     let mut sizes: Vec<usize> = Vec::new();
-    for id in ids {
-        let g = *groups.entry(id).or_insert_with(|| {
-            sizes.push(0);
-            sizes.len() - 1
-        });
-        sizes[g] += 1;
-        group.push(g);
-    }
+    GROUPS.with_borrow_mut(|groups| {
+        // Entries: (the index of the group's first id, the group).
+        groups.clear();
+        groups.reserve(n, |&(first, _)| hasher.hash_one(ids[first]));
+        for (k, id) in ids.iter().enumerate() {
+            let hash = hasher.hash_one(id);
+            let g = match groups.find(hash, |&(first, _)| ids[first] == *id) {
+                Some(&(_, g)) => g,
+                None => {
+                    sizes.push(0);
+                    groups.insert_unique(hash, (k, sizes.len() - 1), |&(first, _)| hasher.hash_one(ids[first]));
+                    sizes.len() - 1
+                }
+            };
+            sizes[g] += 1;
+            group.push(g);
+        }
+        groups.clear();
+        if groups.capacity() > GROUPS_KEPT {
+            groups.shrink_to(GROUPS_KEPT, |&(first, _)| hasher.hash_one(ids[first]));
+        }
+    });
     if sizes.len() == n {
         return ((0..n).collect(), vec![false; n]);
     }
