@@ -103,6 +103,28 @@ def wait_caught_up(
         time.sleep(0.05)
 
 
+def check_restart_restores(
+    kind: str, params: dict[str, Any], consume: Callable[[int], list[tuple[str, bytes]]], *, exactly_once: bool
+) -> None:
+    """A restart (`stop()`, `start()`) restores the `kind` publisher, which resumes from its
+    checkpoint: every event of 20 accounts, written before and after the restart, reaches the
+    broker (`consume(expected_total)` reads it back), once each when `exactly_once`."""
+    engine = bank_engine(f"{kind}-restart", ego.MemoryStore())
+    try:
+        accounts = [f"account-{i}" for i in range(20)]
+        write_history(engine, accounts, credits=2)
+        engine.add_event_publisher(make_publisher(kind, params), name=kind)
+        wait_caught_up(engine, kind)
+        engine.stop()
+        engine.start()
+        assert engine.publisher_names() == [kind]
+        write_history(engine, accounts, credits=4, first_credit=4)
+        wait_caught_up(engine, kind)
+        assert check_delivery(consume(100), {a: 5 for a in accounts}, exactly_once=exactly_once) == 0
+    finally:
+        engine.stop()
+
+
 def make_publisher(kind: str, params: dict[str, Any]) -> Any:
     """A connector of `kind` from JSON-able `params` (shared by the tests and their child
     processes)."""

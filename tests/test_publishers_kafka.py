@@ -18,6 +18,7 @@ from publisher_crash import check_duplicates_in_windows, crash_rounds
 from publishing import (
     bank_engine,
     check_delivery,
+    check_restart_restores,
     consume_kafka,
     make_publisher,
     wait_caught_up,
@@ -134,18 +135,4 @@ def test_a_restart_restores_the_publisher(tansu_broker: Broker) -> None:
     """stop() closes the producer; start() reopens the publisher with a new one, and publishing
     resumes from the checkpoint: every event once, before and after the restart."""
     p = params(tansu_broker)
-    engine = bank_engine("kafka-restart", ego.MemoryStore())
-    try:
-        accounts = [f"account-{i}" for i in range(20)]
-        write_history(engine, accounts, credits=2)
-        engine.add_event_publisher(make_publisher("kafka", p), name="kafka")
-        wait_caught_up(engine, "kafka")
-        engine.stop()
-        engine.start()
-        assert engine.publisher_names() == ["kafka"]
-        write_history(engine, accounts, credits=4, first_credit=4)
-        wait_caught_up(engine, "kafka")
-        received = consume_kafka(str(p["servers"]), str(p["topic"]), 100)
-        assert check_delivery(received, {a: 5 for a in accounts}, exactly_once=True) == 0
-    finally:
-        engine.stop()
+    check_restart_restores("kafka", p, lambda n: consume_kafka(str(p["servers"]), str(p["topic"]), n), exactly_once=True)

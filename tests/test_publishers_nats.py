@@ -14,6 +14,7 @@ from publisher_crash import crash_rounds
 from publishing import (
     bank_engine,
     check_delivery,
+    check_restart_restores,
     consume_nats,
     make_publisher,
     wait_caught_up,
@@ -105,18 +106,4 @@ def test_a_restart_restores_the_publisher() -> None:
     checkpoint: every event once, before and after the restart."""
     url = shared_server()
     p = params(url)
-    engine = bank_engine("nats-restart", ego.MemoryStore())
-    try:
-        accounts = [f"account-{i}" for i in range(20)]
-        write_history(engine, accounts, credits=2)
-        engine.add_event_publisher(make_publisher("nats", p), name="nats")
-        wait_caught_up(engine, "nats")
-        engine.stop()
-        engine.start()
-        assert engine.publisher_names() == ["nats"]
-        write_history(engine, accounts, credits=4, first_credit=4)
-        wait_caught_up(engine, "nats")
-        received = consume_nats(url, p["stream"], 100)
-        assert check_delivery(received, {a: 5 for a in accounts}, exactly_once=True) == 0
-    finally:
-        engine.stop()
+    check_restart_restores("nats", p, lambda n: consume_nats(url, str(p["stream"]), n), exactly_once=True)
