@@ -31,8 +31,9 @@ type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 struct Data {
     journals: Map<Arc<str>, Journal>,
     logs: Map<u32, Vec<Option<Arc<Stored>>>>,
-    /// Interned type URLs: events share one copy of each.
-    type_urls: Map<Arc<str>, ()>,
+    /// Persistence ids and type URLs by number: a stored event names its own by number (4
+    /// bytes each instead of a 16-byte shared string; 96 bytes per stored event, not 128).
+    names: Names,
     snapshots: Map<String, BTreeMap<u64, Snapshot>>,
     /// The latest state of each entity; the change log shares the versions (position = index
     /// in the shard's log + 1; idempotency keys left out when read).
@@ -51,22 +52,51 @@ struct Data {
 }
 
 struct Journal {
-    pid: Arc<str>,
+    /// Its persistence id's number in [`Names::pids`].
+    pid: u32,
     highest: u64,
     events: VecDeque<Arc<Stored>>,
 }
 
-/// An event as kept in memory: the persistence id and type URL are shared, the rarely used
-/// fields boxed (about half the memory of an `Event`).
+/// The persistence ids and type URLs stored events refer to by number.
+#[derive(Default)]
+struct Names {
+    pids: Vec<Arc<str>>,
+    type_urls: Vec<Arc<str>>,
+    type_numbers: Map<Arc<str>, u32>,
+}
+
+impl Names {
+    /// A new persistence id's number.
+    fn add_pid(&mut self, pid: Arc<str>) -> u32 {
+        self.pids.push(pid);
+        u32::try_from(self.pids.len() - 1).expect("fewer than 2^32 journals in memory")
+    }
+
+    /// The number of `type_url` (given one the first time).
+    fn type_number(&mut self, type_url: String) -> u32 {
+        if let Some(&n) = self.type_numbers.get(type_url.as_str()) {
+            return n;
+        }
+        let url: Arc<str> = type_url.into();
+        let n = u32::try_from(self.type_urls.len()).expect("fewer than 2^32 event types");
+        self.type_urls.push(url.clone());
+        self.type_numbers.insert(url, n);
+        n
+    }
+}
+
+/// An event as kept in memory: the persistence id and type URL by number, the rarely used
+/// fields boxed (about a third of the memory of an `Event`).
 struct Stored {
-    pid: Arc<str>,
     seq: u64,
     timestamp: i64,
-    shard: u32,
     position: u64,
-    type_url: Arc<str>,
     payload: bytes::Bytes,
     extra: Option<Box<Extra>>,
+    pid: u32,
+    type_url: u32,
+    shard: u32,
 }
 
 struct Extra {
@@ -79,11 +109,14 @@ struct Extra {
 }
 
 impl Stored {
-    fn to_event(&self) -> Event {
+    fn to_event(&self, names: &Names) -> Event {
         let mut e = Event {
-            persistence_id: String::from(&*self.pid),
+            persistence_id: String::from(&*names.pids[self.pid as usize]),
             sequence_number: self.seq,
-            event: Some(crate::envelope::Any { type_url: String::from(&*self.type_url), value: self.payload.clone() }),
+            event: Some(crate::envelope::Any {
+                type_url: String::from(&*names.type_urls[self.type_url as usize]),
+                value: self.payload.clone(),
+            }),
             timestamp: self.timestamp,
             shard: self.shard,
             position: self.position,
@@ -127,13 +160,14 @@ impl MemoryStore {
             }
         }
         let mut data = self.inner.lock();
-        let Data { journals, logs, type_urls, .. } = &mut *data;
+        let Data { journals, logs, names, .. } = &mut *data;
         // One lookup of the journal (an existing one on the hot path), one of the shard's log.
         let journal = match journals.get_mut(pid) {
             Some(journal) => journal,
             None => {
                 let pid: Arc<str> = pid.into();
-                journals.entry(pid.clone()).or_insert(Journal { pid, highest: 0, events: VecDeque::new() })
+                let number = names.add_pid(pid.clone());
+                journals.entry(pid).or_insert(Journal { pid: number, highest: 0, events: VecDeque::new() })
             }
         };
         if first != journal.highest + 1 {
@@ -146,14 +180,7 @@ impl MemoryStore {
                 log = logs.entry(e.shard).or_default();
             }
             let any = e.event.unwrap_or_default();
-            let type_url = match type_urls.get_key_value(any.type_url.as_str()) {
-                Some((k, _)) => k.clone(),
-                None => {
-                    let k: Arc<str> = any.type_url.into();
-                    type_urls.insert(k.clone(), ());
-                    k
-                }
-            };
+            let type_url = names.type_number(any.type_url);
             let extra = (e.is_deleted
                 || e.is_encrypted
                 || !e.encryption_key_id.is_empty()
@@ -170,7 +197,7 @@ impl MemoryStore {
                 })
             });
             let stored = Arc::new(Stored {
-                pid: journal.pid.clone(),
+                pid: journal.pid,
                 seq: e.sequence_number,
                 timestamp: e.timestamp,
                 shard: e.shard,
@@ -219,7 +246,7 @@ impl EventsStore for MemoryStore {
             .skip((start - first) as usize)
             .take_while(|e| e.seq <= to)
             .take(max.min(usize::MAX as u64) as usize)
-            .map(|e| e.to_event())
+            .map(|e| e.to_event(&data.names))
             .collect();
         ready(Ok(out))
     }
@@ -258,7 +285,7 @@ impl EventsStore for MemoryStore {
     fn shard_events(&self, shard: u32, after: u64, max: usize) -> BoxFuture<'static, Result<Vec<Event>>> {
         let data = self.inner.lock();
         let Some(log) = data.logs.get(&shard) else { return ready(Ok(Vec::new())) };
-        let out = log.iter().skip(after as usize).flatten().take(max).map(|e| e.to_event()).collect();
+        let out = log.iter().skip(after as usize).flatten().take(max).map(|e| e.to_event(&data.names)).collect();
         ready(Ok(out))
     }
 
