@@ -582,7 +582,7 @@ impl<H: Host> Engine<H> {
     /// is handed to the runner that starts next. When another runner holds the lease, `p`
     /// starts again as it was (standing by) and the answer is [`Error::LeaseHeld`].
     fn stop_for_offset_change(&self, p: &Arc<Projection>) -> Result<Option<Lease>> {
-        let Some(owner) = p.lease_owner() else {
+        let Some((owner, _)) = p.lease() else {
             block_on(p.stop());
             return Ok(None);
         };
@@ -591,7 +591,7 @@ impl<H: Host> Engine<H> {
         let ttl = p.options.lease_ttl;
         let name = p.name();
         match self.shared.runtime.block_on(p.offsets.acquire_lease(name, &owner, ttl)) {
-            Ok(Some(epoch)) => Ok(Some(Lease { owner, epoch, ttl })),
+            Ok(Some(epoch)) => Ok(Some(Lease { owner: owner.into(), epoch, ttl })),
             outcome => {
                 if !paused {
                     self.shared.projections.lock().remove(name);

@@ -313,11 +313,6 @@ impl Projection {
         self.stop().await;
     }
 
-    /// This runner's lease owner id (None without leases).
-    pub fn lease_owner(&self) -> Option<Arc<str>> {
-        self.lease.as_ref().map(|l| l.owner.clone())
-    }
-
     /// Marks a stopped projection as paused.
     pub(crate) fn mark_paused(&self) {
         *self.status.lock() = Status::Paused;

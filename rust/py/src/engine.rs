@@ -272,7 +272,7 @@ thread_local! {
     static GROUPS: std::cell::RefCell<hashbrown::HashTable<(usize, usize)>> = const { std::cell::RefCell::new(hashbrown::HashTable::new()) };
 }
 
-/// Entries [`GROUPS`] keeps room for between calls (a larger call's table is shrunk back).
+/// Entries [`GROUPS`] keeps room for between calls (a larger call's table is freed).
 const GROUPS_KEPT: usize = 1 << 16;
 
 /// The order in which a bulk call sends its commands: each entity's commands together, in
@@ -285,7 +285,8 @@ fn by_entity(ids: &[&str]) -> (Vec<usize>, Vec<bool>) {
     let mut group = Vec::with_capacity(n);
     let mut sizes: Vec<usize> = Vec::new();
     GROUPS.with_borrow_mut(|groups| {
-        // Entries: (the index of the group's first id, the group).
+        // Entries: (the index of the group's first id, the group); cleared first, as a call
+        // that panicked may have left its own.
         groups.clear();
         groups.reserve(n, |&(first, _)| hasher.hash_one(ids[first]));
         for (k, id) in ids.iter().enumerate() {
@@ -301,9 +302,8 @@ fn by_entity(ids: &[&str]) -> (Vec<usize>, Vec<bool>) {
             sizes[g] += 1;
             group.push(g);
         }
-        groups.clear();
         if groups.capacity() > GROUPS_KEPT {
-            groups.shrink_to(GROUPS_KEPT, |&(first, _)| hasher.hash_one(ids[first]));
+            *groups = hashbrown::HashTable::new();
         }
     });
     if sizes.len() == n {
