@@ -225,20 +225,9 @@ impl PyHost {
     }
 }
 
-/// Whether states are messages of protobuf's upb implementation (then they can never be part
-/// of a reference cycle: see [`crate::untrack`]).
-static UPB: PyOnceLock<bool> = PyOnceLock::new();
-
 /// A state the entity keeps: out of the cyclic collector's view when it is a upb message.
 fn kept_state(state: Bound<'_, PyAny>) -> Py<PyAny> {
-    let py = state.py();
-    let upb = *UPB.get_or_init(py, || {
-        py.import("google.protobuf.internal.api_implementation")
-            .and_then(|m| m.call_method0("Type"))
-            .and_then(|t| t.extract::<String>())
-            .is_ok_and(|t| t == "upb")
-    });
-    if upb {
+    if crate::untrack::upb_states(state.py()) {
         crate::untrack::untrack(&state);
     }
     state.unbind()

@@ -14,7 +14,6 @@ use ego_core::host::Fail;
 use parking_lot::{Condvar, Mutex};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyTuple;
 
 use crate::errors::{fail_to_pyerr, to_pyerr};
 use crate::wait::Waited;
@@ -389,7 +388,7 @@ impl Drop for AsyncReply {
 /// The success value or the exception instance of an outcome.
 pub fn outcome_value(py: Python<'_>, outcome: Outcome) -> (bool, Py<PyAny>) {
     match outcome {
-        Ok((state, revision)) => match (state, revision).into_pyobject(py) {
+        Ok((state, revision)) => match crate::untrack::reply_tuple(py, state, revision) {
             Ok(t) => (true, t.into_any().unbind()),
             Err(e) => (false, e.into_value(py).into_any()),
         },
@@ -400,7 +399,7 @@ pub fn outcome_value(py: Python<'_>, outcome: Outcome) -> (bool, Py<PyAny>) {
 /// An outcome as the return value of a blocking call.
 pub fn outcome_into_result(py: Python<'_>, outcome: Outcome) -> PyResult<Py<PyAny>> {
     match outcome {
-        Ok((state, revision)) => Ok(PyTuple::new(py, [state, revision.into_pyobject(py)?.into_any().unbind()])?.into_any().unbind()),
+        Ok((state, revision)) => Ok(crate::untrack::reply_tuple(py, state, revision)?.into_any().unbind()),
         Err(fail) => Err(fail_to_pyerr(py, fail)),
     }
 }

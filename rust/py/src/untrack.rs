@@ -13,6 +13,12 @@
 //!   the engine lets go of them ([`release`]), so a behaviour that became part of a cycle is
 //!   collected as usual once its entity is gone.
 //!
+//! - replies `(state, revision)` when states are upb messages: such a tuple holds a state and an
+//!   int, so it can never be part of a cycle either (CPython untracks a tuple only when none
+//!   of its items is of a collected type, which a message is); created out of view, a bulk
+//!   call's thousand replies are not walked by each young collection they trigger, nor carried
+//!   into the older generations.
+//!
 //! Tracking is restored with the GIL held: a released behaviour waits in a queue that the next
 //! batch of work on the bridge (or the engine's start or stop) empties ([`drain`]).
 
@@ -20,10 +26,41 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyTuple;
 
 /// Behaviours released without the GIL, waiting to be tracked again.
 static RELEASED: Mutex<Vec<Py<PyAny>>> = Mutex::new(Vec::new());
 static HAS_RELEASED: AtomicBool = AtomicBool::new(false);
+
+/// Whether states are messages of protobuf's upb implementation (then they can never be part
+/// of a reference cycle: their `tp_traverse` reports only their class).
+static UPB: PyOnceLock<bool> = PyOnceLock::new();
+
+/// Whether this process's protobuf messages are upb's (asked once).
+pub fn upb_states(py: Python<'_>) -> bool {
+    *UPB.get_or_init(py, || {
+        py.import("google.protobuf.internal.api_implementation")
+            .and_then(|m| m.call_method0("Type"))
+            .and_then(|t| t.extract::<String>())
+            .is_ok_and(|t| t == "upb")
+    })
+}
+
+/// The `(state, revision)` tuple a successful command returns: out of the collector's view
+/// when the state is a upb message the engine keeps (untracked), as then nothing reachable
+/// from the tuple can lead back to it.
+pub fn reply_tuple(py: Python<'_>, state: Py<PyAny>, revision: u64) -> PyResult<Bound<'_, PyTuple>> {
+    let state = state.into_bound(py);
+    // SAFETY: attached; PyObject_GC_IsTracked checks the type is a GC type before reading
+    // the GC header.
+    let kept = upb_states(py) && unsafe { pyo3::ffi::PyObject_GC_IsTracked(state.as_ptr()) } == 0;
+    let tuple = PyTuple::new(py, [state, revision.into_pyobject(py)?.into_any()])?;
+    if kept {
+        untrack(&tuple);
+    }
+    Ok(tuple)
+}
 
 /// Takes `obj` out of the collector's view; `true` if it was tracked (then the caller must
 /// [`release`] it when done with it, unless it can never be part of a cycle).
