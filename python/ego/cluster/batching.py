@@ -133,6 +133,8 @@ class Dispatcher:
 
         self._loop.call_soon_threadsafe(stop)
         self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     # -- on the dispatcher's loop ----------------------------------------------------------
 
