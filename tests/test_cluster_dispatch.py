@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
+
+import pytest
 
 from ego.cluster.batching import Dispatcher
 from ego.cluster.shard import COMMAND, Item
+from ego.errors import EngineClosedError
 
 
 class Lost(Exception):
@@ -55,3 +59,28 @@ def test_commands_left_by_a_lost_incarnation_go_again_first_and_in_order() -> No
         assert dispatcher.retries >= 1
     finally:
         dispatcher.close()
+
+
+@pytest.mark.parametrize("wait_for_the_call", [False, True])
+def test_close_fails_what_is_in_flight_or_queued_and_closes_its_event_loop(wait_for_the_call: bool) -> None:
+    # close() used to stop the dispatcher's loop without closing it (the collector reported
+    # an unclosed event loop in whichever later test collected the client) and without
+    # failing the call in flight (its callers waited for ever).
+    shard = Shard()
+    dispatcher = Dispatcher(1, shard.call, lambda e: isinstance(e, Lost), retry_for=30.0, max_batch=3)
+    in_flight = [dispatcher.submit(0, item(f"c{i}"), None) for i in range(3)]  # the first call never returns
+    queued = [dispatcher.submit(0, item(f"c{i}"), None) for i in range(3, 5)]
+    if wait_for_the_call:
+        deadline = time.monotonic() + 10
+        while shard.calls == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert shard.calls == 1
+    dispatcher.close()
+    for f in in_flight + queued:
+        with pytest.raises(EngineClosedError):
+            f.result(timeout=0)
+    assert not dispatcher._thread.is_alive()
+    assert dispatcher._loop.is_closed()
+    dispatcher.close()  # a second close does nothing
+    with pytest.raises(EngineClosedError):
+        dispatcher.submit(0, item("c5"), None)

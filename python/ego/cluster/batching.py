@@ -119,19 +119,25 @@ class Dispatcher:
         return [p.future for _, p in pendings]
 
     def close(self) -> None:
-        """Fails what is still queued with ``EngineClosedError`` and stops the thread."""
+        """Fails what is still queued or in flight with ``EngineClosedError``, stops the thread
+        and closes its event loop."""
         if self._closed:
             return
         self._closed = True
 
-        def stop() -> None:
+        async def shut_down() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             for queue in self._pending:
                 for p in queue:
                     _settle_error(p, EngineClosedError("the cluster client was closed"))
                 queue.clear()
-            self._loop.stop()
 
-        self._loop.call_soon_threadsafe(stop)
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(shut_down(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         if not self._thread.is_alive():
             self._loop.close()
@@ -142,6 +148,10 @@ class Dispatcher:
         with self._lock:
             inbox, self._inbox = self._inbox, []
             self._woken = False
+        if self._closed:
+            for _, pending in inbox:
+                _settle_error(pending, EngineClosedError("the cluster client was closed"))
+            return
         for shard, pending in inbox:
             self._pending[shard].append(pending)
         for shard in {s for s, _ in inbox}:
@@ -154,6 +164,7 @@ class Dispatcher:
 
     async def _run(self, shard: int) -> None:
         queue = self._pending[shard]
+        batch: list[Pending] = []
         try:
             while queue:
                 batch = [p for p in queue[: self.max_batch] if not p.future.done()]
@@ -178,6 +189,12 @@ class Dispatcher:
                             _settle(p, outcome)
                 if retried:
                     await self._retry(shard, retried)
+        except asyncio.CancelledError:
+            # close(): the call in flight (or the retry waiting for its backoff) fails like
+            # what is still queued.
+            for p in batch:
+                _settle_error(p, EngineClosedError("the cluster client was closed"))
+            raise
         finally:
             self._in_flight[shard] = False
         self._kick(shard)
