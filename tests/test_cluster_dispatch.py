@@ -13,7 +13,7 @@ import pytest
 
 from ego.cluster.batching import Dispatcher
 from ego.cluster.shard import COMMAND, Item
-from ego.errors import EngineClosedError
+from ego.errors import EngineClosedError, OutcomeUnknownError
 
 
 class Lost(Exception):
@@ -68,16 +68,23 @@ def test_close_fails_what_is_in_flight_or_queued_and_closes_its_event_loop(wait_
     # failing the call in flight (its callers waited for ever).
     shard = Shard()
     dispatcher = Dispatcher(1, shard.call, lambda e: isinstance(e, Lost), retry_for=30.0, max_batch=3)
-    in_flight = [dispatcher.submit(0, item(f"c{i}"), None) for i in range(3)]  # the first call never returns
-    queued = [dispatcher.submit(0, item(f"c{i}"), None) for i in range(3, 5)]
+    # One drain, one call of three (max_batch); the first call never returns.
+    in_flight = dispatcher.submit_many([(0, item(f"c{i}")) for i in range(3)], None)
     if wait_for_the_call:
         deadline = time.monotonic() + 10
         while shard.calls == 0 and time.monotonic() < deadline:
             time.sleep(0.001)
         assert shard.calls == 1
+    queued = [dispatcher.submit(0, item(f"c{i}"), None) for i in range(3, 5)]
     dispatcher.close()
-    for f in in_flight + queued:
-        with pytest.raises(EngineClosedError):
+    # Sent: the shard may have applied them. Not sent: refused.
+    sent, waiting = (in_flight, queued) if wait_for_the_call else ([], in_flight + queued)
+    for i, f in enumerate(sent):
+        with pytest.raises(OutcomeUnknownError) as unknown:
+            f.result(timeout=0)
+        assert unknown.value.idempotency_key == f"key-c{i}"  # type: ignore[attr-defined]
+    for f in waiting:
+        with pytest.raises((EngineClosedError, OutcomeUnknownError)):
             f.result(timeout=0)
     assert not dispatcher._thread.is_alive()
     assert dispatcher._loop.is_closed()

@@ -119,8 +119,9 @@ class Dispatcher:
         return [p.future for _, p in pendings]
 
     def close(self) -> None:
-        """Fails what is still queued or in flight with ``EngineClosedError``, stops the thread
-        and closes its event loop."""
+        """Fails what is still queued with ``EngineClosedError`` and what is in flight with
+        ``OutcomeUnknownError`` (its shard may have applied it), stops the thread and closes
+        its event loop."""
         if self._closed:
             return
         self._closed = True
@@ -190,10 +191,10 @@ class Dispatcher:
                 if retried:
                     await self._retry(shard, retried)
         except asyncio.CancelledError:
-            # close(): the call in flight (or the retry waiting for its backoff) fails like
-            # what is still queued.
+            # close(): the commands of the call in flight (or of a retry waiting for its
+            # backoff) were sent, so their shard may have applied them.
             for p in batch:
-                _settle_error(p, EngineClosedError("the cluster client was closed"))
+                _settle_error(p, _unknown(p, f"the cluster client was closed while shard {shard} had the command"))
             raise
         finally:
             self._in_flight[shard] = False
@@ -212,14 +213,8 @@ class Dispatcher:
             pending.attempts = attempts
             pending.last_error = error
             if time.monotonic() + delay > pending.give_up:
-                key = pending.item[4]
-                exc = OutcomeUnknownError(
-                    f"shard {shard} could not be reached for {self.retry_for} s (last: {type(error).__name__}: {error}); "
-                    f"the command may have been applied: send it again with idempotency_key={key!r}"
-                )
-                exc.idempotency_key = key  # type: ignore[attr-defined]
-                exc.__cause__ = error
-                _settle_error(pending, exc)
+                why = f"shard {shard} could not be reached for {self.retry_for} s (last: {type(error).__name__}: {error})"
+                _settle_error(pending, _unknown(pending, why, error))
                 continue
             again.append(pending)
         if not again:
@@ -234,6 +229,16 @@ class Dispatcher:
             exc.entity_id = pending.item[1]
             exc.started = True
             _settle_error(pending, exc)
+
+
+def _unknown(pending: Pending, why: str, cause: BaseException | None = None) -> OutcomeUnknownError:
+    """The error of a command that was sent but whose outcome is not known; its
+    ``idempotency_key`` is the key to send it again with."""
+    key = pending.item[4]
+    exc = OutcomeUnknownError(f"{why}; the command may have been applied: send it again with idempotency_key={key!r}")
+    exc.idempotency_key = key  # type: ignore[attr-defined]
+    exc.__cause__ = cause
+    return exc
 
 
 def _settle(pending: Pending, outcome: Outcome) -> None:

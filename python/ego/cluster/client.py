@@ -212,8 +212,10 @@ class Cluster:
         return f"{self.name}-shard-{index}"
 
     def close(self) -> None:
-        """Stops this client (the shard actors keep running: see :meth:`shutdown`); commands
-        still waiting fail with ``EngineClosedError``. Idempotent."""
+        """Stops this client (the shard actors keep running: see :meth:`shutdown`). Commands
+        not yet sent fail with ``EngineClosedError``; commands sent and not yet answered fail
+        with ``OutcomeUnknownError`` (their shard may have applied them; the error's
+        ``idempotency_key`` is the key to send them again with). Idempotent."""
         if self._dispatcher is not None:
             self._dispatcher.close()
             self._dispatcher = None
