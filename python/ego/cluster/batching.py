@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ego._loop_thread import LoopThread
 from ego.cluster.shard import Item
 from ego.cluster.wire import Outcome, error_from_wire
 from ego.errors import CommandTimeoutError, EngineClosedError, OutcomeUnknownError
@@ -70,10 +71,9 @@ class Dispatcher:
         self._woken = False
         self.calls = 0
         self.retries = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
-        self._thread.start()
         self._closed = False
+        self._loop_thread = LoopThread(name)
+        self._loop = self._loop_thread.loop
 
     # -- from any thread -------------------------------------------------------------------
 
@@ -125,23 +125,15 @@ class Dispatcher:
         if self._closed:
             return
         self._closed = True
-
-        async def shut_down() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for queue in self._pending:
-                for p in queue:
-                    _settle_error(p, EngineClosedError("the cluster client was closed"))
-                queue.clear()
-
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(shut_down(), self._loop).result(timeout=10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        if not self._thread.is_alive():
-            self._loop.close()
+        # Cancels the dispatcher's tasks first: a cancelled call fails its commands (_run).
+        with contextlib.suppress(TimeoutError):
+            self._loop_thread.stop()
+        with self._lock:
+            inbox, self._inbox = self._inbox, []
+        for pending in [p for queue in self._pending for p in queue] + [p for _, p in inbox]:
+            _settle_error(pending, EngineClosedError("the cluster client was closed"))
+        for queue in self._pending:
+            queue.clear()
 
     # -- on the dispatcher's loop ----------------------------------------------------------
 

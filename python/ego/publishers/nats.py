@@ -23,8 +23,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ego._loop_thread import LoopThread
 from ego.errors import BrokerUnavailableError, ConfigurationError, PublisherClosedError, PublishRefusedError
-from ego.publishers._loop import LoopThread
 from ego.publishers._optional import require
 from ego.publishers.formats import PayloadFormat
 from ego.publishers.records import Record

@@ -34,8 +34,8 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ego._loop_thread import LoopThread
 from ego.errors import BrokerUnavailableError, ConfigurationError, PublisherClosedError
-from ego.publishers._loop import LoopThread
 from ego.publishers._optional import require
 from ego.publishers.formats import CloudEventsBinary, PayloadFormat
 from ego.publishers.records import Record

@@ -53,8 +53,8 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from ego._loop_thread import LoopThread
 from ego.errors import ConfigurationError, ValidationError
-from ego.publishers._loop import LoopThread
 from ego.publishers._optional import require
 from ego.publishers.formats import PayloadFormat, ProtobufEnvelope, ProtobufJson, envelope_json
 from ego.stores import NativeStore

@@ -1,6 +1,7 @@
-"""A private asyncio event loop on a thread of its own, for connectors built on asyncio
-clients (nats-py, websockets): their connection lives there between batches, and the
-synchronous ``publish`` hands coroutines to it. Not public API."""
+"""A private asyncio event loop on a thread of its own: for publishers built on asyncio
+clients (nats-py, websockets), whose connection lives there between batches and whose
+synchronous ``publish`` hands coroutines to it, and for the cluster client's dispatcher. Not
+public API."""
 
 from __future__ import annotations
 
