@@ -131,7 +131,7 @@ class Dispatcher:
         with self._lock:
             inbox, self._inbox = self._inbox, []
         for pending in [p for queue in self._pending for p in queue] + [p for _, p in inbox]:
-            _settle_error(pending, EngineClosedError("the cluster client was closed"))
+            _settle_error(pending, _closed())
         for queue in self._pending:
             queue.clear()
 
@@ -143,7 +143,7 @@ class Dispatcher:
             self._woken = False
         if self._closed:
             for _, pending in inbox:
-                _settle_error(pending, EngineClosedError("the cluster client was closed"))
+                _settle_error(pending, _closed())
             return
         for shard, pending in inbox:
             self._pending[shard].append(pending)
@@ -221,6 +221,11 @@ class Dispatcher:
             exc.entity_id = pending.item[1]
             exc.started = True
             _settle_error(pending, exc)
+
+
+def _closed() -> EngineClosedError:
+    """The error of a command the client was closed before sending."""
+    return EngineClosedError("the cluster client was closed")
 
 
 def _unknown(pending: Pending, why: str, cause: BaseException | None = None) -> OutcomeUnknownError:
