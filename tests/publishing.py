@@ -266,7 +266,9 @@ class Peer:
         from websockets.asyncio.server import serve
 
         async def up() -> None:
-            self.server = await serve(self._handle, "127.0.0.1", self.port)
+            # close_timeout bounds stop(): the close handshake with a busy client may not
+            # finish, and websockets' default waits 10 s for it before dropping the TCP link.
+            self.server = await serve(self._handle, "127.0.0.1", self.port, close_timeout=1)
 
         asyncio.run_coroutine_threadsafe(up(), self.loop).result(10)
         return self
@@ -278,7 +280,7 @@ class Peer:
                 await self.server.wait_closed()
                 self.server = None
 
-        asyncio.run_coroutine_threadsafe(down(), self.loop).result(10)
+        asyncio.run_coroutine_threadsafe(down(), self.loop).result(30)
 
     def frames(self) -> list[tuple[str, bytes]]:
         with self.lock:
