@@ -3,6 +3,7 @@ durable-state change log (one more record per write, in the same atomic write) c
 
     python benches/state_writes.py --baseline-python ../ego-old/.venv/bin/python [--runs 7] [--stores memory,rocksdb,postgres]
     python benches/state_writes.py --baseline-python ../ego-old/.venv/bin/python --instructions [--stores memory,rocksdb]
+    python benches/state_writes.py --baseline-python ../ego-old/.venv/bin/python --stores postgres --shared [--state-bytes 1000]
 
 The workload (here, the same code for both builds): 200 durable-state entities (a balance),
 `rounds` rounds of one command to every entity through the asyncio API, each round gathered
@@ -15,6 +16,9 @@ whatever else loads the machine), with the commands sent one after another throu
 API (RocksDB without sync: the syncs' waiting is no instruction count): the run with
 `--large` commands minus the run with `--small`, divided by the difference, so start-up
 cancels out.
+
+`--shared` registers the type ``shared=True`` (a read of the stored state, or of its version,
+before each command); `--state-bytes` pads each state to about that many bytes.
 """
 
 from __future__ import annotations
@@ -45,11 +49,12 @@ class Wallet(ego.DurableStateBehavior):
     def id(self):
         return self.entity_id
     def initial_state(self):
-        return AccountOpened(account_id=self.entity_id)
+        return AccountOpened(account_id=self.entity_id + PAD)
     def handle_command(self, command, state):
-        return AccountOpened(account_id=self.entity_id, balance=state.balance + command.amount)
+        return AccountOpened(account_id=self.entity_id + PAD, balance=state.balance + command.amount)
 
-kind, rounds, entities, sequential = {kind!r}, {rounds}, {entities}, {sequential!r}
+kind, rounds, entities, sequential, shared = {kind!r}, {rounds}, {entities}, {sequential!r}, {shared!r}
+PAD = "x" * {state_bytes}
 tmp = tempfile.mkdtemp(prefix="ego-bench-")
 if kind == "memory":
     store = ego.MemoryStore()
@@ -60,7 +65,7 @@ else:
 
 async def run():
     with ego.Engine("bench", store=store) as engine:
-        engine.register_entity_type(Wallet)
+        engine.register_entity_type(Wallet, shared=shared)
         ids = [f"w-{{i}}" for i in range(entities)]
         credit = Credit(amount=1)
         send = engine.send_command_async
@@ -88,9 +93,18 @@ finally:
 ROUNDS = {"memory": 300, "rocksdb": 150, "postgres": 60}
 
 
-def program(kind: str, rounds: int, entities: int, sequential: bool = False) -> str:
+def program(kind: str, rounds: int, entities: int, sequential: bool = False, shared: bool = False, state_bytes: int = 0) -> str:
     bank = str(HERE.parent / "examples" / "bank")
-    return PROGRAM.format(bank=bank, kind=kind, rounds=rounds, entities=entities, pg=PG_URL, sequential=sequential)
+    return PROGRAM.format(
+        bank=bank,
+        kind=kind,
+        rounds=rounds,
+        entities=entities,
+        pg=PG_URL,
+        sequential=sequential,
+        shared=shared,
+        state_bytes=state_bytes,
+    )
 
 
 def instructions(python: str, kind: str, rounds: int, entities: int) -> int:
@@ -109,8 +123,8 @@ def instructions(python: str, kind: str, rounds: int, entities: int) -> int:
     return int(found.group(1))
 
 
-def measure(python: str, kind: str, entities: int) -> float:
-    code = program(kind, ROUNDS[kind], entities)
+def measure(python: str, kind: str, entities: int, shared: bool = False, state_bytes: int = 0) -> float:
+    code = program(kind, ROUNDS[kind], entities, shared=shared, state_bytes=state_bytes)
     out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=1800, cwd=HERE)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -125,6 +139,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--stores", default="memory,rocksdb,postgres")
     parser.add_argument("--entities", type=int, default=200)
+    parser.add_argument("--shared", action="store_true", help="register the type shared=True")
+    parser.add_argument("--state-bytes", type=int, default=0, help="pad each state to about this many bytes")
     parser.add_argument("--instructions", action="store_true", help="count instructions per command (callgrind)")
     parser.add_argument("--small", type=int, default=5, help="rounds of the small run (--instructions)")
     parser.add_argument("--large", type=int, default=15, help="rounds of the large run (--instructions)")
@@ -145,7 +161,7 @@ def main() -> None:
         for run in range(args.runs):
             order = list(builds) if run % 2 == 0 else list(reversed(builds))
             for name in order:
-                results[name].append(measure(builds[name], kind, args.entities))
+                results[name].append(measure(builds[name], kind, args.entities, args.shared, args.state_bytes))
         medians = {name: statistics.median(v) for name, v in results.items()}
         for name, values in results.items():
             print(f"{kind:9} {name:9} {medians[name]:>10,.0f} cmds/s  ({min(values):,.0f}-{max(values):,.0f})")

@@ -22,6 +22,7 @@ import asyncio
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ from waiting import wait_until
 
 import ego
 from ego.errors import ConcurrencyError, ConfigurationError
+from ego.v1 import DurableState
 
 from bank_pb2 import Credit, Debit, OpenAccount
 from domain import AccountBehavior
@@ -349,3 +351,53 @@ def test_shared_spawned_entities_and_durable_state_entities_take_the_option_too(
         assert b.send_command("cart", Increment(by=1)) == (Counter(value=3), 2)
     assert ego.EntityOptions(shared=True).shared
     assert not ego.EntityOptions().shared
+
+
+class CountingStates:
+    """A state store written in Python over a MemoryStore that counts whole-state reads and
+    answers ``state_version`` from the version alone."""
+
+    def __init__(self) -> None:
+        self.inner = ego.MemoryStore()
+        self.reads = 0
+        self.version_reads = 0
+
+    def write_state(self, state: DurableState, expected_version: int) -> None:
+        self.inner.write_state(state, expected_version)
+
+    def read_state(self, persistence_id: str) -> DurableState | None:
+        self.reads += 1
+        return self.inner.read_state(persistence_id)
+
+    def state_version(self, persistence_id: str) -> int:
+        self.version_reads += 1
+        return self.inner.state_version(persistence_id)
+
+    def delete_state(self, persistence_id: str) -> None:
+        self.inner.delete_state(persistence_id)
+
+
+def written_by_another_process(store: CountingStates, persistence_id: str, value: int) -> None:
+    current = store.inner.read_state(persistence_id)
+    version = current.version_number if current else 0
+    state = DurableState(persistence_id=persistence_id, version_number=version + 1, timestamp=time.time_ns())
+    state.resulting_state.Pack(Counter(value=value))
+    store.inner.write_state(state, version)
+
+
+def test_shared_durable_state_reads_the_whole_state_only_when_another_writer_moved_its_version() -> None:
+    store = CountingStates()
+    with ego.Engine("shared-versions", store=ego.MemoryStore(), state_store=store) as engine:
+        engine.register_entity_type(CounterBehavior, prefix="cart-", shared=True)
+        assert engine.send_command("cart-1", Increment(by=1)) == (Counter(value=1), 1)
+        reads = store.reads
+        for i in range(2, 12):
+            assert engine.send_command("cart-1", Increment(by=1)) == (Counter(value=i), i)
+        assert engine.get_state("cart-1") == (Counter(value=11), 11)
+        assert store.reads == reads  # nobody else wrote: the version told the entity so
+        assert store.version_reads >= 11
+        written_by_another_process(store, "cart-1", 100)
+        assert engine.send_command("cart-1", Increment(by=1)) == (Counter(value=101), 13)
+        assert store.reads == reads + 1
+        store.inner.delete_state("cart-1")
+        assert engine.get_state("cart-1") == (Counter(), 0)

@@ -243,6 +243,13 @@ class SqliteStore:
             row = self._db.execute("SELECT envelope FROM states WHERE persistence_id = ?", (persistence_id,)).fetchone()
         return DurableState.FromString(row[0]) if row else None
 
+    def state_version(self, persistence_id: str) -> int:
+        """Optional (entities declared ``shared=True``): the stored version, 0 when none,
+        read without the state."""
+        with self._lock:
+            row = self._db.execute("SELECT version FROM states WHERE persistence_id = ?", (persistence_id,)).fetchone()
+        return int(row[0]) if row else 0
+
     def delete_state(self, persistence_id: str) -> None:
         with self._lock:
             db = self._db

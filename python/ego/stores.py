@@ -216,6 +216,10 @@ class StateStoreProtocol(Protocol):
     ``add_state_publisher``) a store also implements :class:`StateChangeLogProtocol`; one
     without it still serves durable-state entities, and adding such a reader raises
     :class:`~ego.errors.ConfigurationError`.
+
+    Optional: ``state_version(persistence_id) -> int``, the stored state's version (0: none).
+    Entities declared ``shared=True`` read it before each command and read the whole state
+    only when it moved; without it they read the whole state each time.
     """
 
     def write_state(self, state: DurableState, expected_version: int) -> Maybe[None]: ...
@@ -297,6 +301,15 @@ class NativeStore(_ego.NativeStore):
         """The stored durable state, or ``None``."""
         raw = self._read_state(persistence_id)
         return None if raw is None else DurableState.FromString(raw)
+
+    def state_version(self, persistence_id: str) -> int:
+        """The stored state's version, 0 when none is stored (what entities declared
+        ``shared=True`` read before each command).
+
+        >>> store.state_version("cart-1")
+        3
+        """
+        return self._state_version(persistence_id)
 
     def shard_state_changes(self, shard: int, after_position: int = 0, max_count: int = 1000) -> list[DurableState]:
         """The durable-state change log: the versions written to ``shard`` after

@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -648,6 +649,25 @@ class StateStoreConformance(_Base):
         assert seen == sorted(ids[1:], key=lambda i: i.encode())
         with pytest.raises(ValidationError):
             store.state_ids(0)
+
+    def test_09_state_version_follows_writes_and_deletes(self, store: Any, pid: str) -> None:
+        """``state_version`` (optional for stores written in Python): the stored version, 0
+        when none; right when many are asked at once (a store may answer them together)."""
+        if not hasattr(store, "state_version"):
+            pytest.skip("this store has no state_version (entities read the whole state)")
+        assert store.state_version(pid) == 0
+        store.write_state(_state(pid, 1, b"one"), 0)
+        store.write_state(_state(pid, 2, b"two"), 1)
+        assert store.state_version(pid) == 2
+        others = [f"{pid}-{i}" for i in range(24)]
+        for i, other in enumerate(others):
+            if i % 3:
+                store.write_state(_state(other, i % 3, b"x"), 0)
+        with ThreadPoolExecutor(8) as pool:
+            versions = list(pool.map(store.state_version, [pid, *others] * 4))
+        assert versions == [2, *(i % 3 for i in range(24))] * 4
+        store.delete_state(pid)
+        assert store.state_version(pid) == 0
 
 
 def _record(state: DurableState, position: int) -> DurableState:

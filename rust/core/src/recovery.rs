@@ -23,7 +23,8 @@
 //!
 //! A catch-up ([`Recovery::resume`], entities declared shared by several processes) starts from
 //! the entity's working state instead: it reads the head and folds only the events after the
-//! entity's revision (or reads the stored durable state and takes it when it is newer).
+//! entity's revision (or reads the stored durable state's version, and the whole state only
+//! when the version moved, taking it when it is newer).
 //!
 //! A state machine that knows nothing of mailboxes: [`step`] applies what a read returned and
 //! goes on as long as reads finish at once (embedded stores), then says what it needs next: a
@@ -79,6 +80,10 @@ enum Stage {
     Events,
     /// Events are missing below the head: is there a newer snapshot?
     Recheck,
+    /// A catch-up reads the durable state's version.
+    Version,
+    /// The version moved: read the whole state.
+    Changed,
     Durable,
     Done,
 }
@@ -88,6 +93,7 @@ pub(crate) enum Fetched {
     Head(u64),
     Snapshot(Option<Snapshot>),
     Events(Vec<Event>),
+    Version(u64),
     Durable(Option<DurableState>),
 }
 
@@ -167,11 +173,16 @@ pub(crate) fn step<H: Host>(
 fn next_read<H: Host>(sh: &Shared<H>, e: &Entity<H>, rec: &mut Recovery<H>) -> Result<BoxFuture<'static, Result<Fetched>>> {
     let id = &*e.id;
     let fut: BoxFuture<'static, Result<Fetched>> = match (e.kind, rec.stage) {
-        (Kind::DurableState, Stage::Start) => {
-            rec.stage = Stage::Durable;
+        (Kind::DurableState, Stage::Start | Stage::Changed) => {
             let store =
                 sh.stores.states.as_ref().ok_or_else(|| Error::Configuration("durable-state entities need a state store".into()))?;
-            map(store.read_state(id), Fetched::Durable)
+            if rec.resume && rec.stage == Stage::Start {
+                rec.stage = Stage::Version;
+                map(store.state_version(id), Fetched::Version)
+            } else {
+                rec.stage = Stage::Durable;
+                map(store.read_state(id), Fetched::Durable)
+            }
         }
         (Kind::EventSourced, Stage::Start) => {
             let events =
@@ -275,6 +286,11 @@ fn absorb<H: Host>(
                 rec.found = None;
                 rec.stage = Stage::Recheck;
             }
+        }
+        Fetched::Version(version) => {
+            // Unchanged: keep the state the entity holds. Moved (written, or deleted: 0), read
+            // the whole state, which takes it only when it is newer (or deleted).
+            rec.stage = if version == rec.base { Stage::Done } else { Stage::Changed };
         }
         Fetched::Durable(stored) if rec.resume => {
             match stored {

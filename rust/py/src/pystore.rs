@@ -28,8 +28,9 @@ pub const STATES: &[&str] = &["write_state", "read_state", "delete_state"];
 pub const OFFSETS: &[&str] = &["write_offsets", "read_offsets", "reset_offsets"];
 pub const KEYS: &[&str] = &["get_or_create_key", "get_key", "erase_key"];
 /// Optional methods: for tools (listing, migration: without them the store cannot be listed),
-/// and the durable-state change log (without it, no projection or publisher over states).
-const LISTING: [&str; 4] = ["state_ids", "projection_names", "shard_state_changes", "state_shard_heads"];
+/// the durable-state change log (without it, no projection or publisher over states), and
+/// the stored state's version (without it, entities declared shared read the whole state).
+const LISTING: [&str; 5] = ["state_ids", "projection_names", "shard_state_changes", "state_shard_heads", "state_version"];
 
 /// A store implemented in Python.
 #[derive(Clone)]
@@ -37,7 +38,7 @@ pub struct PyStore {
     obj: Arc<Py<PyAny>>,
     worker: Arc<Worker>,
     /// Which of [`LISTING`] the object has.
-    listing: [bool; 4],
+    listing: [bool; 5],
 }
 
 static ENVELOPES: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -212,6 +213,14 @@ impl StateStore for PyStore {
     fn read_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<Option<DurableState>>> {
         let pid = persistence_id.to_string();
         self.call("read_state", move |py| Ok(vec![s(py, &pid)]), |_, v| optional(v))
+    }
+
+    fn state_version(&self, persistence_id: &str) -> BoxFuture<'static, Result<u64>> {
+        if !self.listing[4] {
+            return ego_core::store::version_of(self.read_state(persistence_id));
+        }
+        let pid = persistence_id.to_string();
+        self.call("state_version", move |py| Ok(vec![s(py, &pid)]), |_, v| v.extract())
     }
 
     fn delete_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<()>> {

@@ -392,6 +392,10 @@ impl NativeStore {
         Ok(found.map(|s| PyBytes::new(py, &s.encode_to_vec())))
     }
 
+    fn _state_version(&self, py: Python<'_>, persistence_id: &str) -> PyResult<u64> {
+        wait(py, self.states().state_version(persistence_id))
+    }
+
     fn _shard_state_changes<'py>(
         &self,
         py: Python<'py>,

@@ -370,6 +370,11 @@ impl StateStore for EncryptedStates {
         }))
     }
 
+    fn state_version(&self, persistence_id: &str) -> BoxFuture<'static, Result<u64>> {
+        // Versions are stored in the clear.
+        self.inner.state_version(persistence_id)
+    }
+
     fn delete_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<()>> {
         self.inner.delete_state(persistence_id)
     }

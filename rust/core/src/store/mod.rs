@@ -167,6 +167,13 @@ pub trait StateStore: Send + Sync + 'static {
     fn write_state(&self, state: DurableState, expected_version: u64) -> BoxFuture<'static, Result<()>>;
     /// The stored state, if any.
     fn read_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<Option<DurableState>>>;
+    /// The stored state's version (0: nothing stored). Entities declared shared by several
+    /// processes read it before each command and read the whole state only when it moved.
+    /// The default reads the whole state; a store that serves several processes answers from
+    /// the version alone (PostgreSQL: the reads waiting together share one query).
+    fn state_version(&self, persistence_id: &str) -> BoxFuture<'static, Result<u64>> {
+        version_of(self.read_state(persistence_id))
+    }
     /// Deletes the stored state (a later read gives none).
     fn delete_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<()>>;
     /// Ids of the stored durable states in ascending byte order, after `after` (exclusive):
@@ -203,6 +210,12 @@ pub trait StateStore: Send + Sync + 'static {
     fn close(&self) -> BoxFuture<'static, Result<()>> {
         crate::future::ready(Ok(()))
     }
+}
+
+/// The version of the state `read` gives (0: none): [`StateStore::state_version`] of a store
+/// that can only read whole states.
+pub fn version_of(read: BoxFuture<'static, Result<Option<DurableState>>>) -> BoxFuture<'static, Result<u64>> {
+    Box::pin(async move { Ok(read.await?.map_or(0, |s| s.version_number)) })
 }
 
 /// The error of a state store that keeps no change log.

@@ -63,9 +63,11 @@ pub(super) struct Inner {
     pub(super) writer: parking_lot::Mutex<Option<mpsc::UnboundedSender<Request>>>,
     /// Head reads waiting to share a query (see `heads`).
     pub(super) heads: parking_lot::Mutex<HeadReads>,
+    /// Durable-state version reads waiting to share a query (see `heads`).
+    pub(super) state_versions: parking_lot::Mutex<HeadReads>,
 }
 
-/// The head reads waiting for a query, and how many queries run.
+/// The head (or version) reads waiting for a query, and how many queries run.
 #[derive(Default)]
 pub(super) struct HeadReads {
     pub(super) reads: Vec<(String, oneshot::Sender<Result<u64>>)>,

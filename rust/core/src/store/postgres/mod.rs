@@ -21,7 +21,7 @@
 //! Modules: `schema` (tables and migrations), `connection` (settings, pool, shared
 //! internals), `writer` (the group-commit writer), `rows` (row decoding), `offsets`
 //! (projection offsets and read-model transactions), `errors` (error mapping), `heads` (head
-//! reads that arrive together share one query); this file holds
+//! and state-version reads that arrive together share one query); this file holds
 //! the store handle and its reads.
 
 mod connection;
@@ -87,6 +87,7 @@ impl PgStore {
             fence,
             writer: parking_lot::Mutex::new(Some(tx)),
             heads: parking_lot::Mutex::new(Default::default()),
+            state_versions: parking_lot::Mutex::new(Default::default()),
         });
         runtime.spawn(writer::writer(inner.clone(), rx));
         Ok(PgStore { inner })
@@ -219,7 +220,7 @@ impl EventsStore for PgStore {
     }
 
     fn highest_sequence_number(&self, persistence_id: &str) -> BoxFuture<'static, Result<u64>> {
-        heads::read_head(&self.inner, persistence_id.to_string())
+        heads::read_head(&self.inner, heads::Head::Journal, persistence_id.to_string())
     }
 
     fn delete_events(&self, persistence_id: &str, to: u64) -> BoxFuture<'static, Result<()>> {
@@ -307,6 +308,10 @@ impl StateStore for PgStore {
             let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
             Ok(client.query_opt(&stmt, &[&pid]).await.map_err(db_error)?.as_ref().map(state_of))
         })
+    }
+
+    fn state_version(&self, persistence_id: &str) -> BoxFuture<'static, Result<u64>> {
+        heads::read_head(&self.inner, heads::Head::State, persistence_id.to_string())
     }
 
     fn delete_state(&self, persistence_id: &str) -> BoxFuture<'static, Result<()>> {
