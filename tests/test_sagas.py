@@ -14,6 +14,7 @@ import pytest
 from google.protobuf.message import Message
 
 import ego
+from ego.v1 import Event
 from ego.v1.sagas_pb2 import SagaDeadlineFired, SagaStarted, SagaStepsPlanned
 
 from bank_pb2 import Account, Credit, Debit, OpenAccount
@@ -227,6 +228,58 @@ def test_a_restart_leaves_finished_sagas_alone(reopenable: Factory) -> None:
     assert not engine.is_live("ego.saga:over")
     assert engine.saga_status("over").status is ego.SagaStatus.COMPENSATED
     close(engine, store)
+
+
+class Listed:
+    """An ``ego.MemoryStore`` behind a store written in Python that keeps every id
+    ``persistence_ids`` listed."""
+
+    def __init__(self) -> None:
+        self.inner = ego.MemoryStore()
+        self.listed: list[str] = []
+
+    def persistence_ids(self, page_size: int, after: str | None) -> tuple[list[str], str | None]:
+        ids, after = self.inner.persistence_ids(page_size, after)
+        self.listed.extend(ids)
+        return ids, after
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def other_entities(store: ego.MemoryStore, prefix: str, count: int) -> None:
+    for i in range(count):
+        event = Event(persistence_id=f"{prefix}{i}", sequence_number=1, timestamp=time.time_ns())
+        event.event.Pack(Credit(amount=1))
+        store.write_events([event])
+
+
+def test_a_restart_lists_only_the_sagas_not_every_entity_of_the_store() -> None:
+    # Given a running saga whose deadline falls due while the process is down, and many other
+    # entities whose ids sort before and after the sagas'
+    store = Listed()
+    engine = open_engine(store, Waiting)
+    engine.send_command("account-a", OpenAccount(initial_balance=100))
+    engine.saga(Waiting("w4", "account-a", 25), timeout=0.5)
+    request(engine, "w4", "account-x", "account-y", 1)
+    deadline = time.monotonic() + 10
+    while balance(engine, "account-a") != 75:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    engine.stop()
+    other_entities(store.inner, "aa-", 2500)
+    other_entities(store.inner, "zz-", 2500)
+    time.sleep(0.6)
+    store.listed.clear()
+    # When the engine restarts
+    engine = open_engine(store, Waiting)
+    # Then the saga goes on, and the listing read the sagas' ids and at most one page after them
+    info = wait_for_saga(engine, "w4")
+    assert info.status is ego.SagaStatus.COMPENSATED and info.reason == "timed out"
+    assert "ego.saga:w4" in store.listed
+    assert not [i for i in store.listed if i.startswith(("aa-", "account-"))]
+    assert len([i for i in store.listed if not i.startswith("ego.saga:")]) <= 1000
+    engine.stop()
 
 
 def test_a_timer_that_falls_due_after_the_saga_ended_does_nothing(engine: ego.Engine) -> None:

@@ -237,7 +237,10 @@ class SagaRuntime:
         store = self.engine.stores[0] if self.engine.stores else None
         if store is None:
             return
-        after: str | None = None
+        # Stores list ids in byte order, so the sagas' ids (all with one prefix) come together
+        # right after the prefix: the listing starts there and ends at the first other id,
+        # whatever else the store holds.
+        after: str | None = SAGA_PREFIX
         while True:
             page = await self.loop.run_in_executor(None, store.persistence_ids, 1000, after)
             if asyncio.iscoroutine(page) or isinstance(page, asyncio.Future):
@@ -247,7 +250,7 @@ class SagaRuntime:
             if found:
                 going_on = await self.loop.run_in_executor(None, _not_ended, store, found)
                 self._wake([i[len(SAGA_PREFIX) :] for i in going_on])
-            if after is None:
+            if after is None or len(found) < len(ids):
                 return
 
     async def _drive(self, saga_id: str, record: SagaRecord | None = None) -> None:
