@@ -7,6 +7,11 @@ second of wall clock and per second of the process's CPU time (all its threads):
 machine the wall-clock ratio is mostly noise, the CPU-time ratio much less so.
 
     python benches/f_scaling.py [--runs 3] [--large 1000000] [--small 1000] [--id-list]
+    python benches/f_scaling.py --baseline-python ../ego-old/.venv/bin/python [--runs 3]
+
+With `--baseline-python`, each run measures both sizes on both builds (this one and the
+baseline, taking turns) and prints each build's table and the ratios of this build to the
+baseline.
 
 The benchmark keeps its ids in a tuple: the collector untracks a tuple of strings, while it
 walks every item of a list on each full collection (a million cache misses per collection at
@@ -26,12 +31,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def measure(accounts: int, commands: int, id_list: bool = False) -> dict[str, float]:
+def measure(accounts: int, commands: int, id_list: bool = False, python: str = sys.executable) -> dict[str, float]:
     code = (
         f"import sys, json; sys.path.insert(0, {str(HERE)!r}); import ego_workloads as ego; "
         f"print('RESULT', json.dumps(ego.workload_f({accounts}, {commands}, id_list={id_list})))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600, cwd=HERE)
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=3600, cwd=HERE)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
             return dict(json.loads(line[7:]))
@@ -46,17 +51,37 @@ def main() -> None:
     parser.add_argument(
         "--id-list", action="store_true", help="the benchmark's ids in a list (as before 2026-12-01), not a tuple"
     )
+    parser.add_argument("--baseline-python", help="also measure the build installed for this python, taking turns")
     args = parser.parse_args()
-    results: dict[int, list[dict[str, float]]] = {args.small: [], args.large: []}
+    builds = {"this build": sys.executable}
+    if args.baseline_python:
+        builds["baseline"] = args.baseline_python
+    found: dict[str, dict[int, list[dict[str, float]]]] = {b: {args.small: [], args.large: []} for b in builds}
     for run in range(args.runs):
         order = [args.small, args.large] if run % 2 == 0 else [args.large, args.small]
-        for n in order:
-            r = measure(n, args.large, args.id_list)
-            results[n].append(r)
-            print(
-                f"run {run + 1}: {n:,} accounts: {r['cmds_per_s']:,.0f} cmds/s, {r['cmds_per_cpu_s']:,.0f} cmds/CPU-s", flush=True
-            )
-    print()
+        for build in list(builds) if run % 2 == 0 else list(reversed(builds)):
+            for n in order:
+                r = measure(n, args.large, args.id_list, builds[build])
+                found[build][n].append(r)
+                print(
+                    f"run {run + 1}, {build}: {n:,} accounts: {r['cmds_per_s']:,.0f} cmds/s, "
+                    f"{r['cmds_per_cpu_s']:,.0f} cmds/CPU-s",
+                    flush=True,
+                )
+    for build, results in found.items():
+        print(f"\n{build}:")
+        table(results, args.small, args.large)
+    if args.baseline_python:
+        print()
+        for n in (args.small, args.large):
+            for key, label in (("cmds_per_s", "wall clock"), ("cmds_per_cpu_s", "CPU time")):
+                mine = statistics.median(r[key] for r in found["this build"][n])
+                theirs = statistics.median(r[key] for r in found["baseline"][n])
+                print(f"this build / baseline, {n:,} accounts, {label}: {mine / theirs:.3f}")
+
+
+def table(results: dict[int, list[dict[str, float]]], small_n: int, large_n: int) -> None:
+    """Prints the medians per size and the large/small ratios."""
     print("| accounts | cmds/s, median (min-max) | cmds per CPU-second, median (min-max) |")
     print("|---|---|---|")
     for n, rs in results.items():
@@ -66,10 +91,10 @@ def main() -> None:
             f"| {n:,} | {statistics.median(wall):,.0f} ({min(wall):,.0f}-{max(wall):,.0f}) "
             f"| {statistics.median(cpu):,.0f} ({min(cpu):,.0f}-{max(cpu):,.0f}) |"
         )
-    small, large = results[args.small], results[args.large]
+    small, large = results[small_n], results[large_n]
     for key, label in (("cmds_per_s", "wall clock"), ("cmds_per_cpu_s", "CPU time")):
         ratio = statistics.median(r[key] for r in large) / statistics.median(r[key] for r in small)
-        print(f"{args.large:,} / {args.small:,} accounts, {label}: {ratio:.2f}")
+        print(f"{large_n:,} / {small_n:,} accounts, {label}: {ratio:.2f}")
 
 
 if __name__ == "__main__":
