@@ -11,10 +11,10 @@ and the two builds take turns, so drift of the machine (heat, other load) weighs
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 from pathlib import Path
+
+from child_run import result_of
 
 HERE = Path(__file__).resolve().parent
 
@@ -26,11 +26,7 @@ def measure(checkout: Path, call: str, metric: str) -> float:
         f"import ego_workloads as ego; print('RESULT', json.dumps({call}))"
     )
     python = checkout / ".venv" / "bin" / "python"
-    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=1800, cwd=benches)
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return float(json.loads(line[7:])[metric])
-    raise RuntimeError(f"{call} failed in {checkout}:\n{out.stderr[-2000:]}")
+    return float(result_of(str(python), code, what=f"{call} in {checkout}", cwd=benches)[metric])
 
 
 def summary(values: list[float]) -> str:

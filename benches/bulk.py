@@ -17,12 +17,12 @@ figure; bulk on RocksDB durable >= 1.5x B on RocksDB.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+from child_run import IMPORT_WORKLOADS, result_of
 
 HERE = Path(__file__).resolve().parent
 
@@ -44,12 +44,8 @@ CASES = {
 
 
 def measure(call: str) -> dict[str, float]:
-    code = f"import sys, json; sys.path.insert(0, {str(HERE)!r}); import floor, ego_workloads as ego; print('RESULT', json.dumps({call}))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800, cwd=HERE)
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return dict(json.loads(line[7:]))
-    raise RuntimeError(f"{call} failed:\n{out.stderr[-2000:]}")
+    code = IMPORT_WORKLOADS + f"import floor, ego_workloads as ego; print('RESULT', json.dumps({call}))"
+    return dict(result_of(sys.executable, code, what=call))
 
 
 def main() -> None:

@@ -15,12 +15,13 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from child_run import result_of
 
 HERE = Path(__file__).resolve().parent
 
@@ -146,11 +147,7 @@ def measure(call: str) -> dict[str, float]:
         "import ego_workloads as ego, peer_workloads as peer; "
         f"print('RESULT', json.dumps({call}))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return dict(json.loads(line[7:]))
-    raise RuntimeError(f"{call} failed:\n{out.stderr[-2000:]}")
+    return dict(result_of(sys.executable, code, what=call, cwd=None))
 
 
 def fdatasync_rate(seconds: float = 1.0) -> float:

@@ -22,25 +22,21 @@ list, as before 2026-12-01.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+from child_run import IMPORT_WORKLOADS, result_of
 
 HERE = Path(__file__).resolve().parent
 
 
 def measure(accounts: int, commands: int, id_list: bool = False, python: str = sys.executable) -> dict[str, float]:
     code = (
-        f"import sys, json; sys.path.insert(0, {str(HERE)!r}); import ego_workloads as ego; "
-        f"print('RESULT', json.dumps(ego.workload_f({accounts}, {commands}, id_list={id_list})))"
+        IMPORT_WORKLOADS
+        + f"import ego_workloads as ego; print('RESULT', json.dumps(ego.workload_f({accounts}, {commands}, id_list={id_list})))"
     )
-    out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=3600, cwd=HERE)
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return dict(json.loads(line[7:]))
-    raise RuntimeError(f"workload_f({accounts}) failed:\n{out.stderr[-2000:]}")
+    return dict(result_of(python, code, what=f"workload_f({accounts})", timeout=3600))
 
 
 def main() -> None:

@@ -13,10 +13,10 @@ per build and the candidate/baseline ratio.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
+
+from child_run import result_of
 
 PROGRAM = r"""
 import asyncio, json, shutil, sys, tempfile, time
@@ -50,13 +50,7 @@ finally:
 
 
 def measure(python: str, entities: int, sagas: int) -> float:
-    out = subprocess.run(
-        [python, "-c", PROGRAM.format(entities=entities, sagas=sagas)], capture_output=True, text=True, timeout=1800
-    )
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return float(json.loads(line[7:]))
-    raise RuntimeError(f"the run failed with {python}:\n{out.stderr[-2000:]}")
+    return float(result_of(python, PROGRAM.format(entities=entities, sagas=sagas), what="the resume run"))
 
 
 def main() -> None:

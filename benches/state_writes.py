@@ -24,7 +24,6 @@ before each command); `--state-bytes` pads each state to about that many bytes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -32,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from child_run import result_of
 
 HERE = Path(__file__).resolve().parent
 PG_URL = os.environ.get("EGO_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -125,11 +126,7 @@ def instructions(python: str, kind: str, rounds: int, entities: int) -> int:
 
 def measure(python: str, kind: str, entities: int, shared: bool = False, state_bytes: int = 0) -> float:
     code = program(kind, ROUNDS[kind], entities, shared=shared, state_bytes=state_bytes)
-    out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=1800, cwd=HERE)
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return float(json.loads(line[7:]))
-    raise RuntimeError(f"{kind} failed with {python}:\n{out.stderr[-2000:]}")
+    return float(result_of(python, code, what=kind))
 
 
 def main() -> None:

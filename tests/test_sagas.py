@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from google.protobuf.message import Message
+from waiting import wait_until
 
 import ego
 from ego.v1 import Event
@@ -144,16 +145,19 @@ class Waiting(ego.SagaBehavior[Transfer]):
         return None  # waits: only the timeout ends it
 
 
+def a_waiting_saga_debits(engine: ego.Engine, saga_id: str, timeout: float) -> None:
+    """Starts a :class:`Waiting` saga that debits 25 from account-a (which holds 100), sends
+    the event it reacts to, and waits for the debit."""
+    engine.saga(Waiting(saga_id, "account-a", 25), timeout=timeout)
+    request(engine, saga_id, "account-x", "account-y", 1)
+    wait_until(lambda: balance(engine, "account-a") == 75, timeout=10, what=f"saga {saga_id}'s debit")
+
+
 def test_a_deadline_that_passed_while_the_process_was_down_fires_once_after_restart(reopenable: Factory) -> None:
     store = reopenable()
     engine = open_engine(store, Waiting)
     engine.send_command("account-a", OpenAccount(initial_balance=100))
-    engine.saga(Waiting("w1", "account-a", 25), timeout=0.5)
-    request(engine, "w1", "account-x", "account-y", 1)  # the event the saga reacts to: it debits
-    deadline = time.monotonic() + 10
-    while balance(engine, "account-a") != 75:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    a_waiting_saga_debits(engine, "w1", timeout=0.5)
     due = next(e for e in saga_journal(store, "w1") if type(e).__name__ == "SagaDeadlineSet").deadline.due
     close(engine, store)
 
@@ -180,12 +184,7 @@ def test_a_saga_whose_type_is_registered_later_waits_for_it_then_goes_on(reopena
     store = reopenable()
     engine = open_engine(store, Waiting)
     engine.send_command("account-a", OpenAccount(initial_balance=100))
-    engine.saga(Waiting("w2", "account-a", 25), timeout=0.3)
-    request(engine, "w2", "account-x", "account-y", 1)
-    deadline = time.monotonic() + 10
-    while balance(engine, "account-a") != 75:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    a_waiting_saga_debits(engine, "w2", timeout=0.3)
     close(engine, store)
     time.sleep(0.4)
     # When the engine restarts with another saga type first (the sagas are resumed then)
@@ -211,12 +210,7 @@ def test_a_restart_leaves_finished_sagas_alone(reopenable: Factory) -> None:
     engine.saga(Waiting("over", "account-a", 5), timeout=0.1)
     assert wait_for_saga(engine, "over").status is ego.SagaStatus.COMPENSATED
     assert type(saga_journal(store, "over")[-1]).__name__ == "SagaEnded"
-    engine.saga(Waiting("w3", "account-a", 25), timeout=0.5)
-    request(engine, "w3", "account-x", "account-y", 1)
-    deadline = time.monotonic() + 10
-    while balance(engine, "account-a") != 75:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    a_waiting_saga_debits(engine, "w3", timeout=0.5)
     close(engine, store)
     time.sleep(0.6)
     # When the engine restarts
@@ -260,12 +254,7 @@ def test_a_restart_lists_only_the_sagas_not_every_entity_of_the_store() -> None:
     store = Listed()
     engine = open_engine(store, Waiting)
     engine.send_command("account-a", OpenAccount(initial_balance=100))
-    engine.saga(Waiting("w4", "account-a", 25), timeout=0.5)
-    request(engine, "w4", "account-x", "account-y", 1)
-    deadline = time.monotonic() + 10
-    while balance(engine, "account-a") != 75:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    a_waiting_saga_debits(engine, "w4", timeout=0.5)
     engine.stop()
     other_entities(store.inner, "aa-", 2500)
     other_entities(store.inner, "zz-", 2500)
