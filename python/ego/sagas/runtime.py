@@ -248,8 +248,11 @@ class SagaRuntime:
             ids, after = page
             found = [i for i in ids if i.startswith(SAGA_PREFIX)]
             if found:
-                going_on = await self.loop.run_in_executor(None, _not_ended, store, found)
-                self._wake([i[len(SAGA_PREFIX) :] for i in going_on])
+                # The checks run on the executor's threads at once: a store that answers over
+                # the network (PostgreSQL) then has several in flight (and answers the heads
+                # read together with one query).
+                over = await asyncio.gather(*(self.loop.run_in_executor(None, _is_over, store, i) for i in found))
+                self._wake([i[len(SAGA_PREFIX) :] for i, done in zip(found, over, strict=True) if not done])
             if after is None or len(found) < len(ids):
                 return
 
@@ -423,21 +426,16 @@ def _recorded(runtime: SagaRuntime, saga_id: str, future: asyncio.Future[Any]) -
         runtime._wake([saga_id], future.result()[0])
 
 
-def _not_ended(store: Any, persistence_ids: list[str]) -> list[str]:
-    """The sagas whose journal does not end with ``SagaEnded``: read from the last event's type
-    (in the clear, encrypted or not), without recovering the saga. A store that answers with
-    an awaitable, or fails, leaves the saga in (its driver reads it)."""
-    going_on = []
-    for persistence_id in persistence_ids:
-        try:
-            last = store.highest_sequence_number(persistence_id)
-            events = store.replay_events(persistence_id, last, last, 1) if isinstance(last, int) and last > 0 else None
-            ended = isinstance(events, list) and bool(events) and events[-1].event.type_url == _ENDED
-        except Exception:
-            ended = False
-        if not ended:
-            going_on.append(persistence_id)
-    return going_on
+def _is_over(store: Any, persistence_id: str) -> bool:
+    """Whether the saga's journal ends with ``SagaEnded``: read from the last event's type (in
+    the clear, encrypted or not), without recovering the saga. A store that answers with an
+    awaitable, or fails, leaves the saga in (its driver reads it)."""
+    try:
+        last = store.highest_sequence_number(persistence_id)
+        events = store.replay_events(persistence_id, last, last, 1) if isinstance(last, int) and last > 0 else None
+        return isinstance(events, list) and bool(events) and events[-1].event.type_url == _ENDED
+    except Exception:
+        return False
 
 
 _ENDED = "type.googleapis.com/" + SagaEnded.DESCRIPTOR.full_name
