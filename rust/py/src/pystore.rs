@@ -30,15 +30,15 @@ pub const KEYS: &[&str] = &["get_or_create_key", "get_key", "erase_key"];
 /// Optional methods: for tools (listing, migration: without them the store cannot be listed),
 /// the durable-state change log (without it, no projection or publisher over states), and
 /// the stored state's version (without it, entities declared shared read the whole state).
-const LISTING: [&str; 5] = ["state_ids", "projection_names", "shard_state_changes", "state_shard_heads", "state_version"];
+const OPTIONAL: [&str; 5] = ["state_ids", "projection_names", "shard_state_changes", "state_shard_heads", "state_version"];
 
 /// A store implemented in Python.
 #[derive(Clone)]
 pub struct PyStore {
     obj: Arc<Py<PyAny>>,
     worker: Arc<Worker>,
-    /// Which of [`LISTING`] the object has.
-    listing: [bool; 5],
+    /// Which of [`OPTIONAL`] the object has.
+    has: [bool; 5],
 }
 
 static ENVELOPES: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -58,13 +58,13 @@ impl PyStore {
                 &Error::Configuration(format!("{} is not a store: it lacks {}", crate::types::describe(obj), missing.join(", ")).into()),
             ));
         }
-        let listing = LISTING.map(|m| obj.hasattr(m).unwrap_or(false));
-        Ok(PyStore { obj: Arc::new(obj.clone().unbind()), worker: Arc::new(Worker::start("ego-pystore")?), listing })
+        let has = OPTIONAL.map(|m| obj.hasattr(m).unwrap_or(false));
+        Ok(PyStore { obj: Arc::new(obj.clone().unbind()), worker: Arc::new(Worker::start("ego-pystore")?), has })
     }
 
-    /// `Error::Configuration` when the object lacks the optional method `LISTING[i]`.
+    /// `Error::Configuration` when the object lacks the optional method `OPTIONAL[i]`.
     fn lacks(&self, i: usize) -> Option<Error> {
-        (!self.listing[i]).then(|| Error::Configuration(format!("this Python store has no {}() method", LISTING[i]).into()))
+        (!self.has[i]).then(|| Error::Configuration(format!("this Python store has no {}() method", OPTIONAL[i]).into()))
     }
 
     pub(crate) fn call<T: Send + 'static>(
@@ -216,7 +216,7 @@ impl StateStore for PyStore {
     }
 
     fn state_version(&self, persistence_id: &str) -> BoxFuture<'static, Result<u64>> {
-        if !self.listing[4] {
+        if !self.has[4] {
             return ego_core::store::version_of(self.read_state(persistence_id));
         }
         let pid = persistence_id.to_string();
@@ -243,14 +243,14 @@ impl StateStore for PyStore {
     }
 
     fn shard_state_changes(&self, shard: u32, after: u64, max: usize) -> BoxFuture<'static, Result<Vec<DurableState>>> {
-        if !self.listing[2] {
+        if !self.has[2] {
             return Box::pin(async { Err(ego_core::store::no_change_log()) });
         }
         self.call("shard_state_changes", move |py| Ok(vec![int(py, shard)?, int(py, after)?, int(py, max)?]), |_, v| list_of(v))
     }
 
     fn state_shard_heads(&self) -> BoxFuture<'static, Result<Vec<ShardHead>>> {
-        if !self.listing[3] {
+        if !self.has[3] {
             return Box::pin(async { Err(ego_core::store::no_change_log()) });
         }
         self.call(
