@@ -26,7 +26,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from child_run import IMPORT_WORKLOADS, result_of
+from child_run import IMPORT_WORKLOADS, result_of, take_turns
 
 HERE = Path(__file__).resolve().parent
 
@@ -52,18 +52,15 @@ def main() -> None:
     builds = {"this build": sys.executable}
     if args.baseline_python:
         builds["baseline"] = args.baseline_python
-    found: dict[str, dict[int, list[dict[str, float]]]] = {b: {args.small: [], args.large: []} for b in builds}
-    for run in range(args.runs):
-        order = [args.small, args.large] if run % 2 == 0 else [args.large, args.small]
-        for build in list(builds) if run % 2 == 0 else list(reversed(builds)):
-            for n in order:
-                r = measure(n, args.large, args.id_list, builds[build])
-                found[build][n].append(r)
-                print(
-                    f"run {run + 1}, {build}: {n:,} accounts: {r['cmds_per_s']:,.0f} cmds/s, "
-                    f"{r['cmds_per_cpu_s']:,.0f} cmds/CPU-s",
-                    flush=True,
-                )
+
+    def one(case: tuple[str, int]) -> dict[str, float]:
+        build, n = case
+        r = measure(n, args.large, args.id_list, builds[build])
+        print(f"{build}: {n:,} accounts: {r['cmds_per_s']:,.0f} cmds/s, {r['cmds_per_cpu_s']:,.0f} cmds/CPU-s", flush=True)
+        return r
+
+    runs = take_turns([(b, n) for b in builds for n in (args.small, args.large)], args.runs, one)
+    found = {b: {n: runs[(b, n)] for n in (args.small, args.large)} for b in builds}
     for build, results in found.items():
         print(f"\n{build}:")
         table(results, args.small, args.large)

@@ -14,11 +14,11 @@ per build and the candidate/baseline ratio.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 
-from child_run import result_of
+from child_run import result_of, take_turns
+from ego_workloads import PG_URL
 
 PROGRAM = r"""
 import asyncio, json, os, shutil, sys, tempfile, time
@@ -56,9 +56,6 @@ finally:
 """
 
 
-PG_URL = os.environ.get("EGO_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
 def measure(python: str, entities: int, sagas: int, kind: str) -> float:
     code = PROGRAM.format(entities=entities, sagas=sagas, kind=kind, pg=PG_URL)
     return float(result_of(python, code, what="the resume run"))
@@ -74,10 +71,7 @@ def main() -> None:
     parser.add_argument("--store", choices=("rocksdb", "postgres"), default="rocksdb")
     args = parser.parse_args()
     builds = {"baseline": args.baseline_python, "candidate": args.candidate_python}
-    results: dict[str, list[float]] = {name: [] for name in builds}
-    for run in range(args.runs):
-        for name in list(builds) if run % 2 == 0 else list(reversed(builds)):
-            results[name].append(measure(builds[name], args.entities, args.sagas, args.store))
+    results = take_turns(list(builds), args.runs, lambda name: measure(builds[name], args.entities, args.sagas, args.store))
     medians = {name: statistics.median(v) for name, v in results.items()}
     print(
         f"resume on {args.store} with {args.entities:,} other entities and {args.sagas:,} sagas that are over, "

@@ -32,7 +32,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from child_run import result_of
+from child_run import result_of, take_turns
 
 HERE = Path(__file__).resolve().parent
 PG_URL = os.environ.get("EGO_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -154,11 +154,11 @@ def main() -> None:
             print(f"{kind:9} candidate/baseline {per['candidate'] / per['baseline']:.3f}")
         return
     for kind in args.stores.split(","):
-        results: dict[str, list[float]] = {name: [] for name in builds}
-        for run in range(args.runs):
-            order = list(builds) if run % 2 == 0 else list(reversed(builds))
-            for name in order:
-                results[name].append(measure(builds[name], kind, args.entities, args.shared, args.state_bytes))
+
+        def one(name: str, kind: str = kind) -> float:
+            return measure(builds[name], kind, args.entities, args.shared, args.state_bytes)
+
+        results = take_turns(list(builds), args.runs, one)
         medians = {name: statistics.median(v) for name, v in results.items()}
         for name, values in results.items():
             print(f"{kind:9} {name:9} {medians[name]:>10,.0f} cmds/s  ({min(values):,.0f}-{max(values):,.0f})")

@@ -173,16 +173,13 @@ pub(crate) fn step<H: Host>(
 fn next_read<H: Host>(sh: &Shared<H>, e: &Entity<H>, rec: &mut Recovery<H>) -> Result<BoxFuture<'static, Result<Fetched>>> {
     let id = &*e.id;
     let fut: BoxFuture<'static, Result<Fetched>> = match (e.kind, rec.stage) {
+        (Kind::DurableState, Stage::Start) if rec.resume => {
+            rec.stage = Stage::Version;
+            map(state_store(sh)?.state_version(id), Fetched::Version)
+        }
         (Kind::DurableState, Stage::Start | Stage::Changed) => {
-            let store =
-                sh.stores.states.as_ref().ok_or_else(|| Error::Configuration("durable-state entities need a state store".into()))?;
-            if rec.resume && rec.stage == Stage::Start {
-                rec.stage = Stage::Version;
-                map(store.state_version(id), Fetched::Version)
-            } else {
-                rec.stage = Stage::Durable;
-                map(store.read_state(id), Fetched::Durable)
-            }
+            rec.stage = Stage::Durable;
+            map(state_store(sh)?.read_state(id), Fetched::Durable)
         }
         (Kind::EventSourced, Stage::Start) => {
             let events =
@@ -202,6 +199,11 @@ fn next_read<H: Host>(sh: &Shared<H>, e: &Entity<H>, rec: &mut Recovery<H>) -> R
         _ => unreachable!("no read in this stage"),
     };
     Ok(fut)
+}
+
+/// The state store durable-state entities read from.
+fn state_store<H: Host>(sh: &Shared<H>) -> Result<&std::sync::Arc<dyn crate::store::StateStore>> {
+    sh.stores.states.as_ref().ok_or_else(|| Error::Configuration("durable-state entities need a state store".into()))
 }
 
 /// The recovered window of idempotency keys, made on the first key found.
