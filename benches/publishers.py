@@ -3,6 +3,11 @@ on the same broker, in the same run; and the end-to-end latency from "write ackn
 "broker acknowledged" at a steady rate.
 
     python benches/publishers.py [--events 1000000] [--rate 10000] [--seconds 5] [--rounds 1] [--only kafka,nats,pulsar,websocket]
+    python benches/publishers.py --baseline-python ../ego-old/.venv/bin/python [--events 300000] [--rounds 5] [--only kafka]
+
+With ``--baseline-python``, two builds of ego publish instead (this one and the one installed for
+that python), each round in a fresh process per build, taking turns, on one broker: ego's rate
+and its process's CPU time per record for each, and their ratios (no raw loop, no latency).
 
 Brokers (started here on free ports): Tansu (Kafka protocol, memory storage), a throwaway
 nats-server with JetStream, pulsar-lite, and a websockets peer that acknowledges every frame.
@@ -285,6 +290,57 @@ def latency(kind: str, params: dict[str, Any], rate: int, seconds: float) -> tup
     return statistics.median(delays), delays[int(len(delays) * 0.99)]
 
 
+def build_rate(kind: str, params: dict[str, Any], events: int) -> dict[str, float]:
+    """(In a child process of ``--baseline-python``.) Writes the journal, publishes it once
+    with this process's build of ego: records per second and CPU microseconds per record of
+    this process (ego's threads and the client library's)."""
+    engine, written = journal(events)
+    del written
+    gc.collect()
+    cpu = time.process_time()
+    rate = ego_rate(engine, make_publisher(kind, params), events, f"ab-{kind}")
+    cpu_us = (time.process_time() - cpu) / events * 1e6
+    engine.stop()
+    return {"rate": rate, "cpu_us_per_record": cpu_us}
+
+
+def compare_builds(kind: str, baseline_python: str, events: int, rounds: int, work: Path) -> None:
+    """This build against the one installed for `baseline_python`, taking turns (one broker)."""
+    from child_run import IMPORT_WORKLOADS, result_of, take_turns
+
+    broker = {"kafka": tansu, "nats": nats_server, "pulsar": pulsar_lite}[kind](work / kind).start()
+    url = {"kafka": "{}", "nats": "nats://{}", "pulsar": "pulsar://{}"}[kind].format(f"127.0.0.1:{broker.port}")
+    builds = {"baseline": baseline_python, "this build": sys.executable}
+
+    def one(build: str) -> dict[str, float]:
+        tag = uuid.uuid4().hex[:8]
+        params = {
+            "kafka": {"servers": url, "topic": f"ab-{tag}"},
+            "nats": {"url": url, "prefix": f"ab{tag}", "stream": f"AB{tag}"},
+            "pulsar": {"url": url, "topic": f"persistent://public/default/ab-{tag}"},
+        }[kind]
+        code = (
+            IMPORT_WORKLOADS
+            + f"import publishers; print('RESULT', json.dumps(publishers.build_rate({kind!r}, {params!r}, {events})))"
+        )
+        found = result_of(builds[build], code, what=f"{kind} with {build}")
+        print(f"{kind:8} {build:10} {found['rate']:10,.0f}/s  {found['cpu_us_per_record']:5.2f} us CPU per record", flush=True)
+        return found
+
+    try:
+        runs = take_turns(list(builds), rounds, one)
+    finally:
+        broker.stop(kill=True)
+    medians = {b: {k: statistics.median(r[k] for r in runs[b]) for k in ("rate", "cpu_us_per_record")} for b in builds}
+    for b, m in medians.items():
+        print(f"{kind:8} {b:10} median of {rounds}: {m['rate']:10,.0f}/s  {m['cpu_us_per_record']:5.2f} us CPU per record")
+    mine, theirs = medians["this build"], medians["baseline"]
+    print(
+        f"{kind:8} this build / baseline: rate {mine['rate'] / theirs['rate']:.2f}, "
+        f"CPU per record {mine['cpu_us_per_record'] / theirs['cpu_us_per_record']:.2f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -292,9 +348,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--only", default="kafka,nats,pulsar,websocket")
     parser.add_argument("--rounds", type=int, default=1, help="raw and ego alternating this many times (medians)")
+    parser.add_argument("--baseline-python", help="compare this build with the one installed for this python")
     args = parser.parse_args()
     kinds = args.only.split(",")
     work = Path(tempfile.mkdtemp(prefix="ego-bench-publishers-"))
+    if args.baseline_python:
+        for kind in kinds:
+            compare_builds(kind, args.baseline_python, args.events, args.rounds, work)
+        return
     t = time.perf_counter()
     engine, written = journal(args.events)
     records = raw_inputs(written)

@@ -20,7 +20,7 @@ from brokers import Broker, free_port, nats_server, tansu
 from publisher_crash import check_duplicates_in_windows, crash_rounds
 from publishing import Peer, consume_kafka, consume_nats, make_publisher, wait_caught_up
 from test_durable_state import CounterBehavior
-from test_publishers import AsyncCollect, Collect
+from test_publishers import AsyncCollect, Collect, check_envelope_records
 from waiting import wait_until
 
 import ego
@@ -85,6 +85,7 @@ def test_a_python_publisher_gets_every_version_in_order(kind: type[Collect]) -> 
         record = publisher.records[0]
         assert record.key == record.source.persistence_id and isinstance(record.source, ego.PersistedState)
         assert record.headers["ego-event-id"] == record.id
+        check_envelope_records(publisher.records)
         assert engine.publisher_stats("carts")["published"] == 800
         # The event journal has nothing of this: an event publisher sends nothing.
         events = Collect()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from ego._ego import PersistedEvent
 from ego.errors import BrokerUnavailableError, PublisherClosedError, PublishRefusedError
@@ -17,6 +17,33 @@ from ego.publishers.records import Record, Source
 __all__ = ["PublisherRunner", "is_transient"]
 
 _TRANSIENT = (BrokerUnavailableError, ConnectionError, TimeoutError)
+
+
+class EnvelopeLayout(NamedTuple):
+    """What the engine needs to build the records of the default format itself
+    (``rust/py/src/projection.rs``, ``EnvelopeRecords``): the same ``Record`` tuples, with the
+    headers :meth:`ProtobufEnvelope.render` gives, without a Python call per record."""
+
+    record: type[Record]
+    event_content_type: str
+    state_content_type: str
+    content_type_header: str
+    event_id_header: str
+    key_id_header: str
+    erased_header: str
+    erased_value: str
+
+
+ENVELOPE_LAYOUT = EnvelopeLayout(
+    Record,
+    ProtobufEnvelope._EVENT,
+    ProtobufEnvelope._STATE,
+    "content-type",
+    EVENT_ID_HEADER,
+    "ego-encryption-key-id",
+    "ego-erased",
+    "true",
+)
 
 
 def is_transient(error: BaseException) -> bool:
@@ -38,8 +65,10 @@ class PublisherRunner:
         self.name = name
         fmt = getattr(publisher, "format", None)
         self.format: PayloadFormat = fmt if fmt is not None else ProtobufEnvelope()
-        # The default format is rendered inline (see _envelope_records).
+        # The default format's records are built by the engine, which hands them over
+        # instead of the journal entries (see EnvelopeLayout).
         self._envelope = type(self.format) is ProtobufEnvelope
+        self.envelope_records = ENVELOPE_LAYOUT if self._envelope else None
         self.closed = False
         # Per shard: ids the broker acknowledged in the batch being handled (with their
         # positions), so a batch handed over again after a failure skips them.
@@ -50,7 +79,7 @@ class PublisherRunner:
         # batches of several shards are in flight at once (rust/py/src/projection.rs).
         self.two_phase = callable(getattr(publisher, "send", None)) and not self.is_async
 
-    def __call__(self, sources: list[Source]) -> Awaitable[None] | None:
+    def __call__(self, sources: list[Any]) -> Awaitable[None] | None:
         if self.closed:
             raise PublisherClosedError(f"publisher {self.name!r} is closed")
         records, acked = self._records(sources)
@@ -63,7 +92,7 @@ class PublisherRunner:
         self._settle(records, acked, outcome)
         return None
 
-    def submit(self, sources: list[Source]) -> Callable[[], None] | None:
+    def submit(self, sources: list[Any]) -> Callable[[], None] | None:
         """The first phase of a two-phase publisher: renders the batch and hands it to
         ``publisher.send``; returns None when there is nothing to send, or a callable that
         waits for the acknowledgements and raises as ``__call__`` does."""
@@ -93,7 +122,9 @@ class PublisherRunner:
             raise self._error(e, len(records)) from e
         self._settle(records, acked, outcome)
 
-    def _records(self, sources: list[Source]) -> tuple[list[Record], dict[str, int]]:
+    def _records(self, sources: list[Any]) -> tuple[list[Record], dict[str, int]]:
+        """The batch's records, less those the broker already acknowledged. `sources` are
+        the journal entries, or (default format) the records the engine built of them."""
         first = sources[0]
         shard, start = first.shard, _position(first)
         acked = self._acked.setdefault(shard, {})
@@ -101,7 +132,7 @@ class PublisherRunner:
             for done in [i for i, p in acked.items() if p < start]:
                 del acked[done]
         if self._envelope:
-            return self._envelope_records(sources, acked), acked
+            return (sources if not acked else [r for r in sources if r.id not in acked]), acked
         render = self.format.render
         records: list[Record] = []
         append = records.append
@@ -118,31 +149,6 @@ class PublisherRunner:
                 headers["ego-erased"] = "true"
             append(Record(event_id, s.persistence_id, value, headers, s.shard, position, s, erased))
         return records, acked
-
-    @staticmethod
-    def _envelope_records(sources: list[Source], acked: dict[str, int]) -> list[Record]:
-        """The records of the default format, :meth:`ProtobufEnvelope.render` written out
-        here (the same value and headers; tests/test_publishers.py compares them): one call
-        per published record, so each attribute is read once and the tuple made directly."""
-        records: list[Record] = []
-        append = records.append
-        new = tuple.__new__
-        event_type, state_type = ProtobufEnvelope._EVENT, ProtobufEnvelope._STATE
-        for s in sources:
-            event_id = s.event_id
-            if acked and event_id in acked:
-                continue
-            if type(s) is PersistedEvent:
-                erased, position, content_type = s.erased, s.position, event_type
-            else:
-                erased, position, content_type = is_erased(s), _position(s), state_type
-            headers = {"content-type": content_type, EVENT_ID_HEADER: event_id}
-            if s.is_encrypted:
-                headers["ego-encryption-key-id"] = s.encryption_key_id
-            if erased:
-                headers["ego-erased"] = "true"
-            append(new(Record, (event_id, s.persistence_id, s.envelope_bytes(), headers, s.shard, position, s, erased)))
-        return records
 
     def _error(self, e: BaseException, count: int) -> BaseException:
         if is_transient(e):

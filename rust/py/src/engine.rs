@@ -775,7 +775,8 @@ impl EngineCore {
         let sink = crate::projection::PySink::new(name, handler, shape, dead_letter, transactional, kind, host)?
             .only(event_types)
             .over_states(source == Source::States)
-            .two_phase(py)?;
+            .two_phase(py)?
+            .envelope_records(py)?;
         crate::wait::bounded(py, || core.add_projection(name, Arc::new(sink), offsets, options)).map_err(|e| to_pyerr(py, &e))
     }
 

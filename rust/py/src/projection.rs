@@ -7,8 +7,9 @@ use ego_core::envelope::Event;
 use ego_core::future::BoxFuture;
 use ego_core::projection::{HandlerFailure, Sink};
 use ego_core::store::{ReadModelWrite, SqlValue};
+use prost::Message;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use tokio::sync::oneshot;
 
 use crate::host::PyHost;
@@ -44,6 +45,8 @@ pub struct PySink {
     event_types: Option<Arc<std::collections::HashSet<String>>>,
     /// It reads the durable-state change log: records are `PersistedState`s.
     states: bool,
+    /// A publisher in the default payload format: its `Record`s are built here.
+    envelope: Option<Arc<EnvelopeRecords>>,
     /// A second thread that waits for acknowledgements, for a handler that hands a batch over
     /// in two phases (see [`PySink::two_phase`]).
     acks: Option<Arc<Worker>>,
@@ -72,6 +75,7 @@ impl PySink {
             telemetry: host.telemetry.clone().filter(|t| t.tracing.is_some()),
             event_types: None,
             states: false,
+            envelope: None,
             acks: None,
         })
     }
@@ -89,6 +93,14 @@ impl PySink {
         if wanted && matches!(self.shape, Shape::Batch) && !self.transactional {
             self.acks = Some(Arc::new(Worker::start(&format!("ego-acks-{}", self.name))?));
         }
+        Ok(self)
+    }
+
+    /// When the handler says so (an `envelope_records` layout that is not None: the
+    /// publisher runner of a connector in the default payload format), the records it gets
+    /// are that layout's `Record` tuples, built here (see [`EnvelopeRecords`]).
+    pub fn envelope_records(mut self, py: Python<'_>) -> PyResult<Self> {
+        self.envelope = EnvelopeRecords::of(self.handler.bind(py))?.map(Arc::new);
         Ok(self)
     }
 
@@ -112,9 +124,86 @@ impl PySink {
 fn record(py: Python<'_>, event: Event, decoder: &Arc<Decoder>, states: bool) -> PyResult<Py<PyAny>> {
     if states {
         let state = ego_core::state_log::event_to_change(event);
-        Ok(Py::new(py, PersistedState { state, decoder: decoder.clone() })?.into_any())
+        PersistedState::to_python(py, state, decoder.clone())
     } else {
-        Ok(Py::new(py, PersistedEvent { event, decoder: decoder.clone() })?.into_any())
+        PersistedEvent::to_python(py, event, decoder.clone())
+    }
+}
+
+/// The records of a publisher in the default payload format (the stored envelope as protobuf
+/// bytes), built here rather than by the runner's Python code, one per journal entry: the
+/// `Record` tuple of `ego.publishers` (id, key, value, headers, shard, position, source,
+/// erased) with the headers `ProtobufEnvelope.render` gives (content type, event id, the
+/// data key's id when encrypted, the erased flag of a tombstone). Its strings come from the
+/// runner's layout (`python/ego/publishers/runner.py`, `ENVELOPE_LAYOUT`), so the names live
+/// in one place; the header names and content types are shared by every record.
+pub struct EnvelopeRecords {
+    /// `tuple.__new__`, which makes an instance of a tuple subclass from a tuple.
+    tuple_new: Py<PyAny>,
+    record: Py<PyAny>,
+    event_type: Py<PyString>,
+    state_type: Py<PyString>,
+    content_type: Py<PyString>,
+    event_id: Py<PyString>,
+    key_id: Py<PyString>,
+    erased: Py<PyString>,
+    yes: Py<PyString>,
+}
+
+impl EnvelopeRecords {
+    /// The layout `handler.envelope_records` names, if any.
+    fn of(handler: &Bound<'_, PyAny>) -> PyResult<Option<Self>> {
+        let Some(layout) = handler.getattr_opt("envelope_records")?.filter(|l| !l.is_none()) else {
+            return Ok(None);
+        };
+        let text = |i: usize| -> PyResult<Py<PyString>> { Ok(layout.get_item(i)?.cast_into::<PyString>()?.unbind()) };
+        let py = handler.py();
+        Ok(Some(EnvelopeRecords {
+            tuple_new: py.get_type::<PyTuple>().getattr("__new__")?.unbind(),
+            record: layout.get_item(0)?.unbind(),
+            event_type: text(1)?,
+            state_type: text(2)?,
+            content_type: text(3)?,
+            event_id: text(4)?,
+            key_id: text(5)?,
+            erased: text(6)?,
+            yes: text(7)?,
+        }))
+    }
+
+    /// The `Record` of one journal entry (its source out of the collector's view, and the
+    /// tuple too: it holds nothing the collector could find a cycle through).
+    fn build(&self, py: Python<'_>, event: Event, decoder: &Arc<Decoder>, states: bool) -> PyResult<Py<PyAny>> {
+        let (value, content_type) = if states {
+            (ego_core::state_log::event_to_change(event.clone()).encode_to_vec(), &self.state_type)
+        } else {
+            (event.encode_to_vec(), &self.event_type)
+        };
+        let id = PyString::new(py, &format!("{}:{}", event.persistence_id, event.sequence_number));
+        let headers = PyDict::new(py);
+        headers.set_item(&self.content_type, content_type)?;
+        headers.set_item(&self.event_id, &id)?;
+        if event.is_encrypted {
+            headers.set_item(&self.key_id, PyString::new(py, &event.encryption_key_id))?;
+        }
+        if event.is_erased {
+            headers.set_item(&self.erased, &self.yes)?;
+        }
+        let (key, shard, position, erased) = (PyString::new(py, &event.persistence_id), event.shard, event.position, event.is_erased);
+        let source = record(py, event, decoder, states)?;
+        let fields = (id, key, PyBytes::new(py, &value), headers, shard, position, source, erased).into_pyobject(py)?;
+        let tuple = self.tuple_new.bind(py).call1((&self.record, fields))?;
+        crate::untrack::untrack(&tuple);
+        Ok(tuple.unbind())
+    }
+}
+
+/// What the handler gets for one record: a `Record` when the engine builds a publisher's
+/// records ([`EnvelopeRecords`]), else the journal entry itself ([`record`]).
+fn item(py: Python<'_>, event: Event, decoder: &Arc<Decoder>, states: bool, envelope: Option<&EnvelopeRecords>) -> PyResult<Py<PyAny>> {
+    match envelope {
+        Some(envelope) => envelope.build(py, event, decoder, states),
+        None => record(py, event, decoder, states),
     }
 }
 
@@ -203,7 +292,7 @@ impl PySink {
         acks: Arc<Worker>,
     ) -> BoxFuture<'static, Result<Vec<ReadModelWrite>, HandlerFailure>> {
         let (done, rx) = oneshot::channel::<Result<Vec<ReadModelWrite>, HandlerFailure>>();
-        let (handler, decoder, states) = (self.handler.clone(), self.decoder.clone(), self.states);
+        let (handler, decoder, states, envelope) = (self.handler.clone(), self.decoder.clone(), self.states, self.envelope.clone());
         let (name, telemetry, log, kind) = (self.name.clone(), self.telemetry.clone(), self.log.clone(), self.kind);
         let job: Job = Box::new(move |py, _| {
             let tracing = telemetry.as_ref().and_then(|t| t.tracing.as_ref());
@@ -222,7 +311,8 @@ impl PySink {
                 let _ = done.send(result.map(|()| Vec::new()).map_err(|e| failure(py, e)));
             };
             let submitted = (|| -> PyResult<Option<Py<PyAny>>> {
-                let records = events.iter().map(|e| record(py, e.clone(), &decoder, states)).collect::<PyResult<Vec<_>>>()?;
+                let records =
+                    events.iter().map(|e| item(py, e.clone(), &decoder, states, envelope.as_deref())).collect::<PyResult<Vec<_>>>()?;
                 let ticket = handler.bind(py).call_method1("submit", (PyList::new(py, records)?,))?;
                 Ok(if ticket.is_none() { None } else { Some(ticket.unbind()) })
             })();
@@ -283,7 +373,7 @@ impl Sink for PySink {
         }
         let (done, rx) = oneshot::channel();
         let (handler, decoder, shape, transactional) = (self.handler.clone(), self.decoder.clone(), self.shape, self.transactional);
-        let states = self.states;
+        let (states, envelope) = (self.states, self.envelope.clone());
         let (name, telemetry, log, kind) = (self.name.clone(), self.telemetry.clone(), self.log.clone(), self.kind);
         let job: Job = Box::new(move |py, event_loop| {
             let tracing = telemetry.as_ref().and_then(|t| t.tracing.as_ref());
@@ -291,7 +381,7 @@ impl Sink for PySink {
                 t.start_batch(py, kind, &name, shard, events.len()).map_err(|e| log.write(py, "warning", &format!("telemetry: {e}"))).ok()
             });
             let result = (|| -> PyResult<Vec<ReadModelWrite>> {
-                let records = events.iter().map(|e| record(py, e.clone(), &decoder, states));
+                let records = events.iter().map(|e| item(py, e.clone(), &decoder, states, envelope.as_deref()));
                 let handler = handler.bind(py);
                 match shape {
                     Shape::Batch => {

@@ -81,6 +81,26 @@ pub struct PersistedEvent {
     pub decoder: Arc<Decoder>,
 }
 
+impl PersistedEvent {
+    /// The event as the engine hands it to Python (projections, publishers, subscriptions),
+    /// out of the cyclic collector's view (see [`untracked`]).
+    pub fn to_python(py: Python<'_>, event: Event, decoder: Arc<Decoder>) -> PyResult<Py<PyAny>> {
+        untracked(Bound::new(py, PersistedEvent { event, decoder })?.into_any())
+    }
+}
+
+/// `record` out of the cyclic garbage collector's view. A `PersistedEvent` or
+/// `PersistedState` holds only Rust data (and the engine's decoder, not visited), so its
+/// `tp_traverse` reports nothing and the collector can never find a cycle through one, as
+/// with the states of `untrack.rs`. Untracked, a batch's records are not walked by the
+/// collections their allocations trigger, and a `Record` tuple of a publisher (a record, its
+/// strings, bytes and header dict) is untracked by CPython itself at its first collection,
+/// so the records in flight are not promoted to the older generations and walked again there.
+fn untracked(record: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    crate::untrack::untrack(&record);
+    Ok(record.unbind())
+}
+
 /// The decoder of events built in Python (no event adapters).
 fn plain_decoder() -> Arc<Decoder> {
     static PLAIN: std::sync::OnceLock<Arc<Decoder>> = std::sync::OnceLock::new();
@@ -240,6 +260,14 @@ impl PersistedEvent {
 pub struct PersistedState {
     pub state: DurableState,
     pub decoder: Arc<Decoder>,
+}
+
+impl PersistedState {
+    /// The state as the engine hands it to Python (projections over the change log,
+    /// subscriptions), out of the cyclic collector's view (see [`untracked`]).
+    pub fn to_python(py: Python<'_>, state: DurableState, decoder: Arc<Decoder>) -> PyResult<Py<PyAny>> {
+        untracked(Bound::new(py, PersistedState { state, decoder })?.into_any())
+    }
 }
 
 #[pymethods]

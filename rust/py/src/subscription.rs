@@ -27,12 +27,8 @@ impl SubscriptionCore {
 
     fn item(&self, py: Python<'_>, next: Next) -> PyResult<Option<Py<PyAny>>> {
         match next {
-            Next::Item(Published::Event(event)) => {
-                Ok(Some(Py::new(py, PersistedEvent { event, decoder: self.decoder.clone() })?.into_any()))
-            }
-            Next::Item(Published::State(state)) => {
-                Ok(Some(Py::new(py, PersistedState { state, decoder: self.decoder.clone() })?.into_any()))
-            }
+            Next::Item(Published::Event(event)) => Ok(Some(PersistedEvent::to_python(py, event, self.decoder.clone())?)),
+            Next::Item(Published::State(state)) => Ok(Some(PersistedState::to_python(py, state, self.decoder.clone())?)),
             Next::Overflowed => Err(crate::errors::subscription_overflow(py)),
             Next::Closed => Err(crate::errors::stop_iteration()),
             Next::Empty => Ok(None),

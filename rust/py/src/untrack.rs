@@ -19,6 +19,10 @@
 //!   call's thousand replies are not walked by each young collection they trigger, nor carried
 //!   into the older generations.
 //!
+//! - the journal records handed to Python (`PersistedEvent`, `PersistedState`): they hold only
+//!   Rust data, so their `tp_traverse` reports nothing either; a publisher's batch of records in
+//!   flight is then not walked by every collection its allocations trigger (`records.rs`).
+//!
 //! Tracking is restored with the GIL held: a released behaviour waits in a queue that the next
 //! batch of work on the bridge (or the engine's start or stop) empties ([`drain`]).
 
