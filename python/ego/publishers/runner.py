@@ -67,8 +67,7 @@ class PublisherRunner:
         self.format: PayloadFormat = fmt if fmt is not None else ProtobufEnvelope()
         # The default format's records are built by the engine, which hands them over
         # instead of the journal entries (see EnvelopeLayout).
-        self._envelope = type(self.format) is ProtobufEnvelope
-        self.envelope_records = ENVELOPE_LAYOUT if self._envelope else None
+        self.envelope_records = ENVELOPE_LAYOUT if type(self.format) is ProtobufEnvelope else None
         self.closed = False
         # Per shard: ids the broker acknowledged in the batch being handled (with their
         # positions), so a batch handed over again after a failure skips them.
@@ -131,7 +130,7 @@ class PublisherRunner:
         if acked:
             for done in [i for i, p in acked.items() if p < start]:
                 del acked[done]
-        if self._envelope:
+        if self.envelope_records is not None:
             return (sources if not acked else [r for r in sources if r.id not in acked]), acked
         render = self.format.render
         records: list[Record] = []

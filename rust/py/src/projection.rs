@@ -174,14 +174,9 @@ impl EnvelopeRecords {
     /// The `Record` of one journal entry (its source out of the collector's view, and the
     /// tuple too: it holds nothing the collector could find a cycle through).
     fn build(&self, py: Python<'_>, event: Event, decoder: &Arc<Decoder>, states: bool) -> PyResult<Py<PyAny>> {
-        let (value, content_type) = if states {
-            (ego_core::state_log::event_to_change(event.clone()).encode_to_vec(), &self.state_type)
-        } else {
-            (event.encode_to_vec(), &self.event_type)
-        };
         let id = PyString::new(py, &format!("{}:{}", event.persistence_id, event.sequence_number));
         let headers = PyDict::new(py);
-        headers.set_item(&self.content_type, content_type)?;
+        headers.set_item(&self.content_type, if states { &self.state_type } else { &self.event_type })?;
         headers.set_item(&self.event_id, &id)?;
         if event.is_encrypted {
             headers.set_item(&self.key_id, PyString::new(py, &event.encryption_key_id))?;
@@ -190,7 +185,13 @@ impl EnvelopeRecords {
             headers.set_item(&self.erased, &self.yes)?;
         }
         let (key, shard, position, erased) = (PyString::new(py, &event.persistence_id), event.shard, event.position, event.is_erased);
-        let source = record(py, event, decoder, states)?;
+        // The entry is encoded as it is handed over (a state as the change log's envelope).
+        let (value, source) = if states {
+            let state = ego_core::state_log::event_to_change(event);
+            (state.encode_to_vec(), PersistedState::to_python(py, state, decoder.clone())?)
+        } else {
+            (event.encode_to_vec(), PersistedEvent::to_python(py, event, decoder.clone())?)
+        };
         let fields = (id, key, PyBytes::new(py, &value), headers, shard, position, source, erased).into_pyobject(py)?;
         let tuple = self.tuple_new.bind(py).call1((&self.record, fields))?;
         crate::untrack::untrack(&tuple);

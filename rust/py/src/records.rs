@@ -93,9 +93,9 @@ impl PersistedEvent {
 /// `PersistedState` holds only Rust data (and the engine's decoder, not visited), so its
 /// `tp_traverse` reports nothing and the collector can never find a cycle through one, as
 /// with the states of `untrack.rs`. Untracked, a batch's records are not walked by the
-/// collections their allocations trigger, and a `Record` tuple of a publisher (a record, its
-/// strings, bytes and header dict) is untracked by CPython itself at its first collection,
-/// so the records in flight are not promoted to the older generations and walked again there.
+/// collections their allocations trigger, nor promoted to the older generations and walked
+/// again there. (CPython never untracks a publisher's `Record` itself: it only untracks exact
+/// tuples; the engine untracks the ones it builds, `projection.rs`.)
 fn untracked(record: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
     crate::untrack::untrack(&record);
     Ok(record.unbind())
